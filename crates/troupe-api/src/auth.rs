@@ -1,0 +1,92 @@
+//! Authentication: the token comes from `Authorization: Bearer` (wins when both are present)
+//! or `?token=`.
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use troupe_model::user::User;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The caller of a request: a user when a valid token was given. A token that was given but is
+/// unknown is rejected here (401 `invalid-token`) even on endpoints that work anonymously.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub user: Option<User>,
+}
+
+impl Caller {
+    /// The user, or 401 `token-not-provided`.
+    pub fn require(&self) -> Result<&User, ApiError> {
+        self.user.as_ref().ok_or_else(ApiError::token_not_provided)
+    }
+
+    pub fn user_id(&self) -> Option<&str> {
+        self.user.as_ref().map(|u| u.id.as_str())
+    }
+}
+
+/// A caller that must be authenticated.
+#[derive(Debug, Clone)]
+pub struct Auth(pub User);
+
+fn token_from_parts(parts: &Parts) -> Option<String> {
+    if let Some(value) = parts.headers.get(axum::http::header::AUTHORIZATION) {
+        if let Ok(value) = value.to_str() {
+            let value = value.trim();
+            if let Some(token) = value
+                .strip_prefix("Bearer ")
+                .or_else(|| value.strip_prefix("bearer "))
+            {
+                let token = token.trim();
+                if !token.is_empty() {
+                    return Some(token.to_string());
+                }
+            }
+        }
+    }
+    let query = parts.uri.query()?;
+    form_urlencoded_token(query)
+}
+
+fn form_urlencoded_token(query: &str) -> Option<String> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query).ok()?;
+    pairs
+        .into_iter()
+        .find(|(k, v)| k == "token" && !v.is_empty())
+        .map(|(_, v)| v)
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        if let Some(caller) = parts.extensions.get::<Caller>() {
+            return Ok(caller.clone());
+        }
+        let caller = match token_from_parts(parts) {
+            None => Caller { user: None },
+            Some(token) => match state.user_for_token(&token).await? {
+                Some(user) => Caller { user: Some(user) },
+                None => return Err(ApiError::invalid_token()),
+            },
+        };
+        parts.extensions.insert(caller.clone());
+        Ok(caller)
+    }
+}
+
+impl FromRequestParts<AppState> for Auth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        Ok(Auth(caller.require()?.clone()))
+    }
+}

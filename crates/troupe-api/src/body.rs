@@ -1,0 +1,205 @@
+//! Request bodies: read with a size limit, decoded per `Content-Encoding` (gzip, br, deflate,
+//! identity; the official clients compress every body over 1 KiB), parsed as JSON with errors in
+//! Apify's envelope. The limit applies to the decoded size as well.
+
+use std::io::Read;
+
+use axum::body::Body;
+use axum::http::HeaderMap;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+
+/// Default limit of a JSON body (Apify's 9 MiB).
+pub const DEFAULT_BODY_LIMIT: usize = 9 * 1024 * 1024;
+
+/// The content encodings of a request, outermost last, without `identity`.
+fn encodings(headers: &HeaderMap) -> Result<Vec<String>, ApiError> {
+    let mut out = Vec::new();
+    for value in headers.get_all(axum::http::header::CONTENT_ENCODING) {
+        let value = value
+            .to_str()
+            .map_err(|_| ApiError::unsupported_encoding("<non-ascii>"))?;
+        for part in value.split(',') {
+            let part = part.trim().to_ascii_lowercase();
+            match part.as_str() {
+                "" | "identity" => {}
+                "gzip" | "x-gzip" | "br" | "deflate" => out.push(part),
+                other => return Err(ApiError::unsupported_encoding(other)),
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Reads the raw body (still encoded), failing with 413 past `limit` bytes.
+pub async fn read_raw(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) => {
+            if err
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                Err(ApiError::request_too_large(limit))
+            } else {
+                Err(ApiError::invalid_input(format!(
+                    "Failed to read the request body: {err}"
+                )))
+            }
+        }
+    }
+}
+
+/// Reads and decodes the body; the decoded size is limited to `limit` bytes too.
+pub async fn read_decoded(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    let encodings = encodings(headers)?;
+    let raw = read_raw(body, limit).await?;
+    decode(raw, &encodings, limit)
+}
+
+/// Undoes `encodings` (applied in order, so decoded in reverse).
+pub fn decode(mut data: Bytes, encodings: &[String], limit: usize) -> Result<Bytes, ApiError> {
+    for encoding in encodings.iter().rev() {
+        let reader: Box<dyn Read + '_> = match encoding.as_str() {
+            "gzip" | "x-gzip" => Box::new(flate2::read::MultiGzDecoder::new(&data[..])),
+            "deflate" => {
+                // `deflate` means zlib-wrapped per RFC 9110, but raw deflate is common: sniff.
+                if data.len() >= 2
+                    && (u16::from(data[0]) << 8 | u16::from(data[1])) % 31 == 0
+                    && data[0] & 0x0f == 8
+                {
+                    Box::new(flate2::read::ZlibDecoder::new(&data[..]))
+                } else {
+                    Box::new(flate2::read::DeflateDecoder::new(&data[..]))
+                }
+            }
+            "br" => Box::new(brotli::Decompressor::new(&data[..], 64 * 1024)),
+            _ => return Err(ApiError::unsupported_encoding(encoding)),
+        };
+        let mut out = Vec::new();
+        reader
+            .take(limit as u64 + 1)
+            .read_to_end(&mut out)
+            .map_err(|err| {
+                ApiError::invalid_input(format!("Request body is not valid {encoding} data: {err}"))
+            })?;
+        if out.len() > limit {
+            return Err(ApiError::request_too_large(limit));
+        }
+        data = Bytes::from(out);
+    }
+    Ok(data)
+}
+
+/// Whether the request declares a decodable body encoding (used by endpoints that keep it).
+pub fn content_encodings(headers: &HeaderMap) -> Result<Vec<String>, ApiError> {
+    encodings(headers)
+}
+
+/// Parses JSON, reporting where it broke.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::invalid_input(
+            "Request body is empty; a JSON body is required",
+        ));
+    }
+    serde_json::from_slice(bytes)
+        .map_err(|err| ApiError::invalid_input(format!("Invalid JSON in request body: {err}")))
+}
+
+/// A decoded request body, read with the default limit.
+pub struct DecodedBody(pub Bytes);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for DecodedBody {
+    type Rejection = ApiError;
+
+    async fn from_request(
+        req: axum::extract::Request,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let (parts, body) = req.into_parts();
+        Ok(DecodedBody(
+            read_decoded(&parts.headers, body, DEFAULT_BODY_LIMIT).await?,
+        ))
+    }
+}
+
+/// A JSON body (decoded, limited, parsed into `T`), with errors in the Apify envelope.
+pub struct ApifyJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> axum::extract::FromRequest<S> for ApifyJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        let DecodedBody(bytes) = DecodedBody::from_request(req, state).await?;
+        Ok(ApifyJson(parse_json(&bytes)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn decodes_gzip_deflate_and_brotli() {
+        let text = b"{\"hello\":\"world\"}".repeat(100);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&text).unwrap();
+        let gz = gz.finish().unwrap();
+        assert_eq!(
+            decode(Bytes::from(gz), &["gzip".into()], 1 << 20).unwrap(),
+            &text[..]
+        );
+
+        let mut zl = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        zl.write_all(&text).unwrap();
+        assert_eq!(
+            decode(
+                Bytes::from(zl.finish().unwrap()),
+                &["deflate".into()],
+                1 << 20
+            )
+            .unwrap(),
+            &text[..]
+        );
+
+        let mut raw =
+            flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+        raw.write_all(&text).unwrap();
+        assert_eq!(
+            decode(
+                Bytes::from(raw.finish().unwrap()),
+                &["deflate".into()],
+                1 << 20
+            )
+            .unwrap(),
+            &text[..]
+        );
+
+        let mut br = Vec::new();
+        brotli::CompressorWriter::new(&mut br, 4096, 5, 22)
+            .write_all(&text)
+            .unwrap();
+        assert_eq!(
+            decode(Bytes::from(br), &["br".into()], 1 << 20).unwrap(),
+            &text[..]
+        );
+    }
+
+    #[test]
+    fn decoded_size_is_limited() {
+        let text = vec![b'a'; 10_000];
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&text).unwrap();
+        let err = decode(Bytes::from(gz.finish().unwrap()), &["gzip".into()], 1000).unwrap_err();
+        assert_eq!(err.error_type, "request-too-large");
+    }
+}

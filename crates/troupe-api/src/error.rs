@@ -1,0 +1,187 @@
+//! The one error type of the HTTP layer. Every failure becomes Apify's envelope
+//! `{"error":{"type":...,"message":...}}`; the (status, type) pairs live in the constructors
+//! below and nowhere else. Type strings are values of the spec's `ErrorType` enum.
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+
+/// An API failure: HTTP status, Apify error type, message and optional extra data.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub error_type: &'static str,
+    pub message: String,
+    pub data: Option<Box<Value>>,
+    /// Extra header (e.g. `Allow` on 405).
+    pub header: Option<Box<(&'static str, String)>>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, error_type: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            error_type,
+            message: message.into(),
+            data: None,
+            header: None,
+        }
+    }
+
+    /// 404 `record-not-found`: the one type clients map to "does not exist".
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "record-not-found", message)
+    }
+    /// 404 `page-not-found` for unknown routes.
+    pub fn page_not_found() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "page-not-found",
+            "The requested page was not found",
+        )
+    }
+    /// 405 with the allowed methods.
+    pub fn method_not_allowed(allow: &str) -> Self {
+        let mut err = Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            format!(
+                "This API endpoint can only be accessed using the following HTTP methods: {allow}"
+            ),
+        );
+        err.header = Some(Box::new(("allow", allow.to_string())));
+        err
+    }
+    /// 400 `invalid-parameter`: a query parameter is malformed or out of range.
+    pub fn invalid_parameter(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid-parameter", message)
+    }
+    /// 400 `parameter-required`.
+    pub fn parameter_required(name: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "parameter-required",
+            format!("Parameter \"{name}\" is required"),
+        )
+    }
+    /// 400 `invalid-input`: the body is malformed or has wrong types.
+    pub fn invalid_input(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid-input", message)
+    }
+    /// 400 `schema-validation-error` with `data` (e.g. `invalidItems`).
+    pub fn schema_validation(message: impl Into<String>, data: Value) -> Self {
+        let mut err = Self::new(StatusCode::BAD_REQUEST, "schema-validation-error", message);
+        err.data = Some(Box::new(data));
+        err
+    }
+    /// 413 `request-too-large`.
+    pub fn request_too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request-too-large",
+            format!("The POST payload is too large (limit: {limit} bytes)"),
+        )
+    }
+    /// 415 `unsupported-content-encoding`.
+    pub fn unsupported_encoding(encoding: &str) -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-content-encoding",
+            format!("Content-Encoding \"{encoding}\" is not supported (use gzip, br, deflate or identity)"),
+        )
+    }
+    /// 401 `token-not-provided`.
+    pub fn token_not_provided() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "token-not-provided",
+            "Authentication token was not provided",
+        )
+    }
+    /// 401 `invalid-token`.
+    pub fn invalid_token() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid-token",
+            "Authentication token is not valid",
+        )
+    }
+    /// 403 `insufficient-permissions`.
+    pub fn insufficient_permissions(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "insufficient-permissions", message)
+    }
+    /// 409 `name-not-unique`.
+    pub fn name_not_unique(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "name-not-unique", message)
+    }
+    /// 500 `internal-server-error`; the cause is logged, the client gets a generic message.
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal-server-error",
+            "Internal server error",
+        )
+    }
+
+    /// Adds `data` to the envelope.
+    pub fn with_data(mut self, data: Value) -> Self {
+        self.data = Some(Box::new(data));
+        self
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.error_type,
+            self.message
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::warn!(
+                status = self.status.as_u16(),
+                error_type = self.error_type,
+                "request failed"
+            );
+        } else {
+            tracing::debug!(
+                status = self.status.as_u16(),
+                error_type = self.error_type,
+                "request rejected"
+            );
+        }
+        let mut error = json!({ "type": self.error_type, "message": self.message });
+        if let Some(data) = self.data {
+            error["data"] = *data;
+        }
+        let mut response = (self.status, axum::Json(json!({ "error": error }))).into_response();
+        if let Some(header) = self.header {
+            let (name, value) = *header;
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                response.headers_mut().insert(name, value);
+            }
+        }
+        response
+    }
+}
+
+impl From<troupe_storage::Error> for ApiError {
+    fn from(err: troupe_storage::Error) -> Self {
+        match err {
+            troupe_storage::Error::NotFound(message) => ApiError::not_found(message),
+            troupe_storage::Error::Conflict(message) => ApiError::name_not_unique(message),
+            troupe_storage::Error::Invalid(message) => ApiError::invalid_input(message),
+            troupe_storage::Error::Internal(cause) => ApiError::internal(format!("{cause:#}")),
+        }
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

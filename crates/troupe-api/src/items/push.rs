@@ -1,0 +1,147 @@
+//! Validates a push body without building a tree: the body is split into raw items, each must
+//! be a JSON object; hidden-field emptiness is found with a key-only scan.
+
+use std::fmt;
+
+use serde::de::{IgnoredAny, MapAccess, Visitor};
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+use troupe_model::storage::NewItem;
+
+use crate::error::{ApiError, ApiResult};
+
+/// Counts the keys of a JSON object that do not start with `#`.
+struct VisibleKeys;
+
+impl<'de> Visitor<'de> for VisibleKeys {
+    type Value = usize;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<usize, A::Error> {
+        let mut visible = 0;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            map.next_value::<IgnoredAny>()?;
+            if !key.starts_with('#') {
+                visible += 1;
+            }
+        }
+        Ok(visible)
+    }
+}
+
+fn invalid_item(position: usize) -> Value {
+    json!({
+        "itemPosition": position,
+        "validationErrors": [{
+            "instancePath": "",
+            "schemaPath": "#/type",
+            "keyword": "type",
+            "params": { "type": "object" },
+            "message": "must be object"
+        }]
+    })
+}
+
+/// Turns a push body (one object or an array of objects) into items. Nothing is accepted unless
+/// every item is an object.
+pub fn parse_push_body(body: &[u8]) -> ApiResult<Vec<NewItem>> {
+    let text = std::str::from_utf8(body)
+        .map_err(|_| ApiError::invalid_input("Request body is not valid UTF-8"))?;
+    let trimmed = text.trim_start();
+    if trimmed.is_empty() {
+        return Err(ApiError::invalid_input(
+            "Request body is empty; send a JSON object or an array of objects",
+        ));
+    }
+    let raws: Vec<&RawValue> = if trimmed.starts_with('[') {
+        serde_json::from_str(text).map_err(|err| {
+            ApiError::invalid_input(format!("Invalid JSON in request body: {err}"))
+        })?
+    } else {
+        vec![serde_json::from_str(text).map_err(|err| {
+            ApiError::invalid_input(format!("Invalid JSON in request body: {err}"))
+        })?]
+    };
+    let mut items = Vec::with_capacity(raws.len());
+    let mut invalid = Vec::new();
+    for (position, raw) in raws.into_iter().enumerate() {
+        let json = raw.get();
+        if !json.starts_with('{') {
+            invalid.push(invalid_item(position));
+            continue;
+        }
+        let mut de = serde_json::Deserializer::from_str(json);
+        let visible =
+            serde::Deserializer::deserialize_map(&mut de, VisibleKeys).map_err(|err| {
+                ApiError::invalid_input(format!("Invalid JSON in item {position}: {err}"))
+            })?;
+        // Stored items must be single-line so JSONL exports stay one item per line.
+        let json: Box<str> = if json.contains('\n') || json.contains('\r') {
+            let value: Value = serde_json::from_str(json).map_err(ApiError::internal)?;
+            value.to_string().into()
+        } else {
+            json.into()
+        };
+        items.push(NewItem {
+            json,
+            clean: visible > 0,
+        });
+    }
+    if !invalid.is_empty() {
+        return Err(ApiError::schema_validation(
+            "Schema validation failed: dataset items must be JSON objects",
+            json!({ "invalidItems": invalid }),
+        ));
+    }
+    Ok(items)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_object_and_array() {
+        assert_eq!(parse_push_body(br#"{"a":1}"#).unwrap().len(), 1);
+        let items = parse_push_body(b"[{\"a\":1},\n {\"#h\":2},\n{}]").unwrap();
+        assert_eq!(items.len(), 3);
+        assert!(items[0].clean);
+        assert!(!items[1].clean);
+        assert!(!items[2].clean);
+    }
+
+    #[test]
+    fn multiline_items_are_compacted() {
+        let items = parse_push_body(b"[{\n \"a\": \"x\\ny\",\n \"b\": [1,\n2]\n}]").unwrap();
+        assert_eq!(&*items[0].json, r#"{"a":"x\ny","b":[1,2]}"#);
+    }
+
+    #[test]
+    fn rejects_non_objects_with_positions() {
+        let err = parse_push_body(br#"[{"a":1}, 2, "x", {"b":2}]"#).unwrap_err();
+        assert_eq!(err.error_type, "schema-validation-error");
+        let data = *err.data.unwrap();
+        let positions: Vec<u64> = data["invalidItems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["itemPosition"].as_u64().unwrap())
+            .collect();
+        assert_eq!(positions, vec![1, 2]);
+        assert_eq!(
+            parse_push_body(b"[1,").unwrap_err().error_type,
+            "invalid-input"
+        );
+        assert_eq!(
+            parse_push_body(b"   ").unwrap_err().error_type,
+            "invalid-input"
+        );
+        assert_eq!(
+            parse_push_body(b"42").unwrap_err().error_type,
+            "schema-validation-error"
+        );
+    }
+}

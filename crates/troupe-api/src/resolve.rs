@@ -1,0 +1,260 @@
+//! Turns whatever a path names — `datasetId` / `storeId` / `queueId` (an id, `username~name`,
+//! `~name` or a bare name), a run (`runId`), or the last run of an Actor or task (`actorId` /
+//! `actorTaskId` with the `status`/`origin` filters) — into one storage, and applies the access
+//! rule. Each storage endpoint is written once and mounted under every prefix; this module is
+//! what makes the prefixes equivalent.
+
+use std::collections::HashMap;
+
+use axum::extract::{FromRequestParts, RawPathParams};
+use axum::http::request::Parts;
+use axum::http::Method;
+use troupe_model::storage::{StorageInfo, StorageKind};
+
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::params::Params;
+use crate::state::AppState;
+
+/// What the caller wants to do with the resolved resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    Write,
+}
+
+impl Access {
+    pub fn of(method: &Method) -> Self {
+        if method == Method::GET || method == Method::HEAD {
+            Access::Read
+        } else {
+            Access::Write
+        }
+    }
+}
+
+/// How a path named a resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AddressedBy {
+    Id,
+    Name,
+    /// Through a run (by run id or "last run"); the run's own access rules apply.
+    Run,
+}
+
+/// A resolved storage and how it was named.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub info: StorageInfo,
+    pub addressed_by: AddressedBy,
+}
+
+/// Path parameter that names a storage of `kind` directly.
+fn direct_param(kind: StorageKind) -> &'static str {
+    match kind {
+        StorageKind::Dataset => "datasetId",
+        StorageKind::KeyValueStore => "storeId",
+        StorageKind::RequestQueue => "queueId",
+    }
+}
+
+/// Splits `username~name` / `~name` references.
+pub fn split_name_ref(reference: &str) -> Option<(&str, &str)> {
+    let (user, name) = reference.split_once('~')?;
+    Some((user, name))
+}
+
+/// Finds a storage by id, `username~name`, `~name` or bare name of the caller.
+pub async fn find_storage(
+    state: &AppState,
+    caller: &Caller,
+    kind: StorageKind,
+    reference: &str,
+) -> ApiResult<Option<(StorageInfo, AddressedBy)>> {
+    if let Some((username, name)) = split_name_ref(reference) {
+        let owner_id = if username.is_empty() {
+            match caller.user_id() {
+                Some(id) => id.to_string(),
+                None => return Err(ApiError::token_not_provided()),
+            }
+        } else {
+            match state.storage.find_user(username).await? {
+                Some(user) => user.id,
+                None => return Ok(None),
+            }
+        };
+        let found = state
+            .storage
+            .get_storage_by_name(kind, &owner_id, name)
+            .await?;
+        return Ok(found.map(|info| (info, AddressedBy::Name)));
+    }
+    if let Some(info) = state.storage.get_storage(kind, reference).await? {
+        return Ok(Some((info, AddressedBy::Id)));
+    }
+    if let Some(user_id) = caller.user_id() {
+        if let Some(info) = state
+            .storage
+            .get_storage_by_name(kind, user_id, reference)
+            .await?
+        {
+            return Ok(Some((info, AddressedBy::Name)));
+        }
+    }
+    Ok(None)
+}
+
+/// The one access rule: owners may do anything; others may read what `generalAccess` opens
+/// (by id for `ANYONE_WITH_ID_CAN_READ`, by id or name for `ANYONE_WITH_NAME_CAN_READ`) or what a
+/// valid `signature` opens. Anonymous callers are told to authenticate; other users get 403.
+pub fn check_access(
+    caller: &Caller,
+    owner_id: &str,
+    general_access: &str,
+    addressed_by: &AddressedBy,
+    access: Access,
+    signed: bool,
+) -> ApiResult<()> {
+    if caller.user_id() == Some(owner_id) {
+        return Ok(());
+    }
+    if access == Access::Read {
+        let open = match general_access {
+            "ANYONE_WITH_ID_CAN_READ" => *addressed_by != AddressedBy::Name,
+            "ANYONE_WITH_NAME_CAN_READ" => true,
+            _ => false,
+        };
+        if open || signed {
+            return Ok(());
+        }
+    }
+    match caller.user {
+        None => Err(ApiError::token_not_provided()),
+        Some(_) => Err(ApiError::insufficient_permissions(
+            "You do not have permission to access this resource",
+        )),
+    }
+}
+
+/// Resolves the storage of `kind` a request path names, checking access.
+pub async fn resolve_storage(
+    state: &AppState,
+    caller: &Caller,
+    kind: StorageKind,
+    path: &HashMap<String, String>,
+    params: &Params,
+    access: Access,
+    signed_ok: impl Fn(&StorageInfo) -> bool,
+) -> ApiResult<Resolved> {
+    let not_found = || ApiError::not_found(format!("{} was not found", kind.label()));
+    if let Some(reference) = path.get(direct_param(kind)) {
+        let (info, addressed_by) = find_storage(state, caller, kind, reference)
+            .await?
+            .ok_or_else(not_found)?;
+        let signed = signed_ok(&info);
+        check_access(
+            caller,
+            &info.user_id,
+            &info.general_access,
+            &addressed_by,
+            access,
+            signed,
+        )?;
+        return Ok(Resolved { info, addressed_by });
+    }
+    // Run-based prefixes: `/actor-runs/{runId}/…`, `/acts/{actorId}/runs/last/…`,
+    // `/actor-tasks/{actorTaskId}/runs/last/…`.
+    let storage_id =
+        crate::routes::runs::run_storage_id(state, caller, kind, path, params, access).await?;
+    let info = state
+        .storage
+        .get_storage(kind, &storage_id)
+        .await?
+        .ok_or_else(not_found)?;
+    Ok(Resolved {
+        info,
+        addressed_by: AddressedBy::Run,
+    })
+}
+
+/// Raw path parameters as a map (percent-decoded by axum).
+pub fn path_map(raw: &RawPathParams) -> HashMap<String, String> {
+    raw.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Type-level storage kind, so one extractor serves the three kinds.
+pub trait KindMarker: Send + Sync + 'static {
+    const KIND: StorageKind;
+}
+
+/// Marker for datasets.
+#[derive(Debug, Clone)]
+pub struct DatasetKind;
+impl KindMarker for DatasetKind {
+    const KIND: StorageKind = StorageKind::Dataset;
+}
+
+/// Marker for key-value stores.
+#[derive(Debug, Clone)]
+pub struct KvStoreKind;
+impl KindMarker for KvStoreKind {
+    const KIND: StorageKind = StorageKind::KeyValueStore;
+}
+
+/// Marker for request queues.
+#[derive(Debug, Clone)]
+pub struct QueueKind;
+impl KindMarker for QueueKind {
+    const KIND: StorageKind = StorageKind::RequestQueue;
+}
+
+/// The storage of kind `K` that a request path names, access already checked. A storage-wide
+/// `signature` (keys listing, dataset items) counts as read access.
+#[derive(Debug, Clone)]
+pub struct StorageTarget<K: KindMarker>(pub Resolved, std::marker::PhantomData<K>);
+
+impl<K: KindMarker> StorageTarget<K> {
+    pub fn info(&self) -> &StorageInfo {
+        &self.0.info
+    }
+}
+
+impl<K: KindMarker> FromRequestParts<AppState> for StorageTarget<K> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let raw = RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|err| ApiError::invalid_parameter(err.to_string()))?;
+        let path = path_map(&raw);
+        let params = Params::parse(parts.uri.query())?;
+        let caller = Caller::from_request_parts(parts, state).await?;
+        let access = Access::of(&parts.method);
+        let signature = params.str("signature").map(str::to_string);
+        let now = troupe_model::now_ms();
+        let resolved = resolve_storage(state, &caller, K::KIND, &path, &params, access, |info| {
+            signature.as_deref().is_some_and(|sig| {
+                troupe_model::signature::verify_storage_signature(
+                    &info.url_signing_secret_key,
+                    &info.id,
+                    sig,
+                    now,
+                )
+            })
+        })
+        .await?;
+        Ok(StorageTarget(resolved, std::marker::PhantomData))
+    }
+}
+
+/// The dataset a request path names.
+pub type DatasetTarget = StorageTarget<DatasetKind>;
+/// The key-value store a request path names.
+pub type KvStoreTarget = StorageTarget<KvStoreKind>;
+/// The request queue a request path names.
+pub type QueueTarget = StorageTarget<QueueKind>;

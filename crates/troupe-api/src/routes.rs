@@ -1,0 +1,39 @@
+//! One module per Apify resource group. Each exposes the routers it owns; [`crate::router`]
+//! mounts them (storage routers several times, under every prefix that reaches them).
+
+pub mod datasets;
+pub mod key_value_stores;
+pub mod request_queues;
+pub mod runs;
+pub mod storages;
+pub mod users;
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// `{"data": value}` with a status.
+pub fn data<T: Serialize>(status: StatusCode, value: T) -> Response {
+    (status, axum::Json(serde_json::json!({ "data": value }))).into_response()
+}
+
+/// `{"data": value}` with 201 and a `Location` header.
+pub fn created<T: Serialize>(location: &str, value: T) -> Response {
+    let mut response = data(StatusCode::CREATED, value);
+    if let Ok(location) = HeaderValue::from_str(location) {
+        response
+            .headers_mut()
+            .insert(axum::http::header::LOCATION, location);
+    }
+    response
+}
+
+/// 204 without a body.
+pub fn no_content() -> Response {
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// Header value helper.
+pub fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}

@@ -1,0 +1,83 @@
+//! Shared state of every handler.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use troupe_model::user::User;
+use troupe_storage::Storage;
+
+use crate::error::ApiError;
+
+/// Settings the HTTP layer needs.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Origin clients reach the server at, without `/v2` (e.g. `http://127.0.0.1:8080`).
+    pub public_base_url: String,
+    /// Scratch space for exports that need a file (XLSX), inside the data dir.
+    pub temp_dir: std::path::PathBuf,
+}
+
+/// Everything a handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub storage: Arc<dyn Storage>,
+    pub config: Arc<ApiConfig>,
+    tokens: Arc<TokenCache>,
+}
+
+impl AppState {
+    pub fn new(storage: Arc<dyn Storage>, config: ApiConfig) -> Self {
+        Self {
+            storage,
+            config: Arc::new(config),
+            tokens: Arc::new(TokenCache::default()),
+        }
+    }
+
+    /// `{public_base_url}/v2`.
+    pub fn api_base(&self) -> String {
+        format!("{}/v2", self.config.public_base_url)
+    }
+
+    /// The user owning `token`, with a short-lived in-memory cache in front of storage.
+    pub async fn user_for_token(&self, token: &str) -> Result<Option<User>, ApiError> {
+        if let Some(user) = self.tokens.get(token) {
+            return Ok(Some(user));
+        }
+        let user = self.storage.user_by_token(token).await?;
+        if let Some(user) = &user {
+            self.tokens.put(token, user.clone());
+        }
+        Ok(user)
+    }
+
+    /// Forgets cached tokens (after a token is revoked).
+    pub fn clear_token_cache(&self) {
+        self.tokens.entries.lock().clear();
+    }
+}
+
+const TOKEN_TTL: Duration = Duration::from_secs(30);
+
+#[derive(Default)]
+struct TokenCache {
+    entries: Mutex<HashMap<String, (User, Instant)>>,
+}
+
+impl TokenCache {
+    fn get(&self, token: &str) -> Option<User> {
+        let entries = self.entries.lock();
+        let (user, at) = entries.get(token)?;
+        (at.elapsed() < TOKEN_TTL).then(|| user.clone())
+    }
+
+    fn put(&self, token: &str, user: User) {
+        let mut entries = self.entries.lock();
+        if entries.len() > 10_000 {
+            entries.clear();
+        }
+        entries.insert(token.to_string(), (user, Instant::now()));
+    }
+}

@@ -1,0 +1,18 @@
+//! The storage test suite, written once against the traits. Every backend calls each `run`
+//! from its own tests (see the bottom of `sqlite.rs`).
+
+pub mod catalog;
+pub mod datasets;
+pub mod users;
+
+use troupe_model::user::User;
+
+use crate::Storage;
+
+/// A user to own test resources.
+pub async fn test_user(storage: &dyn Storage) -> User {
+    storage
+        .ensure_default_user("tester", "test-token")
+        .await
+        .expect("default user")
+}

@@ -1,0 +1,85 @@
+use troupe_model::storage::{NewItem, StorageKind, StorageOrigin};
+
+use super::test_user;
+use crate::{Error, Storage};
+
+fn item(i: u64) -> NewItem {
+    NewItem {
+        json: format!("{{\"i\":{i}}}").into(),
+        clean: i.is_multiple_of(2),
+    }
+}
+
+pub async fn run(storage: &dyn Storage) {
+    let user = test_user(storage).await;
+    let (ds, _) = storage
+        .create_storage(StorageKind::Dataset, &user, None, StorageOrigin::default())
+        .await
+        .unwrap();
+    let (other, _) = storage
+        .create_storage(StorageKind::Dataset, &user, None, StorageOrigin::default())
+        .await
+        .unwrap();
+    let after = storage
+        .push_items(&ds.id, (0..10).map(item).collect())
+        .await
+        .unwrap();
+    assert_eq!(after.item_count, 10);
+    assert_eq!(after.clean_item_count, 5);
+    storage
+        .push_items(&other.id, vec![item(100)])
+        .await
+        .unwrap();
+    let after = storage
+        .push_items(&ds.id, (10..25).map(item).collect())
+        .await
+        .unwrap();
+    assert_eq!(after.item_count, 25);
+
+    let page = storage.read_items(&ds.id, 0, 3, false).await.unwrap();
+    assert_eq!(page.total, 25);
+    assert_eq!(
+        page.items,
+        vec![&b"{\"i\":0}"[..], b"{\"i\":1}", b"{\"i\":2}"]
+    );
+    let page = storage.read_items(&ds.id, 23, 10, false).await.unwrap();
+    assert_eq!(page.items, vec![&b"{\"i\":23}"[..], b"{\"i\":24}"]);
+    let page = storage.read_items(&ds.id, 1, 2, true).await.unwrap();
+    assert_eq!(page.items, vec![&b"{\"i\":23}"[..], b"{\"i\":22}"]);
+    let page = storage.read_items(&ds.id, 25, 10, false).await.unwrap();
+    assert!(page.items.is_empty());
+    let page = storage.read_items(&ds.id, 0, u64::MAX, true).await.unwrap();
+    assert_eq!(page.items.len(), 25);
+    assert_eq!(page.items[24], &b"{\"i\":0}"[..]);
+    // Other datasets' items never leak in.
+    let page = storage.read_items(&other.id, 0, 100, false).await.unwrap();
+    assert_eq!(page.items, vec![&b"{\"i\":100}"[..]]);
+
+    assert!(matches!(
+        storage.push_items("missing", vec![item(1)]).await,
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        storage.read_items("missing", 0, 1, false).await,
+        Err(Error::NotFound(_))
+    ));
+
+    // Deleting a dataset removes its items; a new dataset starts empty.
+    storage
+        .delete_storage(StorageKind::Dataset, &ds.id)
+        .await
+        .unwrap();
+    let (fresh, _) = storage
+        .create_storage(StorageKind::Dataset, &user, None, StorageOrigin::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        storage
+            .read_items(&fresh.id, 0, 100, false)
+            .await
+            .unwrap()
+            .items
+            .len(),
+        0
+    );
+}

@@ -1,0 +1,31 @@
+//! Dataset items: append-only, addressed by a dense per-dataset index so any offset is a seek.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use troupe_model::storage::{NewItem, StorageInfo};
+
+use crate::Result;
+
+/// One page of raw items read from a dataset.
+#[derive(Debug, Clone)]
+pub struct ItemsPage {
+    /// Total items in the dataset when the page was read.
+    pub total: u64,
+    /// Raw JSON of each item, in the requested order.
+    pub items: Vec<Bytes>,
+}
+
+#[async_trait]
+pub trait DatasetStore {
+    /// Appends items atomically (all or nothing). Returns the dataset after the push.
+    async fn push_items(&self, dataset_id: &str, items: Vec<NewItem>) -> Result<StorageInfo>;
+    /// Reads up to `limit` items starting `offset` items from the start (or from the end with
+    /// `desc`). Costs the same at any offset.
+    async fn read_items(
+        &self,
+        dataset_id: &str,
+        offset: u64,
+        limit: u64,
+        desc: bool,
+    ) -> Result<ItemsPage>;
+}

@@ -1,0 +1,6 @@
+//! Key-value store records (issue: key-value stores).
+
+use async_trait::async_trait;
+
+#[async_trait]
+pub trait KvStore {}

@@ -1,0 +1,243 @@
+//! SQLite backend: one file `troupe.db` in WAL mode inside the data dir.
+//!
+//! One writer connection (serialised by a mutex, so every write transaction sees the latest
+//! counters) and a small pool of reader connections. All calls leave the async runtime through
+//! `spawn_blocking`. Large blobs live as files under `blobs/` next to the database.
+
+mod actors;
+mod catalog;
+mod datasets;
+mod kv;
+mod queues;
+mod users;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use parking_lot::Mutex;
+use rusqlite::{Connection, OpenFlags, Transaction};
+
+use crate::{Error, Result};
+
+/// Schema migrations, applied in order; each name is recorded once applied. Append only.
+const MIGRATIONS: &[(&str, &str)] =
+    &[("0001_core", include_str!("sqlite/migrations/0001_core.sql"))];
+
+/// How hard commits are pushed to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// WAL + `synchronous=NORMAL`: every acknowledged write survives a crash or `kill -9` of the
+    /// server; a power loss may drop the last few transactions.
+    #[default]
+    Normal,
+    /// WAL + `synchronous=FULL`: fsync on every commit; survives power loss too.
+    Full,
+}
+
+/// Options for opening the SQLite backend.
+#[derive(Debug, Clone, Default)]
+pub struct SqliteOptions {
+    pub durability: Durability,
+}
+
+/// The SQLite implementation of [`crate::Storage`].
+#[derive(Clone)]
+pub struct SqliteStorage {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db_path: PathBuf,
+    blobs_dir: PathBuf,
+    options: SqliteOptions,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+impl SqliteStorage {
+    /// Opens (creating if needed) the database in `data_dir` and runs pending migrations.
+    pub fn open(data_dir: &Path, options: SqliteOptions) -> Result<Self> {
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("creating {}", data_dir.display()))?;
+        let blobs_dir = data_dir.join("blobs");
+        std::fs::create_dir_all(&blobs_dir)?;
+        let db_path = data_dir.join("troupe.db");
+        let mut writer = open_connection(&db_path, &options, false)?;
+        migrate(&mut writer)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                db_path,
+                blobs_dir,
+                options,
+                writer: Mutex::new(writer),
+                readers: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    /// Folder for blobs too large to keep inline in the database.
+    pub fn blobs_dir(&self) -> &Path {
+        &self.inner.blobs_dir
+    }
+
+    /// Runs `f` on a reader connection, off the async runtime.
+    pub(crate) async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let this = self.clone();
+        run_blocking(move || this.read_blocking(f)).await
+    }
+
+    /// Runs `f` inside a write transaction on the writer connection, off the async runtime.
+    /// The transaction commits when `f` returns `Ok`, and rolls back otherwise.
+    pub(crate) async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> Result<T> + Send + 'static,
+    {
+        let this = self.clone();
+        run_blocking(move || this.write_blocking(f)).await
+    }
+
+    pub(crate) fn read_blocking<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let conn = self.inner.readers.lock().pop();
+        let conn = match conn {
+            Some(conn) => conn,
+            None => open_connection(&self.inner.db_path, &self.inner.options, true)?,
+        };
+        let result = f(&conn);
+        let mut readers = self.inner.readers.lock();
+        if readers.len() < 16 {
+            readers.push(conn);
+        }
+        result
+    }
+
+    pub(crate) fn write_blocking<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let mut conn = self.inner.writer.lock();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let value = f(&tx)?;
+        tx.commit()?;
+        Ok(value)
+    }
+}
+
+/// Runs blocking database work on tokio's blocking pool.
+async fn run_blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|err| Error::Internal(anyhow::anyhow!("storage task failed: {err}")))?
+}
+
+fn open_connection(path: &Path, options: &SqliteOptions, read_only: bool) -> Result<Connection> {
+    let flags = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let conn = Connection::open_with_flags(path, flags)
+        .with_context(|| format!("opening {}", path.display()))?;
+    conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    if !read_only {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+    }
+    let sync = match options.durability {
+        Durability::Normal => "NORMAL",
+        Durability::Full => "FULL",
+    };
+    conn.pragma_update(None, "synchronous", sync)?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.pragma_update(None, "cache_size", -65536)?;
+    conn.pragma_update(None, "mmap_size", 268_435_456i64)?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    conn.execute_batch("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at INTEGER NOT NULL)")?;
+    for (name, sql) in MIGRATIONS {
+        let applied: bool = conn
+            .query_row("SELECT 1 FROM _migrations WHERE name = ?1", [name], |_| {
+                Ok(true)
+            })
+            .or_else(|err| match err {
+                rusqlite::Error::QueryReturnedNoRows => Ok(false),
+                other => Err(other),
+            })?;
+        if applied {
+            continue;
+        }
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)
+            .with_context(|| format!("migration {name}"))?;
+        tx.execute(
+            "INSERT INTO _migrations (name, applied_at) VALUES (?1, ?2)",
+            rusqlite::params![name, troupe_model::now_ms()],
+        )?;
+        tx.commit()?;
+        tracing::info!(migration = name, "applied migration");
+    }
+    Ok(())
+}
+
+/// `query_row` that maps "no rows" to `None`.
+pub(crate) fn optional<T>(result: rusqlite::Result<T>) -> rusqlite::Result<Option<T>> {
+    match result {
+        Ok(value) => Ok(Some(value)),
+        Err(rusqlite::Error::QueryReturnedNoRows) => Ok(None),
+        Err(err) => Err(err),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open_temp() -> (tempfile::TempDir, SqliteStorage) {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = SqliteStorage::open(dir.path(), SqliteOptions::default()).unwrap();
+        (dir, storage)
+    }
+
+    #[tokio::test]
+    async fn conformance_users() {
+        let (_dir, storage) = open_temp();
+        crate::conformance::users::run(&storage).await;
+    }
+
+    #[tokio::test]
+    async fn conformance_catalog() {
+        let (_dir, storage) = open_temp();
+        crate::conformance::catalog::run(&storage).await;
+    }
+
+    #[tokio::test]
+    async fn conformance_datasets() {
+        let (_dir, storage) = open_temp();
+        crate::conformance::datasets::run(&storage).await;
+    }
+
+    #[test]
+    fn reopening_keeps_data_and_skips_applied_migrations() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(SqliteStorage::open(dir.path(), SqliteOptions::default()).unwrap());
+        let storage = SqliteStorage::open(dir.path(), SqliteOptions::default()).unwrap();
+        let count: i64 = storage
+            .read_blocking(|c| {
+                Ok(c.query_row("SELECT count(*) FROM _migrations", [], |r| r.get(0))?)
+            })
+            .unwrap();
+        assert_eq!(count as usize, MIGRATIONS.len());
+    }
+}

@@ -1,0 +1,4 @@
+use super::SqliteStorage;
+use crate::ActorStore;
+
+impl ActorStore for SqliteStorage {}

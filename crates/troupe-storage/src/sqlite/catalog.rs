@@ -1,0 +1,234 @@
+use async_trait::async_trait;
+use rusqlite::{params, Connection, Row};
+use troupe_model::list::{ListParams, Page};
+use troupe_model::storage::{
+    StorageInfo, StorageKind, StorageListFilter, StorageOrigin, StorageUpdate,
+};
+use troupe_model::user::User;
+
+use super::{optional, SqliteStorage};
+use crate::{Error, Result, StorageCatalog};
+
+/// Columns read by [`info_from_row`], joined with the owner's username.
+pub(crate) const INFO_COLUMNS: &str = "s.num, s.id, s.kind, s.name, s.user_id, coalesce(u.username, ''), s.created_at, s.modified_at, \
+     s.accessed_at, s.act_id, s.act_run_id, s.general_access, s.secret, s.read_count, s.write_count, s.delete_count, \
+     s.list_count, s.storage_bytes, s.item_count, s.clean_item_count, s.total_request_count, s.handled_request_count, \
+     s.had_multiple_clients";
+
+fn kind_from_code(code: i64) -> StorageKind {
+    match code {
+        1 => StorageKind::Dataset,
+        2 => StorageKind::KeyValueStore,
+        _ => StorageKind::RequestQueue,
+    }
+}
+
+pub(crate) fn info_from_row(row: &Row<'_>) -> rusqlite::Result<StorageInfo> {
+    Ok(StorageInfo {
+        num: row.get(0)?,
+        id: row.get(1)?,
+        kind: kind_from_code(row.get(2)?),
+        name: row.get(3)?,
+        user_id: row.get(4)?,
+        username: row.get(5)?,
+        created_at: row.get(6)?,
+        modified_at: row.get(7)?,
+        accessed_at: row.get(8)?,
+        act_id: row.get(9)?,
+        act_run_id: row.get(10)?,
+        general_access: row.get(11)?,
+        url_signing_secret_key: row.get(12)?,
+        read_count: row.get::<_, i64>(13)? as u64,
+        write_count: row.get::<_, i64>(14)? as u64,
+        delete_count: row.get::<_, i64>(15)? as u64,
+        list_count: row.get::<_, i64>(16)? as u64,
+        storage_bytes: row.get::<_, i64>(17)? as u64,
+        item_count: row.get::<_, i64>(18)? as u64,
+        clean_item_count: row.get::<_, i64>(19)? as u64,
+        total_request_count: row.get::<_, i64>(20)? as u64,
+        handled_request_count: row.get::<_, i64>(21)? as u64,
+        had_multiple_clients: row.get::<_, i64>(22)? != 0,
+    })
+}
+
+/// Reads one storage by id and kind on any connection (used inside write transactions too).
+pub(crate) fn load_storage(
+    conn: &Connection,
+    kind: StorageKind,
+    id: &str,
+) -> Result<Option<StorageInfo>> {
+    let sql = format!("SELECT {INFO_COLUMNS} FROM storages s LEFT JOIN users u ON u.id = s.user_id WHERE s.id = ?1 AND s.kind = ?2");
+    let mut stmt = conn.prepare_cached(&sql)?;
+    Ok(optional(
+        stmt.query_row(params![id, kind.code()], info_from_row),
+    )?)
+}
+
+/// Like [`load_storage`] but a missing storage is an error.
+pub(crate) fn require_storage(
+    conn: &Connection,
+    kind: StorageKind,
+    id: &str,
+) -> Result<StorageInfo> {
+    load_storage(conn, kind, id)?
+        .ok_or_else(|| Error::NotFound(format!("{} was not found", kind.label())))
+}
+
+fn load_by_name(
+    conn: &Connection,
+    kind: StorageKind,
+    user_id: &str,
+    name: &str,
+) -> Result<Option<StorageInfo>> {
+    let sql = format!(
+        "SELECT {INFO_COLUMNS} FROM storages s LEFT JOIN users u ON u.id = s.user_id WHERE s.user_id = ?1 AND s.kind = ?2 AND s.name = ?3"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    Ok(optional(stmt.query_row(
+        params![user_id, kind.code(), name],
+        info_from_row,
+    ))?)
+}
+
+#[async_trait]
+impl StorageCatalog for SqliteStorage {
+    async fn create_storage(
+        &self,
+        kind: StorageKind,
+        owner: &User,
+        name: Option<&str>,
+        origin: StorageOrigin,
+    ) -> Result<(StorageInfo, bool)> {
+        let user_id = owner.id.clone();
+        let name = name.map(str::to_string);
+        self.write(move |tx| {
+            if let Some(name) = &name {
+                if let Some(existing) = load_by_name(tx, kind, &user_id, name)? {
+                    return Ok((existing, false));
+                }
+            }
+            let id = troupe_model::new_id();
+            let now = troupe_model::now_ms();
+            tx.execute(
+                "INSERT INTO storages (id, kind, user_id, name, created_at, modified_at, accessed_at, act_id, act_run_id, general_access, secret)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    id,
+                    kind.code(),
+                    user_id,
+                    name,
+                    now,
+                    origin.act_id,
+                    origin.act_run_id,
+                    troupe_model::DEFAULT_GENERAL_ACCESS,
+                    troupe_model::id::random_string(32)
+                ],
+            )?;
+            Ok((require_storage(tx, kind, &id)?, true))
+        })
+        .await
+    }
+
+    async fn get_storage(&self, kind: StorageKind, id: &str) -> Result<Option<StorageInfo>> {
+        let id = id.to_string();
+        self.read(move |conn| load_storage(conn, kind, &id)).await
+    }
+
+    async fn get_storage_by_name(
+        &self,
+        kind: StorageKind,
+        user_id: &str,
+        name: &str,
+    ) -> Result<Option<StorageInfo>> {
+        let (user_id, name) = (user_id.to_string(), name.to_string());
+        self.read(move |conn| load_by_name(conn, kind, &user_id, &name))
+            .await
+    }
+
+    async fn list_storages(
+        &self,
+        kind: StorageKind,
+        user_id: &str,
+        filter: StorageListFilter,
+        params: ListParams,
+    ) -> Result<Page<StorageInfo>> {
+        let user_id = user_id.to_string();
+        self.read(move |conn| {
+            let named_only = if filter.unnamed { "" } else { " AND s.name IS NOT NULL" };
+            let total: i64 = conn.query_row(
+                &format!("SELECT count(*) FROM storages s WHERE s.user_id = ?1 AND s.kind = ?2{named_only}"),
+                params![user_id, kind.code()],
+                |row| row.get(0),
+            )?;
+            let order = if params.desc { "DESC" } else { "ASC" };
+            let sql = format!(
+                "SELECT {INFO_COLUMNS} FROM storages s LEFT JOIN users u ON u.id = s.user_id
+                 WHERE s.user_id = ?1 AND s.kind = ?2{named_only} ORDER BY s.created_at {order}, s.num {order} LIMIT ?3 OFFSET ?4"
+            );
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let items = stmt
+                .query_map(
+                    params![user_id, kind.code(), params.limit as i64, params.offset as i64],
+                    info_from_row,
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(Page::new(params, total as u64, items))
+        })
+        .await
+    }
+
+    async fn update_storage(
+        &self,
+        kind: StorageKind,
+        id: &str,
+        update: StorageUpdate,
+    ) -> Result<StorageInfo> {
+        let id = id.to_string();
+        self.write(move |tx| {
+            let current = require_storage(tx, kind, &id)?;
+            let now = troupe_model::now_ms();
+            if let Some(name) = &update.name {
+                if let Some(new_name) = name {
+                    if let Some(other) = load_by_name(tx, kind, &current.user_id, new_name)? {
+                        if other.id != current.id {
+                            return Err(Error::Conflict(format!(
+                                "{} with name \"{new_name}\" already exists",
+                                kind.label()
+                            )));
+                        }
+                    }
+                }
+                tx.execute(
+                    "UPDATE storages SET name = ?1, modified_at = ?2 WHERE num = ?3",
+                    params![name, now, current.num],
+                )?;
+            }
+            if let Some(access) = &update.general_access {
+                tx.execute(
+                    "UPDATE storages SET general_access = ?1, modified_at = ?2 WHERE num = ?3",
+                    params![access, now, current.num],
+                )?;
+            }
+            require_storage(tx, kind, &id)
+        })
+        .await
+    }
+
+    async fn delete_storage(&self, kind: StorageKind, id: &str) -> Result<bool> {
+        let id = id.to_string();
+        let this = self.clone();
+        self.write(move |tx| {
+            let Some(info) = load_storage(tx, kind, &id)? else {
+                return Ok(false);
+            };
+            match kind {
+                StorageKind::Dataset => super::datasets::delete_items(tx, info.num)?,
+                StorageKind::KeyValueStore => super::kv::delete_records(&this, tx, info.num)?,
+                StorageKind::RequestQueue => super::queues::delete_requests(tx, info.num)?,
+            }
+            tx.execute("DELETE FROM storages WHERE num = ?1", [info.num])?;
+            Ok(true)
+        })
+        .await
+    }
+}

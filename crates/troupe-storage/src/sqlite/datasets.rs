@@ -1,0 +1,95 @@
+use async_trait::async_trait;
+use bytes::Bytes;
+use rusqlite::{params, Transaction};
+use troupe_model::storage::{NewItem, StorageInfo, StorageKind};
+
+use super::catalog::{load_storage, require_storage};
+use super::SqliteStorage;
+use crate::datasets::ItemsPage;
+use crate::{DatasetStore, Error, Result};
+
+/// Items of one dataset live in the key range `[num << 36, (num + 1) << 36)`.
+const INDEX_BITS: u32 = 36;
+
+fn item_key(num: i64, index: u64) -> i64 {
+    (num << INDEX_BITS) + index as i64
+}
+
+pub(crate) fn delete_items(tx: &Transaction<'_>, num: i64) -> Result<()> {
+    tx.execute(
+        "DELETE FROM dataset_items WHERE k >= ?1 AND k < ?2",
+        params![item_key(num, 0), item_key(num + 1, 0)],
+    )?;
+    Ok(())
+}
+
+#[async_trait]
+impl DatasetStore for SqliteStorage {
+    async fn push_items(&self, dataset_id: &str, items: Vec<NewItem>) -> Result<StorageInfo> {
+        let dataset_id = dataset_id.to_string();
+        self.write(move |tx| {
+            let info = require_storage(tx, StorageKind::Dataset, &dataset_id)?;
+            if info.item_count + items.len() as u64 >= (1u64 << INDEX_BITS) {
+                return Err(Error::Invalid("Dataset is full".into()));
+            }
+            let mut bytes = 0u64;
+            let mut clean = 0u64;
+            {
+                let mut stmt = tx.prepare_cached("INSERT INTO dataset_items (k, data) VALUES (?1, ?2)")?;
+                for (offset, item) in items.iter().enumerate() {
+                    stmt.execute(params![item_key(info.num, info.item_count + offset as u64), item.json.as_bytes()])?;
+                    bytes += item.json.len() as u64;
+                    clean += u64::from(item.clean);
+                }
+            }
+            tx.execute(
+                "UPDATE storages SET item_count = item_count + ?1, clean_item_count = clean_item_count + ?2,
+                 storage_bytes = storage_bytes + ?3, write_count = write_count + ?1, modified_at = ?4, accessed_at = ?4
+                 WHERE num = ?5",
+                params![items.len() as i64, clean as i64, bytes as i64, troupe_model::now_ms(), info.num],
+            )?;
+            require_storage(tx, StorageKind::Dataset, &dataset_id)
+        })
+        .await
+    }
+
+    async fn read_items(
+        &self,
+        dataset_id: &str,
+        offset: u64,
+        limit: u64,
+        desc: bool,
+    ) -> Result<ItemsPage> {
+        let dataset_id = dataset_id.to_string();
+        self.read(move |conn| {
+            let info = load_storage(conn, StorageKind::Dataset, &dataset_id)?
+                .ok_or_else(|| Error::NotFound("Dataset was not found".into()))?;
+            let total = info.item_count;
+            if offset >= total || limit == 0 {
+                return Ok(ItemsPage {
+                    total,
+                    items: Vec::new(),
+                });
+            }
+            let count = limit.min(total - offset);
+            let (first, last, order) = if desc {
+                (total - offset - count, total - offset, "DESC")
+            } else {
+                (offset, offset + count, "ASC")
+            };
+            let sql = format!(
+                "SELECT data FROM dataset_items WHERE k >= ?1 AND k < ?2 ORDER BY k {order}"
+            );
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let mut rows =
+                stmt.query(params![item_key(info.num, first), item_key(info.num, last)])?;
+            let mut items = Vec::with_capacity(count as usize);
+            while let Some(row) = rows.next()? {
+                let data = row.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?;
+                items.push(Bytes::copy_from_slice(data));
+            }
+            Ok(ItemsPage { total, items })
+        })
+        .await
+    }
+}

@@ -1,0 +1,78 @@
+//! Command line: `troupe serve` and friends. Every option can also be set through a
+//! `TROUPE_*` environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::server::{self, ServeOptions};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "troupe",
+    version,
+    about = "Self-hosted, Apify-compatible Actor platform"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the API server.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on; port 0 picks a free port (the bound address is printed).
+    #[arg(long, env = "TROUPE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Folder holding all state (database, blobs, builds, run folders).
+    #[arg(long, env = "TROUPE_DATA_DIR", default_value = "./troupe-data")]
+    pub data_dir: PathBuf,
+    /// API token of the default user. Generated on first start and kept in the data dir when unset.
+    #[arg(long, env = "TROUPE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Username of the default user (used in `username~name` references).
+    #[arg(long, env = "TROUPE_USERNAME", default_value = "troupe")]
+    pub username: String,
+    /// Origin clients use to reach this server (for URLs in responses); defaults to the bound address.
+    #[arg(long, env = "TROUPE_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// fsync every commit (survives power loss, slower). Default: survives crashes and kill -9.
+    #[arg(long, env = "TROUPE_FSYNC", default_value_t = false)]
+    pub fsync: bool,
+}
+
+pub fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing();
+    match cli.command {
+        Command::Serve(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(server::run(ServeOptions {
+                listen: args.listen,
+                data_dir: args.data_dir,
+                token: args.token,
+                username: args.username,
+                public_url: args.public_url,
+                fsync: args.fsync,
+            }))
+        }
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("troupe=info,troupe_api=info,warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,5 @@
+//! troupe: a self-hosted, Apify-compatible Actor platform in one binary. This crate holds the
+//! command line and the server bootstrap, so tests and tools can reuse them.
+
+pub mod cli;
+pub mod server;

@@ -1,0 +1,108 @@
+//! Server bootstrap: open storage, make sure the default user and its token exist, bind, print
+//! the bound address on one stdout line, serve until SIGTERM/SIGINT.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use troupe_api::{ApiConfig, AppState};
+use troupe_storage::sqlite::{Durability, SqliteOptions, SqliteStorage};
+use troupe_storage::Storage;
+
+/// Everything `troupe serve` needs.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub token: Option<String>,
+    pub username: String,
+    pub public_url: Option<String>,
+    pub fsync: bool,
+}
+
+/// Name of the file keeping a generated token.
+const TOKEN_FILE: &str = "token";
+
+/// The default user's token: given, or read from the data dir, or generated (and then kept
+/// and printed once).
+fn default_token(data_dir: &Path, given: Option<String>) -> anyhow::Result<String> {
+    if let Some(token) = given.filter(|t| !t.is_empty()) {
+        return Ok(token);
+    }
+    let path = data_dir.join(TOKEN_FILE);
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        let existing = existing.trim().to_string();
+        if !existing.is_empty() {
+            return Ok(existing);
+        }
+    }
+    let token = format!("troupe_{}", troupe_model::id::random_string(40));
+    write_private(&path, &token).with_context(|| format!("writing {}", path.display()))?;
+    println!("generated API token (kept in {}): {token}", path.display());
+    Ok(token)
+}
+
+fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(content.as_bytes())?;
+    file.sync_all()
+}
+
+/// Runs the server until a shutdown signal.
+pub async fn run(options: ServeOptions) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&options.data_dir)
+        .with_context(|| format!("creating {}", options.data_dir.display()))?;
+    let durability = if options.fsync {
+        Durability::Full
+    } else {
+        Durability::Normal
+    };
+    let storage = SqliteStorage::open(&options.data_dir, SqliteOptions { durability })?;
+    let storage: Arc<dyn Storage> = Arc::new(storage);
+    let token = default_token(&options.data_dir, options.token.clone())?;
+    storage
+        .ensure_default_user(&options.username, &token)
+        .await?;
+
+    let listener = TcpListener::bind(options.listen)
+        .await
+        .with_context(|| format!("binding {}", options.listen))?;
+    let bound = listener.local_addr()?;
+    let public_base_url = options
+        .public_url
+        .clone()
+        .map(|u| u.trim_end_matches('/').trim_end_matches("/v2").to_string())
+        .unwrap_or_else(|| format!("http://{bound}"));
+    let state = AppState::new(
+        storage,
+        ApiConfig {
+            public_base_url: public_base_url.clone(),
+            temp_dir: options.data_dir.join("tmp"),
+        },
+    );
+    // One stdout line tests and scripts can parse.
+    println!("troupe listening on http://{bound} (API base {public_base_url}/v2)");
+    tracing::info!(%bound, "listening");
+    troupe_api::serve(listener, state, shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}
