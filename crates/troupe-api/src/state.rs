@@ -59,7 +59,8 @@ impl AppState {
     }
 }
 
-const TOKEN_TTL: Duration = Duration::from_secs(30);
+/// How long a token lookup is cached: a token revoked from another process stops working within this.
+const TOKEN_TTL: Duration = Duration::from_secs(5);
 
 #[derive(Default)]
 struct TokenCache {

@@ -21,8 +21,13 @@ use rusqlite::{Connection, OpenFlags, Transaction};
 use crate::{Error, Result};
 
 /// Schema migrations, applied in order; each name is recorded once applied. Append only.
-const MIGRATIONS: &[(&str, &str)] =
-    &[("0001_core", include_str!("sqlite/migrations/0001_core.sql"))];
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("0001_core", include_str!("sqlite/migrations/0001_core.sql")),
+    (
+        "0002_tokens",
+        include_str!("sqlite/migrations/0002_tokens.sql"),
+    ),
+];
 
 /// How hard commits are pushed to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -214,6 +219,12 @@ mod tests {
     async fn conformance_users() {
         let (_dir, storage) = open_temp();
         crate::conformance::users::run(&storage).await;
+    }
+
+    #[tokio::test]
+    async fn conformance_tokens() {
+        let (_dir, storage) = open_temp();
+        crate::conformance::users::run_tokens(&storage).await;
     }
 
     #[tokio::test]

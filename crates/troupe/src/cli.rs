@@ -23,6 +23,60 @@ pub struct Cli {
 pub enum Command {
     /// Run the API server.
     Serve(ServeArgs),
+    /// Manage users (works on the data dir, also while the server runs).
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+        #[command(flatten)]
+        data: DataDirArg,
+    },
+    /// Manage API tokens (works on the data dir, also while the server runs).
+    Tokens {
+        #[command(subcommand)]
+        command: TokensCommand,
+        #[command(flatten)]
+        data: DataDirArg,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DataDirArg {
+    /// Folder holding all state.
+    #[arg(
+        long,
+        env = "TROUPE_DATA_DIR",
+        default_value = "./troupe-data",
+        global = true
+    )]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// Add a user and print a first API token for it.
+    Add { username: String },
+    /// List users.
+    List,
+    /// Remove a user and revoke all of their tokens (their resources stay, unreachable).
+    Remove { username: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokensCommand {
+    /// Create a token for a user (default: the default user) and print it once.
+    Create {
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long, default_value = "created with troupe tokens create")]
+        description: String,
+    },
+    /// List a user's tokens (ids only; secrets are never stored).
+    List {
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Revoke a token by its id (takes effect within 5 seconds on a running server).
+    Revoke { id: String },
 }
 
 #[derive(Debug, clap::Args)]
@@ -51,6 +105,18 @@ pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing();
     match cli.command {
+        Command::Users { command, data } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(crate::admin::users(&data.data_dir, command))
+        }
+        Command::Tokens { command, data } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(crate::admin::tokens(&data.data_dir, command))
+        }
         Command::Serve(args) => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -9,15 +9,38 @@ use serde_json::Value;
 async fn users_me_with_header_or_query_token() {
     let server = TestServer::start();
     let http = client();
-    let me: Value = http.get(server.url("/users/me")).send().await.unwrap().json().await.unwrap();
+    let me: Value = http
+        .get(server.url("/users/me"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(me["data"]["username"], "troupe");
     let id = me["data"]["id"].as_str().unwrap();
     assert_eq!(id.len(), 17);
-    let by_header = http.get(format!("{}/users/me", server.api())).bearer_auth(&server.token).send().await.unwrap();
+    let by_header = http
+        .get(format!("{}/users/me", server.api()))
+        .bearer_auth(&server.token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(by_header.status(), 200);
-    let public: Value = http.get(format!("{}/users/{id}", server.api())).send().await.unwrap().json().await.unwrap();
+    let public: Value = http
+        .get(format!("{}/users/{id}", server.api()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(public["data"]["username"], "troupe");
-    let by_name = http.get(format!("{}/users/troupe", server.api())).send().await.unwrap();
+    let by_name = http
+        .get(format!("{}/users/troupe", server.api()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(by_name.status(), 200);
 }
 
@@ -25,15 +48,30 @@ async fn users_me_with_header_or_query_token() {
 async fn auth_errors() {
     let server = TestServer::start();
     let http = client();
-    assert_error(http.get(format!("{}/users/me", server.api())).send().await.unwrap(), 401, "token-not-provided").await;
     assert_error(
-        http.get(format!("{}/users/me?token=wrong", server.api())).send().await.unwrap(),
+        http.get(format!("{}/users/me", server.api()))
+            .send()
+            .await
+            .unwrap(),
+        401,
+        "token-not-provided",
+    )
+    .await;
+    assert_error(
+        http.get(format!("{}/users/me?token=wrong", server.api()))
+            .send()
+            .await
+            .unwrap(),
         401,
         "invalid-token",
     )
     .await;
     assert_error(
-        http.get(format!("{}/datasets", server.api())).bearer_auth("wrong").send().await.unwrap(),
+        http.get(format!("{}/datasets", server.api()))
+            .bearer_auth("wrong")
+            .send()
+            .await
+            .unwrap(),
         401,
         "invalid-token",
     )
@@ -44,9 +82,20 @@ async fn auth_errors() {
 async fn unknown_route_and_wrong_method() {
     let server = TestServer::start();
     let http = client();
-    assert_error(http.get(server.url("/no-such-thing")).send().await.unwrap(), 404, "page-not-found").await;
+    assert_error(
+        http.get(server.url("/no-such-thing")).send().await.unwrap(),
+        404,
+        "page-not-found",
+    )
+    .await;
     let response = http.patch(server.url("/datasets")).send().await.unwrap();
-    let allow = response.headers().get("allow").unwrap().to_str().unwrap().to_string();
+    let allow = response
+        .headers()
+        .get("allow")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
     assert!(allow.contains("GET") && allow.contains("POST"), "{allow}");
     let body = assert_error(response, 405, "method-not-allowed").await;
     assert!(body["error"]["message"].as_str().unwrap().contains("POST"));
@@ -57,13 +106,23 @@ async fn method_override_and_cors() {
     let server = TestServer::start();
     let http = client();
     // GET with ?method=POST creates a dataset.
-    let created = http.get(server.url("/datasets?name=via-get&method=POST")).send().await.unwrap();
+    let created = http
+        .get(server.url("/datasets?name=via-get&method=POST"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(created.status(), 201);
     let preflight = http
-        .request(reqwest::Method::OPTIONS, format!("{}/datasets", server.api()))
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/datasets", server.api()),
+        )
         .header("origin", "http://example.test")
         .header("access-control-request-method", "POST")
-        .header("access-control-request-headers", "authorization,content-type")
+        .header(
+            "access-control-request-headers",
+            "authorization,content-type",
+        )
         .send()
         .await
         .unwrap();
@@ -75,7 +134,10 @@ async fn method_override_and_cors() {
         .send()
         .await
         .unwrap();
-    let exposed = items.headers()["access-control-expose-headers"].to_str().unwrap().to_string();
+    let exposed = items.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .to_string();
     assert!(exposed.contains("x-apify-pagination-total"), "{exposed}");
 }
 
@@ -83,7 +145,11 @@ async fn method_override_and_cors() {
 async fn sigterm_stops_cleanly_and_data_survives_restart() {
     let mut server = TestServer::start();
     let http = client();
-    let created = http.post(server.url("/datasets?name=persist")).send().await.unwrap();
+    let created = http
+        .post(server.url("/datasets?name=persist"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(created.status(), 201);
     let push = http
         .post(server.url("/datasets/~persist/items"))
@@ -95,6 +161,13 @@ async fn sigterm_stops_cleanly_and_data_survives_restart() {
     assert_eq!(push.status(), 201);
     assert!(server.stop(), "clean exit on SIGTERM");
     let server = TestServer::start_in(&server.data_dir.clone(), &[]);
-    let items: Value = http.get(server.url("/datasets/~persist/items")).send().await.unwrap().json().await.unwrap();
+    let items: Value = http
+        .get(server.url("/datasets/~persist/items"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(items, serde_json::json!([{"a":1},{"a":2}]));
 }

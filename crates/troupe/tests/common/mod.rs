@@ -62,7 +62,13 @@ impl TestServer {
             }
         });
         let origin = origin.expect("server printed its address");
-        Self { child: Some(child), origin, token: TOKEN.to_string(), data_dir: dir.to_path_buf(), _temp: None }
+        Self {
+            child: Some(child),
+            origin,
+            token: TOKEN.to_string(),
+            data_dir: dir.to_path_buf(),
+            _temp: None,
+        }
     }
 
     /// `http://127.0.0.1:PORT/v2`
@@ -90,7 +96,9 @@ impl TestServer {
 
     /// Stops the server with SIGTERM and returns whether it exited cleanly.
     pub fn stop(&mut self) -> bool {
-        let Some(mut child) = self.child.take() else { return true };
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
         unsafe {
             libc::kill(child.id() as i32, libc::SIGTERM);
         }
@@ -114,11 +122,18 @@ impl Drop for TestServer {
 
 /// An HTTP client without automatic decompression or redirects, so tests see the wire.
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client")
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
 }
 
 /// Asserts an Apify error envelope with `status` and `error_type`.
-pub async fn assert_error(response: reqwest::Response, status: u16, error_type: &str) -> serde_json::Value {
+pub async fn assert_error(
+    response: reqwest::Response,
+    status: u16,
+    error_type: &str,
+) -> serde_json::Value {
     assert_eq!(response.status().as_u16(), status, "status");
     let body: serde_json::Value = response.json().await.expect("json error body");
     assert_eq!(body["error"]["type"], error_type, "error type in {body}");

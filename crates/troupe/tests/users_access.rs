@@ -1,0 +1,293 @@
+//! Users and tokens from the command line, and the one access rule across users.
+
+mod common;
+
+use std::process::Command;
+
+use common::{assert_error, client, TestServer};
+use serde_json::Value;
+
+fn troupe(args: &[&str], data_dir: &std::path::Path) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_troupe"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run troupe");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+fn token_from(stdout: &str) -> String {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("token: "))
+        .expect("token line")
+        .trim()
+        .to_string()
+}
+
+#[tokio::test]
+async fn users_and_tokens_cli() {
+    let server = TestServer::start();
+    let http = client();
+    let (ok, out) = troupe(&["users", "add", "bob"], &server.data_dir);
+    assert!(ok, "{out}");
+    let bob_token = token_from(&out);
+    let (ok, _) = troupe(&["users", "add", "bob"], &server.data_dir);
+    assert!(!ok, "duplicate username is refused");
+    let (ok, _) = troupe(&["users", "add", "../evil"], &server.data_dir);
+    assert!(!ok, "invalid username is refused");
+    let (_, list) = troupe(&["users", "list"], &server.data_dir);
+    assert!(
+        list.contains("\tbob\t") && list.contains("\ttroupe\t"),
+        "{list}"
+    );
+
+    let me: Value = http
+        .get(format!("{}/users/me", server.api()))
+        .bearer_auth(&bob_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["data"]["username"], "bob");
+
+    // A second token, listed by id, revoked: stops working (within the 5 s cache window).
+    let (ok, out) = troupe(
+        &["tokens", "create", "--user", "bob", "--description", "ci"],
+        &server.data_dir,
+    );
+    assert!(ok);
+    let second = token_from(&out);
+    let (_, tokens) = troupe(&["tokens", "list", "--user", "bob"], &server.data_dir);
+    let id = tokens
+        .lines()
+        .find(|l| l.contains("\tci"))
+        .expect("listed")
+        .split('\t')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(!tokens.contains(&second), "secrets are never listed");
+    let ok_before = http
+        .get(format!("{}/users/me", server.api()))
+        .bearer_auth(&second)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok_before.status(), 200);
+    let (ok, _) = troupe(&["tokens", "revoke", &id], &server.data_dir);
+    assert!(ok);
+    tokio::time::sleep(std::time::Duration::from_millis(5500)).await;
+    assert_error(
+        http.get(format!("{}/users/me", server.api()))
+            .bearer_auth(&second)
+            .send()
+            .await
+            .unwrap(),
+        401,
+        "invalid-token",
+    )
+    .await;
+
+    let (ok, _) = troupe(&["users", "remove", "bob"], &server.data_dir);
+    assert!(ok);
+    let (ok, _) = troupe(&["users", "remove", "troupe"], &server.data_dir);
+    assert!(!ok, "the default user stays");
+}
+
+#[tokio::test]
+async fn other_users_storages_are_off_limits() {
+    let server = TestServer::start();
+    let http = client();
+    let (_, out) = troupe(&["users", "add", "bob"], &server.data_dir);
+    let bob = token_from(&out);
+    let api = server.api();
+
+    for collection in ["datasets"] {
+        let created: Value = http
+            .post(format!("{api}/{collection}?name=private"))
+            .bearer_auth(&bob)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let id = created["data"]["id"].as_str().unwrap().to_string();
+        // The default user cannot read, rename or delete bob's storage.
+        assert_error(
+            http.get(server.url(&format!("/{collection}/{id}")))
+                .send()
+                .await
+                .unwrap(),
+            403,
+            "insufficient-permissions",
+        )
+        .await;
+        assert_error(
+            http.put(server.url(&format!("/{collection}/{id}")))
+                .json(&serde_json::json!({"name": "mine"}))
+                .send()
+                .await
+                .unwrap(),
+            403,
+            "insufficient-permissions",
+        )
+        .await;
+        assert_error(
+            http.delete(server.url(&format!("/{collection}/{id}")))
+                .send()
+                .await
+                .unwrap(),
+            403,
+            "insufficient-permissions",
+        )
+        .await;
+        assert_error(
+            http.get(server.url(&format!("/{collection}/bob~private")))
+                .send()
+                .await
+                .unwrap(),
+            403,
+            "insufficient-permissions",
+        )
+        .await;
+        // `~private` means the caller's own storage of that name: none.
+        assert_error(
+            http.get(server.url(&format!("/{collection}/~private")))
+                .send()
+                .await
+                .unwrap(),
+            404,
+            "record-not-found",
+        )
+        .await;
+        // Nobody else's storages show up in listings.
+        let listed: Value = http
+            .get(server.url(&format!("/{collection}?unnamed=1")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(listed["data"]["total"], 0, "{collection}");
+        // Anonymous access is refused.
+        assert_error(
+            http.get(format!("{api}/{collection}/{id}"))
+                .send()
+                .await
+                .unwrap(),
+            401,
+            "token-not-provided",
+        )
+        .await;
+        // Still there, unchanged.
+        let still: Value = http
+            .get(format!("{api}/{collection}/{id}"))
+            .bearer_auth(&bob)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(still["data"]["name"], "private");
+
+        // generalAccess ANYONE_WITH_ID_CAN_READ opens reads by id, not writes.
+        let opened = http
+            .put(format!("{api}/{collection}/{id}"))
+            .bearer_auth(&bob)
+            .json(&serde_json::json!({"generalAccess": "ANYONE_WITH_ID_CAN_READ"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(opened.status(), 200);
+        assert_eq!(
+            http.get(format!("{api}/{collection}/{id}"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+        let as_other: Value = http
+            .get(server.url(&format!("/{collection}/{id}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(
+            as_other["data"].get("urlSigningSecretKey").is_none(),
+            "secret shown to owner only"
+        );
+        assert_error(
+            http.delete(server.url(&format!("/{collection}/{id}")))
+                .send()
+                .await
+                .unwrap(),
+            403,
+            "insufficient-permissions",
+        )
+        .await;
+        assert_error(
+            http.get(server.url(&format!("/{collection}/bob~private")))
+                .send()
+                .await
+                .unwrap(),
+            403,
+            "insufficient-permissions",
+        )
+        .await;
+    }
+
+    // Dataset items follow the same rule.
+    let ds: Value = http
+        .post(format!("{api}/datasets?name=items"))
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ds_id = ds["data"]["id"].as_str().unwrap();
+    assert_error(
+        http.post(server.url(&format!("/datasets/{ds_id}/items")))
+            .json(&serde_json::json!({"a": 1}))
+            .send()
+            .await
+            .unwrap(),
+        403,
+        "insufficient-permissions",
+    )
+    .await;
+    assert_error(
+        http.get(server.url(&format!("/datasets/{ds_id}/items")))
+            .send()
+            .await
+            .unwrap(),
+        403,
+        "insufficient-permissions",
+    )
+    .await;
+    let count: Value = http
+        .get(format!("{api}/datasets/{ds_id}"))
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(count["data"]["itemCount"], 0);
+}
