@@ -44,6 +44,8 @@ pub async fn read_raw(body: Body, limit: usize) -> Result<Bytes, ApiError> {
                 .is_some()
             {
                 Err(ApiError::request_too_large(limit))
+            } else if is_body_timeout(err.as_ref()) {
+                Err(ApiError::body_timeout())
             } else {
                 Err(ApiError::invalid_input(format!(
                     "Failed to read the request body: {err}"
@@ -51,6 +53,25 @@ pub async fn read_raw(body: Body, limit: usize) -> Result<Bytes, ApiError> {
             }
         }
     }
+}
+
+/// True when a body read failed because the client stopped sending (see `serve`).
+pub fn is_body_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(error) = current {
+        // The timeout error travels boxed inside axum's body error; match by type or by message.
+        if error
+            .downcast_ref::<tower_http::timeout::TimeoutError>()
+            .is_some()
+            || error
+                .to_string()
+                .contains("not received within the designated timeout")
+        {
+            return true;
+        }
+        current = error.source();
+    }
+    false
 }
 
 /// Reads and decodes the body; the decoded size is limited to `limit` bytes too.

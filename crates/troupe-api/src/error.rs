@@ -82,6 +82,14 @@ impl ApiError {
             format!("The POST payload is too large (limit: {limit} bytes)"),
         )
     }
+    /// 408 `operation-timed-out`: the client stopped sending the request body.
+    pub fn body_timeout() -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "operation-timed-out",
+            "The request body was not received in time",
+        )
+    }
     /// 415 `unsupported-content-encoding`.
     pub fn unsupported_encoding(encoding: &str) -> Self {
         Self::new(

@@ -54,6 +54,10 @@ pub fn app(state: AppState) -> Router {
     }
     router
         .fallback(|| async { ApiError::page_not_found() })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::ratelimit::rate_limit,
+        ))
         .layer(
             TraceLayer::new_for_http().make_span_with(|request: &Request| {
                 let route = request
@@ -68,14 +72,13 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The service actually served: [`app`] behind the `?method=` override (which must run before
-/// routing).
-pub fn service(state: AppState) -> axum::routing::IntoMakeService<Router> {
+/// The router actually served: [`app`] behind the `?method=` override (which must run before
+/// routing) and the envelope for axum's bare 405s.
+pub fn service_router(state: AppState) -> Router {
     Router::new()
         .fallback_service(app(state))
         .layer(middleware::from_fn(envelope_for_bare_errors))
         .layer(middleware::from_fn(method_override))
-        .into_make_service()
 }
 
 fn cors() -> CorsLayer {

@@ -17,6 +17,14 @@ pub struct ApiConfig {
     pub public_base_url: String,
     /// Scratch space for exports that need a file (XLSX), inside the data dir.
     pub temp_dir: std::path::PathBuf,
+    /// Requests per second per user; `None` = unlimited.
+    pub rate_limit_per_user: Option<std::num::NonZeroU32>,
+    /// Requests per second per resource (dataset, store, queue, run, Actor…); `None` = unlimited.
+    pub rate_limit_per_resource: Option<std::num::NonZeroU32>,
+    /// A request body that sends nothing for this long is cut off with 408.
+    pub body_idle_timeout: Duration,
+    /// A client must send its request headers within this time.
+    pub header_read_timeout: Duration,
 }
 
 /// Everything a handler can reach.
@@ -24,14 +32,20 @@ pub struct ApiConfig {
 pub struct AppState {
     pub storage: Arc<dyn Storage>,
     pub config: Arc<ApiConfig>,
+    pub rate_limits: Arc<crate::ratelimit::RateLimits>,
     tokens: Arc<TokenCache>,
 }
 
 impl AppState {
     pub fn new(storage: Arc<dyn Storage>, config: ApiConfig) -> Self {
+        let rate_limits = crate::ratelimit::RateLimits::new(
+            config.rate_limit_per_user,
+            config.rate_limit_per_resource,
+        );
         Self {
             storage,
             config: Arc::new(config),
+            rate_limits: Arc::new(rate_limits),
             tokens: Arc::new(TokenCache::default()),
         }
     }
@@ -51,6 +65,11 @@ impl AppState {
             self.tokens.put(token, user.clone());
         }
         Ok(user)
+    }
+
+    /// Forgets one cached token (after it is revoked in this process).
+    pub fn forget_token(&self, token: &str) {
+        self.tokens.entries.lock().remove(token);
     }
 
     /// Forgets cached tokens (after a token is revoked).

@@ -99,6 +99,18 @@ pub struct ServeArgs {
     /// fsync every commit (survives power loss, slower). Default: survives crashes and kill -9.
     #[arg(long, env = "TROUPE_FSYNC", default_value_t = false)]
     pub fsync: bool,
+    /// Requests per second allowed per user (0 = unlimited). Over it: 429 rate-limit-exceeded.
+    #[arg(long, env = "TROUPE_RATE_LIMIT_PER_USER", default_value_t = 0)]
+    pub rate_limit_per_user: u32,
+    /// Requests per second allowed per resource (dataset, store, queue, run, Actor…; 0 = unlimited).
+    #[arg(long, env = "TROUPE_RATE_LIMIT_PER_RESOURCE", default_value_t = 0)]
+    pub rate_limit_per_resource: u32,
+    /// Seconds a request body may stall before the request fails with 408.
+    #[arg(long, env = "TROUPE_BODY_IDLE_TIMEOUT_SECS", default_value_t = 30)]
+    pub body_idle_timeout_secs: u64,
+    /// Seconds a client may take to send its request headers.
+    #[arg(long, env = "TROUPE_HEADER_READ_TIMEOUT_SECS", default_value_t = 30)]
+    pub header_read_timeout_secs: u64,
 }
 
 pub fn main() -> anyhow::Result<()> {
@@ -128,6 +140,14 @@ pub fn main() -> anyhow::Result<()> {
                 username: args.username,
                 public_url: args.public_url,
                 fsync: args.fsync,
+                rate_limit_per_user: std::num::NonZeroU32::new(args.rate_limit_per_user),
+                rate_limit_per_resource: std::num::NonZeroU32::new(args.rate_limit_per_resource),
+                body_idle_timeout: std::time::Duration::from_secs(
+                    args.body_idle_timeout_secs.max(1),
+                ),
+                header_read_timeout: std::time::Duration::from_secs(
+                    args.header_read_timeout_secs.max(1),
+                ),
             }))
         }
     }

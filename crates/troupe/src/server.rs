@@ -20,6 +20,10 @@ pub struct ServeOptions {
     pub username: String,
     pub public_url: Option<String>,
     pub fsync: bool,
+    pub rate_limit_per_user: Option<std::num::NonZeroU32>,
+    pub rate_limit_per_resource: Option<std::num::NonZeroU32>,
+    pub body_idle_timeout: std::time::Duration,
+    pub header_read_timeout: std::time::Duration,
 }
 
 /// Name of the file keeping a generated token.
@@ -87,6 +91,10 @@ pub async fn run(options: ServeOptions) -> anyhow::Result<()> {
         ApiConfig {
             public_base_url: public_base_url.clone(),
             temp_dir: options.data_dir.join("tmp"),
+            rate_limit_per_user: options.rate_limit_per_user,
+            rate_limit_per_resource: options.rate_limit_per_resource,
+            body_idle_timeout: options.body_idle_timeout,
+            header_read_timeout: options.header_read_timeout,
         },
     );
     // One stdout line tests and scripts can parse.

@@ -10,8 +10,61 @@ use troupe_model::storage::NewItem;
 
 use crate::error::{ApiError, ApiResult};
 
-/// Counts the keys of a JSON object that do not start with `#`.
+/// Walks one item without building it: counts the top-level keys that do not start with `#`,
+/// and rejects what a JSON tree cannot hold safely. Values go through `deserialize_any`, so
+/// serde_json's recursion limit (128 levels) applies and numbers must fit a double.
 struct VisibleKeys;
+
+/// Accepts any JSON value without allocating.
+struct AnyValue;
+
+impl<'de> Visitor<'de> for AnyValue {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E: serde::de::Error>(self, value: f64) -> Result<(), E> {
+        if value.is_finite() {
+            Ok(())
+        } else {
+            Err(E::custom("number out of range"))
+        }
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(AnyValue)?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while map.next_key::<IgnoredAny>()?.is_some() {
+            map.next_value_seed(AnyValue)?;
+        }
+        Ok(())
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for AnyValue {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
 
 impl<'de> Visitor<'de> for VisibleKeys {
     type Value = usize;
@@ -23,7 +76,7 @@ impl<'de> Visitor<'de> for VisibleKeys {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<usize, A::Error> {
         let mut visible = 0;
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            map.next_value::<IgnoredAny>()?;
+            map.next_value_seed(AnyValue)?;
             if !key.starts_with('#') {
                 visible += 1;
             }
@@ -111,6 +164,28 @@ mod tests {
         assert!(items[0].clean);
         assert!(!items[1].clean);
         assert!(!items[2].clean);
+    }
+
+    #[test]
+    fn rejects_deep_nesting_and_infinite_numbers() {
+        let deep = format!("[{}1{}]", "{\"a\":".repeat(500), "}".repeat(500));
+        assert_eq!(
+            parse_push_body(deep.as_bytes()).unwrap_err().error_type,
+            "invalid-input"
+        );
+        assert_eq!(
+            parse_push_body(b"[{\"a\":1e400}]").unwrap_err().error_type,
+            "invalid-input"
+        );
+        assert_eq!(
+            parse_push_body(b"[{\"a\":-1e400}]").unwrap_err().error_type,
+            "invalid-input"
+        );
+        let fine = format!("[{}1{}]", "{\"a\":".repeat(100), "}".repeat(100));
+        assert!(parse_push_body(fine.as_bytes()).is_ok());
+        assert!(
+            parse_push_body(b"[{\"big\":123456789012345678901234567890,\"f\":1.5e300}]").is_ok()
+        );
     }
 
     #[test]
