@@ -46,4 +46,11 @@ pub trait StorageCatalog {
     ) -> Result<StorageInfo>;
     /// Deletes a storage and its content. Returns false when it did not exist.
     async fn delete_storage(&self, kind: StorageKind, id: &str) -> Result<bool>;
+    /// Up to `limit` unnamed storages (any kind) neither modified nor accessed since `cutoff_ms`,
+    /// oldest first (the retention policy deletes them).
+    async fn expired_unnamed_storages(
+        &self,
+        cutoff_ms: i64,
+        limit: u64,
+    ) -> Result<Vec<(StorageKind, String)>>;
 }

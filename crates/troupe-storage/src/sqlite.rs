@@ -234,6 +234,12 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn conformance_retention() {
+        let (_dir, storage) = open_temp();
+        crate::conformance::catalog::run_retention(&storage).await;
+    }
+
+    #[tokio::test]
     async fn conformance_datasets() {
         let (_dir, storage) = open_temp();
         crate::conformance::datasets::run(&storage).await;

@@ -111,6 +111,12 @@ pub struct ServeArgs {
     /// Seconds a client may take to send its request headers.
     #[arg(long, env = "TROUPE_HEADER_READ_TIMEOUT_SECS", default_value_t = 30)]
     pub header_read_timeout_secs: u64,
+    /// Delete unnamed storages idle for longer than this (e.g. `30d`, `12h`); off when unset.
+    #[arg(long, env = "TROUPE_RETENTION", value_parser = humantime::parse_duration)]
+    pub retention: Option<std::time::Duration>,
+    /// How often the retention policy runs.
+    #[arg(long, env = "TROUPE_RETENTION_INTERVAL", value_parser = humantime::parse_duration, default_value = "1h")]
+    pub retention_interval: std::time::Duration,
 }
 
 pub fn main() -> anyhow::Result<()> {
@@ -148,6 +154,8 @@ pub fn main() -> anyhow::Result<()> {
                 header_read_timeout: std::time::Duration::from_secs(
                     args.header_read_timeout_secs.max(1),
                 ),
+                retention: args.retention,
+                retention_interval: args.retention_interval,
             }))
         }
     }

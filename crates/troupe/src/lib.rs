@@ -3,4 +3,5 @@
 
 pub mod admin;
 pub mod cli;
+pub mod retention;
 pub mod server;

@@ -24,6 +24,9 @@ pub struct ServeOptions {
     pub rate_limit_per_resource: Option<std::num::NonZeroU32>,
     pub body_idle_timeout: std::time::Duration,
     pub header_read_timeout: std::time::Duration,
+    /// Idle unnamed storages older than this are deleted (`None` = keep forever).
+    pub retention: Option<std::time::Duration>,
+    pub retention_interval: std::time::Duration,
 }
 
 /// Name of the file keeping a generated token.
@@ -86,6 +89,9 @@ pub async fn run(options: ServeOptions) -> anyhow::Result<()> {
         .clone()
         .map(|u| u.trim_end_matches('/').trim_end_matches("/v2").to_string())
         .unwrap_or_else(|| format!("http://{bound}"));
+    if let Some(period) = options.retention {
+        crate::retention::spawn(storage.clone(), period, options.retention_interval);
+    }
     let state = AppState::new(
         storage,
         ApiConfig {

@@ -24,7 +24,9 @@ async fn writer(api_url: String, writer_id: u64, start_seq: u64, acked: Arc<Acke
         let batch: Vec<Value> = if seq % 3 == 0 {
             vec![json!({"w": writer_id, "s": seq})]
         } else {
-            (0..5).map(|i| json!({"w": writer_id, "s": seq + i})).collect()
+            (0..5)
+                .map(|i| json!({"w": writer_id, "s": seq + i}))
+                .collect()
         };
         let n = batch.len() as u64;
         match http.post(&api_url).json(&batch).send().await {
@@ -46,7 +48,14 @@ async fn acknowledged_writes_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = TestServer::start_in(dir.path(), &[]);
     let http = client();
-    assert_eq!(http.post(server.url("/datasets?name=crash")).send().await.unwrap().status(), 201);
+    assert_eq!(
+        http.post(server.url("/datasets?name=crash"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
     let acked = Arc::new(Acked::default());
     let mut next_seq: HashMap<u64, u64> = (0..4).map(|w| (w, 0)).collect();
 
@@ -63,21 +72,60 @@ async fn acknowledged_writes_survive_kill_9() {
         }
         server = TestServer::start_in(dir.path(), &[]);
 
-        let items: Vec<Value> = http.get(server.url("/datasets/~crash/items")).send().await.unwrap().json().await.unwrap();
-        let stored: Vec<(u64, u64)> = items.iter().map(|i| (i["w"].as_u64().unwrap(), i["s"].as_u64().unwrap())).collect();
-        let info: Value = http.get(server.url("/datasets/~crash")).send().await.unwrap().json().await.unwrap();
-        assert_eq!(info["data"]["itemCount"].as_u64().unwrap(), stored.len() as u64, "count matches items");
+        let items: Vec<Value> = http
+            .get(server.url("/datasets/~crash/items"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let stored: Vec<(u64, u64)> = items
+            .iter()
+            .map(|i| (i["w"].as_u64().unwrap(), i["s"].as_u64().unwrap()))
+            .collect();
+        let info: Value = http
+            .get(server.url("/datasets/~crash"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            info["data"]["itemCount"].as_u64().unwrap(),
+            stored.len() as u64,
+            "count matches items"
+        );
         let acked_now = acked.items.lock().unwrap().clone();
-        assert!(acked_now.len() as u64 > 20 * (round + 1), "writers made progress: {}", acked_now.len());
+        assert!(
+            acked_now.len() as u64 > 20 * (round + 1),
+            "writers made progress: {}",
+            acked_now.len()
+        );
         for writer_id in 0..4u64 {
-            let acked_seqs: Vec<u64> = acked_now.iter().filter(|(w, _)| *w == writer_id).map(|(_, s)| *s).collect();
-            let stored_seqs: Vec<u64> = stored.iter().filter(|(w, _)| *w == writer_id).map(|(_, s)| *s).collect();
+            let acked_seqs: Vec<u64> = acked_now
+                .iter()
+                .filter(|(w, _)| *w == writer_id)
+                .map(|(_, s)| *s)
+                .collect();
+            let stored_seqs: Vec<u64> = stored
+                .iter()
+                .filter(|(w, _)| *w == writer_id)
+                .map(|(_, s)| *s)
+                .collect();
             // Stored order per writer is increasing (in order, no duplicates)...
-            assert!(stored_seqs.windows(2).all(|p| p[0] < p[1]), "writer {writer_id}: order/duplicates");
+            assert!(
+                stored_seqs.windows(2).all(|p| p[0] < p[1]),
+                "writer {writer_id}: order/duplicates"
+            );
             // ...and contains every acknowledged item.
             let mut cursor = stored_seqs.iter();
             for seq in &acked_seqs {
-                assert!(cursor.any(|s| s == seq), "round {round}: acknowledged item w{writer_id}/s{seq} lost");
+                assert!(
+                    cursor.any(|s| s == seq),
+                    "round {round}: acknowledged item w{writer_id}/s{seq} lost"
+                );
             }
         }
     }

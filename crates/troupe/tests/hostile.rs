@@ -301,3 +301,61 @@ async fn rate_limits_answer_429_per_user_and_resource() {
         assert!(response.headers().get("x-ratelimit-limit").is_none());
     }
 }
+
+#[tokio::test]
+async fn retention_deletes_idle_unnamed_storages_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_in(
+        dir.path(),
+        &["--retention", "2s", "--retention-interval", "500ms"],
+    );
+    let http = client();
+    let unnamed: Value = http
+        .post(server.url("/datasets"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let unnamed_id = unnamed["data"]["id"].as_str().unwrap().to_string();
+    dataset(&server, "kept").await;
+    // Still there while fresh.
+    assert_eq!(
+        http.get(server.url(&format!("/datasets/{unnamed_id}")))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let started = Instant::now();
+    loop {
+        let response = http
+            .get(server.url(&format!("/datasets/{unnamed_id}")))
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 404 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "idle unnamed dataset was never deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(1000),
+        "not deleted before its time"
+    );
+    assert_eq!(
+        http.get(server.url("/datasets/~kept"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200,
+        "named storages stay"
+    );
+}

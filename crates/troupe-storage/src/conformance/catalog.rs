@@ -140,3 +140,43 @@ pub async fn run(storage: &dyn Storage) {
         assert!(storage.delete_storage(kind, &unnamed.id).await.unwrap());
     }
 }
+
+/// What the retention policy sees: unnamed storages idle since before the cutoff.
+pub async fn run_retention(storage: &dyn Storage) {
+    let user = test_user(storage).await;
+    let (old, _) = storage
+        .create_storage(
+            StorageKind::KeyValueStore,
+            &user,
+            None,
+            StorageOrigin::default(),
+        )
+        .await
+        .unwrap();
+    let (named, _) = storage
+        .create_storage(
+            StorageKind::Dataset,
+            &user,
+            Some("keep"),
+            StorageOrigin::default(),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let cutoff = troupe_model::now_ms();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let (fresh, _) = storage
+        .create_storage(StorageKind::Dataset, &user, None, StorageOrigin::default())
+        .await
+        .unwrap();
+    let expired = storage.expired_unnamed_storages(cutoff, 100).await.unwrap();
+    assert_eq!(expired, vec![(StorageKind::KeyValueStore, old.id.clone())]);
+    assert!(!expired
+        .iter()
+        .any(|(_, id)| id == &named.id || id == &fresh.id));
+    assert!(storage
+        .expired_unnamed_storages(cutoff, 0)
+        .await
+        .unwrap()
+        .is_empty());
+}

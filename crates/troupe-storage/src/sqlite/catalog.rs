@@ -231,4 +231,22 @@ impl StorageCatalog for SqliteStorage {
         })
         .await
     }
+
+    async fn expired_unnamed_storages(
+        &self,
+        cutoff_ms: i64,
+        limit: u64,
+    ) -> Result<Vec<(StorageKind, String)>> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT kind, id FROM storages WHERE name IS NULL AND max(modified_at, accessed_at) < ?1
+                 ORDER BY modified_at LIMIT ?2",
+            )?;
+            let rows = stmt
+                .query_map(params![cutoff_ms, limit as i64], |row| Ok((kind_from_code(row.get(0)?), row.get(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+        .await
+    }
 }

@@ -114,7 +114,7 @@ impl UserStore for SqliteStorage {
     async fn list_users(&self) -> Result<Vec<User>> {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT id, username, created_at FROM users ORDER BY created_at, id",
+                "SELECT id, username, created_at FROM users ORDER BY created_at, rowid",
             )?;
             let users = stmt
                 .query_map([], user_from_row)?
@@ -180,7 +180,7 @@ impl UserStore for SqliteStorage {
         let user_id = user_id.to_string();
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT id, user_id, created_at, description, run_id FROM tokens WHERE user_id = ?1 ORDER BY created_at, id",
+                "SELECT id, user_id, created_at, description, run_id FROM tokens WHERE user_id = ?1 ORDER BY created_at, rowid",
             )?;
             let tokens = stmt.query_map([user_id], token_from_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(tokens)
