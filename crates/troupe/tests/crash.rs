@@ -21,7 +21,7 @@ async fn writer(api_url: String, writer_id: u64, start_seq: u64, acked: Arc<Acke
     let mut seq = start_seq;
     loop {
         // Alternate single items and small batches.
-        let batch: Vec<Value> = if seq % 3 == 0 {
+        let batch: Vec<Value> = if seq.is_multiple_of(3) {
             vec![json!({"w": writer_id, "s": seq})]
         } else {
             (0..5)
