@@ -18,6 +18,7 @@ use troupe_storage::Storage;
 use super::formats::{Columns, TextEncoder, MAX_COLUMNS};
 use super::query::{ItemFormat, ItemsQuery};
 use super::transform::transform;
+use super::transform::Cell;
 use crate::error::{ApiError, ApiResult};
 
 /// Items read from storage per page.
@@ -166,9 +167,13 @@ fn collect_columns(
     query: &ItemsQuery,
     count: u64,
 ) -> ApiResult<Columns> {
-    let mut columns = Columns::default();
+    let order = if query.output_fields.is_empty() {
+        query.fields.clone()
+    } else {
+        query.output_fields.clone()
+    };
+    let mut columns = Columns::new(order);
     let mut records = Vec::new();
-    let mut scratch = Vec::new();
     let mut too_many = false;
     for_each_page(
         handle,
@@ -182,7 +187,7 @@ fn collect_columns(
                 records.clear();
                 transform(raw, query, &mut records);
                 for record in &records {
-                    if !columns.add_record(record, &mut scratch) {
+                    if !columns.add_record(record) {
                         too_many = true;
                         return Ok(false);
                     }
@@ -197,6 +202,7 @@ fn collect_columns(
             "The items have more than {MAX_COLUMNS} columns; select fewer with \"fields\" or \"omit\""
         )));
     }
+    columns.finish();
     Ok(columns)
 }
 
@@ -278,8 +284,21 @@ fn produce_xlsx(
                     return Ok(false);
                 }
                 for (col, cell) in columns.row(record, &mut scratch).iter().enumerate() {
-                    if !cell.is_empty() {
-                        sheet.write_string(row_index, col as u16, truncate_cell(cell))?;
+                    let col = col as u16;
+                    match cell {
+                        Cell::Empty => {}
+                        Cell::Text(text) => {
+                            sheet.write_string(row_index, col, truncate_cell(text))?;
+                        }
+                        Cell::Number(_, value) if value.is_finite() => {
+                            sheet.write_number(row_index, col, *value)?;
+                        }
+                        Cell::Number(text, _) => {
+                            sheet.write_string(row_index, col, truncate_cell(text))?;
+                        }
+                        Cell::Bool(value) => {
+                            sheet.write_boolean(row_index, col, *value)?;
+                        }
                     }
                 }
                 row_index += 1;

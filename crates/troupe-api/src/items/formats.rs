@@ -6,48 +6,92 @@ use std::collections::HashMap;
 use serde_json::{Map, Value};
 
 use super::query::{ItemFormat, ItemsQuery};
-use super::transform::table_cells;
+use super::transform::{table_cells, table_leaves, Cell};
 
 /// Tabular exports allow at most this many columns (Apify's limit).
 pub const MAX_COLUMNS: usize = 2000;
 
-/// The ordered column set of a tabular export: first appearance order.
+/// The ordered column set of a tabular export: first appearance order, or with `fields` the
+/// order of the fields (their nested columns in first appearance order within each field).
 #[derive(Debug, Default, Clone)]
 pub struct Columns {
     pub names: Vec<String>,
     index: HashMap<String, usize>,
+    /// Position in `order` of the top-level field each column comes from.
+    ranks: Vec<usize>,
+    /// Output names of the requested `fields` (empty: first appearance order).
+    order: Vec<String>,
 }
 
 impl Columns {
+    /// An empty column set; `order` = the output names of `fields`, if any.
+    pub fn new(order: Vec<String>) -> Self {
+        Self {
+            order,
+            ..Self::default()
+        }
+    }
+
+    fn rank(&self, top: &str) -> usize {
+        self.order
+            .iter()
+            .position(|field| {
+                field == top
+                    || (top.len() > field.len()
+                        && top.starts_with(field.as_str())
+                        && top.as_bytes()[field.len()] == b'.')
+            })
+            .unwrap_or(usize::MAX)
+    }
+
     /// Adds the columns of one record; false when the limit is exceeded.
-    pub fn add_record(
-        &mut self,
-        record: &Map<String, Value>,
-        scratch: &mut Vec<(String, String)>,
-    ) -> bool {
-        scratch.clear();
-        table_cells(record, scratch);
-        for (name, _) in scratch.drain(..) {
-            if !self.index.contains_key(&name) {
-                if self.names.len() >= MAX_COLUMNS {
-                    return false;
-                }
-                self.index.insert(name.clone(), self.names.len());
-                self.names.push(name);
+    pub fn add_record(&mut self, record: &Map<String, Value>) -> bool {
+        let mut ok = true;
+        table_leaves(record, |top, path, _| {
+            if !ok || self.index.contains_key(&path) {
+                return;
+            }
+            if self.names.len() >= MAX_COLUMNS {
+                ok = false;
+                return;
+            }
+            let rank = self.rank(top);
+            self.index.insert(path.clone(), self.names.len());
+            self.names.push(path);
+            self.ranks.push(rank);
+        });
+        ok
+    }
+
+    /// Fixes the final order once every record was seen: requested fields that never appeared
+    /// get an (empty) column of their own, and columns follow the order of `fields`.
+    pub fn finish(&mut self) {
+        if self.order.is_empty() {
+            return;
+        }
+        for (rank, field) in self.order.clone().into_iter().enumerate() {
+            if !self.ranks.contains(&rank) && !self.index.contains_key(&field) {
+                self.index.insert(field.clone(), self.names.len());
+                self.names.push(field);
+                self.ranks.push(rank);
             }
         }
-        true
+        let mut columns: Vec<(usize, String)> =
+            self.ranks.drain(..).zip(self.names.drain(..)).collect();
+        columns.sort_by_key(|(rank, _)| *rank); // stable: first appearance within a field
+        self.index.clear();
+        for (position, (rank, name)) in columns.into_iter().enumerate() {
+            self.index.insert(name.clone(), position);
+            self.names.push(name);
+            self.ranks.push(rank);
+        }
     }
 
     /// The record laid out as one row of cells in column order.
-    pub fn row(
-        &self,
-        record: &Map<String, Value>,
-        scratch: &mut Vec<(String, String)>,
-    ) -> Vec<String> {
+    pub fn row(&self, record: &Map<String, Value>, scratch: &mut Vec<(String, Cell)>) -> Vec<Cell> {
         scratch.clear();
         table_cells(record, scratch);
-        let mut row = vec![String::new(); self.names.len()];
+        let mut row = vec![Cell::Empty; self.names.len()];
         for (name, value) in scratch.drain(..) {
             if let Some(&index) = self.index.get(&name) {
                 row[index] = value;
@@ -151,7 +195,7 @@ pub struct TextEncoder {
     delimiter: u8,
     xml_row: String,
     columns: Columns,
-    scratch: Vec<(String, String)>,
+    scratch: Vec<(String, Cell)>,
 }
 
 impl TextEncoder {
@@ -176,7 +220,8 @@ impl TextEncoder {
             ItemFormat::Jsonl | ItemFormat::Xlsx => {}
             ItemFormat::Csv => {
                 if !query.skip_header_row && !self.columns.names.is_empty() {
-                    self.write_csv_row(&self.columns.names.clone(), out);
+                    let names = self.columns.names.clone();
+                    self.write_csv_row(&names, out);
                 }
             }
             ItemFormat::Html => {
@@ -240,6 +285,7 @@ impl TextEncoder {
             }
             ItemFormat::Csv => {
                 let row = self.columns.row(record, &mut self.scratch);
+                let row: Vec<&str> = row.iter().map(Cell::text).collect();
                 self.write_csv_row(&row, out);
             }
             ItemFormat::Html => {
@@ -247,7 +293,7 @@ impl TextEncoder {
                 out.extend_from_slice(b"<tr>");
                 for cell in row {
                     out.extend_from_slice(b"<td>");
-                    escape_xml(&cell, out);
+                    escape_xml(cell.text(), out);
                     out.extend_from_slice(b"</td>");
                 }
                 out.extend_from_slice(b"</tr>\n");
@@ -285,7 +331,7 @@ impl TextEncoder {
         }
     }
 
-    fn write_csv_row(&self, row: &[String], out: &mut Vec<u8>) {
+    fn write_csv_row<T: AsRef<[u8]>>(&self, row: &[T], out: &mut Vec<u8>) {
         let mut writer = csv::WriterBuilder::new()
             .delimiter(self.delimiter)
             .from_writer(&mut *out);

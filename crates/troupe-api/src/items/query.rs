@@ -148,7 +148,8 @@ impl ItemsQuery {
         Ok(Self {
             format,
             offset: params.u64("offset")?.unwrap_or(0),
-            limit: params.u64("limit")?,
+            // The clients treat `limit=0` as "no limit" (so does upstream).
+            limit: params.u64("limit")?.filter(|&limit| limit > 0),
             desc: params.bool("desc", false)?,
             fields,
             output_fields,

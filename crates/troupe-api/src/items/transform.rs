@@ -102,39 +102,89 @@ fn flatten_dotted(prefix: &str, value: Value, out: &mut Vec<(String, Value)>) {
     }
 }
 
-/// Flattens an object into table cells: `parent/child` for object members, `parent/0` for array
-/// elements (Apify's convention in CSV, HTML and XLSX exports).
-pub fn table_cells(record: &Map<String, Value>, out: &mut Vec<(String, String)>) {
-    for (key, value) in record {
-        cells_of(key.clone(), value, out);
+/// One cell of a tabular export, typed so XLSX can keep numbers and booleans.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum Cell {
+    #[default]
+    Empty,
+    Text(String),
+    /// A JSON number: its JSON text (what CSV and HTML print) and its value as `f64`.
+    Number(String, f64),
+    Bool(bool),
+}
+
+impl Cell {
+    fn of(value: &Value) -> Self {
+        match value {
+            Value::Null | Value::Array(_) | Value::Object(_) => Cell::Empty,
+            Value::Bool(b) => Cell::Bool(*b),
+            Value::Number(n) => {
+                // Integers beyond 2^53 would lose digits as a spreadsheet number: NaN marks
+                // them, so XLSX writes their text instead.
+                let exact = n.is_f64() || n.as_i64().is_some_and(|i| i.unsigned_abs() <= 1 << 53);
+                let value = if exact {
+                    n.as_f64().unwrap_or(f64::NAN)
+                } else {
+                    f64::NAN
+                };
+                Cell::Number(n.to_string(), value)
+            }
+            Value::String(s) => Cell::Text(s.clone()),
+        }
+    }
+
+    /// The cell as text (CSV, HTML).
+    pub fn text(&self) -> &str {
+        match self {
+            Cell::Empty => "",
+            Cell::Text(s) | Cell::Number(s, _) => s,
+            Cell::Bool(true) => "true",
+            Cell::Bool(false) => "false",
+        }
     }
 }
 
-fn cells_of(path: String, value: &Value, out: &mut Vec<(String, String)>) {
+/// Flattens an object into table cells: `parent/child` for object members, `parent/0` for array
+/// elements (Apify's convention in CSV, HTML and XLSX exports). Calls `f(top_level_key, path,
+/// value)` for each leaf; null and empty containers are leaves.
+pub fn table_leaves<'a>(
+    record: &'a Map<String, Value>,
+    mut f: impl FnMut(&str, String, &'a Value),
+) {
+    for (key, value) in record {
+        leaves_of(key, key.clone(), value, &mut f);
+    }
+}
+
+fn leaves_of<'a>(
+    top: &str,
+    path: String,
+    value: &'a Value,
+    f: &mut impl FnMut(&str, String, &'a Value),
+) {
     match value {
         Value::Object(fields) if !fields.is_empty() => {
             for (key, child) in fields {
-                cells_of(format!("{path}/{key}"), child, out);
+                leaves_of(top, format!("{path}/{key}"), child, f);
             }
         }
         Value::Array(elements) if !elements.is_empty() => {
             for (index, child) in elements.iter().enumerate() {
-                cells_of(format!("{path}/{index}"), child, out);
+                leaves_of(top, format!("{path}/{index}"), child, f);
             }
         }
-        other => out.push((path, scalar_text(other))),
+        other => f(top, path, other),
     }
 }
 
-/// Text of a scalar cell (empty containers and null become empty cells).
+/// The table cells of a record, in document order.
+pub fn table_cells(record: &Map<String, Value>, out: &mut Vec<(String, Cell)>) {
+    table_leaves(record, |_, path, value| out.push((path, Cell::of(value))));
+}
+
+/// Text of a scalar (empty containers and null become empty text).
 pub fn scalar_text(value: &Value) -> String {
-    match value {
-        Value::Null => String::new(),
-        Value::Bool(b) => b.to_string(),
-        Value::Number(n) => n.to_string(),
-        Value::String(s) => s.clone(),
-        Value::Array(_) | Value::Object(_) => String::new(),
-    }
+    Cell::of(value).text().to_string()
 }
 
 #[cfg(test)]
@@ -212,6 +262,7 @@ mod tests {
         table_cells(&record, &mut cells);
         let names: Vec<&str> = cells.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(names, vec!["a/b", "tags/0", "tags/1", "n", "e"]);
-        assert_eq!(cells[1].1, "x");
+        assert_eq!(cells[1].1, Cell::Text("x".into()));
+        assert_eq!(cells[0].1.text(), "1");
     }
 }

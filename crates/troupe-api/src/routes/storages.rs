@@ -139,7 +139,15 @@ async fn list_storages(
         .list_storages(kind, &user.id, filter, list)
         .await?;
     let unnamed = filter.unnamed;
-    let page = page.map(|info| storage_json(&state, &info, Some(&user.id)));
+    let page = page.map(|info| {
+        let mut object = storage_json(&state, &info, Some(&user.id));
+        // Dataset list items must carry a string `name` (the strict Python client rejects
+        // `null` there): unnamed datasets are listed with `""`.
+        if kind == StorageKind::Dataset && info.name.is_none() {
+            object["name"] = json!("");
+        }
+        object
+    });
     let mut body = serde_json::to_value(page).map_err(ApiError::internal)?;
     body["unnamed"] = json!(unnamed);
     Ok(data(StatusCode::OK, body))
