@@ -162,8 +162,11 @@ fn open_connection(path: &Path, options: &SqliteOptions, read_only: bool) -> Res
     };
     conn.pragma_update(None, "synchronous", sync)?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
-    conn.pragma_update(None, "cache_size", -65536)?;
-    conn.pragma_update(None, "mmap_size", 268_435_456i64)?;
+    // Memory stays bounded whatever the database size: a 16 MiB page cache per connection and
+    // no mmap (mapped pages count towards the server's RSS, and a full export of a large dataset
+    // would map the whole file).
+    conn.pragma_update(None, "cache_size", -16384)?;
+    conn.pragma_update(None, "mmap_size", 0)?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
