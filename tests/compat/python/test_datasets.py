@@ -348,6 +348,9 @@ def test_download_csv_values(rich):
     rows = list(csv.reader(io.StringIO(data.decode(), newline=""), delimiter=";"))
     assert rows == [[ITEMS[0]["title"], "1"], [ITEMS[1]["title"], "2"]]
 
+    data = rich.get_items_as_bytes(item_format="csv", bom=False, fields=["missing", "id"], limit=1)
+    assert list(csv.reader(io.StringIO(data.decode(), newline=""))) == [["missing", "id"], ["", "1"]]
+
     data = rich.get_items_as_bytes(item_format="csv", delimiter="\t", clean=True, fields=["id", "tags"])
     rows = list(csv.reader(io.StringIO(data.decode("utf-8-sig"), newline=""), delimiter="\t"))
     # columns follow `fields`; hidden-only and empty items are gone; an empty array is an empty cell
