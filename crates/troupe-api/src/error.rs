@@ -68,6 +68,19 @@ impl ApiError {
     pub fn invalid_input(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid-input", message)
     }
+    /// 400 `request-id-invalid`: a request's `id` is not the one derived from its `uniqueKey`.
+    pub fn request_id_invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "request-id-invalid", message)
+    }
+    /// 400 `invalid-client-key`: `clientKey` is not 1 to 32 characters.
+    pub fn invalid_client_key(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid-client-key", message)
+    }
+    /// 403 `request-handled-or-locked`: a lock operation on a request that is handled, locked by
+    /// another client, or not locked by the caller.
+    pub fn request_handled_or_locked(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "request-handled-or-locked", message)
+    }
     /// 400 `schema-validation-error` with `data` (e.g. `invalidItems`).
     pub fn schema_validation(message: impl Into<String>, data: Value) -> Self {
         let mut err = Self::new(StatusCode::BAD_REQUEST, "schema-validation-error", message);

@@ -4,6 +4,7 @@
 
 pub mod id;
 pub mod list;
+pub mod queue;
 pub mod signature;
 pub mod storage;
 pub mod time;

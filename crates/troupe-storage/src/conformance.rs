@@ -3,6 +3,7 @@
 
 pub mod catalog;
 pub mod datasets;
+pub mod queues;
 pub mod users;
 
 use troupe_model::user::User;

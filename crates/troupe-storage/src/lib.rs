@@ -18,7 +18,10 @@ pub use catalog::StorageCatalog;
 pub use datasets::DatasetStore;
 pub use error::{Error, Result};
 pub use kv::KvStore;
-pub use queues::QueueStore;
+pub use queues::{
+    DeleteTarget, Head, HeadItem, LockOutcome, QueueStore, RequestFilter, RequestOutcome,
+    RequestsPage,
+};
 pub use users::UserStore;
 
 /// Everything troupe persists.

@@ -27,6 +27,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0002_tokens",
         include_str!("sqlite/migrations/0002_tokens.sql"),
     ),
+    (
+        "0003_request_queues",
+        include_str!("sqlite/migrations/0003_request_queues.sql"),
+    ),
 ];
 
 /// How hard commits are pushed to disk.
@@ -246,6 +250,25 @@ mod tests {
     async fn conformance_datasets() {
         let (_dir, storage) = open_temp();
         crate::conformance::datasets::run(&storage).await;
+    }
+
+    #[tokio::test]
+    async fn conformance_queues() {
+        let (_dir, storage) = open_temp();
+        crate::conformance::queues::run(&storage).await;
+    }
+
+    #[test]
+    fn queue_head_queries_use_index_ranges() {
+        let (_dir, storage) = open_temp();
+        let plans = storage
+            .write_blocking(|tx| queues::explain_head_queries(tx))
+            .unwrap();
+        for (sql, plan) in plans {
+            assert!(!plan.contains("SCAN rq_requests"), "{sql}: {plan}");
+            assert!(!plan.contains("TEMP B-TREE"), "{sql}: {plan}");
+            assert!(plan.contains("rq_head"), "{sql}: {plan}");
+        }
     }
 
     #[test]

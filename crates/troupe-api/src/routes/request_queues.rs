@@ -1,15 +1,603 @@
-//! Request queues (issue: request queues).
+//! Request queues (ENDPOINTS.md §2.12, SDK-CONTRACT.md §3). The per-queue router is mounted
+//! under every prefix that names a queue (`/v2/request-queues/{queueId}`, a run's default
+//! queue, the last run's).
 
+use axum::extract::{FromRequestParts, RawPathParams, State};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
 use axum::Router;
+use base64::Engine;
+use serde::Serialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+use troupe_model::queue::{
+    parse_request, request_id, validate_client_key, QueueRequest, RequestError, MAX_BATCH,
+    MAX_HEAD_LIMIT, MAX_LIST_LIMIT, MAX_LOCK_LIMIT, MAX_LOCK_SECS,
+};
+use troupe_model::storage::StorageKind;
+use troupe_model::{format_ts, now_ms};
+use troupe_storage::{DeleteTarget, Head, LockOutcome, RequestFilter, RequestOutcome};
 
+use super::{data, no_content, storages};
+use crate::body::ApifyJson;
+use crate::error::{ApiError, ApiResult};
+use crate::params::Params;
+use crate::resolve::{QueueKind, QueueTarget};
 use crate::state::AppState;
 
 /// Collection routes (`/v2/request-queues`).
 pub fn collection_routes() -> Router<AppState> {
-    Router::new()
+    storages::collection_routes(StorageKind::RequestQueue)
 }
 
 /// Routes of one queue, relative to the queue (`/`, `/requests`, `/head`...).
 pub fn queue_routes() -> Router<AppState> {
-    Router::new()
+    storages::object_routes::<QueueKind>()
+        .route("/requests", get(list_requests).post(add_request))
+        .route(
+            "/requests/batch",
+            post(batch_add_requests).delete(batch_delete_requests),
+        )
+        .route("/requests/unlock", post(unlock_requests))
+        .route(
+            "/requests/{requestId}",
+            get(get_request).put(update_request).delete(delete_request),
+        )
+        .route(
+            "/requests/{requestId}/lock",
+            put(prolong_request_lock).delete(delete_request_lock),
+        )
+        .route("/head", get(get_head))
+        .route("/head/lock", post(lock_head))
+}
+
+/// The `requestId` path segment.
+pub struct RequestIdPath(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestIdPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let raw = RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|err| ApiError::invalid_parameter(err.to_string()))?;
+        raw.iter()
+            .find(|(name, _)| *name == "requestId")
+            .map(|(_, value)| RequestIdPath(value.to_string()))
+            .ok_or_else(|| ApiError::invalid_parameter("Missing request ID"))
+    }
+}
+
+/// `clientKey` (1-32 characters); absent means "no key", which counts as a new client.
+fn client_key(params: &Params) -> ApiResult<Option<String>> {
+    match params.str("clientKey") {
+        None => Ok(None),
+        Some(key) => {
+            validate_client_key(key).map_err(ApiError::invalid_client_key)?;
+            Ok(Some(key.to_string()))
+        }
+    }
+}
+
+/// `lockSecs`: required, 1 to 30 days, in milliseconds.
+fn lock_secs(params: &Params) -> ApiResult<u64> {
+    match params.u64("lockSecs")? {
+        None => Err(ApiError::parameter_required("lockSecs")),
+        Some(secs) if (1..=MAX_LOCK_SECS).contains(&secs) => Ok(secs),
+        Some(_) => Err(ApiError::invalid_parameter(format!(
+            "Parameter \"lockSecs\" must be between 1 and {MAX_LOCK_SECS}"
+        ))),
+    }
+}
+
+fn request_error(err: RequestError) -> ApiError {
+    match err {
+        RequestError::Invalid(message) => ApiError::invalid_input(message),
+        RequestError::IdMismatch(message) => ApiError::request_id_invalid(message),
+    }
+}
+
+fn outcome_json(outcome: &RequestOutcome) -> Value {
+    json!({
+        "requestId": outcome.request_id,
+        "wasAlreadyPresent": outcome.was_already_present,
+        "wasAlreadyHandled": outcome.was_already_handled,
+    })
+}
+
+/// `{"data": …}` serialized without converting raw JSON parts to `Value`.
+fn raw_data<T: Serialize>(status: StatusCode, value: T) -> Response {
+    #[derive(Serialize)]
+    struct Envelope<T> {
+        data: T,
+    }
+    (status, axum::Json(Envelope { data: value })).into_response()
+}
+
+/// POST …/requests — add one request (deduplicated by `uniqueKey`).
+async fn add_request(
+    State(state): State<AppState>,
+    target: QueueTarget,
+    params: Params,
+    ApifyJson(body): ApifyJson<Value>,
+) -> ApiResult<Response> {
+    let client = client_key(&params)?;
+    let forefront = params.bool("forefront", false)?;
+    let request = parse_request(body, None).map_err(request_error)?;
+    let outcomes = state
+        .storage
+        .add_requests(
+            &target.info().id,
+            vec![request],
+            forefront,
+            client,
+            now_ms(),
+        )
+        .await?;
+    Ok(data(StatusCode::CREATED, outcome_json(&outcomes[0])))
+}
+
+/// The body of a batch call: a JSON array of at most 25 entries.
+fn batch_body(body: Value) -> ApiResult<Vec<Value>> {
+    let Value::Array(entries) = body else {
+        return Err(ApiError::invalid_input(
+            "Request body must be a JSON array of requests",
+        ));
+    };
+    if entries.len() > MAX_BATCH {
+        return Err(ApiError::invalid_input(format!(
+            "A batch may contain at most {MAX_BATCH} requests, got {}",
+            entries.len()
+        )));
+    }
+    Ok(entries)
+}
+
+/// POST …/requests/batch — add up to 25 requests in one transaction.
+async fn batch_add_requests(
+    State(state): State<AppState>,
+    target: QueueTarget,
+    params: Params,
+    ApifyJson(body): ApifyJson<Value>,
+) -> ApiResult<Response> {
+    let client = client_key(&params)?;
+    let forefront = params.bool("forefront", false)?;
+    let requests = batch_body(body)?
+        .into_iter()
+        .enumerate()
+        .map(|(index, entry)| {
+            parse_request(entry, None).map_err(|err| {
+                let message = format!("Request at index {index}: {}", err.message());
+                request_error(match err {
+                    RequestError::Invalid(_) => RequestError::Invalid(message),
+                    RequestError::IdMismatch(_) => RequestError::IdMismatch(message),
+                })
+            })
+        })
+        .collect::<ApiResult<Vec<QueueRequest>>>()?;
+    let outcomes = if requests.is_empty() {
+        Vec::new()
+    } else {
+        state
+            .storage
+            .add_requests(&target.info().id, requests, forefront, client, now_ms())
+            .await?
+    };
+    let processed: Vec<Value> = outcomes
+        .iter()
+        .map(|o| {
+            json!({
+                "requestId": o.request_id,
+                "uniqueKey": o.unique_key,
+                "wasAlreadyPresent": o.was_already_present,
+                "wasAlreadyHandled": o.was_already_handled,
+            })
+        })
+        .collect();
+    Ok(data(
+        StatusCode::CREATED,
+        json!({ "processedRequests": processed, "unprocessedRequests": [] }),
+    ))
+}
+
+/// DELETE …/requests/batch — delete up to 25 requests given by `id` or `uniqueKey`.
+async fn batch_delete_requests(
+    State(state): State<AppState>,
+    target: QueueTarget,
+    params: Params,
+    ApifyJson(body): ApifyJson<Value>,
+) -> ApiResult<Response> {
+    let client = client_key(&params)?;
+    let mut targets = Vec::new();
+    for (index, entry) in batch_body(body)?.into_iter().enumerate() {
+        let Value::Object(entry) = entry else {
+            return Err(ApiError::invalid_input(format!(
+                "Entry at index {index} must be an object with \"id\" or \"uniqueKey\""
+            )));
+        };
+        let id = match entry.get("id") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(id)) => Some(id.clone()),
+            Some(_) => {
+                return Err(ApiError::invalid_input(format!(
+                    "Entry at index {index}: \"id\" must be a string"
+                )))
+            }
+        };
+        let unique_key = match entry.get("uniqueKey") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(key)) => Some(key.clone()),
+            Some(_) => {
+                return Err(ApiError::invalid_input(format!(
+                    "Entry at index {index}: \"uniqueKey\" must be a string"
+                )))
+            }
+        };
+        let id = match (id, &unique_key) {
+            (None, None) => {
+                return Err(ApiError::invalid_input(format!(
+                    "Entry at index {index} needs \"id\" or \"uniqueKey\""
+                )))
+            }
+            (Some(id), Some(key)) if id != request_id(key) => {
+                return Err(ApiError::request_id_invalid(format!(
+                    "Entry at index {index}: request ID \"{id}\" does not match its uniqueKey"
+                )))
+            }
+            (Some(id), _) => id,
+            (None, Some(key)) => request_id(key),
+        };
+        targets.push(DeleteTarget { id, unique_key });
+    }
+    if !targets.is_empty() {
+        state
+            .storage
+            .delete_requests(&target.info().id, targets.clone(), client, now_ms())
+            .await?;
+    }
+    let processed: Vec<Value> = targets
+        .iter()
+        .map(|t| match &t.unique_key {
+            Some(key) => json!({ "id": t.id, "uniqueKey": key }),
+            None => json!({ "id": t.id }),
+        })
+        .collect();
+    Ok(data(
+        StatusCode::OK,
+        json!({ "processedRequests": processed, "unprocessedRequests": [] }),
+    ))
+}
+
+/// GET …/requests/{requestId} — the stored request.
+async fn get_request(
+    State(state): State<AppState>,
+    target: QueueTarget,
+    RequestIdPath(id): RequestIdPath,
+) -> ApiResult<Response> {
+    let stored = state
+        .storage
+        .get_request(&target.info().id, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("Request was not found"))?;
+    let body = format!("{{\"data\":{stored}}}");
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response())
+}
+
+/// PUT …/requests/{requestId} — replace (or insert) a request; `handledAt` marks it handled,
+/// otherwise it is re-positioned (front with `forefront`) and unlocked.
+async fn update_request(
+    State(state): State<AppState>,
+    target: QueueTarget,
+    RequestIdPath(id): RequestIdPath,
+    params: Params,
+    ApifyJson(body): ApifyJson<Value>,
+) -> ApiResult<Response> {
+    let client = client_key(&params)?;
+    let forefront = params.bool("forefront", false)?;
+    let request = parse_request(body, Some(&id)).map_err(request_error)?;
+    let outcome = state
+        .storage
+        .update_request(&target.info().id, request, forefront, client, now_ms())
+        .await?;
+    Ok(data(StatusCode::OK, outcome_json(&outcome)))
+}
+
+/// DELETE …/requests/{requestId}.
+async fn delete_request(
+    State(state): State<AppState>,
+    target: QueueTarget,
+    RequestIdPath(id): RequestIdPath,
+    params: Params,
+) -> ApiResult<Response> {
+    let client = client_key(&params)?;
+    let deleted = state
+        .storage
+        .delete_requests(
+            &target.info().id,
+            vec![DeleteTarget {
+                id,
+                unique_key: None,
+            }],
+            client,
+            now_ms(),
+        )
+        .await?;
+    if deleted.first() == Some(&true) {
+        Ok(no_content())
+    } else {
+        Err(ApiError::not_found("Request was not found"))
+    }
+}
+
+fn head_items(head: &Head, locked: bool) -> Vec<Value> {
+    head.items
+        .iter()
+        .map(|item| {
+            let mut value = json!({
+                "id": item.id,
+                "uniqueKey": item.unique_key,
+                "url": item.url,
+                "method": item.method,
+                "retryCount": item.retry_count,
+            });
+            if locked {
+                value["lockExpiresAt"] = json!(item.lock_expires_at.map(format_ts));
+            }
+            value
+        })
+        .collect()
+}
+
+/// GET …/head — the first pending requests, without locking (available ones first).
+async fn get_head(
+    State(state): State<AppState>,
+    target: QueueTarget,
+    params: Params,
+) -> ApiResult<Response> {
+    let client = client_key(&params)?;
+    let limit = params.u64("limit")?.unwrap_or(100).min(MAX_HEAD_LIMIT);
+    let head = state
+        .storage
+        .list_head(&target.info().id, limit, client, now_ms())
+        .await?;
+    Ok(data(
+        StatusCode::OK,
+        json!({
+            "limit": limit,
+            "queueModifiedAt": format_ts(head.queue_modified_at),
+            "hadMultipleClients": head.had_multiple_clients,
+            "items": head_items(&head, false),
+        }),
+    ))
+}
+
+/// POST …/head/lock — lock the first available requests for `lockSecs`.
+async fn lock_head(
+    State(state): State<AppState>,
+    target: QueueTarget,
+    params: Params,
+) -> ApiResult<Response> {
+    let client = client_key(&params)?;
+    let secs = lock_secs(&params)?;
+    let limit = match params.u64("limit")? {
+        None => MAX_LOCK_LIMIT,
+        Some(limit) if (1..=MAX_LOCK_LIMIT).contains(&limit) => limit,
+        Some(_) => {
+            return Err(ApiError::invalid_parameter(format!(
+                "Parameter \"limit\" must be between 1 and {MAX_LOCK_LIMIT}"
+            )))
+        }
+    };
+    let head = state
+        .storage
+        .lock_head(
+            &target.info().id,
+            limit,
+            secs as i64 * 1000,
+            client.clone(),
+            now_ms(),
+        )
+        .await?;
+    Ok(data(
+        StatusCode::CREATED,
+        json!({
+            "limit": limit,
+            "lockSecs": secs,
+            "queueModifiedAt": format_ts(head.queue_modified_at),
+            "hadMultipleClients": head.had_multiple_clients,
+            "queueHasLockedRequests": head.queue_has_locked_requests,
+            "clientKey": client,
+            "items": head_items(&head, true),
+        }),
+    ))
+}
+
+fn lock_error(outcome: LockOutcome) -> ApiError {
+    match outcome {
+        LockOutcome::NotFound => ApiError::not_found("Request was not found"),
+        LockOutcome::Handled => {
+            ApiError::request_handled_or_locked("Request has already been handled")
+        }
+        LockOutcome::LockedByOther => {
+            ApiError::request_handled_or_locked("Request is locked by a different client")
+        }
+        LockOutcome::NotLocked | LockOutcome::Ok(_) => {
+            ApiError::request_handled_or_locked("Request is not locked by this client")
+        }
+    }
+}
+
+/// PUT …/requests/{requestId}/lock — prolong the caller's lock to now + `lockSecs`.
+async fn prolong_request_lock(
+    State(state): State<AppState>,
+    target: QueueTarget,
+    RequestIdPath(id): RequestIdPath,
+    params: Params,
+) -> ApiResult<Response> {
+    let client = client_key(&params)?;
+    let secs = lock_secs(&params)?;
+    let forefront = params.bool("forefront", false)?;
+    match state
+        .storage
+        .prolong_lock(
+            &target.info().id,
+            &id,
+            secs as i64 * 1000,
+            forefront,
+            client,
+            now_ms(),
+        )
+        .await?
+    {
+        LockOutcome::Ok(Some(expires)) => Ok(data(
+            StatusCode::OK,
+            json!({ "lockExpiresAt": format_ts(expires) }),
+        )),
+        other => Err(lock_error(other)),
+    }
+}
+
+/// DELETE …/requests/{requestId}/lock — release the caller's lock.
+async fn delete_request_lock(
+    State(state): State<AppState>,
+    target: QueueTarget,
+    RequestIdPath(id): RequestIdPath,
+    params: Params,
+) -> ApiResult<Response> {
+    let client = client_key(&params)?;
+    let forefront = params.bool("forefront", false)?;
+    match state
+        .storage
+        .delete_lock(&target.info().id, &id, forefront, client, now_ms())
+        .await?
+    {
+        LockOutcome::Ok(_) => Ok(no_content()),
+        other => Err(lock_error(other)),
+    }
+}
+
+/// POST …/requests/unlock — release every lock the caller's `clientKey` holds.
+async fn unlock_requests(
+    State(state): State<AppState>,
+    target: QueueTarget,
+    params: Params,
+) -> ApiResult<Response> {
+    let client = client_key(&params)?;
+    let count = state
+        .storage
+        .unlock_requests(&target.info().id, client, now_ms())
+        .await?;
+    Ok(data(StatusCode::OK, json!({ "unlockedCount": count })))
+}
+
+fn encode_cursor(after: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(json!({ "requestId": after }).to_string())
+}
+
+fn decode_cursor(cursor: &str) -> ApiResult<String> {
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    let invalid = || ApiError::invalid_parameter("Parameter \"cursor\" is not a valid cursor");
+    let bytes = [URL_SAFE_NO_PAD, URL_SAFE, STANDARD, STANDARD_NO_PAD]
+        .iter()
+        .find_map(|engine| engine.decode(cursor.trim()).ok())
+        .ok_or_else(invalid)?;
+    let value: Value = serde_json::from_slice(&bytes).map_err(|_| invalid())?;
+    value["requestId"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(invalid)
+}
+
+/// GET …/requests — every request ordered by id, paged with `cursor` (or `exclusiveStartId`).
+async fn list_requests(
+    State(state): State<AppState>,
+    target: QueueTarget,
+    params: Params,
+) -> ApiResult<Response> {
+    let client = client_key(&params)?;
+    let limit = match params.u64("limit")? {
+        None => 100,
+        Some(limit) if (1..=MAX_LIST_LIMIT).contains(&limit) => limit,
+        Some(_) => {
+            return Err(ApiError::invalid_parameter(format!(
+                "Parameter \"limit\" must be between 1 and {MAX_LIST_LIMIT}"
+            )))
+        }
+    };
+    let mut locked = false;
+    let mut pending = false;
+    for value in params.list("filter") {
+        match value.as_str() {
+            "locked" => locked = true,
+            "pending" => pending = true,
+            other => return Err(ApiError::invalid_parameter(format!(
+                "Parameter \"filter\" has an unknown value \"{other}\" (allowed: locked, pending)"
+            ))),
+        }
+    }
+    let filter = match (locked, pending) {
+        (_, true) => RequestFilter::Pending,
+        (true, false) => RequestFilter::Locked,
+        (false, false) => RequestFilter::All,
+    };
+    let cursor = params.str("cursor");
+    let exclusive_start_id = params.str("exclusiveStartId");
+    let after = match (cursor, exclusive_start_id) {
+        (Some(cursor), _) => Some(decode_cursor(cursor)?),
+        (None, Some(id)) => Some(id.to_string()),
+        (None, None) => None,
+    };
+    let page = state
+        .storage
+        .list_requests(&target.info().id, after, limit, filter, client, now_ms())
+        .await?;
+    let items = page
+        .items
+        .into_iter()
+        .map(RawValue::from_string)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(ApiError::internal)?;
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct ListPage<'a> {
+        items: Vec<Box<RawValue>>,
+        count: usize,
+        limit: u64,
+        cursor: Option<&'a str>,
+        next_cursor: Option<String>,
+        exclusive_start_id: Option<&'a str>,
+    }
+    Ok(raw_data(
+        StatusCode::OK,
+        ListPage {
+            count: items.len(),
+            items,
+            limit,
+            cursor,
+            next_cursor: page.next_after.as_deref().map(encode_cursor),
+            exclusive_start_id,
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursor_round_trip_and_apify_form() {
+        let cursor = encode_cursor("68TjCdZL3o3hbQM");
+        assert_eq!(cursor, "eyJyZXF1ZXN0SWQiOiI2OFRqQ2RaTDNvM2hiUU0ifQ");
+        assert_eq!(decode_cursor(&cursor).unwrap(), "68TjCdZL3o3hbQM");
+        assert!(decode_cursor("!!!").is_err());
+        assert!(decode_cursor("e30").is_err());
+    }
 }

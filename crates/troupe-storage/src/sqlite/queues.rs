@@ -1,11 +1,697 @@
-use rusqlite::Transaction;
+//! Request queues on SQLite (schema and ordering: `migrations/0003_request_queues.sql`).
+//!
+//! Every write runs in one transaction on the single writer connection, so `lock_head` selects
+//! and locks atomically: no two clients can be handed the same request while its lock holds.
+//! Expired locks are cleared lazily by the next `lock_head` (an index range scan over expired
+//! locks only); reads treat them as unlocked.
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use troupe_model::queue::QueueRequest;
+use troupe_model::storage::StorageKind;
 
 use super::SqliteStorage;
-use crate::{QueueStore, Result};
+use crate::queues::{
+    DeleteTarget, Head, HeadItem, LockOutcome, RequestFilter, RequestOutcome, RequestsPage,
+};
+use crate::{Error, QueueStore, Result};
 
-impl QueueStore for SqliteStorage {}
+/// The first available requests in queue order, for locking.
+const SQL_LOCKABLE: &str = "SELECT id, unique_key, url, method, retry_count, rid FROM rq_requests
+     WHERE queue = ?1 AND handled_at IS NULL AND locked_until = 0 ORDER BY ord LIMIT ?2";
+/// Locks that expired by ?2.
+const SQL_EXPIRED: &str = "SELECT rid, lapse_to FROM rq_requests
+     WHERE queue = ?1 AND handled_at IS NULL AND locked_until > 0 AND locked_until <= ?2";
+/// Whether any pending request holds an unexpired lock.
+const SQL_HAS_LOCKED: &str = "SELECT EXISTS (SELECT 1 FROM rq_requests
+     WHERE queue = ?1 AND handled_at IS NULL AND locked_until > ?2)";
+/// The first available requests in queue order, for the non-locking head.
+const SQL_AVAILABLE: &str = "SELECT id, unique_key, url, method, retry_count, ord FROM rq_requests
+     WHERE queue = ?1 AND handled_at IS NULL AND locked_until = 0 ORDER BY ord LIMIT ?2";
+/// Locked requests, soonest expiry first.
+const SQL_LOCKED: &str = "SELECT id, unique_key, url, method, retry_count, locked_until FROM rq_requests
+     WHERE queue = ?1 AND handled_at IS NULL AND locked_until > ?2 ORDER BY locked_until, ord LIMIT ?3";
+
+/// Query plans of the head queries (tests assert they are index range scans).
+#[cfg(test)]
+pub(crate) fn explain_head_queries(conn: &Connection) -> Result<Vec<(&'static str, String)>> {
+    let mut out = Vec::new();
+    for sql in [
+        SQL_LOCKABLE,
+        SQL_EXPIRED,
+        SQL_HAS_LOCKED,
+        SQL_AVAILABLE,
+        SQL_LOCKED,
+    ] {
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+        let count = stmt.parameter_count();
+        let args: Vec<i64> = (0..count).map(|i| i as i64 + 1).collect();
+        let plan: Vec<String> = stmt
+            .query_map(rusqlite::params_from_iter(args), |row| {
+                row.get::<_, String>(3)
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        out.push((sql, plan.join(" | ")));
+    }
+    Ok(out)
+}
 
 /// Removes every request of the queue `num` (called when the queue is deleted).
-pub(crate) fn delete_requests(_tx: &Transaction<'_>, _num: i64) -> Result<()> {
+pub(crate) fn delete_requests(tx: &Transaction<'_>, num: i64) -> Result<()> {
+    tx.execute("DELETE FROM rq_requests WHERE queue = ?1", [num])?;
     Ok(())
+}
+
+/// The queue's catalog row as the queue code needs it, plus changes to write back.
+struct QueueRow {
+    num: i64,
+    modified_at: i64,
+    total: i64,
+    handled: i64,
+    multiple: bool,
+    last_client: Option<String>,
+    front: i64,
+    back: i64,
+    /// Content changed: move `modifiedAt`.
+    modified: bool,
+    writes: i64,
+    deletes: i64,
+    bytes: i64,
+}
+
+impl QueueRow {
+    fn load(conn: &Connection, queue_id: &str) -> Result<Self> {
+        let mut stmt = conn.prepare_cached(
+            "SELECT num, modified_at, total_request_count, handled_request_count, had_multiple_clients,
+                    last_client_key, rq_front, rq_back
+             FROM storages WHERE id = ?1 AND kind = ?2",
+        )?;
+        stmt.query_row(params![queue_id, StorageKind::RequestQueue.code()], |row| {
+            Ok(QueueRow {
+                num: row.get(0)?,
+                modified_at: row.get(1)?,
+                total: row.get(2)?,
+                handled: row.get(3)?,
+                multiple: row.get::<_, i64>(4)? != 0,
+                last_client: row.get(5)?,
+                front: row.get(6)?,
+                back: row.get(7)?,
+                modified: false,
+                writes: 0,
+                deletes: 0,
+                bytes: 0,
+            })
+        })
+        .optional()?
+        .ok_or_else(|| Error::NotFound("Request queue was not found".into()))
+    }
+
+    /// Records a call by `client` (None = no clientKey = a new client) for `hadMultipleClients`.
+    /// Returns whether the state changed.
+    fn track(&mut self, client: &Option<String>) -> bool {
+        if self.multiple {
+            return false;
+        }
+        match (&self.last_client, client) {
+            (None, None) => self.last_client = Some(String::new()),
+            (None, Some(key)) => self.last_client = Some(key.clone()),
+            (Some(_), None) => self.multiple = true,
+            (Some(last), Some(key)) if last == key => return false,
+            (Some(_), Some(_)) => self.multiple = true,
+        }
+        true
+    }
+
+    /// Position for a request put at the front (newest first) or the back (oldest first).
+    fn next_ord(&mut self, forefront: bool) -> i64 {
+        if forefront {
+            self.front -= 1;
+            self.front
+        } else {
+            self.back += 1;
+            self.back
+        }
+    }
+
+    fn save(&self, tx: &Transaction<'_>, now: i64) -> Result<()> {
+        let modified_at = if self.modified { now } else { self.modified_at };
+        tx.prepare_cached(
+            "UPDATE storages SET total_request_count = ?1, handled_request_count = ?2, had_multiple_clients = ?3,
+                 last_client_key = ?4, rq_front = ?5, rq_back = ?6, modified_at = ?7, accessed_at = ?8,
+                 write_count = write_count + ?9, delete_count = delete_count + ?10,
+                 storage_bytes = max(0, storage_bytes + ?11)
+             WHERE num = ?12",
+        )?
+        .execute(params![
+            self.total,
+            self.handled,
+            self.multiple as i64,
+            self.last_client,
+            self.front,
+            self.back,
+            modified_at,
+            now,
+            self.writes,
+            self.deletes,
+            self.bytes,
+            self.num
+        ])?;
+        Ok(())
+    }
+}
+
+/// A stored request's state as the write paths need it.
+struct Existing {
+    rid: i64,
+    handled: bool,
+    locked_until: i64,
+    lock_client: Option<String>,
+    size: i64,
+}
+
+fn find(tx: &Connection, num: i64, id: &str) -> Result<Option<Existing>> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT rid, handled_at IS NOT NULL, locked_until, lock_client, length(data)
+         FROM rq_requests WHERE queue = ?1 AND id = ?2",
+    )?;
+    Ok(stmt
+        .query_row(params![num, id], |row| {
+            Ok(Existing {
+                rid: row.get(0)?,
+                handled: row.get(1)?,
+                locked_until: row.get(2)?,
+                lock_client: row.get(3)?,
+                size: row.get(4)?,
+            })
+        })
+        .optional()?)
+}
+
+fn insert(tx: &Transaction<'_>, q: &mut QueueRow, r: &QueueRequest, forefront: bool) -> Result<()> {
+    let ord = q.next_ord(forefront);
+    tx.prepare_cached(
+        "INSERT INTO rq_requests (queue, id, ord, handled_at, unique_key, url, method, retry_count, data)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        q.num,
+        r.id,
+        ord,
+        r.handled_at,
+        r.unique_key,
+        r.url,
+        r.method,
+        r.retry_count,
+        r.json
+    ])?;
+    q.total += 1;
+    if r.handled_at.is_some() {
+        q.handled += 1;
+    }
+    q.writes += 1;
+    q.bytes += r.json.len() as i64;
+    q.modified = true;
+    Ok(())
+}
+
+/// Clears locks that expired by `now`, putting each request where its lock said.
+fn reap_expired(tx: &Transaction<'_>, q: &mut QueueRow, now: i64) -> Result<()> {
+    let expired: Vec<(i64, Option<i64>)> = tx
+        .prepare_cached(SQL_EXPIRED)?
+        .query_map(params![q.num, now], |row| Ok((row.get(0)?, row.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut stmt = tx.prepare_cached(
+        "UPDATE rq_requests SET locked_until = 0, lock_client = NULL, lapse_to = NULL, ord = coalesce(?1, ord)
+         WHERE rid = ?2",
+    )?;
+    for (rid, lapse_to) in expired {
+        let ord = lapse_to.map(|to| q.next_ord(to != 0));
+        stmt.execute(params![ord, rid])?;
+    }
+    Ok(())
+}
+
+fn has_locked(conn: &Connection, num: i64, now: i64) -> Result<bool> {
+    Ok(conn
+        .prepare_cached(SQL_HAS_LOCKED)?
+        .query_row(params![num, now], |row| row.get(0))?)
+}
+
+fn head_item(row: &rusqlite::Row<'_>) -> rusqlite::Result<HeadItem> {
+    Ok(HeadItem {
+        id: row.get(0)?,
+        unique_key: row.get(1)?,
+        url: row.get(2)?,
+        method: row.get(3)?,
+        retry_count: row.get(4)?,
+        lock_expires_at: None,
+    })
+}
+
+/// The non-locking head: available requests in queue order (including ones whose lock
+/// expired but was not cleared yet, placed where the lapse puts them), then locked ones.
+fn read_head(conn: &Connection, num: i64, limit: u64, now: i64) -> Result<Vec<HeadItem>> {
+    let limit_i = limit.min(i64::MAX as u64) as i64;
+    let available: Vec<(i64, HeadItem)> = conn
+        .prepare_cached(SQL_AVAILABLE)?
+        .query_map(params![num, limit_i], |row| {
+            Ok((row.get(5)?, head_item(row)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let expired: Vec<(i64, Option<i64>, HeadItem)> = conn
+        .prepare_cached(
+            "SELECT id, unique_key, url, method, retry_count, ord, lapse_to FROM rq_requests
+             WHERE queue = ?1 AND handled_at IS NULL AND locked_until > 0 AND locked_until <= ?2
+             ORDER BY locked_until LIMIT 10000",
+        )?
+        .query_map(params![num, now], |row| {
+            Ok((row.get(5)?, row.get(6)?, head_item(row)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut front = Vec::new();
+    let mut stay = Vec::new();
+    let mut back = Vec::new();
+    for (ord, lapse_to, item) in expired {
+        match lapse_to {
+            Some(1) => front.push(item),
+            Some(_) => back.push(item),
+            None => stay.push((ord, item)),
+        }
+    }
+    let mut middle = available;
+    middle.extend(stay);
+    middle.sort_by_key(|(ord, _)| *ord);
+    let mut items: Vec<HeadItem> = front.into_iter().rev().collect();
+    items.extend(middle.into_iter().map(|(_, item)| item));
+    items.extend(back);
+    items.truncate(limit as usize);
+    if (items.len() as u64) < limit {
+        let rest = limit_i - items.len() as i64;
+        let locked = conn
+            .prepare_cached(SQL_LOCKED)?
+            .query_map(params![num, now, rest], |row| {
+                let mut item = head_item(row)?;
+                item.lock_expires_at = Some(row.get(5)?);
+                Ok(item)
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        items.extend(locked);
+    }
+    Ok(items)
+}
+
+impl SqliteStorage {
+    /// Counts a read call's client for `hadMultipleClients` (a write only when that changes).
+    /// Returns the flag after the call.
+    async fn track_read_client(
+        &self,
+        queue_id: &str,
+        mut row: QueueRow,
+        client_key: Option<String>,
+        now: i64,
+    ) -> Result<bool> {
+        if !row.track(&client_key) {
+            return Ok(row.multiple);
+        }
+        let queue_id = queue_id.to_string();
+        self.write(move |tx| {
+            let mut q = QueueRow::load(tx, &queue_id)?;
+            if q.track(&client_key) {
+                q.save(tx, now)?;
+            }
+            Ok(q.multiple)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl QueueStore for SqliteStorage {
+    async fn add_requests(
+        &self,
+        queue_id: &str,
+        requests: Vec<QueueRequest>,
+        forefront: bool,
+        client_key: Option<String>,
+        now: i64,
+    ) -> Result<Vec<RequestOutcome>> {
+        let queue_id = queue_id.to_string();
+        self.write(move |tx| {
+            let mut q = QueueRow::load(tx, &queue_id)?;
+            q.track(&client_key);
+            let mut outcomes = Vec::with_capacity(requests.len());
+            for r in &requests {
+                let (present, handled) = match find(tx, q.num, &r.id)? {
+                    Some(existing) => (true, existing.handled),
+                    None => {
+                        insert(tx, &mut q, r, forefront)?;
+                        (false, false)
+                    }
+                };
+                outcomes.push(RequestOutcome {
+                    request_id: r.id.clone(),
+                    unique_key: r.unique_key.clone(),
+                    was_already_present: present,
+                    was_already_handled: handled,
+                });
+            }
+            q.save(tx, now)?;
+            Ok(outcomes)
+        })
+        .await
+    }
+
+    async fn get_request(&self, queue_id: &str, request_id: &str) -> Result<Option<String>> {
+        let (queue_id, request_id) = (queue_id.to_string(), request_id.to_string());
+        self.read(move |conn| {
+            let q = QueueRow::load(conn, &queue_id)?;
+            Ok(conn
+                .prepare_cached("SELECT data FROM rq_requests WHERE queue = ?1 AND id = ?2")?
+                .query_row(params![q.num, request_id], |row| row.get(0))
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn update_request(
+        &self,
+        queue_id: &str,
+        request: QueueRequest,
+        forefront: bool,
+        client_key: Option<String>,
+        now: i64,
+    ) -> Result<RequestOutcome> {
+        let queue_id = queue_id.to_string();
+        self.write(move |tx| {
+            let mut q = QueueRow::load(tx, &queue_id)?;
+            q.track(&client_key);
+            let r = &request;
+            let outcome = |present, handled| RequestOutcome {
+                request_id: r.id.clone(),
+                unique_key: r.unique_key.clone(),
+                was_already_present: present,
+                was_already_handled: handled,
+            };
+            let Some(existing) = find(tx, q.num, &r.id)? else {
+                insert(tx, &mut q, r, forefront)?;
+                q.save(tx, now)?;
+                return Ok(outcome(false, false));
+            };
+            if r.handled_at.is_some() {
+                tx.prepare_cached(
+                    "UPDATE rq_requests SET handled_at = ?1, locked_until = 0, lock_client = NULL, lapse_to = NULL,
+                         unique_key = ?2, url = ?3, method = ?4, retry_count = ?5, data = ?6
+                     WHERE rid = ?7",
+                )?
+                .execute(params![r.handled_at, r.unique_key, r.url, r.method, r.retry_count, r.json, existing.rid])?;
+                if !existing.handled {
+                    q.handled += 1;
+                }
+            } else {
+                let ord = q.next_ord(forefront);
+                tx.prepare_cached(
+                    "UPDATE rq_requests SET handled_at = NULL, ord = ?1, locked_until = 0, lock_client = NULL,
+                         lapse_to = NULL, unique_key = ?2, url = ?3, method = ?4, retry_count = ?5, data = ?6
+                     WHERE rid = ?7",
+                )?
+                .execute(params![ord, r.unique_key, r.url, r.method, r.retry_count, r.json, existing.rid])?;
+                if existing.handled {
+                    q.handled -= 1;
+                }
+            }
+            q.writes += 1;
+            q.bytes += r.json.len() as i64 - existing.size;
+            q.modified = true;
+            q.save(tx, now)?;
+            Ok(outcome(true, existing.handled))
+        })
+        .await
+    }
+
+    async fn delete_requests(
+        &self,
+        queue_id: &str,
+        targets: Vec<DeleteTarget>,
+        client_key: Option<String>,
+        now: i64,
+    ) -> Result<Vec<bool>> {
+        let queue_id = queue_id.to_string();
+        self.write(move |tx| {
+            let mut q = QueueRow::load(tx, &queue_id)?;
+            q.track(&client_key);
+            let mut deleted = Vec::with_capacity(targets.len());
+            for target in &targets {
+                let Some(existing) = find(tx, q.num, &target.id)? else {
+                    deleted.push(false);
+                    continue;
+                };
+                tx.prepare_cached("DELETE FROM rq_requests WHERE rid = ?1")?
+                    .execute([existing.rid])?;
+                q.total -= 1;
+                if existing.handled {
+                    q.handled -= 1;
+                }
+                q.deletes += 1;
+                q.bytes -= existing.size;
+                q.modified = true;
+                deleted.push(true);
+            }
+            q.save(tx, now)?;
+            Ok(deleted)
+        })
+        .await
+    }
+
+    async fn list_head(
+        &self,
+        queue_id: &str,
+        limit: u64,
+        client_key: Option<String>,
+        now: i64,
+    ) -> Result<Head> {
+        let id = queue_id.to_string();
+        let (row, items, has_locked) = self
+            .read(move |conn| {
+                let q = QueueRow::load(conn, &id)?;
+                let items = read_head(conn, q.num, limit, now)?;
+                let locked = has_locked(conn, q.num, now)?;
+                Ok((q, items, locked))
+            })
+            .await?;
+        let modified_at = row.modified_at;
+        let multiple = self
+            .track_read_client(queue_id, row, client_key, now)
+            .await?;
+        Ok(Head {
+            items,
+            queue_modified_at: modified_at,
+            had_multiple_clients: multiple,
+            queue_has_locked_requests: has_locked,
+        })
+    }
+
+    async fn lock_head(
+        &self,
+        queue_id: &str,
+        limit: u64,
+        lock_ms: i64,
+        client_key: Option<String>,
+        now: i64,
+    ) -> Result<Head> {
+        let queue_id = queue_id.to_string();
+        self.write(move |tx| {
+            let mut q = QueueRow::load(tx, &queue_id)?;
+            q.track(&client_key);
+            reap_expired(tx, &mut q, now)?;
+            let expires = now + lock_ms;
+            let mut items: Vec<(i64, HeadItem)> = tx
+                .prepare_cached(SQL_LOCKABLE)?
+                .query_map(params![q.num, limit.min(i64::MAX as u64) as i64], |row| {
+                    Ok((row.get(5)?, head_item(row)?))
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            {
+                let mut stmt = tx.prepare_cached(
+                    "UPDATE rq_requests SET locked_until = ?1, lock_client = ?2, lapse_to = NULL WHERE rid = ?3",
+                )?;
+                let holder = client_key.clone().unwrap_or_default();
+                for (rid, item) in &mut items {
+                    stmt.execute(params![expires, holder, *rid])?;
+                    item.lock_expires_at = Some(expires);
+                }
+            }
+            let locked = has_locked(tx, q.num, now)?;
+            q.save(tx, now)?;
+            Ok(Head {
+                items: items.into_iter().map(|(_, item)| item).collect(),
+                queue_modified_at: q.modified_at,
+                had_multiple_clients: q.multiple,
+                queue_has_locked_requests: locked,
+            })
+        })
+        .await
+    }
+
+    async fn prolong_lock(
+        &self,
+        queue_id: &str,
+        request_id: &str,
+        lock_ms: i64,
+        forefront: bool,
+        client_key: Option<String>,
+        now: i64,
+    ) -> Result<LockOutcome> {
+        let (queue_id, request_id) = (queue_id.to_string(), request_id.to_string());
+        self.write(move |tx| {
+            let mut q = QueueRow::load(tx, &queue_id)?;
+            q.track(&client_key);
+            let holder = client_key.unwrap_or_default();
+            let outcome = match find(tx, q.num, &request_id)? {
+                None => LockOutcome::NotFound,
+                Some(r) if r.handled => LockOutcome::Handled,
+                Some(r) if r.locked_until > now && r.lock_client.as_deref() != Some(&holder) => {
+                    LockOutcome::LockedByOther
+                }
+                Some(r) => {
+                    let expires = now + lock_ms;
+                    tx.prepare_cached(
+                        "UPDATE rq_requests SET locked_until = ?1, lock_client = ?2, lapse_to = ?3 WHERE rid = ?4",
+                    )?
+                    .execute(params![expires, holder, forefront as i64, r.rid])?;
+                    LockOutcome::Ok(Some(expires))
+                }
+            };
+            q.save(tx, now)?;
+            Ok(outcome)
+        })
+        .await
+    }
+
+    async fn delete_lock(
+        &self,
+        queue_id: &str,
+        request_id: &str,
+        forefront: bool,
+        client_key: Option<String>,
+        now: i64,
+    ) -> Result<LockOutcome> {
+        let (queue_id, request_id) = (queue_id.to_string(), request_id.to_string());
+        self.write(move |tx| {
+            let mut q = QueueRow::load(tx, &queue_id)?;
+            q.track(&client_key);
+            let holder = client_key.unwrap_or_default();
+            let outcome = match find(tx, q.num, &request_id)? {
+                None => LockOutcome::NotFound,
+                Some(r) if r.handled => LockOutcome::Handled,
+                Some(r) if r.locked_until == 0 => LockOutcome::NotLocked,
+                Some(r) if r.lock_client.as_deref() != Some(&holder) => {
+                    if r.locked_until > now {
+                        LockOutcome::LockedByOther
+                    } else {
+                        LockOutcome::NotLocked
+                    }
+                }
+                Some(r) => {
+                    let ord = q.next_ord(forefront);
+                    tx.prepare_cached(
+                        "UPDATE rq_requests SET locked_until = 0, lock_client = NULL, lapse_to = NULL, ord = ?1
+                         WHERE rid = ?2",
+                    )?
+                    .execute(params![ord, r.rid])?;
+                    LockOutcome::Ok(None)
+                }
+            };
+            q.save(tx, now)?;
+            Ok(outcome)
+        })
+        .await
+    }
+
+    async fn unlock_requests(
+        &self,
+        queue_id: &str,
+        client_key: Option<String>,
+        now: i64,
+    ) -> Result<u64> {
+        let queue_id = queue_id.to_string();
+        self.write(move |tx| {
+            let mut q = QueueRow::load(tx, &queue_id)?;
+            q.track(&client_key);
+            let holder = client_key.unwrap_or_default();
+            let held: Vec<(i64, i64)> = tx
+                .prepare_cached(
+                    "SELECT rid, locked_until FROM rq_requests
+                     WHERE queue = ?1 AND handled_at IS NULL AND locked_until > 0 AND lock_client = ?2",
+                )?
+                .query_map(params![q.num, holder], |row| Ok((row.get(0)?, row.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut count = 0;
+            let mut stmt = tx.prepare_cached(
+                "UPDATE rq_requests SET locked_until = 0, lock_client = NULL, lapse_to = NULL WHERE rid = ?1",
+            )?;
+            for (rid, until) in held {
+                stmt.execute([rid])?;
+                if until > now {
+                    count += 1;
+                }
+            }
+            drop(stmt);
+            q.save(tx, now)?;
+            Ok(count)
+        })
+        .await
+    }
+
+    async fn list_requests(
+        &self,
+        queue_id: &str,
+        after: Option<String>,
+        limit: u64,
+        filter: RequestFilter,
+        client_key: Option<String>,
+        now: i64,
+    ) -> Result<RequestsPage> {
+        let id = queue_id.to_string();
+        let (row, page) = self
+            .read(move |conn| {
+                let q = QueueRow::load(conn, &id)?;
+                let condition = match filter {
+                    RequestFilter::All => "",
+                    RequestFilter::Pending => " AND handled_at IS NULL",
+                    RequestFilter::Locked => " AND handled_at IS NULL AND locked_until > ?4",
+                };
+                let sql = format!(
+                    "SELECT id, data FROM rq_requests WHERE queue = ?1 AND id > ?2{condition} ORDER BY id LIMIT ?3"
+                );
+                let mut stmt = conn.prepare_cached(&sql)?;
+                let after = after.unwrap_or_default();
+                let fetch = (limit.min(i64::MAX as u64 - 1) + 1) as i64;
+                let map = |row: &rusqlite::Row<'_>| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?));
+                let rows: Vec<(String, String)> = if filter == RequestFilter::Locked {
+                    stmt.query_map(params![q.num, after, fetch, now], map)?
+                        .collect::<rusqlite::Result<_>>()?
+                } else {
+                    stmt.query_map(params![q.num, after, fetch], map)?
+                        .collect::<rusqlite::Result<_>>()?
+                };
+                let more = rows.len() as u64 > limit;
+                let mut items = Vec::with_capacity(rows.len());
+                let mut last = None;
+                for (id, data) in rows.into_iter().take(limit as usize) {
+                    last = Some(id);
+                    items.push(data);
+                }
+                Ok((
+                    q,
+                    RequestsPage {
+                        items,
+                        next_after: if more { last } else { None },
+                    },
+                ))
+            })
+            .await?;
+        self.track_read_client(queue_id, row, client_key, now)
+            .await?;
+        Ok(page)
+    }
 }
