@@ -538,9 +538,11 @@ async fn list_requests(
         match value.as_str() {
             "locked" => locked = true,
             "pending" => pending = true,
-            other => return Err(ApiError::invalid_parameter(format!(
+            other => {
+                return Err(ApiError::invalid_parameter(format!(
                 "Parameter \"filter\" has an unknown value \"{other}\" (allowed: locked, pending)"
-            ))),
+            )))
+            }
         }
     }
     let filter = match (locked, pending) {

@@ -1,0 +1,1089 @@
+//! Request queues over HTTP against the real binary: every operation, the clients' semantics,
+//! bad input (right status and type, nothing changed) and concurrent consumers.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{assert_error, client, TestServer};
+use serde_json::{json, Value};
+
+/// SDK-CONTRACT.md §3.3 test vector.
+const EXAMPLE_ID: &str = "EAaArVRs5qV39C9";
+
+struct Q {
+    server: TestServer,
+    http: reqwest::Client,
+    id: String,
+}
+
+impl Q {
+    async fn new() -> Self {
+        let server = TestServer::start();
+        let http = client();
+        let created: Value = http
+            .post(server.url("/request-queues"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let id = created["data"]["id"].as_str().unwrap().to_string();
+        Q { server, http, id }
+    }
+
+    fn url(&self, path: &str) -> String {
+        self.server
+            .url(&format!("/request-queues/{}{path}", self.id))
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> reqwest::Response {
+        let mut req = self.http.request(method, self.url(path));
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        req.send().await.unwrap()
+    }
+
+    async fn ok(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        status: u16,
+    ) -> Value {
+        let resp = self.send(method.clone(), path, body).await;
+        let got = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        assert_eq!(got, status, "{method} {path}: {text}");
+        if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str::<Value>(&text).unwrap()["data"].clone()
+        }
+    }
+
+    async fn info(&self) -> Value {
+        self.ok(reqwest::Method::GET, "", None, 200).await
+    }
+
+    async fn head_keys(&self, query: &str) -> Vec<String> {
+        let head = self
+            .ok(
+                reqwest::Method::GET,
+                &format!("/head?limit=100{query}"),
+                None,
+                200,
+            )
+            .await;
+        head["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["uniqueKey"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// Everything observable about the queue's content (for "nothing changed" checks).
+    async fn snapshot(&self) -> (Value, Value, Vec<String>) {
+        let info = self.info().await;
+        let list = self
+            .ok(
+                reqwest::Method::GET,
+                "/requests?limit=10000&clientKey=snap",
+                None,
+                200,
+            )
+            .await;
+        let counts = json!([
+            info["totalRequestCount"],
+            info["handledRequestCount"],
+            info["pendingRequestCount"],
+            info["modifiedAt"]
+        ]);
+        let head = self.head_keys("&clientKey=snap").await;
+        (counts, list["items"].clone(), head)
+    }
+}
+
+fn rq(key: &str) -> Value {
+    json!({ "url": format!("https://example.com/{key}"), "uniqueKey": key })
+}
+
+use reqwest::Method;
+
+#[tokio::test]
+async fn add_get_update_delete_and_order() {
+    let q = Q::new().await;
+    let info = q.info().await;
+    for field in [
+        "totalRequestCount",
+        "handledRequestCount",
+        "pendingRequestCount",
+    ] {
+        assert_eq!(info[field], 0, "{field}");
+    }
+    assert_eq!(info["hadMultipleClients"], false);
+    assert!(info["consoleUrl"].as_str().unwrap().starts_with("http"));
+    let created_modified = info["modifiedAt"].clone();
+
+    // Ids follow SDK-CONTRACT §3.3; unknown fields round-trip.
+    let added = q
+        .ok(
+            Method::POST,
+            "/requests?clientKey=c1",
+            Some(json!({"url": "https://example.com", "uniqueKey": "https://example.com", "userData": {"label": "A"}, "myField": [1, {"x": 2}]})),
+            201,
+        )
+        .await;
+    assert_eq!(
+        added,
+        json!({"requestId": EXAMPLE_ID, "wasAlreadyPresent": false, "wasAlreadyHandled": false})
+    );
+    let got = q
+        .ok(Method::GET, &format!("/requests/{EXAMPLE_ID}"), None, 200)
+        .await;
+    assert_eq!(got["id"], EXAMPLE_ID);
+    assert_eq!(got["myField"], json!([1, {"x": 2}]));
+    assert_eq!(got["userData"]["label"], "A");
+    assert_ne!(q.info().await["modifiedAt"], created_modified);
+
+    // Order: forefront newest first, then FIFO.
+    for key in ["b", "c"] {
+        q.ok(Method::POST, "/requests?clientKey=c1", Some(rq(key)), 201)
+            .await;
+    }
+    q.ok(
+        Method::POST,
+        "/requests?clientKey=c1&forefront=1",
+        Some(rq("f1")),
+        201,
+    )
+    .await;
+    let batch = q
+        .ok(
+            Method::POST,
+            "/requests/batch?clientKey=c1&forefront=true",
+            Some(json!([rq("f2"), rq("f3"), rq("b"), rq("f2")])),
+            201,
+        )
+        .await;
+    let processed = batch["processedRequests"].as_array().unwrap();
+    assert_eq!(processed.len(), 4);
+    assert_eq!(processed[2]["wasAlreadyPresent"], true);
+    assert_eq!(processed[3]["wasAlreadyPresent"], true);
+    assert_eq!(processed[3]["uniqueKey"], "f2");
+    assert_eq!(batch["unprocessedRequests"], json!([]));
+    assert_eq!(
+        q.head_keys("&clientKey=c1").await,
+        ["f3", "f2", "f1", "https://example.com", "b", "c"]
+    );
+    let info = q.info().await;
+    assert_eq!(
+        (
+            info["totalRequestCount"].as_u64(),
+            info["pendingRequestCount"].as_u64()
+        ),
+        (Some(6), Some(6))
+    );
+
+    // Reads and re-adds do not move modifiedAt; a duplicate add changes nothing.
+    let modified = q.info().await["modifiedAt"].clone();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let dup = q
+        .ok(
+            Method::POST,
+            "/requests?clientKey=c1&forefront=1",
+            Some(rq("c")),
+            201,
+        )
+        .await;
+    assert_eq!(dup["wasAlreadyPresent"], true);
+    q.head_keys("&clientKey=c1").await;
+    q.ok(Method::GET, "/requests?clientKey=c1", None, 200).await;
+    assert_eq!(q.info().await["modifiedAt"], modified);
+    assert_eq!(q.head_keys("").await.last().unwrap(), "c");
+
+    // Mark handled with Python's timestamp form; returned normalized.
+    let b_id = processed[2]["requestId"].as_str().unwrap().to_string();
+    let mut b = q
+        .ok(Method::GET, &format!("/requests/{b_id}"), None, 200)
+        .await;
+    b["handledAt"] = json!("2026-08-21 10:23:31.607000+00:00");
+    let upd = q
+        .ok(
+            Method::PUT,
+            &format!("/requests/{b_id}?clientKey=c1"),
+            Some(b.clone()),
+            200,
+        )
+        .await;
+    assert_eq!(
+        upd,
+        json!({"requestId": b_id, "wasAlreadyPresent": true, "wasAlreadyHandled": false})
+    );
+    let stored = q
+        .ok(Method::GET, &format!("/requests/{b_id}"), None, 200)
+        .await;
+    assert_eq!(stored["handledAt"], "2026-08-21T10:23:31.607Z");
+    let info = q.info().await;
+    assert_eq!(info["handledRequestCount"], 1);
+    assert_eq!(info["pendingRequestCount"], 5);
+    assert!(!q.head_keys("").await.contains(&"b".to_string()));
+    // Adding it again reports it handled.
+    let again = q
+        .ok(Method::POST, "/requests?clientKey=c1", Some(rq("b")), 201)
+        .await;
+    assert_eq!(again["wasAlreadyHandled"], true);
+
+    // Reclaim a handled request to the front (JS form handledAt: null).
+    b["handledAt"] = Value::Null;
+    let upd = q
+        .ok(
+            Method::PUT,
+            &format!("/requests/{b_id}?clientKey=c1&forefront=true"),
+            Some(b),
+            200,
+        )
+        .await;
+    assert_eq!(upd["wasAlreadyHandled"], true);
+    assert_eq!(q.head_keys("").await[0], "b");
+    assert_eq!(q.info().await["handledRequestCount"], 0);
+
+    // PUT of an unknown id upserts; added handled, it counts as handled at once.
+    let new_key = "https://crawlee.dev/";
+    let mut body = rq(new_key);
+    body["url"] = json!(new_key);
+    body["id"] = json!("FRyCGCDqkwxqk6u");
+    body["handledAt"] = json!("2026-08-21T10:23:31.607Z");
+    let upd = q
+        .ok(
+            Method::PUT,
+            "/requests/FRyCGCDqkwxqk6u?clientKey=c1",
+            Some(body),
+            200,
+        )
+        .await;
+    assert_eq!(upd["wasAlreadyPresent"], false);
+    let info = q.info().await;
+    assert_eq!(
+        (
+            info["totalRequestCount"].as_u64(),
+            info["handledRequestCount"].as_u64()
+        ),
+        (Some(7), Some(1))
+    );
+
+    // Delete one, batch delete by id and uniqueKey; counts follow.
+    q.ok(
+        Method::DELETE,
+        "/requests/FRyCGCDqkwxqk6u?clientKey=c1",
+        None,
+        204,
+    )
+    .await;
+    let del = q
+        .ok(
+            Method::DELETE,
+            "/requests/batch?clientKey=c1",
+            Some(json!([{"uniqueKey": "c"}, {"id": EXAMPLE_ID}])),
+            200,
+        )
+        .await;
+    assert_eq!(del["processedRequests"].as_array().unwrap().len(), 2);
+    assert_eq!(del["processedRequests"][1]["id"], EXAMPLE_ID);
+    let info = q.info().await;
+    assert_eq!(
+        (
+            info["totalRequestCount"].as_u64(),
+            info["handledRequestCount"].as_u64(),
+            info["pendingRequestCount"].as_u64()
+        ),
+        (Some(4), Some(0), Some(4))
+    );
+    assert_eq!(q.head_keys("").await, ["b", "f3", "f2", "f1"]);
+    assert_eq!(
+        info["hadMultipleClients"], true,
+        "keyless head calls count as new clients"
+    );
+
+    // Deleting the queue deletes its requests.
+    q.ok(Method::DELETE, "", None, 204).await;
+    assert_error(
+        q.send(Method::GET, &format!("/requests/{b_id}"), None)
+            .await,
+        404,
+        "record-not-found",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn locks_over_http() {
+    let q = Q::new().await;
+    let batch: Vec<Value> = (0..10).map(|i| rq(&format!("r{i}"))).collect();
+    q.ok(
+        Method::POST,
+        "/requests/batch?clientKey=a",
+        Some(json!(batch)),
+        201,
+    )
+    .await;
+    let modified = q.info().await["modifiedAt"].clone();
+
+    let a = q
+        .ok(
+            Method::POST,
+            "/head/lock?lockSecs=60&limit=3&clientKey=a",
+            None,
+            201,
+        )
+        .await;
+    assert_eq!(a["limit"], 3);
+    assert_eq!(a["lockSecs"], 60);
+    assert_eq!(a["clientKey"], "a");
+    assert_eq!(a["queueHasLockedRequests"], true);
+    assert_eq!(a["hadMultipleClients"], false);
+    let items = a["items"].as_array().unwrap();
+    assert_eq!(items.len(), 3);
+    assert_eq!(items[0]["uniqueKey"], "r0");
+    assert_eq!(items[0]["method"], "GET");
+    assert_eq!(items[0]["retryCount"], 0);
+    let expires = items[0]["lockExpiresAt"].as_str().unwrap();
+    assert!(expires.ends_with('Z') && expires.len() == 24, "{expires}");
+    let r0 = items[0]["id"].as_str().unwrap().to_string();
+    let r1 = items[1]["id"].as_str().unwrap().to_string();
+
+    let b = q
+        .ok(
+            Method::POST,
+            "/head/lock?lockSecs=60&limit=3&clientKey=b",
+            None,
+            201,
+        )
+        .await;
+    let b_keys: Vec<_> = b["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["uniqueKey"].clone())
+        .collect();
+    assert_eq!(b_keys, [json!("r3"), json!("r4"), json!("r5")]);
+    assert_eq!(b["hadMultipleClients"], true);
+
+    // Non-locking head: available first, then locked ones.
+    assert_eq!(
+        q.head_keys("&clientKey=a").await[..5],
+        ["r6", "r7", "r8", "r9", "r0"]
+    );
+
+    // Prolong / delete lock: only the holder.
+    assert_error(
+        q.send(
+            Method::PUT,
+            &format!("/requests/{r0}/lock?lockSecs=30&clientKey=b"),
+            None,
+        )
+        .await,
+        403,
+        "request-handled-or-locked",
+    )
+    .await;
+    assert_error(
+        q.send(
+            Method::DELETE,
+            &format!("/requests/{r0}/lock?clientKey=b"),
+            None,
+        )
+        .await,
+        403,
+        "request-handled-or-locked",
+    )
+    .await;
+    let prolonged = q
+        .ok(
+            Method::PUT,
+            &format!("/requests/{r0}/lock?lockSecs=120&clientKey=a"),
+            None,
+            200,
+        )
+        .await;
+    assert!(prolonged["lockExpiresAt"].as_str().unwrap() > expires);
+    q.ok(
+        Method::DELETE,
+        &format!("/requests/{r1}/lock?clientKey=a&forefront=1"),
+        None,
+        204,
+    )
+    .await;
+    assert_eq!(q.head_keys("&clientKey=a").await[0], "r1");
+    assert_error(
+        q.send(
+            Method::DELETE,
+            &format!("/requests/{r1}/lock?clientKey=a"),
+            None,
+        )
+        .await,
+        403,
+        "request-handled-or-locked",
+    )
+    .await;
+
+    // Listing with filter=locked.
+    let locked = q
+        .ok(
+            Method::GET,
+            "/requests?filter=locked&clientKey=a",
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(locked["items"].as_array().unwrap().len(), 5);
+
+    // Unlock all of b.
+    let unlocked = q
+        .ok(Method::POST, "/requests/unlock?clientKey=b", None, 200)
+        .await;
+    assert_eq!(unlocked, json!({"unlockedCount": 3}));
+    // Lock ops never move modifiedAt.
+    assert_eq!(q.info().await["modifiedAt"], modified);
+
+    // Handled → cannot prolong; handling drops the lock.
+    let mut r0_body = q
+        .ok(Method::GET, &format!("/requests/{r0}"), None, 200)
+        .await;
+    r0_body["handledAt"] = json!("2026-08-21T10:23:31.607Z");
+    q.ok(
+        Method::PUT,
+        &format!("/requests/{r0}?clientKey=a"),
+        Some(r0_body),
+        200,
+    )
+    .await;
+    assert_error(
+        q.send(
+            Method::PUT,
+            &format!("/requests/{r0}/lock?lockSecs=30&clientKey=a"),
+            None,
+        )
+        .await,
+        403,
+        "request-handled-or-locked",
+    )
+    .await;
+
+    // Expiry: a 1-second lock lapses and the request is lockable again, at the head.
+    let c = q
+        .ok(
+            Method::POST,
+            "/head/lock?lockSecs=1&limit=25&clientKey=c",
+            None,
+            201,
+        )
+        .await;
+    let c_count = c["items"].as_array().unwrap().len();
+    assert_eq!(c_count, 8, "r1..r9 minus r2 (held by a)");
+    let none = q
+        .ok(
+            Method::POST,
+            "/head/lock?lockSecs=60&limit=25&clientKey=d",
+            None,
+            201,
+        )
+        .await;
+    assert_eq!(none["items"], json!([]));
+    assert_eq!(none["queueHasLockedRequests"], true);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let d = q
+        .ok(
+            Method::POST,
+            "/head/lock?lockSecs=60&limit=25&clientKey=d",
+            None,
+            201,
+        )
+        .await;
+    assert_eq!(d["items"].as_array().unwrap().len(), 8);
+    assert_eq!(d["items"][0]["uniqueKey"], "r1");
+}
+
+#[tokio::test]
+async fn bad_input_is_rejected_and_changes_nothing() {
+    let q = Q::new().await;
+    let batch: Vec<Value> = (0..5).map(|i| rq(&format!("k{i}"))).collect();
+    q.ok(
+        Method::POST,
+        "/requests/batch?clientKey=a",
+        Some(json!(batch)),
+        201,
+    )
+    .await;
+    let held = q
+        .ok(
+            Method::POST,
+            "/head/lock?lockSecs=300&limit=1&clientKey=a",
+            None,
+            201,
+        )
+        .await;
+    let held_id = held["items"][0]["id"].as_str().unwrap().to_string();
+    let before = q.snapshot().await;
+
+    let too_many: Vec<Value> = (0..26).map(|i| rq(&format!("n{i}"))).collect();
+    let cases: Vec<(Method, String, Option<Value>, u16, &str)> = vec![
+        (
+            Method::POST,
+            "/requests/batch?clientKey=a".into(),
+            Some(json!(too_many)),
+            400,
+            "invalid-input",
+        ),
+        (
+            Method::POST,
+            "/requests/batch?clientKey=a".into(),
+            Some(json!([rq("n1"), {"url": "https://x.example"}])),
+            400,
+            "invalid-input",
+        ),
+        (
+            Method::POST,
+            "/requests/batch?clientKey=a".into(),
+            Some(json!({"url": "https://x.example", "uniqueKey": "x"})),
+            400,
+            "invalid-input",
+        ),
+        (
+            Method::POST,
+            "/requests/batch?clientKey=a".into(),
+            Some(
+                json!([rq("n2"), {"url": "https://x.example", "uniqueKey": "x", "id": "AAAAAAAAAAAAAAA"}]),
+            ),
+            400,
+            "request-id-invalid",
+        ),
+        (
+            Method::POST,
+            "/requests?clientKey=a".into(),
+            Some(json!({"url": "https://x.example"})),
+            400,
+            "invalid-input",
+        ),
+        (
+            Method::POST,
+            "/requests?clientKey=a".into(),
+            Some(json!({"uniqueKey": "x"})),
+            400,
+            "invalid-input",
+        ),
+        (
+            Method::POST,
+            "/requests?clientKey=a".into(),
+            Some(json!({"url": "mailto:x@example.com", "uniqueKey": "x"})),
+            400,
+            "invalid-input",
+        ),
+        (
+            Method::POST,
+            "/requests?clientKey=a".into(),
+            Some(json!({"url": "https://x.example", "uniqueKey": 5})),
+            400,
+            "invalid-input",
+        ),
+        (
+            Method::POST,
+            "/requests?clientKey=a".into(),
+            Some(json!({"url": "https://x.example", "uniqueKey": "x", "method": "FETCH"})),
+            400,
+            "invalid-input",
+        ),
+        (
+            Method::POST,
+            "/requests?clientKey=a".into(),
+            Some(json!({"url": "https://x.example", "uniqueKey": "x", "retryCount": "one"})),
+            400,
+            "invalid-input",
+        ),
+        (
+            Method::POST,
+            "/requests?clientKey=a".into(),
+            Some(json!({"url": "https://x.example", "uniqueKey": "x", "handledAt": "not a date"})),
+            400,
+            "invalid-input",
+        ),
+        (
+            Method::POST,
+            "/requests?clientKey=a".into(),
+            Some(json!([rq("x")])),
+            400,
+            "invalid-input",
+        ),
+        (
+            Method::POST,
+            "/requests?clientKey=a".into(),
+            Some(json!({"url": "https://x.example", "uniqueKey": "x", "id": EXAMPLE_ID})),
+            400,
+            "request-id-invalid",
+        ),
+        (
+            Method::POST,
+            "/requests?forefront=maybe".into(),
+            Some(rq("x")),
+            400,
+            "invalid-parameter",
+        ),
+        (
+            Method::POST,
+            format!("/requests?clientKey={}", "k".repeat(33)),
+            Some(rq("x")),
+            400,
+            "invalid-client-key",
+        ),
+        (
+            Method::PUT,
+            format!("/requests/{EXAMPLE_ID}?clientKey=a"),
+            Some(rq("x")),
+            400,
+            "request-id-invalid",
+        ),
+        (
+            Method::PUT,
+            format!("/requests/{held_id}?clientKey=a"),
+            Some(json!({"uniqueKey": "k0"})),
+            400,
+            "invalid-input",
+        ),
+        (
+            Method::DELETE,
+            "/requests/batch?clientKey=a".into(),
+            Some(json!([{"id": held_id}, {"foo": 1}])),
+            400,
+            "invalid-input",
+        ),
+        (
+            Method::DELETE,
+            "/requests/batch?clientKey=a".into(),
+            Some(json!([{"id": EXAMPLE_ID, "uniqueKey": "k1"}])),
+            400,
+            "request-id-invalid",
+        ),
+        (
+            Method::DELETE,
+            "/requests/batch?clientKey=a".into(),
+            Some(json!((0..26)
+                .map(|i| json!({"uniqueKey": format!("k{i}")}))
+                .collect::<Vec<_>>())),
+            400,
+            "invalid-input",
+        ),
+        (
+            Method::POST,
+            "/head/lock?clientKey=a".into(),
+            None,
+            400,
+            "parameter-required",
+        ),
+        (
+            Method::POST,
+            "/head/lock?lockSecs=0&clientKey=a".into(),
+            None,
+            400,
+            "invalid-parameter",
+        ),
+        (
+            Method::POST,
+            "/head/lock?lockSecs=-5&clientKey=a".into(),
+            None,
+            400,
+            "invalid-parameter",
+        ),
+        (
+            Method::POST,
+            "/head/lock?lockSecs=abc&clientKey=a".into(),
+            None,
+            400,
+            "invalid-parameter",
+        ),
+        (
+            Method::POST,
+            "/head/lock?lockSecs=99999999999&clientKey=a".into(),
+            None,
+            400,
+            "invalid-parameter",
+        ),
+        (
+            Method::POST,
+            "/head/lock?lockSecs=60&limit=26&clientKey=a".into(),
+            None,
+            400,
+            "invalid-parameter",
+        ),
+        (
+            Method::POST,
+            "/head/lock?lockSecs=60&limit=0&clientKey=a".into(),
+            None,
+            400,
+            "invalid-parameter",
+        ),
+        (
+            Method::POST,
+            format!("/head/lock?lockSecs=60&clientKey={}", "k".repeat(33)),
+            None,
+            400,
+            "invalid-client-key",
+        ),
+        (
+            Method::PUT,
+            format!("/requests/{held_id}/lock?lockSecs=60&clientKey=intruder"),
+            None,
+            403,
+            "request-handled-or-locked",
+        ),
+        (
+            Method::DELETE,
+            format!("/requests/{held_id}/lock?clientKey=intruder"),
+            None,
+            403,
+            "request-handled-or-locked",
+        ),
+        (
+            Method::PUT,
+            format!("/requests/{held_id}/lock?clientKey=a"),
+            None,
+            400,
+            "parameter-required",
+        ),
+        (
+            Method::PUT,
+            format!("/requests/{held_id}/lock?lockSecs=x&clientKey=a"),
+            None,
+            400,
+            "invalid-parameter",
+        ),
+        (
+            Method::GET,
+            "/requests/nosuchrequest00".into(),
+            None,
+            404,
+            "record-not-found",
+        ),
+        (
+            Method::DELETE,
+            "/requests/nosuchrequest00?clientKey=a".into(),
+            None,
+            404,
+            "record-not-found",
+        ),
+        (
+            Method::PUT,
+            "/requests/nosuchrequest00/lock?lockSecs=60&clientKey=a".into(),
+            None,
+            404,
+            "record-not-found",
+        ),
+        (
+            Method::DELETE,
+            "/requests/nosuchrequest00/lock?clientKey=a".into(),
+            None,
+            404,
+            "record-not-found",
+        ),
+        (
+            Method::GET,
+            "/requests?filter=bogus&clientKey=a".into(),
+            None,
+            400,
+            "invalid-parameter",
+        ),
+        (
+            Method::GET,
+            "/requests?cursor=!!notacursor&clientKey=a".into(),
+            None,
+            400,
+            "invalid-parameter",
+        ),
+        (
+            Method::GET,
+            "/requests?limit=10001&clientKey=a".into(),
+            None,
+            400,
+            "invalid-parameter",
+        ),
+        (
+            Method::GET,
+            "/head?limit=x&clientKey=a".into(),
+            None,
+            400,
+            "invalid-parameter",
+        ),
+    ];
+    for (method, path, body, status, error_type) in cases {
+        let resp = q.send(method.clone(), &path, body).await;
+        let got = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        assert_eq!(got, status, "{method} {path}: {text}");
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["error"]["type"], error_type, "{method} {path}: {text}");
+    }
+    // Malformed JSON and empty bodies.
+    for path in ["/requests?clientKey=a", "/requests/batch?clientKey=a"] {
+        let resp = q
+            .http
+            .post(q.url(path))
+            .header("content-type", "application/json")
+            .body("{\"url\": ")
+            .send()
+            .await
+            .unwrap();
+        assert_error(resp, 400, "invalid-input").await;
+        let resp = q.http.post(q.url(path)).send().await.unwrap();
+        assert_error(resp, 400, "invalid-input").await;
+    }
+    // Unknown queue.
+    let resp = q
+        .http
+        .post(
+            q.server
+                .url("/request-queues/nosuchqueue123456/head/lock?lockSecs=5"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_error(resp, 404, "record-not-found").await;
+
+    assert_eq!(q.snapshot().await, before, "nothing changed");
+}
+
+#[tokio::test]
+async fn list_requests_pages_with_cursor() {
+    let q = Q::new().await;
+    for chunk in 0..4 {
+        let batch: Vec<Value> = (0..25)
+            .map(|i| rq(&format!("p{}", chunk * 25 + i)))
+            .collect();
+        q.ok(
+            Method::POST,
+            "/requests/batch?clientKey=a",
+            Some(json!(batch)),
+            201,
+        )
+        .await;
+    }
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/requests?limit=30&clientKey=a&cursor={c}"),
+            None => "/requests?limit=30&clientKey=a".to_string(),
+        };
+        let page = q.ok(Method::GET, &path, None, 200).await;
+        pages += 1;
+        assert_eq!(page["limit"], 30);
+        for item in page["items"].as_array().unwrap() {
+            seen.push(item["id"].as_str().unwrap().to_string());
+        }
+        match page["nextCursor"].as_str() {
+            Some(next) => cursor = Some(next.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 4);
+    assert_eq!(seen.len(), 100);
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted, seen, "ordered by id, no duplicates");
+    // Legacy exclusiveStartId.
+    let page = q
+        .ok(
+            Method::GET,
+            &format!(
+                "/requests?limit=10&exclusiveStartId={}&clientKey=a",
+                seen[89]
+            ),
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 10);
+    assert_eq!(page["items"][0]["id"], seen[90].as_str());
+    assert!(page["nextCursor"].is_null());
+    // Through the run-less alias prefixes is not possible; by name it is.
+    let named: Value = q
+        .http
+        .post(q.server.url("/request-queues?name=rq-named"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(named["data"]["name"], "rq-named");
+    let resp = q
+        .http
+        .post(q.server.url("/request-queues/rq-named/requests"))
+        .json(&rq("z"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let resp = q
+        .http
+        .get(q.server.url("/request-queues/~rq-named/head"))
+        .send()
+        .await
+        .unwrap();
+    let head: Value = resp.json().await.unwrap();
+    assert_eq!(head["data"]["items"][0]["uniqueKey"], "z");
+}
+
+/// 8 consumers drain 10,000 requests through HTTP: each is handed out and handled exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn eight_concurrent_consumers_drain_10000_requests() {
+    const N: usize = 10_000;
+    let q = Arc::new(Q::new().await);
+    let started = Instant::now();
+    // Producers: 5 in parallel, batches of 25.
+    let mut producers = Vec::new();
+    for p in 0..5 {
+        let q = q.clone();
+        producers.push(tokio::spawn(async move {
+            for b in (p..N / 25).step_by(5) {
+                let batch: Vec<Value> = (0..25)
+                    .map(|i| rq(&format!("item-{}", b * 25 + i)))
+                    .collect();
+                let out = q
+                    .ok(
+                        Method::POST,
+                        "/requests/batch?clientKey=producer",
+                        Some(json!(batch)),
+                        201,
+                    )
+                    .await;
+                assert_eq!(out["processedRequests"].as_array().unwrap().len(), 25);
+            }
+        }));
+    }
+    for p in producers {
+        p.await.unwrap();
+    }
+    assert_eq!(q.info().await["pendingRequestCount"], N as u64);
+    let added = started.elapsed();
+
+    let mut consumers = Vec::new();
+    for c in 0..8 {
+        let q = q.clone();
+        consumers.push(tokio::spawn(async move {
+            let key = format!("consumer-{c}");
+            let mut locked = Vec::new();
+            let mut handled = Vec::new();
+            let mut given_back = Vec::new();
+            loop {
+                let head = q
+                    .ok(
+                        Method::POST,
+                        &format!("/head/lock?lockSecs=60&limit=25&clientKey={key}"),
+                        None,
+                        201,
+                    )
+                    .await;
+                let items = head["items"].as_array().unwrap().clone();
+                if items.is_empty() {
+                    if head["queueHasLockedRequests"] == false {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                }
+                for (n, item) in items.iter().enumerate() {
+                    let id = item["id"].as_str().unwrap().to_string();
+                    locked.push(id.clone());
+                    // Give every 20th request back once (delete lock), as Crawlee does with surplus.
+                    if n == 24 && locked.len() % 2 == 0 {
+                        q.ok(
+                            Method::DELETE,
+                            &format!("/requests/{id}/lock?clientKey={key}"),
+                            None,
+                            204,
+                        )
+                        .await;
+                        given_back.push(id);
+                        continue;
+                    }
+                    let body = json!({
+                        "id": id, "uniqueKey": item["uniqueKey"], "url": item["url"],
+                        "handledAt": "2026-08-21T10:23:31.607Z",
+                    });
+                    let out = q
+                        .ok(
+                            Method::PUT,
+                            &format!("/requests/{id}?clientKey={key}"),
+                            Some(body),
+                            200,
+                        )
+                        .await;
+                    assert_eq!(out["wasAlreadyHandled"], false, "{id} handled twice");
+                    handled.push(id);
+                }
+            }
+            (locked, handled, given_back)
+        }));
+    }
+    let mut handled_count: HashMap<String, usize> = HashMap::new();
+    let mut lock_count: HashMap<String, usize> = HashMap::new();
+    let mut back_count: HashMap<String, usize> = HashMap::new();
+    let mut per_consumer = Vec::new();
+    for c in consumers {
+        let (locked, handled, given_back) = c.await.unwrap();
+        for id in given_back {
+            *back_count.entry(id).or_default() += 1;
+        }
+        per_consumer.push(handled.len());
+        for id in locked {
+            *lock_count.entry(id).or_default() += 1;
+        }
+        for id in handled {
+            *handled_count.entry(id).or_default() += 1;
+        }
+    }
+    assert_eq!(handled_count.len(), N);
+    assert!(
+        handled_count.values().all(|&n| n == 1),
+        "every request handled exactly once"
+    );
+    // A request is locked again only after its lock was given back.
+    for (id, n) in &lock_count {
+        assert_eq!(
+            *n,
+            back_count.get(id).copied().unwrap_or(0) + 1,
+            "{id} locked while its lock held"
+        );
+    }
+    let relocked: usize = back_count.values().sum();
+    let info = q.info().await;
+    assert_eq!(info["totalRequestCount"], N as u64);
+    assert_eq!(info["handledRequestCount"], N as u64);
+    assert_eq!(info["pendingRequestCount"], 0);
+    assert_eq!(info["hadMultipleClients"], true);
+    let last = q
+        .ok(
+            Method::POST,
+            "/head/lock?lockSecs=60&clientKey=late",
+            None,
+            201,
+        )
+        .await;
+    assert_eq!(last["items"], json!([]));
+    assert_eq!(last["queueHasLockedRequests"], false);
+    eprintln!(
+        "added {N} in {added:?}, drained in {:?} ({relocked} given back and re-locked), per consumer {per_consumer:?}",
+        started.elapsed() - added
+    );
+}
