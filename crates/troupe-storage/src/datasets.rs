@@ -28,4 +28,7 @@ pub trait DatasetStore {
         limit: u64,
         desc: bool,
     ) -> Result<ItemsPage>;
+    /// Notes a read of the items: `accessedAt` becomes `now_ms` and `readCount` grows by one.
+    /// Unknown ids are ignored.
+    async fn record_dataset_read(&self, dataset_id: &str, now_ms: i64) -> Result<()>;
 }

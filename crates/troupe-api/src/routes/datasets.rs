@@ -39,6 +39,7 @@ async fn get_items(
 ) -> ApiResult<Response> {
     let query = ItemsQuery::from_params(&params)?;
     let info = target.info();
+    record_read(&state, info);
     if method == Method::HEAD {
         // Headers only: no need to read (or transform) a single item.
         let total = info.item_count;
@@ -71,6 +72,24 @@ async fn get_items(
         state.config.temp_dir.clone(),
     )
     .await
+}
+
+/// Records a read of the items (`accessedAt`, `readCount`, which the retention policy and the
+/// dataset object show) off the request path, at most once a minute per dataset so reads stay
+/// free of writes.
+fn record_read(state: &AppState, info: &troupe_model::storage::StorageInfo) {
+    const EVERY_MS: i64 = 60_000;
+    let now = troupe_model::now_ms();
+    if now - info.accessed_at < EVERY_MS {
+        return;
+    }
+    let storage = state.storage.clone();
+    let id = info.id.clone();
+    tokio::spawn(async move {
+        if let Err(err) = storage.record_dataset_read(&id, now).await {
+            tracing::warn!(error = %err, "recording a dataset read failed");
+        }
+    });
 }
 
 /// POST .../items — append one object or an array of objects (all or nothing); 201 `{}`.

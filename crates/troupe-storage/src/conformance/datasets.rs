@@ -38,6 +38,32 @@ pub async fn run(storage: &dyn Storage) {
 
     let page = storage.read_items(&ds.id, 0, 3, false).await.unwrap();
     assert_eq!(page.total, 25);
+
+    // Reads are recorded: accessedAt moves forward (never back), readCount grows.
+    let before = storage
+        .get_storage(StorageKind::Dataset, &ds.id)
+        .await
+        .unwrap()
+        .unwrap();
+    let later = before.accessed_at + 5_000;
+    storage.record_dataset_read(&ds.id, later).await.unwrap();
+    storage
+        .record_dataset_read(&ds.id, later - 10_000)
+        .await
+        .unwrap();
+    storage
+        .record_dataset_read("no-such-id", later)
+        .await
+        .unwrap();
+    let read = storage
+        .get_storage(StorageKind::Dataset, &ds.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read.accessed_at, later);
+    assert_eq!(read.read_count, before.read_count + 2);
+    assert_eq!(read.modified_at, before.modified_at);
+    assert_eq!(read.item_count, 25);
     assert_eq!(
         page.items,
         vec![&b"{\"i\":0}"[..], b"{\"i\":1}", b"{\"i\":2}"]

@@ -92,4 +92,17 @@ impl DatasetStore for SqliteStorage {
         })
         .await
     }
+
+    async fn record_dataset_read(&self, dataset_id: &str, now_ms: i64) -> Result<()> {
+        let dataset_id = dataset_id.to_string();
+        self.write(move |tx| {
+            tx.execute(
+                "UPDATE storages SET accessed_at = max(accessed_at, ?1), read_count = read_count + 1
+                 WHERE id = ?2 AND kind = ?3",
+                params![now_ms, dataset_id, StorageKind::Dataset.code()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
 }
