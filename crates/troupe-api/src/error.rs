@@ -135,6 +135,86 @@ impl ApiError {
     pub fn name_not_unique(message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "name-not-unique", message)
     }
+    /// 409 `actor-name-not-unique`.
+    pub fn actor_name_not_unique(name: &str) -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "actor-name-not-unique",
+            format!("You already have an Actor named \"{name}\""),
+        )
+    }
+    /// 400 `version-already-exists`.
+    pub fn version_already_exists(number: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "version-already-exists",
+            format!("Version {number} already exists"),
+        )
+    }
+    /// 400 `env-var-already-exists`.
+    pub fn env_var_already_exists(name: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "env-var-already-exists",
+            format!("Environment variable \"{name}\" already exists"),
+        )
+    }
+    /// 400 `unknown-build-tag`: the `build` option names no usable build.
+    pub fn unknown_build(build: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "unknown-build-tag",
+            format!("Build with tag or number \"{build}\" was not found or did not succeed"),
+        )
+    }
+    /// 400 `actor-memory-limit-exceeded`.
+    pub fn memory_limit_exceeded(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "actor-memory-limit-exceeded",
+            message,
+        )
+    }
+    /// 408 `run-timeout-exceeded` (a sync run is still going).
+    pub fn run_timeout_exceeded(run_id: &str) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "run-timeout-exceeded",
+            format!("The Actor run {run_id} did not finish in time; it goes on running"),
+        )
+    }
+    /// 400 `run-failed` (a sync run ended without success).
+    pub fn run_failed(run_id: &str, status: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "run-failed",
+            format!("Actor run did not succeed (run ID: {run_id}, status: {status})"),
+        )
+    }
+    /// 400 `deleting-unfinished-build`.
+    pub fn deleting_unfinished_build() -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "deleting-unfinished-build",
+            "A build can only be deleted once it has finished",
+        )
+    }
+    /// 400 `deleting-default-build`.
+    pub fn deleting_default_build() -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "deleting-default-build",
+            "The default build of an Actor cannot be deleted",
+        )
+    }
+    /// 400 `cannot-remove-running-run`.
+    pub fn cannot_remove_running_run() -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "cannot-remove-running-run",
+            "A run can only be deleted once it has finished",
+        )
+    }
     /// 500 `internal-server-error`; the cause is logged, the client gets a generic message.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");

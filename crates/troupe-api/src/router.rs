@@ -12,7 +12,9 @@ use tower_http::cors::{Any, CorsLayer};
 use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
-use crate::routes::{datasets, key_value_stores, request_queues, users};
+use crate::routes::{
+    actors, builds, datasets, key_value_stores, logs, request_queues, runs, users,
+};
 use crate::state::AppState;
 
 /// Prefixes under which a run's default storages are reachable, besides their own collection.
@@ -26,8 +28,17 @@ const RUN_PREFIXES: &[&str] = &[
 
 /// The whole API as an axum router.
 pub fn app(state: AppState) -> Router {
+    // Built once, nested under both prefixes.
+    let actor_routes = actors::routes();
     let mut router = Router::new()
         .merge(users::routes())
+        .nest("/v2/acts", actor_routes.clone())
+        .nest("/v2/actors", actor_routes)
+        .merge(builds::collection_routes())
+        .nest("/v2/actor-builds/{buildId}", builds::build_routes())
+        .merge(runs::collection_routes())
+        .nest("/v2/actor-runs/{runId}", runs::run_routes())
+        .merge(logs::routes())
         .merge(datasets::collection_routes())
         .merge(key_value_stores::collection_routes())
         .merge(request_queues::collection_routes())

@@ -1,9 +1,13 @@
 //! One module per Apify resource group. Each exposes the routers it owns; [`crate::router`]
 //! mounts them (storage routers several times, under every prefix that reaches them).
 
+pub mod actors;
+pub mod builds;
 pub mod datasets;
 pub mod key_value_stores;
+pub mod logs;
 pub mod request_queues;
+pub mod run_input;
 pub mod runs;
 pub mod storages;
 pub mod users;

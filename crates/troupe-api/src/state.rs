@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use troupe_model::user::User;
+use troupe_runner::Runner;
 use troupe_storage::Storage;
 
 use crate::error::ApiError;
@@ -33,20 +34,27 @@ pub struct AppState {
     pub storage: Arc<dyn Storage>,
     pub config: Arc<ApiConfig>,
     pub rate_limits: Arc<crate::ratelimit::RateLimits>,
+    /// Starts, stops and watches builds and runs (the API never runs processes itself).
+    pub runner: Runner,
     tokens: Arc<TokenCache>,
 }
 
 impl AppState {
-    pub fn new(storage: Arc<dyn Storage>, config: ApiConfig) -> Self {
+    pub fn new(storage: Arc<dyn Storage>, config: ApiConfig, runner: Runner) -> Self {
         let rate_limits = crate::ratelimit::RateLimits::new(
             config.rate_limit_per_user,
             config.rate_limit_per_resource,
         );
+        let tokens = Arc::new(TokenCache::default());
+        let cache = tokens.clone();
+        // A run's token stops working the moment the run ends.
+        runner.on_tokens_revoked(Arc::new(move || cache.entries.lock().clear()));
         Self {
             storage,
             config: Arc::new(config),
             rate_limits: Arc::new(rate_limits),
-            tokens: Arc::new(TokenCache::default()),
+            runner,
+            tokens,
         }
     }
 

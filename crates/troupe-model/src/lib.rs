@@ -2,6 +2,7 @@
 //! between storage and the HTTP layer, and small pure helpers the SDK contract pins down
 //! (request ids derived from `uniqueKey`, URL signatures).
 
+pub mod actor;
 pub mod id;
 pub mod list;
 pub mod queue;

@@ -1,1 +1,464 @@
-//! placeholder
+//! The process runtime. The API records builds and runs in storage and hands them to the
+//! [`Runner`]; only the runner starts processes. Each build and each run has one owner task that
+//! persists every status transition, captures stdout/stderr into the job's log, and enforces the
+//! run's timeout and memory limit.
+//!
+//! Runs wait in `READY` until the memory budget (`max_memory_mbytes`) has room, first come first
+//! served. A running child lives in its own process group; abort, timeout, memory overrun and
+//! server shutdown kill the whole group. On start, [`Runner::recover`] ends runs a previous
+//! server process left behind.
+
+pub mod build;
+pub mod env;
+pub mod logs;
+pub mod process;
+mod run;
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::{broadcast, mpsc, watch};
+use troupe_model::actor::{Build, JobStatus, Run};
+use troupe_storage::Storage;
+
+pub use logs::{log_path, LogWriter, LOG_LIMIT};
+
+/// Errors of runner commands.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Storage(#[from] troupe_storage::Error),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How the runner is set up.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// The data dir (builds, run folders and logs live below it).
+    pub data_dir: PathBuf,
+    /// pip and npm caches.
+    pub cache_dir: PathBuf,
+    /// Origin Actors use to reach the API (no `/v2`), e.g. `http://127.0.0.1:8080`.
+    pub api_base_url: String,
+    /// Origin shown in shareable links (no `/v2`).
+    pub public_base_url: String,
+    /// Total memory runs may use at once (MB).
+    pub max_memory_mbytes: u64,
+    /// How often `persistState` is sent to each run.
+    pub persist_state_interval: Duration,
+    /// Grace period between the `aborting` event and the kill of a graceful abort.
+    pub graceful_abort_secs: u64,
+}
+
+/// A command to a live run's owner task.
+#[derive(Debug)]
+pub(crate) enum Control {
+    Abort {
+        graceful: bool,
+    },
+    /// Kill the process and start it again (reboot, metamorph: the run was already updated).
+    Restart,
+}
+
+pub(crate) struct LiveRun {
+    pub control: mpsc::UnboundedSender<Control>,
+    pub events: broadcast::Sender<String>,
+}
+
+#[derive(Default)]
+struct Schedule {
+    used_mbytes: u64,
+    queue: VecDeque<(String, u64)>,
+}
+
+/// Handle to the runtime; cheap to clone.
+#[derive(Clone)]
+pub struct Runner {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub storage: Arc<dyn Storage>,
+    pub config: RunnerConfig,
+    /// Bumped after every persisted status change of any job; waiters watch it.
+    pub changes: watch::Sender<u64>,
+    schedule: Mutex<Schedule>,
+    pub live: Mutex<HashMap<String, LiveRun>>,
+    /// Process group of the current installer step of each running build.
+    pub build_pids: Mutex<HashMap<String, i32>>,
+    pub aborted_builds: Mutex<std::collections::HashSet<String>>,
+    /// Called after run tokens were revoked (the API drops its token cache).
+    pub on_tokens_revoked: Mutex<Option<Arc<dyn Fn() + Send + Sync>>>,
+}
+
+impl Runner {
+    pub fn new(storage: Arc<dyn Storage>, config: RunnerConfig) -> Self {
+        let (changes, _) = watch::channel(0);
+        Self {
+            inner: Arc::new(Inner {
+                storage,
+                config,
+                changes,
+                schedule: Mutex::new(Schedule::default()),
+                live: Mutex::new(HashMap::new()),
+                build_pids: Mutex::new(HashMap::new()),
+                aborted_builds: Mutex::new(Default::default()),
+                on_tokens_revoked: Mutex::new(None),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &RunnerConfig {
+        &self.inner.config
+    }
+
+    /// Registers a callback run after a run's token is revoked.
+    pub fn on_tokens_revoked(&self, f: Arc<dyn Fn() + Send + Sync>) {
+        *self.inner.on_tokens_revoked.lock() = Some(f);
+    }
+
+    /// Tells waiters that some job changed.
+    pub fn notify(&self) {
+        self.inner.notify();
+    }
+
+    /// Ends what a previous server process left behind: builds READY/RUNNING and runs
+    /// RUNNING/ABORTING/TIMING-OUT end FAILED (their process groups killed if still alive and
+    /// still ours); runs in READY are queued again.
+    pub async fn recover(&self) -> Result<()> {
+        let storage = &self.inner.storage;
+        for build in storage.unfinished_builds().await? {
+            storage
+                .update_build(
+                    &build.id,
+                    Box::new(|b: &mut Build| {
+                        b.status = JobStatus::Failed;
+                        b.finished_at = Some(troupe_model::now_ms());
+                        b.status_message =
+                            Some("The server restarted while the build was running".into());
+                        Ok(())
+                    }),
+                )
+                .await?;
+        }
+        for run in storage.unfinished_runs().await? {
+            if run.status == JobStatus::Ready && run.process.is_none() {
+                self.enqueue(&run.id, run.memory_mbytes);
+                continue;
+            }
+            let mut killed = false;
+            if let Some(mark) = &run.process {
+                if process::is_ours(mark) {
+                    process::kill_group(mark.pid, libc::SIGKILL);
+                    killed = true;
+                }
+            }
+            let message = if killed {
+                "The server restarted while the run was going; its processes were stopped"
+            } else {
+                "The server restarted while the run was going"
+            };
+            LogWriter::open(&self.inner.config.data_dir, &run.id)
+                .map(|log| log.system(message))
+                .ok();
+            storage
+                .update_run(
+                    &run.id,
+                    Box::new(move |r: &mut Run| {
+                        r.status = JobStatus::Failed;
+                        r.finished_at = Some(troupe_model::now_ms());
+                        r.status_message = Some(message.into());
+                        r.is_status_message_terminal = Some(true);
+                        r.process = None;
+                        Ok(())
+                    }),
+                )
+                .await?;
+            storage.revoke_run_tokens(&run.id).await?;
+        }
+        self.notify();
+        Ok(())
+    }
+
+    /// Starts preparing a build (already stored in READY).
+    pub fn start_build(&self, build_id: &str) {
+        let runner = self.clone();
+        let id = build_id.to_string();
+        tokio::spawn(async move {
+            run::build_task(runner, id).await;
+        });
+    }
+
+    /// Aborts a READY/RUNNING build; no-op otherwise.
+    pub async fn abort_build(&self, build_id: &str) -> Result<Build> {
+        let storage = &self.inner.storage;
+        let build = storage
+            .get_build(build_id)
+            .await?
+            .ok_or_else(|| troupe_storage::Error::NotFound("Actor build was not found".into()))?;
+        if build.status.is_terminal() {
+            return Ok(build);
+        }
+        self.inner
+            .aborted_builds
+            .lock()
+            .insert(build_id.to_string());
+        if let Some(pid) = self.inner.build_pids.lock().get(build_id) {
+            process::kill_group(*pid, libc::SIGKILL);
+        }
+        let build = storage
+            .update_build(
+                build_id,
+                Box::new(|b: &mut Build| {
+                    if !b.status.is_terminal() {
+                        b.status = JobStatus::Aborted;
+                        b.finished_at = Some(troupe_model::now_ms());
+                    }
+                    Ok(())
+                }),
+            )
+            .await?;
+        self.notify();
+        Ok(build)
+    }
+
+    /// Queues a stored READY run; it starts when the memory budget has room.
+    pub fn start_run(&self, run: &Run) -> Result<()> {
+        if run.memory_mbytes > self.inner.config.max_memory_mbytes {
+            return Err(Error::Invalid(format!(
+                "The run needs {} MB but the server's memory budget is {} MB",
+                run.memory_mbytes, self.inner.config.max_memory_mbytes
+            )));
+        }
+        self.enqueue(&run.id, run.memory_mbytes);
+        Ok(())
+    }
+
+    fn enqueue(&self, run_id: &str, memory: u64) {
+        self.inner
+            .schedule
+            .lock()
+            .queue
+            .push_back((run_id.to_string(), memory));
+        self.pump();
+    }
+
+    /// Starts queued runs while the budget allows, in order.
+    fn pump(&self) {
+        let mut started = Vec::new();
+        {
+            let mut schedule = self.inner.schedule.lock();
+            while let Some((_, memory)) = schedule.queue.front() {
+                let memory = *memory;
+                if schedule.used_mbytes + memory > self.inner.config.max_memory_mbytes
+                    && schedule.used_mbytes > 0
+                {
+                    break;
+                }
+                let (id, _) = schedule.queue.pop_front().expect("front");
+                schedule.used_mbytes += memory;
+                started.push((id, memory));
+            }
+        }
+        for (id, memory) in started {
+            let runner = self.clone();
+            // The run is live (abortable) from the moment it leaves the queue.
+            let (tx, rx) = mpsc::unbounded_channel();
+            let (events, _) = broadcast::channel(64);
+            self.inner.live.lock().insert(
+                id.clone(),
+                LiveRun {
+                    control: tx,
+                    events,
+                },
+            );
+            tokio::spawn(async move {
+                run::run_task(runner.clone(), id.clone(), rx).await;
+                runner.inner.live.lock().remove(&id);
+                runner.inner.schedule.lock().used_mbytes -= memory;
+                runner.pump();
+                runner.notify();
+            });
+        }
+    }
+
+    /// Aborts a run: READY runs end at once; running ones are killed now, or with `graceful`
+    /// get the `aborting` event and are killed after the grace period. Finished runs are
+    /// returned unchanged.
+    pub async fn abort_run(&self, run_id: &str, graceful: bool) -> Result<Run> {
+        let storage = &self.inner.storage;
+        let queued = {
+            let mut schedule = self.inner.schedule.lock();
+            let before = schedule.queue.len();
+            schedule.queue.retain(|(id, _)| id != run_id);
+            before != schedule.queue.len()
+        };
+        if queued {
+            let run = storage
+                .update_run(
+                    run_id,
+                    Box::new(|r: &mut Run| {
+                        r.status = JobStatus::Aborted;
+                        r.finished_at = Some(troupe_model::now_ms());
+                        Ok(())
+                    }),
+                )
+                .await?;
+            storage.revoke_run_tokens(run_id).await?;
+            self.notify();
+            return Ok(run);
+        }
+        let control = self
+            .inner
+            .live
+            .lock()
+            .get(run_id)
+            .map(|live| live.control.clone());
+        let run = storage
+            .get_run(run_id)
+            .await?
+            .ok_or_else(|| troupe_storage::Error::NotFound("Actor run was not found".into()))?;
+        if run.status.is_terminal() || control.is_none() {
+            return Ok(run);
+        }
+        let run = storage
+            .update_run(
+                run_id,
+                Box::new(|r: &mut Run| {
+                    if matches!(
+                        r.status,
+                        JobStatus::Ready | JobStatus::Running | JobStatus::TimingOut
+                    ) {
+                        r.status = JobStatus::Aborting;
+                    }
+                    Ok(())
+                }),
+            )
+            .await?;
+        self.notify();
+        if let Some(control) = control {
+            let _ = control.send(Control::Abort { graceful });
+        }
+        Ok(run)
+    }
+
+    /// Restarts the process of a live run (after the caller updated the stored run, e.g. for a
+    /// metamorph). False when the run is not live.
+    pub fn restart_run(&self, run_id: &str) -> bool {
+        let control = self
+            .inner
+            .live
+            .lock()
+            .get(run_id)
+            .map(|live| live.control.clone());
+        control.is_some_and(|c| c.send(Control::Restart).is_ok())
+    }
+
+    /// True while a run has an owner task.
+    pub fn is_live(&self, run_id: &str) -> bool {
+        self.inner.live.lock().contains_key(run_id)
+    }
+
+    /// The event stream of a live run (for its websocket).
+    pub fn subscribe_events(&self, run_id: &str) -> Option<broadcast::Receiver<String>> {
+        self.inner
+            .live
+            .lock()
+            .get(run_id)
+            .map(|live| live.events.subscribe())
+    }
+
+    /// A receiver that changes whenever some job's status changed.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.inner.changes.subscribe()
+    }
+
+    /// Waits until run `id` is terminal or `timeout` passes; returns it as it is then.
+    pub async fn wait_run(&self, id: &str, timeout: Duration) -> Result<Option<Run>> {
+        let mut changes = self.changes();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            changes.borrow_and_update();
+            let run = self.inner.storage.get_run(id).await?;
+            match &run {
+                Some(r) if !r.status.is_terminal() => {}
+                _ => return Ok(run),
+            }
+            if tokio::time::timeout_at(deadline, changes.changed())
+                .await
+                .is_err()
+            {
+                return Ok(run);
+            }
+        }
+    }
+
+    /// Waits until build `id` is terminal or `timeout` passes.
+    pub async fn wait_build(&self, id: &str, timeout: Duration) -> Result<Option<Build>> {
+        let mut changes = self.changes();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            changes.borrow_and_update();
+            let build = self.inner.storage.get_build(id).await?;
+            match &build {
+                Some(b) if !b.status.is_terminal() => {}
+                _ => return Ok(build),
+            }
+            if tokio::time::timeout_at(deadline, changes.changed())
+                .await
+                .is_err()
+            {
+                return Ok(build);
+            }
+        }
+    }
+
+    /// Server shutdown: kills every live run's process group and ends the runs FAILED.
+    pub async fn shutdown(&self) {
+        let ids: Vec<String> = self.inner.live.lock().keys().cloned().collect();
+        for id in &ids {
+            if let Ok(Some(run)) = self.inner.storage.get_run(id).await {
+                if let Some(mark) = &run.process {
+                    process::kill_group(mark.pid, libc::SIGKILL);
+                }
+            }
+            let message = "The server was stopped while the run was going";
+            LogWriter::open(&self.inner.config.data_dir, id)
+                .map(|log| log.system(message))
+                .ok();
+            let _ = self
+                .inner
+                .storage
+                .update_run(
+                    id,
+                    Box::new(move |r: &mut Run| {
+                        if !r.status.is_terminal() {
+                            r.status = JobStatus::Failed;
+                            r.finished_at = Some(troupe_model::now_ms());
+                            r.status_message = Some(message.into());
+                            r.is_status_message_terminal = Some(true);
+                            r.process = None;
+                        }
+                        Ok(())
+                    }),
+                )
+                .await;
+            let _ = self.inner.storage.revoke_run_tokens(id).await;
+        }
+        for pid in self.inner.build_pids.lock().values() {
+            process::kill_group(*pid, libc::SIGKILL);
+        }
+    }
+}
+
+impl Inner {
+    pub fn notify(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}

@@ -1,6 +1,7 @@
 //! The storage test suite, written once against the traits. Every backend calls each `run`
 //! from its own tests (see the bottom of `sqlite.rs`).
 
+pub mod actors;
 pub mod catalog;
 pub mod datasets;
 pub mod queues;

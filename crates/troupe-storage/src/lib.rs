@@ -13,7 +13,7 @@ pub mod queues;
 pub mod sqlite;
 pub mod users;
 
-pub use actors::ActorStore;
+pub use actors::{ActorStore, BuildStore, Mutator, RunFilter, RunStore};
 pub use catalog::StorageCatalog;
 pub use datasets::DatasetStore;
 pub use error::{Error, Result};
@@ -32,6 +32,8 @@ pub trait Storage:
     + KvStore
     + QueueStore
     + ActorStore
+    + BuildStore
+    + RunStore
     + Send
     + Sync
     + 'static
@@ -45,6 +47,8 @@ impl<T> Storage for T where
         + KvStore
         + QueueStore
         + ActorStore
+        + BuildStore
+        + RunStore
         + Send
         + Sync
         + 'static

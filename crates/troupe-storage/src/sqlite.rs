@@ -31,6 +31,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0003_request_queues",
         include_str!("sqlite/migrations/0003_request_queues.sql"),
     ),
+    (
+        "0004_actors",
+        include_str!("sqlite/migrations/0004_actors.sql"),
+    ),
 ];
 
 /// How hard commits are pushed to disk.
@@ -269,6 +273,12 @@ mod tests {
             assert!(!plan.contains("TEMP B-TREE"), "{sql}: {plan}");
             assert!(plan.contains("rq_head"), "{sql}: {plan}");
         }
+    }
+
+    #[tokio::test]
+    async fn conformance_actors() {
+        let (_dir, storage) = open_temp();
+        crate::conformance::actors::run(&storage).await;
     }
 
     #[test]

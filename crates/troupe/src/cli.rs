@@ -117,6 +117,12 @@ pub struct ServeArgs {
     /// How often the retention policy runs.
     #[arg(long, env = "TROUPE_RETENTION_INTERVAL", value_parser = humantime::parse_duration, default_value = "1h")]
     pub retention_interval: std::time::Duration,
+    /// Folder for pip and npm caches shared by builds (default: DATA_DIR/cache).
+    #[arg(long, env = "TROUPE_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Memory (MB) runs may use at once; runs beyond it wait in READY (default: the machine's RAM).
+    #[arg(long, env = "TROUPE_MAX_MEMORY_MBYTES")]
+    pub max_memory_mbytes: Option<u64>,
 }
 
 pub fn main() -> anyhow::Result<()> {
@@ -156,6 +162,8 @@ pub fn main() -> anyhow::Result<()> {
                 ),
                 retention: args.retention,
                 retention_interval: args.retention_interval,
+                cache_dir: args.cache_dir,
+                max_memory_mbytes: args.max_memory_mbytes,
             }))
         }
     }

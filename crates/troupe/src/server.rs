@@ -6,8 +6,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
+use std::time::Duration;
 use tokio::net::TcpListener;
+
 use troupe_api::{ApiConfig, AppState};
+use troupe_runner::{Runner, RunnerConfig};
 use troupe_storage::sqlite::{Durability, SqliteOptions, SqliteStorage};
 use troupe_storage::Storage;
 
@@ -27,6 +30,8 @@ pub struct ServeOptions {
     /// Idle unnamed storages older than this are deleted (`None` = keep forever).
     pub retention: Option<std::time::Duration>,
     pub retention_interval: std::time::Duration,
+    pub cache_dir: Option<PathBuf>,
+    pub max_memory_mbytes: Option<u64>,
 }
 
 /// Name of the file keeping a generated token.
@@ -92,21 +97,51 @@ pub async fn run(options: ServeOptions) -> anyhow::Result<()> {
     if let Some(period) = options.retention {
         crate::retention::spawn(storage.clone(), period, options.retention_interval);
     }
+    let data_dir = options
+        .data_dir
+        .canonicalize()
+        .unwrap_or_else(|_| options.data_dir.clone());
+    let cache_dir = options
+        .cache_dir
+        .clone()
+        .unwrap_or_else(|| data_dir.join("cache"));
+    std::fs::create_dir_all(&cache_dir)
+        .with_context(|| format!("creating {}", cache_dir.display()))?;
+    let cache_dir = cache_dir.canonicalize().unwrap_or(cache_dir);
+    let runner = Runner::new(
+        storage.clone(),
+        RunnerConfig {
+            data_dir: data_dir.clone(),
+            cache_dir,
+            api_base_url: format!("http://{bound}"),
+            public_base_url: public_base_url.clone(),
+            max_memory_mbytes: options
+                .max_memory_mbytes
+                .unwrap_or_else(troupe_runner::process::total_memory_mbytes),
+            persist_state_interval: Duration::from_secs(60),
+            graceful_abort_secs: 30,
+        },
+    );
+    // Runs a previous server process left behind end now (or are queued again if not started).
+    runner.recover().await?;
     let state = AppState::new(
         storage,
         ApiConfig {
             public_base_url: public_base_url.clone(),
-            temp_dir: options.data_dir.join("tmp"),
+            temp_dir: data_dir.join("tmp"),
             rate_limit_per_user: options.rate_limit_per_user,
             rate_limit_per_resource: options.rate_limit_per_resource,
             body_idle_timeout: options.body_idle_timeout,
             header_read_timeout: options.header_read_timeout,
         },
+        runner.clone(),
     );
     // One stdout line tests and scripts can parse.
     println!("troupe listening on http://{bound} (API base {public_base_url}/v2)");
     tracing::info!(%bound, "listening");
     troupe_api::serve(listener, state, shutdown_signal()).await?;
+    // Nothing started by this server outlives it.
+    runner.shutdown().await;
     tracing::info!("stopped");
     Ok(())
 }

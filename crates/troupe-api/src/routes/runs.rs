@@ -1,24 +1,818 @@
-//! Actor runs. For now only the storage resolution hook used by the run-based prefixes.
+//! Actor runs (ENDPOINTS.md §2.5): the run object and its operations, written once relative to
+//! the run (`run_routes`) and mounted under `/v2/actor-runs/{runId}` and the deprecated
+//! `/v2/acts|actors/{actorId}/runs/{runId}`; the global listing; starting runs (shared with the
+//! per-Actor routes); and the resolution of a run's default storages for the run-based prefixes.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
-use troupe_model::storage::StorageKind;
+use axum::body::Body;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{FromRequestParts, RawPathParams, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use bytes::Bytes;
+use serde_json::{json, Value};
+use troupe_model::actor::{Actor, Build, JobStatus, Run, RunCounters, RUN_ORIGINS};
+use troupe_model::storage::{StorageKind, StorageOrigin};
+use troupe_model::user::User;
+use troupe_model::{format_ts, now_ms, DEFAULT_GENERAL_ACCESS, GENERAL_ACCESS_VALUES};
+use troupe_storage::RunFilter;
 
-use crate::auth::Caller;
+use super::actors::{find_actor, resolve_build};
+use super::{data, no_content};
+use crate::auth::{Auth, Caller};
+use crate::body::{read_decoded, ApifyJson, DEFAULT_BODY_LIMIT};
 use crate::error::{ApiError, ApiResult};
 use crate::params::Params;
-use crate::resolve::Access;
+use crate::resolve::{check_access, path_map, Access, AddressedBy};
 use crate::state::AppState;
 
+/// Longest `waitForFinish` honoured (seconds).
+pub const MAX_WAIT_SECS: u64 = 60;
+
 /// The id of the default storage of `kind` of the run a path names (`runId`, or the last run
-/// of `actorId` / `actorTaskId` matching `status`/`origin`).
+/// of `actorId` matching `status`/`origin`).
 pub async fn run_storage_id(
-    _state: &AppState,
-    _caller: &Caller,
-    _kind: StorageKind,
-    _path: &HashMap<String, String>,
-    _params: &Params,
-    _access: Access,
+    state: &AppState,
+    caller: &Caller,
+    kind: StorageKind,
+    path: &HashMap<String, String>,
+    params: &Params,
+    access: Access,
 ) -> ApiResult<String> {
-    Err(ApiError::not_found("Actor run was not found"))
+    let run = resolve_run(state, caller, path, params, access).await?;
+    Ok(match kind {
+        StorageKind::Dataset => run.default_dataset_id,
+        StorageKind::KeyValueStore => run.default_key_value_store_id,
+        StorageKind::RequestQueue => run.default_request_queue_id,
+    })
+}
+
+/// Finds the run a path names and checks access: `runId` (with `actorId`, the run must belong
+/// to that Actor), or the last run of `actorId` (path `runs/last`, or no `runId` at all).
+pub async fn resolve_run(
+    state: &AppState,
+    caller: &Caller,
+    path: &HashMap<String, String>,
+    params: &Params,
+    access: Access,
+) -> ApiResult<Run> {
+    let not_found = || ApiError::not_found("Actor run was not found");
+    let run_id = path.get("runId").map(String::as_str);
+    let actor_ref = path.get("actorId");
+    if let (Some(run_id), false) = (run_id, run_id == Some("last") && actor_ref.is_some()) {
+        let run = state.storage.get_run(run_id).await?.ok_or_else(not_found)?;
+        if let Some(actor_ref) = actor_ref {
+            let actor = find_actor(state, caller, actor_ref)
+                .await?
+                .ok_or_else(|| ApiError::not_found("Actor was not found"))?;
+            if actor.id != run.act_id {
+                return Err(not_found());
+            }
+        }
+        check_access(
+            caller,
+            &run.user_id,
+            &run.general_access,
+            &AddressedBy::Id,
+            access,
+            false,
+        )?;
+        return Ok(run);
+    }
+    let Some(actor_ref) = actor_ref else {
+        return Err(not_found());
+    };
+    // "Last run" is always resolved for the token's owner.
+    let user = caller.require()?;
+    let status = match params.str("status") {
+        None => None,
+        Some(s) => Some(JobStatus::parse(s).ok_or_else(|| {
+            ApiError::invalid_parameter(format!(
+                "Parameter \"status\" has an invalid value \"{s}\""
+            ))
+        })?),
+    };
+    let origin = params.str("origin");
+    if let Some(origin) = origin {
+        if !RUN_ORIGINS.contains(&origin) {
+            return Err(ApiError::invalid_parameter(format!(
+                "Parameter \"origin\" must be one of: {}",
+                RUN_ORIGINS.join(", ")
+            )));
+        }
+    }
+    let actor = find_actor(state, caller, actor_ref)
+        .await?
+        .ok_or_else(|| ApiError::not_found("Actor was not found"))?;
+    state
+        .storage
+        .last_run(&user.id, &actor.id, status, origin)
+        .await?
+        .ok_or_else(not_found)
+}
+
+/// The run a request path names, access checked.
+pub struct RunTarget(pub Run);
+
+impl FromRequestParts<AppState> for RunTarget {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let raw = RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|err| ApiError::invalid_parameter(err.to_string()))?;
+        let path = path_map(&raw);
+        let params = Params::parse(parts.uri.query())?;
+        let caller = Caller::from_request_parts(parts, state).await?;
+        let access = Access::of(&parts.method);
+        Ok(RunTarget(
+            resolve_run(state, &caller, &path, &params, access).await?,
+        ))
+    }
+}
+
+/// Routes of one run, relative to it.
+pub fn run_routes() -> Router<AppState> {
+    Router::new()
+        .route("/", get(get_run).put(update_run).delete(delete_run))
+        .route("/abort", post(abort_run))
+        .route("/metamorph", post(metamorph_run))
+        .route("/reboot", post(reboot_run))
+        .route("/resurrect", post(resurrect_run))
+        .route("/log", get(super::logs::get_run_log))
+        .route("/events-websocket", get(events_websocket))
+}
+
+/// `/v2/actor-runs` (the caller's runs of every Actor).
+pub fn collection_routes() -> Router<AppState> {
+    Router::new().route("/v2/actor-runs", get(list_all_runs))
+}
+
+/// The run object in Apify's shape (every field the strict Python client requires).
+pub fn run_json(state: &AppState, run: &Run, caller: Option<&str>) -> Value {
+    let owner = caller == Some(run.user_id.as_str());
+    let end = run.finished_at.unwrap_or_else(now_ms);
+    let duration = (end - run.started_at).max(0);
+    let c = &run.counters;
+    let mut object = json!({
+        "id": run.id,
+        "actId": run.act_id,
+        "userId": run.user_id,
+        "actorTaskId": run.actor_task_id,
+        "startedAt": format_ts(run.started_at),
+        "finishedAt": run.finished_at.map(format_ts),
+        "status": run.status.as_str(),
+        "statusMessage": run.status_message,
+        "isStatusMessageTerminal": run.is_status_message_terminal,
+        "meta": {
+            "origin": run.origin,
+            "clientIp": run.client_ip,
+            "userAgent": run.user_agent,
+        },
+        "stats": {
+            "inputBodyLen": c.input_body_len,
+            "migrationCount": 0,
+            "rebootCount": c.reboot_count,
+            "restartCount": c.restart_count,
+            "resurrectCount": c.resurrect_count,
+            "memAvgBytes": c.mem_max_bytes,
+            "memMaxBytes": c.mem_max_bytes,
+            "memCurrentBytes": c.mem_current_bytes,
+            "cpuAvgUsage": c.cpu_max_usage,
+            "cpuMaxUsage": c.cpu_max_usage,
+            "cpuCurrentUsage": c.cpu_current_usage,
+            "netRxBytes": 0,
+            "netTxBytes": 0,
+            "durationMillis": duration,
+            "runTimeSecs": duration as f64 / 1000.0,
+            "metamorph": c.metamorph_count,
+            "computeUnits": 0,
+        },
+        "options": {
+            "build": run.build_option,
+            "timeoutSecs": run.timeout_secs,
+            "memoryMbytes": run.memory_mbytes,
+            "diskMbytes": run.memory_mbytes * 2,
+            "maxItems": run.max_items,
+        },
+        "buildId": run.build_id,
+        "buildNumber": run.build_number,
+        "buildNumberInt": troupe_model::actor::build_number_int(&run.build_number),
+        "exitCode": run.exit_code,
+        "generalAccess": run.general_access,
+        "defaultKeyValueStoreId": run.default_key_value_store_id,
+        "defaultDatasetId": run.default_dataset_id,
+        "defaultRequestQueueId": run.default_request_queue_id,
+        "storageIds": {
+            "datasets": { "default": run.default_dataset_id },
+            "keyValueStores": { "default": run.default_key_value_store_id },
+            "requestQueues": { "default": run.default_request_queue_id },
+        },
+        "isContainerServerReady": false,
+        "chargedEventCounts": {},
+        "metamorphs": run.metamorphs,
+        "platformUsageBillingModel": "USER",
+        "consoleUrl": format!("{}/actor-runs/{}", state.api_base(), run.id),
+    });
+    if owner {
+        let fields = object.as_object_mut().expect("object");
+        fields.insert("usage".into(), json!({ "ACTOR_COMPUTE_UNITS": 0 }));
+        fields.insert("usageTotalUsd".into(), json!(0));
+        fields.insert("usageUsd".into(), json!({ "ACTOR_COMPUTE_UNITS": 0 }));
+    }
+    object
+}
+
+/// `waitForFinish` in seconds, capped at [`MAX_WAIT_SECS`].
+pub fn wait_param(params: &Params) -> ApiResult<Duration> {
+    Ok(Duration::from_secs(
+        params.u64("waitForFinish")?.unwrap_or(0).min(MAX_WAIT_SECS),
+    ))
+}
+
+/// Waits for a run (if asked) and answers with it.
+async fn respond_run(
+    state: &AppState,
+    run: Run,
+    wait: Duration,
+    caller: Option<&str>,
+    status: StatusCode,
+) -> ApiResult<Response> {
+    let run = if wait.is_zero() || run.status.is_terminal() {
+        run
+    } else {
+        state
+            .runner
+            .wait_run(&run.id, wait)
+            .await
+            .map_err(runner_error)?
+            .unwrap_or(run)
+    };
+    Ok(data(status, run_json(state, &run, caller)))
+}
+
+pub fn runner_error(err: troupe_runner::Error) -> ApiError {
+    match err {
+        troupe_runner::Error::Storage(err) => err.into(),
+        troupe_runner::Error::Invalid(message) => ApiError::memory_limit_exceeded(message),
+    }
+}
+
+/// GET .../runs/{runId}[?waitForFinish=N]
+async fn get_run(
+    State(state): State<AppState>,
+    caller: Caller,
+    RunTarget(run): RunTarget,
+    params: Params,
+) -> ApiResult<Response> {
+    let wait = wait_param(&params)?;
+    respond_run(&state, run, wait, caller.user_id(), StatusCode::OK).await
+}
+
+/// PUT .../runs/{runId} — `statusMessage`, `isStatusMessageTerminal`, `generalAccess`.
+async fn update_run(
+    State(state): State<AppState>,
+    caller: Caller,
+    RunTarget(run): RunTarget,
+    ApifyJson(body): ApifyJson<Value>,
+) -> ApiResult<Response> {
+    let Value::Object(body) = body else {
+        return Err(ApiError::invalid_input(
+            "Request body must be a JSON object",
+        ));
+    };
+    let message = match body.get("statusMessage") {
+        None => None,
+        Some(Value::Null) => Some(None),
+        Some(Value::String(s)) => Some(Some(s.chars().take(4096).collect::<String>())),
+        Some(_) => {
+            return Err(ApiError::invalid_input(
+                "Field \"statusMessage\" must be a string",
+            ))
+        }
+    };
+    let terminal = match body.get("isStatusMessageTerminal") {
+        None | Some(Value::Null) => None,
+        Some(Value::Bool(b)) => Some(*b),
+        Some(_) => {
+            return Err(ApiError::invalid_input(
+                "Field \"isStatusMessageTerminal\" must be a boolean",
+            ))
+        }
+    };
+    let access = match body.get("generalAccess") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(a)) if GENERAL_ACCESS_VALUES.contains(&a.as_str()) => Some(a.clone()),
+        Some(_) => {
+            return Err(ApiError::invalid_input(format!(
+                "Field \"generalAccess\" must be one of: {}",
+                GENERAL_ACCESS_VALUES.join(", ")
+            )))
+        }
+    };
+    let run = state
+        .storage
+        .update_run(
+            &run.id,
+            Box::new(move |r: &mut Run| {
+                if let Some(message) = message {
+                    r.status_message = message;
+                    r.is_status_message_terminal = Some(terminal.unwrap_or(false));
+                } else if let Some(terminal) = terminal {
+                    r.is_status_message_terminal = Some(terminal);
+                }
+                if let Some(access) = access {
+                    r.general_access = access;
+                }
+                Ok(())
+            }),
+        )
+        .await?;
+    state.runner.notify();
+    Ok(data(
+        StatusCode::OK,
+        run_json(&state, &run, caller.user_id()),
+    ))
+}
+
+/// DELETE .../runs/{runId} — finished runs only (their storages stay).
+async fn delete_run(
+    State(state): State<AppState>,
+    RunTarget(run): RunTarget,
+) -> ApiResult<Response> {
+    if !run.status.is_terminal() {
+        return Err(ApiError::cannot_remove_running_run());
+    }
+    state.storage.delete_run(&run.id).await?;
+    let _ = std::fs::remove_file(troupe_runner::log_path(
+        &state.runner.config().data_dir,
+        &run.id,
+    ));
+    let _ = std::fs::remove_dir_all(state.runner.config().data_dir.join("runs").join(&run.id));
+    Ok(no_content())
+}
+
+/// POST .../abort[?gracefully=1]
+async fn abort_run(
+    State(state): State<AppState>,
+    caller: Caller,
+    RunTarget(run): RunTarget,
+    params: Params,
+) -> ApiResult<Response> {
+    let graceful = params.bool("gracefully", false)?;
+    let run = state
+        .runner
+        .abort_run(&run.id, graceful)
+        .await
+        .map_err(runner_error)?;
+    Ok(data(
+        StatusCode::OK,
+        run_json(&state, &run, caller.user_id()),
+    ))
+}
+
+/// POST .../reboot — restart the process of a RUNNING run, same storages.
+async fn reboot_run(
+    State(state): State<AppState>,
+    caller: Caller,
+    RunTarget(run): RunTarget,
+) -> ApiResult<Response> {
+    if run.status != JobStatus::Running || !state.runner.is_live(&run.id) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "job-finished",
+            "Only a RUNNING run can be rebooted",
+        ));
+    }
+    let run = state
+        .storage
+        .update_run(
+            &run.id,
+            Box::new(|r: &mut Run| {
+                r.counters.reboot_count += 1;
+                Ok(())
+            }),
+        )
+        .await?;
+    state.runner.restart_run(&run.id);
+    Ok(data(
+        StatusCode::OK,
+        run_json(&state, &run, caller.user_id()),
+    ))
+}
+
+/// POST .../metamorph?targetActorId=&build= — the body becomes `INPUT-METAMORPH-N` and the
+/// target Actor's build replaces the process, same run id and storages.
+async fn metamorph_run(
+    State(state): State<AppState>,
+    caller: Caller,
+    RunTarget(run): RunTarget,
+    params: Params,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let user = caller.require()?.clone();
+    if run.status != JobStatus::Running || !state.runner.is_live(&run.id) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "job-finished",
+            "Only a RUNNING run can be metamorphed",
+        ));
+    }
+    let target_ref = params
+        .str("targetActorId")
+        .ok_or_else(|| ApiError::parameter_required("targetActorId"))?;
+    let target = find_actor(&state, &caller, target_ref)
+        .await?
+        .ok_or_else(|| ApiError::not_found("Target Actor was not found"))?;
+    let build = resolve_build(&state, &target, params.str("build")).await?;
+    let input = read_input(&headers, body).await?;
+    let n = run.counters.metamorph_count + 1;
+    let key = format!("INPUT-METAMORPH-{n}");
+    if let Some((bytes, content_type)) = input {
+        put_input_record(
+            &state,
+            &user,
+            &run.default_key_value_store_id,
+            &key,
+            bytes,
+            &content_type,
+        )
+        .await?;
+    }
+    let entry = json!({
+        "createdAt": format_ts(now_ms()),
+        "actorId": target.id,
+        "buildId": build.id,
+        "inputKey": key,
+    });
+    let run = state
+        .storage
+        .update_run(
+            &run.id,
+            Box::new(move |r: &mut Run| {
+                r.counters.metamorph_count = n;
+                r.build_id = build.id.clone();
+                r.build_number = build.build_number.clone();
+                r.input_key = key;
+                r.metamorphs.push(entry);
+                Ok(())
+            }),
+        )
+        .await?;
+    state.runner.restart_run(&run.id);
+    Ok(data(
+        StatusCode::OK,
+        run_json(&state, &run, caller.user_id()),
+    ))
+}
+
+/// POST .../resurrect — a finished run starts again with the same id and storages.
+async fn resurrect_run(
+    State(state): State<AppState>,
+    caller: Caller,
+    RunTarget(run): RunTarget,
+    params: Params,
+) -> ApiResult<Response> {
+    caller.require()?;
+    if !run.status.is_terminal() {
+        return Ok(data(
+            StatusCode::OK,
+            run_json(&state, &run, caller.user_id()),
+        ));
+    }
+    let options = RunOptions::from_params(&params)?;
+    let actor = state
+        .storage
+        .get_actor(&run.act_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("Actor was not found"))?;
+    let build = match &options.build {
+        Some(b) => Some(resolve_build(&state, &actor, Some(b)).await?),
+        None => None,
+    };
+    let run = state
+        .storage
+        .update_run(
+            &run.id,
+            Box::new(move |r: &mut Run| {
+                r.status = JobStatus::Ready;
+                r.finished_at = None;
+                r.exit_code = None;
+                r.status_message = None;
+                r.is_status_message_terminal = None;
+                r.attempt_started_at = 0;
+                r.counters.resurrect_count += 1;
+                if let Some(build) = build {
+                    r.build_id = build.id;
+                    r.build_number = build.build_number;
+                    r.build_option = options.build.unwrap_or_default();
+                }
+                if let Some(t) = options.timeout_secs {
+                    r.timeout_secs = t;
+                }
+                if let Some(m) = options.memory_mbytes {
+                    r.memory_mbytes = m;
+                }
+                Ok(())
+            }),
+        )
+        .await?;
+    state.runner.start_run(&run).map_err(runner_error)?;
+    state.runner.notify();
+    Ok(data(
+        StatusCode::OK,
+        run_json(&state, &run, caller.user_id()),
+    ))
+}
+
+/// GET /v2/actor-runs — the caller's runs (`status` comma list, `desc`, paging).
+async fn list_all_runs(
+    State(state): State<AppState>,
+    Auth(user): Auth,
+    params: Params,
+) -> ApiResult<Response> {
+    list_runs(&state, &user, None, &params).await
+}
+
+/// Lists runs, of one Actor or all.
+pub async fn list_runs(
+    state: &AppState,
+    user: &User,
+    act_id: Option<String>,
+    params: &Params,
+) -> ApiResult<Response> {
+    let list = params.list_params()?;
+    let mut statuses = Vec::new();
+    for s in params.list("status") {
+        statuses.push(JobStatus::parse(&s).ok_or_else(|| {
+            ApiError::invalid_parameter(format!(
+                "Parameter \"status\" has an invalid value \"{s}\""
+            ))
+        })?);
+    }
+    let page = state
+        .storage
+        .list_runs(&user.id, RunFilter { act_id, statuses }, list)
+        .await?;
+    let page = page.map(|run| run_short_json(&run));
+    Ok(data(StatusCode::OK, page))
+}
+
+fn run_short_json(run: &Run) -> Value {
+    json!({
+        "id": run.id,
+        "actId": run.act_id,
+        "userId": run.user_id,
+        "actorTaskId": run.actor_task_id,
+        "status": run.status.as_str(),
+        "startedAt": format_ts(run.started_at),
+        "finishedAt": run.finished_at.map(format_ts),
+        "buildId": run.build_id,
+        "buildNumber": run.build_number,
+        "buildNumberInt": troupe_model::actor::build_number_int(&run.build_number),
+        "meta": { "origin": run.origin },
+        "usageTotalUsd": 0,
+        "defaultKeyValueStoreId": run.default_key_value_store_id,
+        "defaultDatasetId": run.default_dataset_id,
+        "defaultRequestQueueId": run.default_request_queue_id,
+    })
+}
+
+/// GET .../events-websocket — the run's platform events (SDK-CONTRACT.md §4). Only the run's
+/// owner (its token) may listen; the socket closes when the run ends.
+async fn events_websocket(
+    State(state): State<AppState>,
+    caller: Caller,
+    RunTarget(run): RunTarget,
+    ws: WebSocketUpgrade,
+) -> ApiResult<Response> {
+    if caller.user_id() != Some(run.user_id.as_str()) {
+        return Err(ApiError::insufficient_permissions(
+            "Only the run's owner can listen to its events",
+        ));
+    }
+    let events = state
+        .runner
+        .subscribe_events(&run.id)
+        .ok_or_else(|| ApiError::not_found("The run is not running"))?;
+    Ok(ws.on_upgrade(move |socket| forward_events(socket, events)))
+}
+
+async fn forward_events(
+    mut socket: WebSocket,
+    mut events: tokio::sync::broadcast::Receiver<String>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                Ok(text) => {
+                    if socket.send(Message::Text(text.into())).await.is_err() {
+                        return;
+                    }
+                }
+                Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => break,
+            },
+            incoming = socket.recv() => match incoming {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+    let _ = socket.send(Message::Close(None)).await;
+}
+
+/// Run options from the query (`build`, `timeout`, `memory`, `maxItems`).
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub build: Option<String>,
+    pub timeout_secs: Option<u64>,
+    pub memory_mbytes: Option<u64>,
+    pub max_items: Option<u64>,
+}
+
+impl RunOptions {
+    pub fn from_params(params: &Params) -> ApiResult<Self> {
+        let memory = params.u64("memory")?;
+        if let Some(m) = memory {
+            check_memory(m).map_err(ApiError::invalid_parameter)?;
+        }
+        Ok(Self {
+            build: params.str("build").map(str::to_string),
+            timeout_secs: params.u64("timeout")?,
+            memory_mbytes: memory,
+            max_items: params.u64("maxItems")?,
+        })
+    }
+}
+
+/// Memory must be a power of two between 128 and 32768 MB.
+pub fn check_memory(m: u64) -> Result<(), String> {
+    if (128..=32768).contains(&m) && m.is_power_of_two() {
+        Ok(())
+    } else {
+        Err(format!(
+            "Memory must be a power of 2 between 128 and 32768 MB (got {m})"
+        ))
+    }
+}
+
+/// Reads a start-run body: empty, or JSON `null`, means no input.
+pub async fn read_input(headers: &HeaderMap, body: Body) -> ApiResult<Option<(Bytes, String)>> {
+    let bytes = read_decoded(headers, body, DEFAULT_BODY_LIMIT).await?;
+    let content_type = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json; charset=utf-8")
+        .to_string();
+    let trimmed = bytes.trim_ascii();
+    if trimmed.is_empty() || (content_type.starts_with("application/json") && trimmed == b"null") {
+        return Ok(None);
+    }
+    if content_type.starts_with("application/json")
+        && serde_json::from_slice::<serde::de::IgnoredAny>(trimmed).is_err()
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "run-input-body-not-valid-json",
+            "The input body is not valid JSON",
+        ));
+    }
+    Ok(Some((bytes, content_type)))
+}
+
+/// Stores a run's input record in its default key-value store.
+pub async fn put_input_record(
+    state: &AppState,
+    _owner: &User,
+    store_id: &str,
+    key: &str,
+    bytes: Bytes,
+    content_type: &str,
+) -> ApiResult<()> {
+    crate::routes::run_input::put(state, store_id, key, bytes, content_type).await
+}
+
+/// What starting a run needs.
+pub struct StartRun {
+    pub actor: Actor,
+    pub options: RunOptions,
+    pub input: Option<(Bytes, String)>,
+    pub origin: String,
+    pub task_id: Option<String>,
+    pub client_ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// Records a run (fresh default storages, INPUT) and hands it to the runner. Nothing is
+/// created when the options are invalid.
+pub async fn start_run(state: &AppState, user: &User, request: StartRun) -> ApiResult<Run> {
+    let actor = &request.actor;
+    let defaults = &actor.default_run_options;
+    let build_option = request
+        .options
+        .build
+        .clone()
+        .unwrap_or_else(|| defaults.build.clone());
+    let build: Build = resolve_build(state, actor, Some(&build_option)).await?;
+    let memory = request
+        .options
+        .memory_mbytes
+        .unwrap_or(defaults.memory_mbytes);
+    check_memory(memory).map_err(ApiError::invalid_parameter)?;
+    let budget = state.runner.config().max_memory_mbytes;
+    if memory > budget {
+        return Err(ApiError::memory_limit_exceeded(format!(
+            "The run needs {memory} MB but the server's memory budget is {budget} MB"
+        )));
+    }
+    let run_id = troupe_model::new_id();
+    let origin = StorageOrigin {
+        act_id: Some(actor.id.clone()),
+        act_run_id: Some(run_id.clone()),
+    };
+    let mut ids = Vec::new();
+    for kind in [
+        StorageKind::Dataset,
+        StorageKind::KeyValueStore,
+        StorageKind::RequestQueue,
+    ] {
+        let (info, _) = state
+            .storage
+            .create_storage(kind, user, None, origin.clone())
+            .await?;
+        ids.push(info.id);
+    }
+    let input_len = request.input.as_ref().map(|(b, _)| b.len()).unwrap_or(0);
+    if let Some((bytes, content_type)) = request.input {
+        put_input_record(state, user, &ids[1], "INPUT", bytes, &content_type).await?;
+    }
+    let now = now_ms();
+    let run = Run {
+        id: run_id,
+        act_id: actor.id.clone(),
+        user_id: user.id.clone(),
+        actor_task_id: request.task_id,
+        started_at: now,
+        finished_at: None,
+        status: JobStatus::Ready,
+        status_message: None,
+        is_status_message_terminal: None,
+        origin: request.origin,
+        client_ip: request.client_ip,
+        user_agent: request.user_agent,
+        build_id: build.id.clone(),
+        build_number: build.build_number.clone(),
+        build_option,
+        exit_code: None,
+        general_access: DEFAULT_GENERAL_ACCESS.to_string(),
+        default_dataset_id: ids[0].clone(),
+        default_key_value_store_id: ids[1].clone(),
+        default_request_queue_id: ids[2].clone(),
+        timeout_secs: request
+            .options
+            .timeout_secs
+            .unwrap_or(defaults.timeout_secs),
+        memory_mbytes: memory,
+        max_items: request.options.max_items.or(defaults.max_items),
+        input_key: "INPUT".into(),
+        counters: RunCounters {
+            input_body_len: input_len as u64,
+            ..Default::default()
+        },
+        metamorphs: vec![],
+        process: None,
+        attempt_started_at: 0,
+    };
+    state.storage.create_run(run.clone()).await?;
+    state.runner.start_run(&run).map_err(runner_error)?;
+    Ok(run)
+}
+
+/// Answers a freshly started run (201, `Location`, optional `waitForFinish`).
+pub async fn respond_started(
+    state: &AppState,
+    run: Run,
+    params: &Params,
+    caller: &User,
+) -> ApiResult<Response> {
+    let wait = wait_param(params)?;
+    let location = format!("{}/actor-runs/{}", state.api_base(), run.id);
+    let mut response = respond_run(state, run, wait, Some(&caller.id), StatusCode::CREATED).await?;
+    if let Ok(value) = location.parse() {
+        response
+            .headers_mut()
+            .insert(axum::http::header::LOCATION, value);
+    }
+    Ok(response.into_response())
 }

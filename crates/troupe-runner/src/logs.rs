@@ -1,0 +1,70 @@
+//! Job logs: one text file per build or run under `DATA/logs/`, every line prefixed with an
+//! ISO-8601 timestamp (`2026-08-21T10:23:31.607Z `), as both clients expect when they re-emit a
+//! child's log. A log is capped at [`LOG_LIMIT`] bytes; past that one note is written and the
+//! rest dropped.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use parking_lot::Mutex;
+
+/// Largest log kept (10 M characters).
+pub const LOG_LIMIT: u64 = 10_000_000;
+
+/// Path of the log of job `id`.
+pub fn log_path(data_dir: &Path, id: &str) -> PathBuf {
+    data_dir.join("logs").join(format!("{id}.log"))
+}
+
+/// Appends timestamped lines to a job's log.
+pub struct LogWriter {
+    inner: Mutex<(File, u64, bool)>,
+}
+
+impl LogWriter {
+    /// Opens (appending) the log of job `id`.
+    pub fn open(data_dir: &Path, id: &str) -> std::io::Result<Self> {
+        let path = log_path(data_dir, id);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let len = file.metadata()?.len();
+        Ok(Self {
+            inner: Mutex::new((file, len, len >= LOG_LIMIT)),
+        })
+    }
+
+    /// Writes one line (a trailing newline is added; `\r` and `\n` inside are kept as spaces).
+    pub fn line(&self, text: &str) {
+        let text = text.trim_end_matches(['\n', '\r']);
+        let line = format!(
+            "{} {}\n",
+            troupe_model::format_ts(troupe_model::now_ms()),
+            text
+        );
+        let mut guard = self.inner.lock();
+        let (file, written, full) = &mut *guard;
+        if *full {
+            return;
+        }
+        if *written + line.len() as u64 > LOG_LIMIT {
+            *full = true;
+            let note = format!(
+                "{} [troupe] The log reached its limit of {LOG_LIMIT} characters; further output is not kept.\n",
+                troupe_model::format_ts(troupe_model::now_ms())
+            );
+            let _ = file.write_all(note.as_bytes());
+            return;
+        }
+        if file.write_all(line.as_bytes()).is_ok() {
+            *written += line.len() as u64;
+        }
+    }
+
+    /// A line from troupe itself (not the program).
+    pub fn system(&self, text: &str) {
+        self.line(&format!("[troupe] {text}"));
+    }
+}

@@ -1,0 +1,966 @@
+//! Actors, builds and runs through the real binary, with tiny shell/Python programs as Actors
+//! (fast); the SDK Actors are exercised by the compat suites.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{assert_error, client, TestServer};
+use serde_json::{json, Value};
+
+/// An Actor whose program is `script` (run with `/bin/sh`).
+fn shell_actor(name: &str, script: &str) -> Value {
+    json!({
+        "name": name,
+        "versions": [{
+            "versionNumber": "0.1",
+            "sourceType": "SOURCE_FILES",
+            "sourceFiles": [
+                {"name": ".actor/actor.json", "format": "TEXT", "content": "{\"actorSpecification\":1,\"startCommand\":\"sh main.sh\"}"},
+                {"name": "main.sh", "format": "TEXT", "content": script},
+            ],
+        }],
+        "defaultRunOptions": {"build": "latest", "timeoutSecs": 120, "memoryMbytes": 128},
+    })
+}
+
+async fn post(server: &TestServer, path: &str, body: Value) -> reqwest::Response {
+    client()
+        .post(server.url(path))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn get_json(server: &TestServer, path: &str) -> Value {
+    let response = client().get(server.url(path)).send().await.unwrap();
+    assert_eq!(response.status(), 200, "GET {path}");
+    response.json::<Value>().await.unwrap()["data"].clone()
+}
+
+/// Creates and builds an Actor; returns its id.
+async fn built_actor(server: &TestServer, name: &str, script: &str) -> String {
+    let response = post(server, "/acts", shell_actor(name, script)).await;
+    assert_eq!(response.status(), 201);
+    let id = response.json::<Value>().await.unwrap()["data"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let build = client()
+        .post(server.url(&format!("/acts/{id}/builds?version=0.1&waitForFinish=60")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(build.status(), 201);
+    let build: Value = build.json().await.unwrap();
+    assert_eq!(build["data"]["status"], "SUCCEEDED", "{build}");
+    id
+}
+
+async fn start(server: &TestServer, actor: &str, query: &str) -> Value {
+    let response = client()
+        .post(server.url(&format!("/actors/{actor}/runs?{query}")))
+        .header("content-type", "application/json")
+        .body("{\"hello\":\"world\"}")
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let body = response.json::<Value>().await.unwrap();
+    assert_eq!(status, 201, "{body}");
+    body["data"].clone()
+}
+
+async fn wait_run(server: &TestServer, run_id: &str) -> Value {
+    for _ in 0..10 {
+        let run = get_json(server, &format!("/actor-runs/{run_id}?waitForFinish=60")).await;
+        if ["SUCCEEDED", "FAILED", "TIMED-OUT", "ABORTED"]
+            .contains(&run["status"].as_str().unwrap())
+        {
+            return run;
+        }
+    }
+    panic!("run {run_id} did not finish");
+}
+
+async fn log_of(server: &TestServer, run_id: &str) -> String {
+    client()
+        .get(server.url(&format!("/logs/{run_id}")))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Pids printed by the program as `pid=N` lines.
+fn pids_in(log: &str) -> Vec<i32> {
+    log.lines()
+        .filter_map(|l| l.split("pid=").nth(1))
+        .filter_map(|p| p.trim().parse().ok())
+        .collect()
+}
+
+fn alive(pid: i32) -> bool {
+    // A zombie is gone for our purposes.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.contains(") Z "))
+        .unwrap_or(false)
+}
+
+async fn wait_for_log(server: &TestServer, run_id: &str, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = log_of(server, run_id).await;
+        if log.contains(needle) {
+            return log;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "log never contained {needle}: {log}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn actors_versions_and_env_vars() {
+    let server = TestServer::start();
+    let created = post(&server, "/acts", shell_actor("my-actor", "echo hi")).await;
+    assert_eq!(created.status(), 201);
+    assert!(created.headers().contains_key("location"));
+    let actor = created.json::<Value>().await.unwrap()["data"].clone();
+    let id = actor["id"].as_str().unwrap();
+    for key in [
+        "id",
+        "userId",
+        "name",
+        "username",
+        "isPublic",
+        "createdAt",
+        "modifiedAt",
+        "stats",
+        "versions",
+        "defaultRunOptions",
+    ] {
+        assert!(actor.get(key).is_some(), "{key} in {actor}");
+    }
+    // Same object under both prefixes and by every kind of reference.
+    for path in [
+        format!("/acts/{id}"),
+        format!("/actors/{id}"),
+        "/acts/~my-actor".into(),
+        "/actors/troupe~my-actor".into(),
+        "/acts/my-actor".into(),
+    ] {
+        assert_eq!(get_json(&server, &path).await["id"], id, "{path}");
+    }
+    assert_error(
+        post(&server, "/acts", shell_actor("my-actor", "x")).await,
+        409,
+        "actor-name-not-unique",
+    )
+    .await;
+    assert_error(
+        client()
+            .get(server.url("/acts/nope-nope"))
+            .send()
+            .await
+            .unwrap(),
+        404,
+        "record-not-found",
+    )
+    .await;
+    assert_error(
+        client()
+            .get(format!("{}/acts/{id}", server.api()))
+            .send()
+            .await
+            .unwrap(),
+        401,
+        "token-not-provided",
+    )
+    .await;
+
+    // Versions.
+    let v = post(&server, &format!("/acts/{id}/versions"), json!({"versionNumber": "1.0", "sourceType": "SOURCE_FILES", "sourceFiles": [], "envVars": [{"name": "SECRET", "value": "s3", "isSecret": true}]})).await;
+    assert_eq!(v.status(), 201);
+    assert_error(
+        post(
+            &server,
+            &format!("/acts/{id}/versions"),
+            json!({"versionNumber": "1.0", "sourceType": "SOURCE_FILES"}),
+        )
+        .await,
+        400,
+        "version-already-exists",
+    )
+    .await;
+    let versions = get_json(&server, &format!("/acts/{id}/versions")).await;
+    assert_eq!(versions["total"], 2);
+    let put = client()
+        .put(server.url(&format!("/acts/{id}/versions/1.0")))
+        .json(&json!({"buildTag": "beta"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200);
+    assert_eq!(
+        get_json(&server, &format!("/acts/{id}/versions/1.0")).await["buildTag"],
+        "beta"
+    );
+
+    // Env vars: secret values are never shown.
+    let vars = get_json(&server, &format!("/actors/{id}/versions/1.0/env-vars")).await;
+    assert_eq!(vars["total"], 1);
+    assert!(vars["items"][0].get("value").is_none());
+    let e = post(
+        &server,
+        &format!("/acts/{id}/versions/1.0/env-vars"),
+        json!({"name": "PLAIN", "value": "v"}),
+    )
+    .await;
+    assert_eq!(e.status(), 201);
+    assert_error(
+        post(
+            &server,
+            &format!("/acts/{id}/versions/1.0/env-vars"),
+            json!({"name": "PLAIN", "value": "w"}),
+        )
+        .await,
+        400,
+        "env-var-already-exists",
+    )
+    .await;
+    assert_error(
+        post(
+            &server,
+            &format!("/acts/{id}/versions/1.0/env-vars"),
+            json!({"name": "1BAD", "value": "w"}),
+        )
+        .await,
+        400,
+        "invalid-input",
+    )
+    .await;
+    let upd = client()
+        .put(server.url(&format!("/acts/{id}/versions/1.0/env-vars/PLAIN")))
+        .json(&json!({"value": "changed"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(upd.status(), 200);
+    assert_eq!(
+        get_json(&server, &format!("/acts/{id}/versions/1.0/env-vars/PLAIN")).await["value"],
+        "changed"
+    );
+    let del = client()
+        .delete(server.url(&format!("/acts/{id}/versions/1.0/env-vars/PLAIN")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status(), 204);
+    assert_error(
+        client()
+            .get(server.url(&format!("/acts/{id}/versions/1.0/env-vars/PLAIN")))
+            .send()
+            .await
+            .unwrap(),
+        404,
+        "record-not-found",
+    )
+    .await;
+    let del = client()
+        .delete(server.url(&format!("/acts/{id}/versions/1.0")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status(), 204);
+
+    // Update and list.
+    let upd = client()
+        .put(server.url(&format!("/acts/{id}")))
+        .json(&json!({"title": "My Actor", "defaultRunOptions": {"memoryMbytes": 256}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(upd.status(), 200);
+    let actor = get_json(&server, &format!("/acts/{id}")).await;
+    assert_eq!(actor["title"], "My Actor");
+    assert_eq!(actor["defaultRunOptions"]["memoryMbytes"], 256);
+    assert_eq!(actor["defaultRunOptions"]["build"], "latest");
+    let bad = client()
+        .put(server.url(&format!("/acts/{id}")))
+        .json(&json!({"defaultRunOptions": {"memoryMbytes": 100}}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(bad, 400, "invalid-input").await;
+    let list = get_json(&server, "/acts").await;
+    assert_eq!(
+        (list["total"].as_u64(), list["items"][0]["id"].as_str()),
+        (Some(1), Some(id))
+    );
+    let del = client()
+        .delete(server.url(&format!("/actors/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status(), 204);
+    assert_error(
+        client()
+            .get(server.url(&format!("/acts/{id}")))
+            .send()
+            .await
+            .unwrap(),
+        404,
+        "record-not-found",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn bad_input_changes_nothing() {
+    let server = TestServer::start();
+    let file = |name: &str, format: &str, content: &str| {
+        json!({"name": "bad", "versions": [{"versionNumber": "0.1", "sourceType": "SOURCE_FILES",
+            "sourceFiles": [{"name": name, "format": format, "content": content}]}]})
+    };
+    for body in [
+        file("../x", "TEXT", "x"),
+        file("/etc/passwd", "TEXT", "x"),
+        file("a/../../b", "TEXT", "x"),
+        file("main.py", "BASE64", "!!!not base64"),
+        file("main.py", "HEX", "00"),
+        json!({"name": "bad", "versions": [{"versionNumber": "1", "sourceType": "SOURCE_FILES"}]}),
+        json!({"name": "bad", "versions": [{"versionNumber": "0.1", "sourceType": "NOPE"}]}),
+        json!({"name": "Bad Name!"}),
+        json!({"versions": []}),
+        json!({"name": "bad", "defaultRunOptions": {"memoryMbytes": 300}}),
+    ] {
+        assert_error(
+            post(&server, "/acts", body.clone()).await,
+            400,
+            "invalid-input",
+        )
+        .await;
+    }
+    let malformed = client()
+        .post(server.url("/acts"))
+        .header("content-type", "application/json")
+        .body("{nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(malformed.status(), 400);
+    assert_eq!(get_json(&server, "/acts").await["total"], 0);
+
+    let id = built_actor(&server, "good", "echo ok").await;
+    // Unknown version → nothing built.
+    let r = client()
+        .post(server.url(&format!("/acts/{id}/builds?version=9.9")))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 400, "invalid-parameter").await;
+    let r = client()
+        .post(server.url(&format!("/acts/{id}/builds")))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 400, "parameter-required").await;
+    assert_eq!(
+        get_json(&server, &format!("/acts/{id}/builds")).await["total"],
+        1
+    );
+    // Invalid run options or unknown build → nothing started.
+    for (query, status, kind) in [
+        ("build=9.9.9", 400, "unknown-build-tag"),
+        ("build=nope", 400, "unknown-build-tag"),
+        ("memory=100", 400, "invalid-parameter"),
+        ("memory=384", 400, "invalid-parameter"),
+        ("memory=65536", 400, "invalid-parameter"),
+        ("timeout=-1", 400, "invalid-parameter"),
+        ("timeout=abc", 400, "invalid-parameter"),
+        ("waitForFinish=-5", 400, "invalid-parameter"),
+    ] {
+        let r = client()
+            .post(server.url(&format!("/acts/{id}/runs?{query}")))
+            .send()
+            .await
+            .unwrap();
+        assert_error(r, status, kind).await;
+    }
+    let bad_json = client()
+        .post(server.url(&format!("/acts/{id}/runs")))
+        .header("content-type", "application/json")
+        .body("{oops")
+        .send()
+        .await
+        .unwrap();
+    assert_error(bad_json, 400, "run-input-body-not-valid-json").await;
+    let r = client()
+        .post(server.url("/acts/unknown-actor/runs"))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 404, "record-not-found").await;
+    assert_eq!(
+        get_json(&server, &format!("/acts/{id}/runs")).await["total"],
+        0
+    );
+    assert_eq!(get_json(&server, "/actor-runs").await["total"], 0);
+    assert_error(
+        client()
+            .get(server.url("/actor-runs/nope"))
+            .send()
+            .await
+            .unwrap(),
+        404,
+        "record-not-found",
+    )
+    .await;
+    assert_error(
+        client()
+            .get(server.url("/actor-builds/nope"))
+            .send()
+            .await
+            .unwrap(),
+        404,
+        "record-not-found",
+    )
+    .await;
+    assert_error(
+        client().get(server.url("/logs/nope")).send().await.unwrap(),
+        404,
+        "record-not-found",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn builds_numbers_tags_and_failures() {
+    let server = TestServer::start();
+    let id = built_actor(&server, "builder", "echo ok").await;
+    let second = client()
+        .post(server.url(&format!("/actors/{id}/builds?version=0.1&waitForFinish=60")))
+        .send()
+        .await
+        .unwrap();
+    let second: Value = second.json().await.unwrap();
+    assert_eq!(second["data"]["buildNumber"], "0.1.2");
+    let actor = get_json(&server, &format!("/acts/{id}")).await;
+    assert_eq!(
+        actor["taggedBuilds"]["latest"]["buildId"],
+        second["data"]["id"]
+    );
+    let default = get_json(&server, &format!("/acts/{id}/builds/default")).await;
+    assert_eq!(default["id"], second["data"]["id"]);
+    let build_id = second["data"]["id"].as_str().unwrap();
+    // Deprecated alias and the build log.
+    assert_eq!(
+        get_json(&server, &format!("/acts/{id}/builds/{build_id}")).await["id"],
+        build_id
+    );
+    let log = client()
+        .get(server.url(&format!("/actor-builds/{build_id}/log")))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(log.contains("Build finished"), "{log}");
+    // The default build cannot be deleted; an older one can.
+    assert_error(
+        client()
+            .delete(server.url(&format!("/actor-builds/{build_id}")))
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "deleting-default-build",
+    )
+    .await;
+    let builds = get_json(&server, &format!("/acts/{id}/builds")).await;
+    assert_eq!(builds["total"], 2);
+    let first = builds["items"][0]["id"].as_str().unwrap();
+    assert_eq!(
+        client()
+            .delete(server.url(&format!("/actor-builds/{first}")))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+
+    // A project troupe cannot start fails its build with a reason; so does a failing install.
+    let body = json!({"name": "nothing", "versions": [{"versionNumber": "0.1", "sourceType": "SOURCE_FILES",
+        "sourceFiles": [{"name": "README.md", "format": "TEXT", "content": "hi"}]}]});
+    let nid = post(&server, "/acts", body)
+        .await
+        .json::<Value>()
+        .await
+        .unwrap()["data"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let failed: Value = client()
+        .post(server.url(&format!("/acts/{nid}/builds?version=0.1&waitForFinish=60")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(failed["data"]["status"], "FAILED");
+    let log = client()
+        .get(server.url(&format!("/logs/{}", failed["data"]["id"].as_str().unwrap())))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(log.contains("Cannot tell how to start"), "{log}");
+    let body = json!({"name": "badreq", "versions": [{"versionNumber": "0.1", "sourceType": "SOURCE_FILES",
+        "sourceFiles": [{"name": "main.py", "format": "TEXT", "content": "print(1)"},
+                        {"name": "requirements.txt", "format": "TEXT", "content": "--no-index\nthis-package-does-not-exist-troupe==1.0\n"}]}]});
+    let bid = post(&server, "/acts", body)
+        .await
+        .json::<Value>()
+        .await
+        .unwrap()["data"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let failed: Value = client()
+        .post(server.url(&format!("/acts/{bid}/builds?version=0.1&waitForFinish=60")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(failed["data"]["status"], "FAILED", "{failed}");
+    let log = client()
+        .get(server.url(&format!("/logs/{}", failed["data"]["id"].as_str().unwrap())))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        log.contains("this-package-does-not-exist-troupe"),
+        "installer output in the log: {log}"
+    );
+    // No run can use a failed build.
+    let r = client()
+        .post(server.url(&format!("/acts/{bid}/runs")))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 400, "unknown-build-tag").await;
+}
+
+#[tokio::test]
+async fn run_statuses_exit_codes_timeout_and_abort() {
+    let server = TestServer::start();
+    let ok = built_actor(
+        &server,
+        "okay",
+        "echo start; echo \"input key $ACTOR_INPUT_KEY\"; echo err >&2; exit 0",
+    )
+    .await;
+    let run = start(&server, &ok, "").await;
+    for key in [
+        "id",
+        "actId",
+        "userId",
+        "startedAt",
+        "status",
+        "meta",
+        "stats",
+        "options",
+        "buildId",
+        "generalAccess",
+        "defaultKeyValueStoreId",
+        "defaultDatasetId",
+        "defaultRequestQueueId",
+        "buildNumber",
+    ] {
+        assert!(run.get(key).is_some(), "{key} in {run}");
+    }
+    assert_eq!(run["meta"]["origin"], "API");
+    assert_eq!(run["options"]["diskMbytes"], 256);
+    let done = wait_run(&server, run["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "SUCCEEDED");
+    assert_eq!(done["exitCode"], 0);
+    assert!(done["finishedAt"].is_string());
+    let log = log_of(&server, run["id"].as_str().unwrap()).await;
+    assert!(
+        log.contains("input key INPUT") && log.contains(" err\n"),
+        "{log}"
+    );
+    for line in log.lines() {
+        let (ts, _) = line.split_at(24);
+        assert!(
+            ts.ends_with('Z') && ts.as_bytes()[19] == b'.' && line.as_bytes()[24] == b' ',
+            "timestamp prefix: {line}"
+        );
+    }
+    // Global and per-Actor listings, with the status filter.
+    let list = get_json(&server, "/actor-runs?status=SUCCEEDED").await;
+    assert_eq!(list["total"], 1);
+    assert_eq!(
+        get_json(&server, "/actor-runs?status=FAILED").await["total"],
+        0
+    );
+    assert_error(
+        client()
+            .get(server.url("/actor-runs?status=WHATEVER"))
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "invalid-parameter",
+    )
+    .await;
+
+    let failing = built_actor(&server, "failing", "echo bye; exit 3").await;
+    let run = start(&server, &failing, "").await;
+    let done = wait_run(&server, run["id"].as_str().unwrap()).await;
+    assert_eq!(
+        (done["status"].as_str(), done["exitCode"].as_i64()),
+        (Some("FAILED"), Some(3))
+    );
+
+    let slow = built_actor(
+        &server,
+        "slow",
+        "echo pid=$$; sleep 300 & echo pid=$!; wait",
+    )
+    .await;
+    let run = start(&server, &slow, "timeout=1").await;
+    let id = run["id"].as_str().unwrap();
+    let done = wait_run(&server, id).await;
+    assert_eq!(done["status"], "TIMED-OUT", "{done}");
+    assert!(done["statusMessage"]
+        .as_str()
+        .unwrap()
+        .contains("timed out"));
+    for pid in pids_in(&log_of(&server, id).await) {
+        assert!(!alive(pid), "process {pid} of a timed-out run is gone");
+    }
+
+    let run = start(&server, &slow, "").await;
+    let id = run["id"].as_str().unwrap();
+    let log = wait_for_log(&server, id, "pid=").await;
+    let _ = log;
+    let log = wait_for_log(&server, id, "\n").await;
+    let started = Instant::now();
+    let aborted = client()
+        .post(server.url(&format!("/actor-runs/{id}/abort")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(aborted.status(), 200);
+    let aborted: Value = aborted.json().await.unwrap();
+    assert!(["ABORTING", "ABORTED"].contains(&aborted["data"]["status"].as_str().unwrap()));
+    let done = wait_run(&server, id).await;
+    assert_eq!(done["status"], "ABORTED");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let pids = pids_in(&wait_for_log(&server, id, "ended with status").await);
+    assert_eq!(pids.len(), 2, "{log}");
+    for pid in pids {
+        assert!(!alive(pid), "process {pid} of an aborted run is gone");
+    }
+    // Abort of a finished run changes nothing.
+    let again: Value = client()
+        .post(server.url(&format!("/actor-runs/{id}/abort")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again["data"]["status"], "ABORTED");
+}
+
+#[tokio::test]
+async fn wait_for_finish_log_follow_and_resurrect() {
+    let server = TestServer::start();
+    let id = built_actor(
+        &server,
+        "ticker",
+        "for i in 1 2 3 4 5 6; do echo tick $i; sleep 0.5; done",
+    )
+    .await;
+    let run = start(&server, &id, "").await;
+    let run_id = run["id"].as_str().unwrap().to_string();
+    // waitForFinish returns in time while the run is still going.
+    let t = Instant::now();
+    let still = get_json(&server, &format!("/actor-runs/{run_id}?waitForFinish=1")).await;
+    let waited = t.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_millis(2500),
+        "{waited:?}"
+    );
+    assert_eq!(still["status"], "RUNNING");
+    // stream=1 follows the log until the run ends.
+    let t = Instant::now();
+    let followed = client()
+        .get(server.url(&format!("/actor-runs/{run_id}/log?stream=1")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        followed.headers()["content-type"],
+        "text/plain; charset=utf-8"
+    );
+    let text = followed.text().await.unwrap();
+    assert!(text.contains("tick 1") && text.contains("tick 6"), "{text}");
+    assert!(
+        t.elapsed() >= Duration::from_millis(1000),
+        "the stream stayed open while the run went on"
+    );
+    let run = get_json(&server, &format!("/actor-runs/{run_id}")).await;
+    assert_eq!(run["status"], "SUCCEEDED");
+    let download = client()
+        .get(server.url(&format!("/logs/{run_id}?download=1")))
+        .send()
+        .await
+        .unwrap();
+    assert!(download.headers()["content-disposition"]
+        .to_str()
+        .unwrap()
+        .starts_with("attachment"));
+    // Deprecated per-Actor alias.
+    assert_eq!(
+        get_json(&server, &format!("/acts/{id}/runs/{run_id}")).await["id"],
+        run_id.as_str()
+    );
+
+    // Resurrect: same id and storages, runs again.
+    let r = client()
+        .post(server.url(&format!("/actor-runs/{run_id}/resurrect")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let again = wait_run(&server, &run_id).await;
+    assert_eq!(again["status"], "SUCCEEDED");
+    assert_eq!(again["defaultDatasetId"], run["defaultDatasetId"]);
+    assert_eq!(again["stats"]["resurrectCount"], 1);
+    let log = log_of(&server, &run_id).await;
+    assert_eq!(log.matches("tick 6").count(), 2);
+
+    // Status message through PUT (what the SDKs call).
+    let put = client()
+        .put(server.url(&format!("/actor-runs/{run_id}")))
+        .json(
+            &json!({"statusMessage": "half way", "isStatusMessageTerminal": true, "level": "INFO"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200);
+    let put: Value = put.json().await.unwrap();
+    assert_eq!(
+        (
+            put["data"]["statusMessage"].as_str(),
+            put["data"]["isStatusMessageTerminal"].as_bool()
+        ),
+        (Some("half way"), Some(true))
+    );
+    // Delete a finished run.
+    assert_eq!(
+        client()
+            .delete(server.url(&format!("/actor-runs/{run_id}")))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    assert_error(
+        client()
+            .get(server.url(&format!("/actor-runs/{run_id}")))
+            .send()
+            .await
+            .unwrap(),
+        404,
+        "record-not-found",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn sync_runs_and_run_storages() {
+    let server = TestServer::start();
+    let push = r#"python3 - <<'EOF'
+import json, os, urllib.request
+url = os.environ["APIFY_API_BASE_URL"] + "/v2/datasets/" + os.environ["ACTOR_DEFAULT_DATASET_ID"] + "/items"
+req = urllib.request.Request(url, data=json.dumps([{"n": 1}, {"n": 2}]).encode(), method="POST",
+    headers={"content-type": "application/json", "authorization": "Bearer " + os.environ["APIFY_TOKEN"]})
+urllib.request.urlopen(req).read()
+print("pushed")
+EOF"#;
+    let id = built_actor(&server, "pusher", push).await;
+    let r = client()
+        .post(server.url(&format!("/acts/{id}/run-sync-get-dataset-items")))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let run_id = r.headers()["x-apify-run-id"].to_str().unwrap().to_string();
+    let items: Value = r.json().await.unwrap();
+    assert_eq!(items, json!([{"n": 1}, {"n": 2}]));
+    // The run's default storages are reachable through the run.
+    let items: Value = client()
+        .get(server.url(&format!("/actor-runs/{run_id}/dataset/items")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(items.as_array().unwrap().len(), 2);
+    let ds = get_json(&server, &format!("/actor-runs/{run_id}/dataset")).await;
+    assert_eq!(ds["actRunId"], run_id.as_str());
+    let last = get_json(
+        &server,
+        &format!("/acts/{id}/runs/last/dataset?status=SUCCEEDED"),
+    )
+    .await;
+    assert_eq!(last["actRunId"], run_id.as_str());
+    let r = client()
+        .get(server.url(&format!("/acts/{id}/runs/last/dataset?status=FAILED")))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 404, "record-not-found").await;
+    // The run's token stopped working once the run ended; CSV export works through run-sync too.
+    let r = client()
+        .get(server.url(&format!("/acts/{id}/run-sync-get-dataset-items?format=csv")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(
+        r.text().await.unwrap().trim_start_matches('\u{feff}'),
+        "n\n1\n2\n"
+    );
+    // A failing run gives run-failed.
+    let f = built_actor(&server, "fails", "exit 1").await;
+    let r = client()
+        .post(server.url(&format!("/acts/{f}/run-sync-get-dataset-items")))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 400, "run-failed").await;
+}
+
+#[tokio::test]
+async fn memory_limit_and_budget() {
+    let temp = tempfile::tempdir().unwrap();
+    let server = TestServer::start_in(temp.path(), &["--max-memory-mbytes", "256"]);
+    let hog = built_actor(&server, "hog", "python3 -c 'import time; x = bytearray(400*1024*1024); x[::4096] = b\"x\" * len(x[::4096]); time.sleep(30)'").await;
+    let run = start(&server, &hog, "memory=128").await;
+    let done = wait_run(&server, run["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "FAILED");
+    assert!(
+        done["statusMessage"]
+            .as_str()
+            .unwrap()
+            .contains("memory limit"),
+        "{done}"
+    );
+
+    // Budget 256 MB: two 128 MB runs go, the third waits in READY.
+    let sleeper = built_actor(&server, "sleeper", "sleep 3").await;
+    let a = start(&server, &sleeper, "memory=128").await;
+    let b = start(&server, &sleeper, "memory=128").await;
+    let c = start(&server, &sleeper, "memory=128").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = |v: Value| v["status"].as_str().unwrap().to_string();
+    assert_eq!(
+        status(
+            get_json(
+                &server,
+                &format!("/actor-runs/{}", a["id"].as_str().unwrap())
+            )
+            .await
+        ),
+        "RUNNING"
+    );
+    assert_eq!(
+        status(
+            get_json(
+                &server,
+                &format!("/actor-runs/{}", b["id"].as_str().unwrap())
+            )
+            .await
+        ),
+        "RUNNING"
+    );
+    assert_eq!(
+        status(
+            get_json(
+                &server,
+                &format!("/actor-runs/{}", c["id"].as_str().unwrap())
+            )
+            .await
+        ),
+        "READY"
+    );
+    let r = client()
+        .post(server.url(&format!("/acts/{sleeper}/runs?memory=512")))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 400, "actor-memory-limit-exceeded").await;
+    assert_eq!(
+        status(wait_run(&server, c["id"].as_str().unwrap()).await),
+        "SUCCEEDED"
+    );
+}
+
+#[tokio::test]
+async fn server_killed_with_a_run_going() {
+    let temp = tempfile::tempdir().unwrap();
+    let mut server = TestServer::start_in(temp.path(), &[]);
+    let id = built_actor(
+        &server,
+        "forever",
+        "echo pid=$$; sleep 300 & echo pid=$!; wait",
+    )
+    .await;
+    let run = start(&server, &id, "").await;
+    let run_id = run["id"].as_str().unwrap().to_string();
+    let log = wait_for_log(&server, &run_id, "pid=").await;
+    let _ = log;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pids = pids_in(&log_of(&server, &run_id).await);
+    assert_eq!(pids.len(), 2);
+    server.kill9();
+    assert!(
+        pids.iter().any(|p| alive(*p)),
+        "the run outlived the killed server"
+    );
+    let server = TestServer::start_in(temp.path(), &[]);
+    let run = get_json(&server, &format!("/actor-runs/{run_id}")).await;
+    assert_eq!(run["status"], "FAILED");
+    assert!(
+        run["statusMessage"].as_str().unwrap().contains("restarted"),
+        "{run}"
+    );
+    for pid in pids {
+        assert!(!alive(pid), "process {pid} was stopped after the restart");
+    }
+}
