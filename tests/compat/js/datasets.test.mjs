@@ -340,3 +340,21 @@ test('attachment and content types', async () => {
         await inline.arrayBuffer();
     }
 });
+
+test('createItemsPublicUrl: signed URLs read a restricted dataset without a token', async () => {
+    const client = new ApifyClient({ token: server.token, baseUrl: server.origin, publicBaseUrl: server.origin, maxRetries: 0 });
+    const ds = client.dataset((await client.datasets().getOrCreate(unique('js-signed'))).id);
+    await ds.pushItems([{ n: 1 }, { n: 2 }]);
+    assert.equal((await fetch(`${server.api}/datasets/${ds.id}/items`)).status, 401);
+    const url = await ds.createItemsPublicUrl({ limit: 1, expiresInSecs: 300 });
+    assert.match(url, /signature=/);
+    assert.doesNotMatch(url, /token=/);
+    const response = await fetch(url);
+    assert.equal(response.status, 200);
+    assert.deepEqual(await response.json(), [{ n: 1 }]);
+    const forever = await ds.createItemsPublicUrl({ desc: true, limit: 1 });
+    assert.deepEqual(await (await fetch(forever)).json(), [{ n: 2 }]);
+    const tampered = await fetch(url.replace('signature=', 'signature=x'));
+    assert.notEqual(tampered.status, 200);
+    await tampered.arrayBuffer();
+});

@@ -6,8 +6,10 @@ import asyncio
 import csv
 import io
 import json
+import urllib.error
 import urllib.request
 import uuid
+from datetime import timedelta
 import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
 
@@ -189,6 +191,24 @@ def test_collection_operations_on_a_fresh_server():
         assert client.datasets().list().total == 3
     finally:
         server.stop()
+
+
+def test_signed_public_items_url(server):
+    client = ApifyClient(server.token, api_url=server.origin, api_public_url=server.origin)
+    dsc = client.dataset(client.datasets().get_or_create(name=unique("py-signed")).id)
+    dsc.push_items([{"n": 1}, {"n": 2}])
+    # Restricted by default: anonymous reads need a signature.
+    unsigned = f"{server.api}/datasets/{dsc.resource_id}/items"
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(unsigned)
+    assert err.value.code == 401
+    url = dsc.create_items_public_url(limit=1, expires_in=timedelta(minutes=5))
+    assert "signature=" in url and "token=" not in url
+    with urllib.request.urlopen(url) as resp:
+        assert json.loads(resp.read()) == [{"n": 1}]
+    tampered = url.replace("signature=", "signature=x")
+    with pytest.raises(urllib.error.HTTPError):
+        urllib.request.urlopen(tampered)
 
 
 def test_dataset_object_fields(client):

@@ -103,6 +103,8 @@ fn invalid_item(position: usize) -> Value {
 pub fn parse_push_body(body: &[u8]) -> ApiResult<Vec<NewItem>> {
     let text = std::str::from_utf8(body)
         .map_err(|_| ApiError::invalid_input("Request body is not valid UTF-8"))?;
+    // A UTF-8 BOM (some tools write one) is not part of the JSON.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let trimmed = text.trim_start();
     if trimmed.is_empty() {
         return Err(ApiError::invalid_input(
@@ -186,6 +188,13 @@ mod tests {
         assert!(
             parse_push_body(b"[{\"big\":123456789012345678901234567890,\"f\":1.5e300}]").is_ok()
         );
+    }
+
+    #[test]
+    fn leading_bom_is_ignored() {
+        let items = parse_push_body("\u{feff}[{\"a\":1}]".as_bytes()).unwrap();
+        assert_eq!(&*items[0].json, r#"{"a":1}"#);
+        assert_eq!(parse_push_body("\u{feff}{}".as_bytes()).unwrap().len(), 1);
     }
 
     #[test]
