@@ -35,6 +35,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0004_actors",
         include_str!("sqlite/migrations/0004_actors.sql"),
     ),
+    ("0005_kv", include_str!("sqlite/migrations/0005_kv.sql")),
 ];
 
 /// How hard commits are pushed to disk.
@@ -66,6 +67,7 @@ struct Inner {
     options: SqliteOptions,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
+    kv: kv::KvState,
 }
 
 impl SqliteStorage {
@@ -78,15 +80,18 @@ impl SqliteStorage {
         let db_path = data_dir.join("troupe.db");
         let mut writer = open_connection(&db_path, &options, false)?;
         migrate(&mut writer)?;
-        Ok(Self {
+        let storage = Self {
             inner: Arc::new(Inner {
                 db_path,
                 blobs_dir,
                 options,
                 writer: Mutex::new(writer),
                 readers: Mutex::new(Vec::new()),
+                kv: kv::KvState::default(),
             }),
-        })
+        };
+        kv::init(&storage)?;
+        Ok(storage)
     }
 
     /// Folder for blobs too large to keep inline in the database.
@@ -279,6 +284,94 @@ mod tests {
     async fn conformance_actors() {
         let (_dir, storage) = open_temp();
         crate::conformance::actors::run(&storage).await;
+    }
+
+    #[tokio::test]
+    async fn conformance_kv() {
+        let (_dir, storage) = open_temp();
+        crate::conformance::kv::run(&storage).await;
+        kv_files_follow_records(&storage).await;
+    }
+
+    /// SQLite specifics: large records are files named by ids, removed with their record.
+    async fn kv_files_follow_records(storage: &SqliteStorage) {
+        use crate::kv::{NewRecord, RecordSource};
+        use crate::{KvStore, StorageCatalog};
+        use troupe_model::storage::{StorageKind, StorageOrigin};
+        let user = crate::conformance::test_user(storage).await;
+        let (store, _) = storage
+            .create_storage(
+                StorageKind::KeyValueStore,
+                &user,
+                None,
+                StorageOrigin::default(),
+            )
+            .await
+            .unwrap();
+        let files = || -> Vec<std::path::PathBuf> {
+            let mut out = Vec::new();
+            for shard in std::fs::read_dir(storage.blobs_dir().join("kv")).unwrap() {
+                let shard = shard.unwrap().path();
+                for f in std::fs::read_dir(&shard).unwrap() {
+                    out.push(f.unwrap().path());
+                }
+            }
+            out
+        };
+        let meta = NewRecord {
+            content_type: "application/octet-stream".into(),
+            content_encoding: None,
+        };
+        let big = bytes::Bytes::from(vec![7u8; kv::INLINE_MAX + 1]);
+        storage
+            .put_record(&store, "..", meta.clone(), RecordSource::Bytes(big.clone()))
+            .await
+            .unwrap();
+        let listed = files();
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        let name = listed[0].file_name().unwrap().to_str().unwrap().to_string();
+        assert_eq!(name.len(), 17);
+        assert!(name.chars().all(|c| c.is_ascii_alphanumeric()));
+        // Overwriting replaces the file; an inline overwrite removes it.
+        storage
+            .put_record(&store, "..", meta.clone(), RecordSource::Bytes(big.clone()))
+            .await
+            .unwrap();
+        assert_eq!(files().len(), 1);
+        assert_ne!(files()[0], listed[0]);
+        storage
+            .put_record(
+                &store,
+                "..",
+                meta.clone(),
+                RecordSource::Bytes("small".into()),
+            )
+            .await
+            .unwrap();
+        assert!(files().is_empty());
+        storage
+            .put_record(&store, "a", meta.clone(), RecordSource::Bytes(big.clone()))
+            .await
+            .unwrap();
+        assert!(storage.delete_record(&store, "a").await.unwrap());
+        assert!(files().is_empty());
+        // Deleting the store removes its files (after the deleting transaction commits).
+        storage
+            .put_record(&store, "b", meta.clone(), RecordSource::Bytes(big))
+            .await
+            .unwrap();
+        assert_eq!(files().len(), 1);
+        storage
+            .delete_storage(StorageKind::KeyValueStore, &store.id)
+            .await
+            .unwrap();
+        for _ in 0..50 {
+            if files().is_empty() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert!(files().is_empty());
     }
 
     #[test]

@@ -1,15 +1,560 @@
-use rusqlite::Transaction;
+//! Key-value records in SQLite: table `kv_records` keyed by (store num, key). Bodies up to
+//! [`INLINE_MAX`] bytes are stored inline; larger ones are streamed to a temp file under
+//! `blobs/kv/tmp/`, synced, renamed to `blobs/kv/<xx>/<blob id>` and only then referenced by a
+//! committed row — an acknowledged write survives `kill -9`, and a crash in between leaves at
+//! most an orphan file, swept at the next start. File names are random ids, never keys.
+//!
+//! Read and list counters (and `accessedAt`) are buffered in memory and flushed about once a
+//! second, so reads never take the writer lock.
 
-use super::SqliteStorage;
-use crate::{KvStore, Result};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Weak;
+use std::time::Duration;
 
-impl KvStore for SqliteStorage {}
+use async_trait::async_trait;
+use bytes::Bytes;
+use parking_lot::Mutex;
+use rusqlite::{params, Connection, Transaction};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use troupe_model::storage::StorageInfo;
 
-/// Removes every record of the store `num` (called when the store is deleted).
-pub(crate) fn delete_records(
-    _storage: &SqliteStorage,
-    _tx: &Transaction<'_>,
-    _num: i64,
-) -> Result<()> {
+use super::{optional, Durability, Inner, SqliteStorage};
+use crate::kv::{
+    valid_record_key, KeyEntry, KeysPage, KeysQuery, NewRecord, Record, RecordContent, RecordMeta,
+    RecordSource,
+};
+use crate::{Error, KvStore, Result};
+
+/// Records up to this size are kept inline in the database (one B-tree lookup to read);
+/// larger ones go to files.
+pub const INLINE_MAX: usize = 128 * 1024;
+
+/// How often buffered counters are written and doomed blobs removed.
+const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Buffered per-store counters and files waiting for removal.
+#[derive(Default)]
+pub(crate) struct KvState {
+    pending: Mutex<HashMap<i64, Pending>>,
+    /// Blobs of deleted stores: removed once no row references them (the deleting transaction
+    /// may still be open when they are queued). `(blob, attempts)`.
+    doomed: Mutex<Vec<(String, u32)>>,
+}
+
+#[derive(Default, Clone, Copy)]
+struct Pending {
+    reads: i64,
+    lists: i64,
+    accessed_at: i64,
+}
+
+fn not_found() -> Error {
+    Error::NotFound("Key-value store was not found".into())
+}
+
+fn kv_dir(blobs_dir: &Path) -> PathBuf {
+    blobs_dir.join("kv")
+}
+
+fn blob_path(blobs_dir: &Path, blob: &str) -> PathBuf {
+    kv_dir(blobs_dir).join(&blob[..2]).join(blob)
+}
+
+/// Prepares the blob folders, removes leftovers of interrupted writes, and starts the
+/// background flusher (which also sweeps orphans once).
+pub(crate) fn init(storage: &SqliteStorage) -> Result<()> {
+    let dir = kv_dir(storage.blobs_dir());
+    let tmp = dir.join("tmp");
+    std::fs::create_dir_all(&tmp)?;
+    for entry in std::fs::read_dir(&tmp)? {
+        let _ = std::fs::remove_file(entry?.path());
+    }
+    let weak = std::sync::Arc::downgrade(&storage.inner);
+    std::thread::Builder::new()
+        .name("troupe-kv-flush".into())
+        .spawn(move || background(weak))
+        .map_err(Error::from)?;
     Ok(())
+}
+
+fn background(weak: Weak<Inner>) {
+    let mut swept = false;
+    loop {
+        std::thread::sleep(FLUSH_INTERVAL);
+        let Some(inner) = weak.upgrade() else { return };
+        let storage = SqliteStorage { inner };
+        if let Err(err) = storage.flush_kv_counters() {
+            tracing::warn!(error = %err, "flushing key-value counters failed");
+        }
+        storage.remove_doomed_blobs();
+        if !swept {
+            swept = true;
+            if let Err(err) = storage.sweep_orphan_blobs() {
+                tracing::warn!(error = %err, "sweeping orphan record files failed");
+            }
+        }
+    }
+}
+
+fn blob_referenced(conn: &Connection, blob: &str) -> Result<bool> {
+    let mut stmt = conn.prepare_cached("SELECT 1 FROM kv_records WHERE blob = ?1")?;
+    Ok(optional(stmt.query_row([blob], |_| Ok(())))?.is_some())
+}
+
+fn remove_quietly(path: &Path) {
+    if let Err(err) = std::fs::remove_file(path) {
+        if err.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(path = %path.display(), error = %err, "removing record file failed");
+        }
+    }
+}
+
+impl SqliteStorage {
+    fn note_access(&self, num: i64, list: bool) {
+        let now = troupe_model::now_ms();
+        let mut pending = self.inner.kv.pending.lock();
+        let entry = pending.entry(num).or_default();
+        if list {
+            entry.lists += 1;
+        } else {
+            entry.reads += 1;
+        }
+        entry.accessed_at = now;
+    }
+
+    /// Writes buffered read/list counters and `accessedAt` to the catalog.
+    pub fn flush_kv_counters(&self) -> Result<()> {
+        let pending = std::mem::take(&mut *self.inner.kv.pending.lock());
+        if pending.is_empty() {
+            return Ok(());
+        }
+        self.write_blocking(|tx| write_counters(tx, &pending))
+    }
+
+    fn remove_doomed_blobs(&self) {
+        let doomed = std::mem::take(&mut *self.inner.kv.doomed.lock());
+        if doomed.is_empty() {
+            return;
+        }
+        let mut keep = Vec::new();
+        for (blob, attempts) in doomed {
+            match self.read_blocking(|conn| blob_referenced(conn, &blob)) {
+                Ok(false) => remove_quietly(&blob_path(self.blobs_dir(), &blob)),
+                // Still referenced: the deleting transaction has not committed yet (or rolled
+                // back). Give it a few more rounds.
+                Ok(true) if attempts < 10 => keep.push((blob, attempts + 1)),
+                Ok(true) => {}
+                Err(err) => {
+                    tracing::warn!(error = %err, "checking a doomed record file failed");
+                    keep.push((blob, attempts + 1));
+                }
+            }
+        }
+        self.inner.kv.doomed.lock().extend(keep);
+    }
+
+    /// Removes record files no row references (left by a crash between rename and commit).
+    fn sweep_orphan_blobs(&self) -> Result<()> {
+        let dir = kv_dir(self.blobs_dir());
+        let started = std::time::SystemTime::now();
+        for shard in std::fs::read_dir(&dir)? {
+            let shard = shard?;
+            if shard.file_name() == "tmp" || !shard.file_type()?.is_dir() {
+                continue;
+            }
+            for entry in std::fs::read_dir(shard.path())? {
+                let entry = entry?;
+                let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                    continue;
+                };
+                // Files written since the sweep started may belong to a write still in flight.
+                let fresh = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .map(|m| m >= started - Duration::from_secs(60))
+                    .unwrap_or(true);
+                if fresh {
+                    continue;
+                }
+                if !self.read_blocking(|conn| blob_referenced(conn, &name))? {
+                    tracing::info!(blob = %name, "removing orphan record file");
+                    remove_quietly(&entry.path());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Streams `source` into a new blob file; returns (blob id, size). Nothing is left behind on
+    /// error.
+    async fn write_blob(&self, source: RecordSource) -> Result<(String, u64)> {
+        let dir = kv_dir(self.blobs_dir());
+        let tmp_path = dir
+            .join("tmp")
+            .join(format!("{}.tmp", troupe_model::new_id()));
+        let result = async {
+            let file = tokio::fs::File::create(&tmp_path).await?;
+            let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
+            let mut size = 0u64;
+            match source {
+                RecordSource::Bytes(bytes) => {
+                    out.write_all(&bytes).await?;
+                    size = bytes.len() as u64;
+                }
+                RecordSource::Stream(mut reader) => {
+                    let mut buf = vec![0u8; 256 * 1024];
+                    loop {
+                        let n = reader.read(&mut buf).await?;
+                        if n == 0 {
+                            break;
+                        }
+                        out.write_all(&buf[..n]).await?;
+                        size += n as u64;
+                    }
+                }
+            }
+            out.flush().await?;
+            let file = out.into_inner();
+            // Always synced before it is referenced: a committed row must never point at a
+            // file whose data a power loss could drop.
+            file.sync_data().await?;
+            drop(file);
+            let blob = troupe_model::new_id();
+            let final_path = blob_path(self.blobs_dir(), &blob);
+            let shard = final_path.parent().expect("shard dir");
+            tokio::fs::create_dir_all(shard).await?;
+            tokio::fs::rename(&tmp_path, &final_path).await?;
+            if self.inner.options.durability == Durability::Full {
+                let shard = shard.to_path_buf();
+                tokio::task::spawn_blocking(move || std::fs::File::open(shard)?.sync_all())
+                    .await
+                    .map_err(|err| Error::Internal(anyhow::anyhow!("sync task failed: {err}")))??;
+            }
+            Ok::<_, Error>((blob, size))
+        }
+        .await;
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(&tmp_path).await;
+        }
+        result
+    }
+}
+
+fn write_counters(tx: &Transaction<'_>, pending: &HashMap<i64, Pending>) -> Result<()> {
+    let mut stmt = tx.prepare_cached(
+        "UPDATE storages SET read_count = read_count + ?1, list_count = list_count + ?2,
+         accessed_at = max(accessed_at, ?3) WHERE num = ?4",
+    )?;
+    for (num, counts) in pending {
+        stmt.execute(params![counts.reads, counts.lists, counts.accessed_at, num])?;
+    }
+    Ok(())
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let pending = std::mem::take(&mut *self.kv.pending.lock());
+        if pending.is_empty() {
+            return;
+        }
+        let mut conn = self.writer.lock();
+        let result = conn.transaction().map_err(Error::from).and_then(|tx| {
+            write_counters(&tx, &pending)?;
+            tx.commit()?;
+            Ok(())
+        });
+        if let Err(err) = result {
+            tracing::warn!(error = %err, "flushing key-value counters on close failed");
+        }
+    }
+}
+
+/// Where a written record's bytes are.
+enum Stored {
+    Inline(Bytes),
+    Blob(String),
+}
+
+/// Inserts or replaces a record row and updates the store's counters. Returns the replaced
+/// record's blob, if any.
+fn upsert_record(
+    tx: &Transaction<'_>,
+    num: i64,
+    key: &str,
+    record: &NewRecord,
+    size: u64,
+    stored: &Stored,
+) -> Result<Option<String>> {
+    let old: Option<(i64, Option<String>)> = optional(
+        tx.prepare_cached("SELECT size, blob FROM kv_records WHERE store_num = ?1 AND key = ?2")?
+            .query_row(params![num, key], |row| Ok((row.get(0)?, row.get(1)?))),
+    )?;
+    let now = troupe_model::now_ms();
+    let delta = size as i64 - old.as_ref().map_or(0, |(size, _)| *size);
+    let changed = tx
+        .prepare_cached(
+            "UPDATE storages SET storage_bytes = storage_bytes + ?1, write_count = write_count + 1,
+             modified_at = ?2, accessed_at = ?2 WHERE num = ?3",
+        )?
+        .execute(params![delta, now, num])?;
+    if changed == 0 {
+        return Err(not_found());
+    }
+    let (blob, data) = match stored {
+        Stored::Inline(bytes) => (None, Some(&bytes[..])),
+        Stored::Blob(blob) => (Some(blob.as_str()), None),
+    };
+    tx.prepare_cached(
+        "INSERT INTO kv_records (store_num, key, size, content_type, content_encoding, modified_at, blob, data)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT (store_num, key) DO UPDATE SET size = excluded.size, content_type = excluded.content_type,
+         content_encoding = excluded.content_encoding, modified_at = excluded.modified_at,
+         blob = excluded.blob, data = excluded.data",
+    )?
+    .execute(params![
+        num,
+        key,
+        size as i64,
+        record.content_type,
+        record.content_encoding,
+        now,
+        blob,
+        data
+    ])?;
+    Ok(old.and_then(|(_, blob)| blob))
+}
+
+/// Removes every record of the store `num` (called when the store is deleted, inside its
+/// transaction). Files are queued and removed once the deletion has committed.
+pub(crate) fn delete_records(
+    storage: &SqliteStorage,
+    tx: &Transaction<'_>,
+    num: i64,
+) -> Result<()> {
+    let blobs = tx
+        .prepare_cached("SELECT blob FROM kv_records WHERE store_num = ?1 AND blob IS NOT NULL")?
+        .query_map([num], |row| row.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    tx.execute("DELETE FROM kv_records WHERE store_num = ?1", [num])?;
+    storage.inner.kv.pending.lock().remove(&num);
+    if !blobs.is_empty() {
+        storage
+            .inner
+            .kv
+            .doomed
+            .lock()
+            .extend(blobs.into_iter().map(|blob| (blob, 0)));
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl KvStore for SqliteStorage {
+    async fn get_record(
+        &self,
+        store: &StorageInfo,
+        key: &str,
+        meta_only: bool,
+    ) -> Result<Option<Record>> {
+        let num = store.num;
+        let key = key.to_string();
+        let this = self.clone();
+        let record = self
+            .read(move |conn| {
+                let sql = if meta_only {
+                    "SELECT size, content_type, content_encoding, modified_at, blob FROM kv_records WHERE store_num = ?1 AND key = ?2"
+                } else {
+                    "SELECT size, content_type, content_encoding, modified_at, blob, data FROM kv_records WHERE store_num = ?1 AND key = ?2"
+                };
+                // A concurrent overwrite may remove the file between the lookup and the open:
+                // look again (the new row names the new file).
+                for _ in 0..5 {
+                    let mut stmt = conn.prepare_cached(sql)?;
+                    let mut rows = stmt.query(params![num, key])?;
+                    let Some(row) = rows.next()? else {
+                        return Ok(None);
+                    };
+                    let blob: Option<String> = row.get(4)?;
+                    let meta = RecordMeta {
+                        key: key.clone(),
+                        size: row.get::<_, i64>(0)? as u64,
+                        content_type: row.get(1)?,
+                        content_encoding: row.get(2)?,
+                        modified_at: row.get(3)?,
+                    };
+                    if meta_only {
+                        return Ok(Some(Record { meta, content: None }));
+                    }
+                    let content = match blob {
+                        None => {
+                            let data = row.get_ref(5)?;
+                            let data = match data {
+                                rusqlite::types::ValueRef::Null => &[][..],
+                                other => other.as_blob().map_err(rusqlite::Error::from)?,
+                            };
+                            RecordContent::Inline(Bytes::copy_from_slice(data))
+                        }
+                        Some(blob) => {
+                            match std::fs::File::open(blob_path(this.blobs_dir(), &blob)) {
+                                Ok(file) => RecordContent::File(file),
+                                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                                    drop(rows);
+                                    std::thread::sleep(Duration::from_millis(1));
+                                    continue;
+                                }
+                                Err(err) => return Err(err.into()),
+                            }
+                        }
+                    };
+                    return Ok(Some(Record {
+                        meta,
+                        content: Some(content),
+                    }));
+                }
+                Err(Error::Internal(anyhow::anyhow!(
+                    "record file of {key} keeps disappearing"
+                )))
+            })
+            .await?;
+        if record.is_some() {
+            self.note_access(num, false);
+        }
+        Ok(record)
+    }
+
+    async fn put_record(
+        &self,
+        store: &StorageInfo,
+        key: &str,
+        record: NewRecord,
+        source: RecordSource,
+    ) -> Result<u64> {
+        if !valid_record_key(key) {
+            return Err(Error::Invalid(format!("Invalid record key: {key:?}")));
+        }
+        let num = store.num;
+        let key = key.to_string();
+        let (stored, size) = match source {
+            RecordSource::Bytes(bytes) if bytes.len() <= INLINE_MAX => {
+                let size = bytes.len() as u64;
+                (Stored::Inline(bytes), size)
+            }
+            source => {
+                let (blob, size) = self.write_blob(source).await?;
+                (Stored::Blob(blob), size)
+            }
+        };
+        let new_blob = match &stored {
+            Stored::Blob(blob) => Some(blob.clone()),
+            Stored::Inline(_) => None,
+        };
+        let result = self
+            .write(move |tx| upsert_record(tx, num, &key, &record, size, &stored))
+            .await;
+        match result {
+            Ok(old_blob) => {
+                if let Some(old) = old_blob {
+                    remove_quietly(&blob_path(self.blobs_dir(), &old));
+                }
+                Ok(size)
+            }
+            Err(err) => {
+                if let Some(blob) = new_blob {
+                    remove_quietly(&blob_path(self.blobs_dir(), &blob));
+                }
+                Err(err)
+            }
+        }
+    }
+
+    async fn delete_record(&self, store: &StorageInfo, key: &str) -> Result<bool> {
+        let num = store.num;
+        let key = key.to_string();
+        let removed = self
+            .write(move |tx| {
+                let old: Option<(i64, i64, Option<String>)> = optional(
+                    tx.prepare_cached(
+                        "SELECT id, size, blob FROM kv_records WHERE store_num = ?1 AND key = ?2",
+                    )?
+                    .query_row(params![num, key], |row| {
+                        Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                    }),
+                )?;
+                let Some((id, size, blob)) = old else {
+                    return Ok(None);
+                };
+                tx.prepare_cached("DELETE FROM kv_records WHERE id = ?1")?
+                    .execute([id])?;
+                tx.prepare_cached(
+                    "UPDATE storages SET storage_bytes = storage_bytes - ?1, delete_count = delete_count + 1,
+                     modified_at = ?2, accessed_at = ?2 WHERE num = ?3",
+                )?
+                .execute(params![size, troupe_model::now_ms(), num])?;
+                Ok(Some(blob))
+            })
+            .await?;
+        match removed {
+            None => Ok(false),
+            Some(blob) => {
+                if let Some(blob) = blob {
+                    remove_quietly(&blob_path(self.blobs_dir(), &blob));
+                }
+                Ok(true)
+            }
+        }
+    }
+
+    async fn list_keys(&self, store: &StorageInfo, query: KeysQuery) -> Result<KeysPage> {
+        let num = store.num;
+        let page = self
+            .read(move |conn| {
+                let limit = query.limit.max(1);
+                // Valid keys are ASCII below 0x7f, so "\x7f" is above all of them and
+                // `prefix` + 1 on its last byte bounds the prefix range.
+                let (upper, prefix) = match query.prefix.as_deref().filter(|p| !p.is_empty()) {
+                    None => ("\u{7f}".to_string(), String::new()),
+                    Some(prefix) => {
+                        if !valid_record_key(prefix) {
+                            // No key can start with characters keys cannot contain.
+                            return Ok(KeysPage {
+                                keys: Vec::new(),
+                                is_truncated: false,
+                            });
+                        }
+                        let mut upper = prefix.as_bytes().to_vec();
+                        *upper.last_mut().expect("non-empty") += 1;
+                        (
+                            String::from_utf8(upper).expect("ascii"),
+                            prefix.to_string(),
+                        )
+                    }
+                };
+                let (sql, lower) = match query.exclusive_start_key {
+                    Some(start) if start.as_str() >= prefix.as_str() => (
+                        "SELECT key, size FROM kv_records WHERE store_num = ?1 AND key > ?2 AND key < ?3 ORDER BY key LIMIT ?4",
+                        start,
+                    ),
+                    _ => (
+                        "SELECT key, size FROM kv_records WHERE store_num = ?1 AND key >= ?2 AND key < ?3 ORDER BY key LIMIT ?4",
+                        prefix,
+                    ),
+                };
+                let mut stmt = conn.prepare_cached(sql)?;
+                let mut keys = stmt
+                    .query_map(params![num, lower, upper, (limit + 1) as i64], |row| {
+                        Ok(KeyEntry {
+                            key: row.get(0)?,
+                            size: row.get::<_, i64>(1)? as u64,
+                        })
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                let is_truncated = keys.len() as u64 > limit;
+                keys.truncate(limit as usize);
+                Ok(KeysPage { keys, is_truncated })
+            })
+            .await?;
+        self.note_access(num, true);
+        Ok(page)
+    }
 }

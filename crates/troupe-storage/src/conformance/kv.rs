@@ -1,0 +1,336 @@
+use std::time::Duration;
+
+use bytes::Bytes;
+use troupe_model::storage::{StorageInfo, StorageKind, StorageOrigin};
+
+use super::test_user;
+use crate::kv::{KeysQuery, NewRecord, RecordContent, RecordSource};
+use crate::{Error, Storage};
+
+fn meta(content_type: &str, encoding: Option<&str>) -> NewRecord {
+    NewRecord {
+        content_type: content_type.into(),
+        content_encoding: encoding.map(str::to_string),
+    }
+}
+
+async fn read_all(storage: &dyn Storage, store: &StorageInfo, key: &str) -> Option<Vec<u8>> {
+    let record = storage.get_record(store, key, false).await.unwrap()?;
+    Some(match record.content.expect("content") {
+        RecordContent::Inline(bytes) => bytes.to_vec(),
+        RecordContent::File(mut file) => {
+            use std::io::Read;
+            let mut out = Vec::new();
+            file.read_to_end(&mut out).unwrap();
+            out
+        }
+    })
+}
+
+async fn keys(storage: &dyn Storage, store: &StorageInfo, query: KeysQuery) -> (Vec<String>, bool) {
+    let page = storage.list_keys(store, query).await.unwrap();
+    (
+        page.keys.into_iter().map(|k| k.key).collect(),
+        page.is_truncated,
+    )
+}
+
+fn query(start: Option<&str>, prefix: Option<&str>, limit: u64) -> KeysQuery {
+    KeysQuery {
+        exclusive_start_key: start.map(str::to_string),
+        prefix: prefix.map(str::to_string),
+        limit,
+    }
+}
+
+async fn store_info(storage: &dyn Storage, id: &str) -> StorageInfo {
+    storage
+        .get_storage(StorageKind::KeyValueStore, id)
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+pub async fn run(storage: &dyn Storage) {
+    let user = test_user(storage).await;
+    let (store, _) = storage
+        .create_storage(
+            StorageKind::KeyValueStore,
+            &user,
+            None,
+            StorageOrigin::default(),
+        )
+        .await
+        .unwrap();
+    let (other, _) = storage
+        .create_storage(
+            StorageKind::KeyValueStore,
+            &user,
+            None,
+            StorageOrigin::default(),
+        )
+        .await
+        .unwrap();
+
+    // Round trip, byte for byte, with type and encoding as given.
+    let binary: Vec<u8> = (0..=255u8).cycle().take(5000).collect();
+    let size = storage
+        .put_record(
+            &store,
+            "bin",
+            meta("image/png", None),
+            RecordSource::Bytes(binary.clone().into()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(size, 5000);
+    assert_eq!(read_all(storage, &store, "bin").await.unwrap(), binary);
+    let gz = b"\x1f\x8b pretend gzip".to_vec();
+    storage
+        .put_record(
+            &store,
+            "gz",
+            meta("application/json; charset=utf-8", Some("gzip")),
+            RecordSource::Bytes(gz.clone().into()),
+        )
+        .await
+        .unwrap();
+    let record = storage
+        .get_record(&store, "gz", true)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(record.content.is_none());
+    assert_eq!(record.meta.content_type, "application/json; charset=utf-8");
+    assert_eq!(record.meta.content_encoding.as_deref(), Some("gzip"));
+    assert_eq!(record.meta.size, gz.len() as u64);
+    assert_eq!(read_all(storage, &store, "gz").await.unwrap(), gz);
+    // Empty records exist.
+    storage
+        .put_record(
+            &store,
+            "empty",
+            meta("text/plain", None),
+            RecordSource::Bytes(Bytes::new()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(read_all(storage, &store, "empty").await.unwrap(), b"");
+
+    // A large record streamed from a reader (crosses any inline threshold).
+    let large: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let reader = std::io::Cursor::new(large.clone());
+    let size = storage
+        .put_record(
+            &store,
+            "large",
+            meta("application/octet-stream", None),
+            RecordSource::Stream(Box::pin(reader)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(size, large.len() as u64);
+    assert_eq!(read_all(storage, &store, "large").await.unwrap(), large);
+
+    // A failing stream changes nothing: the old record stays.
+    struct Failing(usize);
+    impl tokio::io::AsyncRead for Failing {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            if self.0 == 0 {
+                return std::task::Poll::Ready(Err(std::io::Error::other("client went away")));
+            }
+            self.0 -= 1;
+            buf.put_slice(&[1u8; 65536]);
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+    let before = store_info(storage, &store.id).await;
+    let failed = storage
+        .put_record(
+            &store,
+            "large",
+            meta("text/plain", None),
+            RecordSource::Stream(Box::pin(Failing(40))),
+        )
+        .await;
+    assert!(failed.is_err());
+    assert_eq!(read_all(storage, &store, "large").await.unwrap(), large);
+    let after = store_info(storage, &store.id).await;
+    assert_eq!(before.storage_bytes, after.storage_bytes);
+    assert_eq!(before.write_count, after.write_count);
+
+    // Counters: bytes follow overwrites and deletes.
+    let info = store_info(storage, &store.id).await;
+    assert_eq!(
+        info.storage_bytes,
+        5000 + gz.len() as u64 + large.len() as u64
+    );
+    assert_eq!(info.write_count, 4);
+    storage
+        .put_record(
+            &store,
+            "large",
+            meta("text/plain", None),
+            RecordSource::Bytes("tiny".into()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(read_all(storage, &store, "large").await.unwrap(), b"tiny");
+    let info = store_info(storage, &store.id).await;
+    assert_eq!(info.storage_bytes, 5000 + gz.len() as u64 + 4);
+    assert!(storage.delete_record(&store, "large").await.unwrap());
+    assert!(!storage.delete_record(&store, "large").await.unwrap());
+    assert!(storage
+        .get_record(&store, "large", false)
+        .await
+        .unwrap()
+        .is_none());
+    let info = store_info(storage, &store.id).await;
+    assert_eq!(info.storage_bytes, 5000 + gz.len() as u64);
+    assert_eq!(info.delete_count, 1);
+    assert!(info.modified_at >= store.modified_at);
+
+    // Invalid keys are refused; nothing is stored.
+    for bad in ["", "a/b", "../x", "é", &"k".repeat(257)] {
+        assert!(matches!(
+            storage
+                .put_record(
+                    &store,
+                    bad,
+                    meta("text/plain", None),
+                    RecordSource::Bytes("x".into())
+                )
+                .await,
+            Err(Error::Invalid(_))
+        ));
+    }
+    // Records of other stores never leak in.
+    storage
+        .put_record(
+            &other,
+            "bin",
+            meta("text/plain", None),
+            RecordSource::Bytes("other".into()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(read_all(storage, &store, "bin").await.unwrap(), binary);
+    assert_eq!(read_all(storage, &other, "bin").await.unwrap(), b"other");
+
+    // Listing: byte order (uppercase before lowercase, '(' before digits), paging, prefix.
+    let (k, _) = storage
+        .create_storage(
+            StorageKind::KeyValueStore,
+            &user,
+            None,
+            StorageOrigin::default(),
+        )
+        .await
+        .unwrap();
+    let mut names: Vec<String> = (0..30).map(|i| format!("item-{i:03}")).collect();
+    names.extend(["A", "Z", "a", "z", "(x)", "0", "item", "item-", "itemz"].map(str::to_string));
+    for name in &names {
+        storage
+            .put_record(
+                &k,
+                name,
+                meta("text/plain", None),
+                RecordSource::Bytes(name.clone().into_bytes().into()),
+            )
+            .await
+            .unwrap();
+    }
+    let mut sorted = names.clone();
+    sorted.sort();
+    let (all, truncated) = keys(storage, &k, query(None, None, 1000)).await;
+    assert_eq!(all, sorted);
+    assert!(!truncated);
+    let page = storage
+        .list_keys(&k, query(None, None, 1000))
+        .await
+        .unwrap();
+    assert_eq!(
+        page.keys.iter().find(|e| e.key == "item-003").unwrap().size,
+        8
+    );
+    // Paging with exclusive start keys visits each key once.
+    let mut seen = Vec::new();
+    let mut start: Option<String> = None;
+    loop {
+        let (page, truncated) = keys(storage, &k, query(start.as_deref(), None, 7)).await;
+        assert!(page.len() <= 7);
+        seen.extend(page.clone());
+        if !truncated {
+            break;
+        }
+        start = page.last().cloned();
+    }
+    assert_eq!(seen, sorted);
+    // The start key itself is skipped, and it need not exist.
+    let (page, _) = keys(storage, &k, query(Some("item-005"), None, 2)).await;
+    assert_eq!(page, vec!["item-006", "item-007"]);
+    let (page, _) = keys(storage, &k, query(Some("item-0055"), None, 1)).await;
+    assert_eq!(page, vec!["item-006"]);
+    // Prefix (with and without a start key).
+    let (page, truncated) = keys(storage, &k, query(None, Some("item-01"), 1000)).await;
+    assert_eq!(
+        page,
+        (10..20).map(|i| format!("item-{i:03}")).collect::<Vec<_>>()
+    );
+    assert!(!truncated);
+    let (page, truncated) = keys(storage, &k, query(Some("item-015"), Some("item-01"), 3)).await;
+    assert_eq!(page, vec!["item-016", "item-017", "item-018"]);
+    assert!(truncated);
+    let (page, truncated) = keys(storage, &k, query(Some("item-018"), Some("item-01"), 3)).await;
+    assert_eq!(page, vec!["item-019"]);
+    assert!(!truncated);
+    let (page, _) = keys(storage, &k, query(Some("a"), Some("item"), 1000)).await;
+    assert_eq!(page.len(), 33);
+    let (page, _) = keys(storage, &k, query(None, Some("itemz"), 1000)).await;
+    assert_eq!(page, vec!["itemz"]);
+    let (page, _) = keys(storage, &k, query(None, Some("nothing"), 1000)).await;
+    assert!(page.is_empty());
+    let (page, _) = keys(storage, &k, query(None, Some("é/"), 1000)).await;
+    assert!(page.is_empty());
+    let (page, truncated) = keys(storage, &k, query(Some("zz"), None, 1000)).await;
+    assert!(page.is_empty() && !truncated);
+
+    // Read and list counters are eventually exact.
+    for _ in 0..3 {
+        storage.get_record(&k, "A", false).await.unwrap();
+    }
+    let mut ok = false;
+    for _ in 0..50 {
+        let info = store_info(storage, &k.id).await;
+        if info.read_count == 3 && info.list_count >= 14 {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "read/list counters were not flushed");
+
+    // Deleting a store removes its records; unknown store → NotFound.
+    storage
+        .delete_storage(StorageKind::KeyValueStore, &k.id)
+        .await
+        .unwrap();
+    assert!(storage.get_record(&k, "A", false).await.unwrap().is_none());
+    assert!(matches!(
+        storage
+            .put_record(
+                &k,
+                "A",
+                meta("text/plain", None),
+                RecordSource::Bytes("x".into())
+            )
+            .await,
+        Err(Error::NotFound(_))
+    ));
+    let (page, _) = keys(storage, &k, query(None, None, 1000)).await;
+    assert!(page.is_empty());
+}
