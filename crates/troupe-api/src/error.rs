@@ -103,6 +103,30 @@ impl ApiError {
             "The request body was not received in time",
         )
     }
+    /// 400 `invalid-record-key`: a key-value record key outside `[a-zA-Z0-9!-_.'()]{1,256}`.
+    pub fn invalid_record_key() -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-record-key",
+            "Record key must be 1-256 characters of a-z, A-Z, 0-9 and !-_.'()",
+        )
+    }
+    /// 400 `invalid-content-type-header`.
+    pub fn invalid_content_type(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-content-type-header",
+            message,
+        )
+    }
+    /// 413 `record-too-large`: a key-value record over the configured maximum.
+    pub fn record_too_large(limit: u64) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "record-too-large",
+            format!("The record is too large (limit: {limit} bytes)"),
+        )
+    }
     /// 415 `unsupported-content-encoding`.
     pub fn unsupported_encoding(encoding: &str) -> Self {
         Self::new(

@@ -13,7 +13,7 @@ pub mod routes;
 pub mod state;
 
 pub use router::app;
-pub use state::{ApiConfig, AppState};
+pub use state::{ApiConfig, AppState, DEFAULT_MAX_RECORD_BYTES};
 
 use std::future::Future;
 

@@ -211,7 +211,8 @@ impl KindMarker for QueueKind {
 }
 
 /// The storage of kind `K` that a request path names, access already checked. A storage-wide
-/// `signature` (keys listing, dataset items) counts as read access.
+/// `signature` (keys listing, dataset items) counts as read access, and so does a record
+/// signature on a record route.
 #[derive(Debug, Clone)]
 pub struct StorageTarget<K: KindMarker>(pub Resolved, std::marker::PhantomData<K>);
 
@@ -237,6 +238,9 @@ impl<K: KindMarker> FromRequestParts<AppState> for StorageTarget<K> {
         let access = Access::of(&parts.method);
         let signature = params.str("signature").map(str::to_string);
         let now = troupe_model::now_ms();
+        // A record's own signature (SDK-CONTRACT 5.8) opens reads of that record only: it is
+        // checked against the `recordKey` of the path, which only record routes have.
+        let record_key = path.get("recordKey").cloned();
         let resolved = resolve_storage(state, &caller, K::KIND, &path, &params, access, |info| {
             signature.as_deref().is_some_and(|sig| {
                 troupe_model::signature::verify_storage_signature(
@@ -244,7 +248,13 @@ impl<K: KindMarker> FromRequestParts<AppState> for StorageTarget<K> {
                     &info.id,
                     sig,
                     now,
-                )
+                ) || record_key.as_deref().is_some_and(|key| {
+                    troupe_model::signature::verify_record_signature(
+                        &info.url_signing_secret_key,
+                        key,
+                        sig,
+                    )
+                })
             })
         })
         .await?;

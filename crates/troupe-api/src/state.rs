@@ -26,7 +26,12 @@ pub struct ApiConfig {
     pub body_idle_timeout: Duration,
     /// A client must send its request headers within this time.
     pub header_read_timeout: Duration,
+    /// Largest key-value record accepted, in bytes (as sent, i.e. before any decoding).
+    pub max_record_bytes: u64,
 }
+
+/// Default of [`ApiConfig::max_record_bytes`]: 1 GiB.
+pub const DEFAULT_MAX_RECORD_BYTES: u64 = 1 << 30;
 
 /// Everything a handler can reach.
 #[derive(Clone)]

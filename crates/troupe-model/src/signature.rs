@@ -34,6 +34,17 @@ pub fn record_signature(secret: &str, key: &str) -> String {
     hmac_base62(secret, key)
 }
 
+/// Checks a record signature (constant time).
+pub fn verify_record_signature(secret: &str, key: &str, signature: &str) -> bool {
+    let expected = record_signature(secret, key);
+    expected.len() == signature.len()
+        && expected
+            .bytes()
+            .zip(signature.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
 /// Signature token for a storage-wide URL (keys listing, dataset items). `expires_at_ms` 0 = never.
 pub fn storage_signature(secret: &str, storage_id: &str, expires_at_ms: i64) -> String {
     let h = hmac_base62(secret, &format!("0.{expires_at_ms}.{storage_id}"));
@@ -73,6 +84,17 @@ mod tests {
             record_signature("my-secret-key", "INPUT"),
             "1qensgt6zYUUPspJTGrE3"
         );
+        assert!(verify_record_signature(
+            "my-secret-key",
+            "INPUT",
+            "1qensgt6zYUUPspJTGrE3"
+        ));
+        assert!(!verify_record_signature(
+            "my-secret-key",
+            "OUTPUT",
+            "1qensgt6zYUUPspJTGrE3"
+        ));
+        assert!(!verify_record_signature("my-secret-key", "INPUT", ""));
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub struct ServeOptions {
     pub retention_interval: std::time::Duration,
     pub cache_dir: Option<PathBuf>,
     pub max_memory_mbytes: Option<u64>,
+    pub max_record_bytes: u64,
 }
 
 /// Name of the file keeping a generated token.
@@ -133,6 +134,7 @@ pub async fn run(options: ServeOptions) -> anyhow::Result<()> {
             rate_limit_per_resource: options.rate_limit_per_resource,
             body_idle_timeout: options.body_idle_timeout,
             header_read_timeout: options.header_read_timeout,
+            max_record_bytes: options.max_record_bytes,
         },
         runner.clone(),
     );
