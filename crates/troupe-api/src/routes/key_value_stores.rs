@@ -207,10 +207,14 @@ fn accepts(headers: &HeaderMap, encodings: &[String]) -> bool {
         }
     }
     encodings.iter().all(|encoding| {
-        let alias = if encoding == "x-gzip" { "gzip" } else { encoding };
-        let found = listed
-            .iter()
-            .find(|(name, _)| name == encoding || name == alias || (alias == "gzip" && name == "x-gzip"));
+        let alias = if encoding == "x-gzip" {
+            "gzip"
+        } else {
+            encoding
+        };
+        let found = listed.iter().find(|(name, _)| {
+            name == encoding || name == alias || (alias == "gzip" && name == "x-gzip")
+        });
         match found {
             Some((_, ok)) => *ok,
             None => listed.iter().any(|(name, ok)| name == "*" && *ok),
@@ -365,6 +369,38 @@ async fn get_record(
     Ok(response)
 }
 
+/// The encodings and content type of a record upload.
+fn record_headers(headers: &HeaderMap) -> ApiResult<(Vec<String>, String)> {
+    let encodings = content_encodings(headers)?;
+    let content_type = match headers.get(header::CONTENT_TYPE) {
+        None => DEFAULT_CONTENT_TYPE.to_string(),
+        Some(value) => {
+            let value = value
+                .to_str()
+                .map_err(|_| ApiError::invalid_content_type("Content-Type header must be ASCII"))?;
+            let value = value.trim();
+            if value.is_empty() {
+                DEFAULT_CONTENT_TYPE.to_string()
+            } else {
+                value.to_string()
+            }
+        }
+    };
+    Ok((encodings, content_type))
+}
+
+/// Reads (and drops) what is left of a refused body, up to a few MiB, so the connection can be
+/// reused; past that the server answers and closes the connection.
+async fn drain(stream: &mut axum::body::BodyDataStream) {
+    let mut left = 8 * BUFFER_LIMIT;
+    while let Some(Ok(chunk)) = stream.next().await {
+        if chunk.len() >= left {
+            return;
+        }
+        left -= chunk.len();
+    }
+}
+
 /// Why a streamed PUT body failed.
 const BODY_OK: u8 = 0;
 const BODY_TOO_LARGE: u8 = 1;
@@ -378,19 +414,12 @@ async fn put_record(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let encodings = content_encodings(&headers)?;
-    let content_type = match headers.get(header::CONTENT_TYPE) {
-        None => DEFAULT_CONTENT_TYPE.to_string(),
-        Some(value) => {
-            let value = value.to_str().map_err(|_| {
-                ApiError::invalid_content_type("Content-Type header must be ASCII")
-            })?;
-            let value = value.trim();
-            if value.is_empty() {
-                DEFAULT_CONTENT_TYPE.to_string()
-            } else {
-                value.to_string()
-            }
+    let mut stream = body.into_data_stream();
+    let (encodings, content_type) = match record_headers(&headers) {
+        Ok(parsed) => parsed,
+        Err(err) => {
+            drain(&mut stream).await;
+            return Err(err);
         }
     };
     let content_encoding = (!encodings.is_empty()).then(|| encodings.join(", "));
@@ -406,7 +435,6 @@ async fn put_record(
     }
 
     // Read up to BUFFER_LIMIT bytes; a body that ends by then is stored from memory.
-    let mut stream = body.into_data_stream();
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut total = 0usize;
     let mut ended = false;
@@ -441,25 +469,51 @@ async fn put_record(
     };
     let status = Arc::new(AtomicU8::new(BODY_OK));
     let source = if ended {
+        if !encodings.is_empty() {
+            check_encoded(&head, &encodings)?;
+        }
         RecordSource::Bytes(head)
     } else {
-        let status_in = status.clone();
-        let mut seen = total as u64;
-        let rest = stream.map(move |chunk| match chunk {
-            Ok(chunk) => {
-                seen += chunk.len() as u64;
-                if seen > max {
-                    status_in.store(BODY_TOO_LARGE, Ordering::Relaxed);
-                    Err(std::io::Error::other("record too large"))
-                } else {
-                    Ok(chunk)
+        if encodings
+            .last()
+            .is_some_and(|e| e == "gzip" || e == "x-gzip")
+            && !head.starts_with(b"\x1f\x8b")
+        {
+            drain(&mut stream).await;
+            return Err(ApiError::invalid_input(
+                "Request body is not valid gzip data",
+            ));
+        }
+        let state = (stream, total as u64, status.clone(), false);
+        let rest = futures::stream::unfold(
+            state,
+            move |(mut stream, mut seen, status, done)| async move {
+                if done {
+                    return None;
                 }
-            }
-            Err(err) => {
-                status_in.store(BODY_BROKEN, Ordering::Relaxed);
-                Err(std::io::Error::other(err))
-            }
-        });
+                match stream.next().await? {
+                    Ok(chunk) => {
+                        seen += chunk.len() as u64;
+                        if seen <= max {
+                            return Some((Ok(chunk), (stream, seen, status, false)));
+                        }
+                        status.store(BODY_TOO_LARGE, Ordering::Relaxed);
+                        // Let a client that is still sending finish (up to a bound) so it reads
+                        // the 413 instead of a reset connection.
+                        drain(&mut stream).await;
+                        let err = std::io::Error::other("record too large");
+                        Some((Err(err), (stream, seen, status, true)))
+                    }
+                    Err(err) => {
+                        status.store(BODY_BROKEN, Ordering::Relaxed);
+                        Some((
+                            Err(std::io::Error::other(err)),
+                            (stream, seen, status, true),
+                        ))
+                    }
+                }
+            },
+        );
         let all = futures::stream::once(async move { Ok(head) }).chain(rest);
         RecordSource::Stream(Box::pin(tokio_util::io::StreamReader::new(all)))
     };
@@ -493,6 +547,25 @@ async fn put_record(
         response.headers_mut().insert(header::LOCATION, location);
     }
     Ok(response)
+}
+
+/// A body kept encoded must still be what its `Content-Encoding` says (checked in full for
+/// bodies held in memory; streamed bodies get a header check only).
+fn check_encoded(body: &Bytes, encodings: &[String]) -> ApiResult<()> {
+    let mut reader = decoder(Box::new(std::io::Cursor::new(body.clone())), encodings);
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(err) => {
+                return Err(ApiError::invalid_input(format!(
+                    "Request body is not valid {} data: {err}",
+                    encodings.join(", ")
+                )))
+            }
+        }
+    }
 }
 
 /// DELETE .../records/{recordKey} — 204 whether or not the record existed (SDK-CONTRACT 2.5).
@@ -560,8 +633,7 @@ fn write_zip(
             },
         ))?;
         for entry in &page.keys {
-            let Some(record) = handle.block_on(storage.get_record(info, &entry.key, false))?
-            else {
+            let Some(record) = handle.block_on(storage.get_record(info, &entry.key, false))? else {
                 continue; // deleted meanwhile
             };
             let encodings = stored_encodings(&record.meta);
@@ -602,6 +674,13 @@ async fn download_records(
             buf: Vec::with_capacity(CHUNK),
         };
         if let Err(err) = write_zip(&handle, storage.as_ref(), &info, prefix, out) {
+            let client_gone = err
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe);
+            if client_gone {
+                tracing::debug!("records ZIP: client went away");
+                return;
+            }
             // Headers are gone already: the only way to signal is to cut the stream.
             tracing::warn!(error = %err, "records ZIP aborted");
             let _ = tx.blocking_send(Err(std::io::Error::other(err.to_string())));
