@@ -430,6 +430,7 @@ async fn put_record(
         .and_then(|v| v.parse::<u64>().ok())
     {
         if length > max {
+            drain(&mut stream).await;
             return Err(ApiError::record_too_large(max));
         }
     }
