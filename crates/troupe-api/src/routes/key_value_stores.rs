@@ -171,7 +171,7 @@ async fn list_keys(
 }
 
 /// The stored content encodings of a record, outermost last.
-fn stored_encodings(meta: &RecordMeta) -> Vec<String> {
+pub(crate) fn stored_encodings(meta: &RecordMeta) -> Vec<String> {
     meta.content_encoding
         .as_deref()
         .map(|value| {
@@ -223,7 +223,7 @@ fn accepts(headers: &HeaderMap, encodings: &[String]) -> bool {
 }
 
 /// Wraps `input` in decoders undoing `encodings` (applied in order, so undone in reverse).
-fn decoder(input: Box<dyn Read + Send>, encodings: &[String]) -> Box<dyn Read + Send> {
+pub(crate) fn decoder(input: Box<dyn Read + Send>, encodings: &[String]) -> Box<dyn Read + Send> {
     let mut reader = input;
     for encoding in encodings.iter().rev() {
         reader = match encoding.as_str() {
@@ -302,7 +302,7 @@ fn blocking_body(mut reader: Box<dyn Read + Send>) -> Body {
     Body::from_stream(ReceiverStream::new(rx))
 }
 
-fn content_reader(content: RecordContent) -> Box<dyn Read + Send> {
+pub(crate) fn content_reader(content: RecordContent) -> Box<dyn Read + Send> {
     match content {
         RecordContent::Inline(bytes) => Box::new(std::io::Cursor::new(bytes)),
         RecordContent::File(file) => Box::new(file),
