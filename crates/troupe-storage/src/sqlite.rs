@@ -20,6 +20,8 @@ use rusqlite::{Connection, OpenFlags, Transaction};
 
 use crate::{Error, Result};
 
+pub use datasets::item_key as dataset_item_key;
+
 /// Schema migrations, applied in order; each name is recorded once applied. Append only.
 const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_core", include_str!("sqlite/migrations/0001_core.sql")),
@@ -120,7 +122,9 @@ impl SqliteStorage {
         run_blocking(move || this.write_blocking(f)).await
     }
 
-    pub(crate) fn read_blocking<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+    /// Blocking form of `read` (also used by troupe-bench's raw-engine yardsticks, so they run
+    /// on exactly troupe's connections and pragmas).
+    pub fn read_blocking<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
         let conn = self.inner.readers.lock().pop();
         let conn = match conn {
             Some(conn) => conn,
@@ -134,10 +138,8 @@ impl SqliteStorage {
         result
     }
 
-    pub(crate) fn write_blocking<T>(
-        &self,
-        f: impl FnOnce(&Transaction<'_>) -> Result<T>,
-    ) -> Result<T> {
+    /// Blocking form of `write` (also used by troupe-bench's raw-engine yardsticks).
+    pub fn write_blocking<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
         let mut conn = self.inner.writer.lock();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let value = f(&tx)?;

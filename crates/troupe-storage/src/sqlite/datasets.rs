@@ -11,7 +11,8 @@ use crate::{DatasetStore, Error, Result};
 /// Items of one dataset live in the key range `[num << 36, (num + 1) << 36)`.
 const INDEX_BITS: u32 = 36;
 
-fn item_key(num: i64, index: u64) -> i64 {
+/// Row key of item `index` of the dataset with catalog number `num`.
+pub fn item_key(num: i64, index: u64) -> i64 {
     (num << INDEX_BITS) + index as i64
 }
 
