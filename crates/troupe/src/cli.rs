@@ -37,6 +37,10 @@ pub enum Command {
         #[command(flatten)]
         data: DataDirArg,
     },
+    /// Create or update an Actor from a local Apify project folder and build it (like `apify push`).
+    Push(crate::remote::PushArgs),
+    /// Run an Actor, print its log while it runs, then its OUTPUT record or dataset items.
+    Call(crate::remote::CallArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -143,6 +147,11 @@ pub fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             runtime.block_on(crate::admin::tokens(&data.data_dir, command))
+        }
+        Command::Push(args) => tokio::runtime::Runtime::new()?.block_on(crate::remote::push(args)),
+        Command::Call(args) => {
+            let code = tokio::runtime::Runtime::new()?.block_on(crate::remote::call(args))?;
+            std::process::exit(code)
         }
         Command::Serve(args) => {
             let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -3,5 +3,6 @@
 
 pub mod admin;
 pub mod cli;
+pub mod remote;
 pub mod retention;
 pub mod server;

@@ -964,3 +964,150 @@ async fn server_killed_with_a_run_going() {
         assert!(!alive(pid), "process {pid} was stopped after the restart");
     }
 }
+
+#[tokio::test]
+async fn push_and_call_from_the_command_line() {
+    let server = TestServer::start();
+    let project = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(project.path().join(".actor")).unwrap();
+    std::fs::write(
+        project.path().join(".actor/actor.json"),
+        r#"{"actorSpecification": 1, "name": "pushed", "version": "0.2", "startCommand": "sh main.sh"}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        project.path().join("main.sh"),
+        "echo from pushed actor; exit 0\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(project.path().join("node_modules/x")).unwrap();
+    std::fs::write(project.path().join("node_modules/x/big.js"), "ignored").unwrap();
+    let troupe = env!("CARGO_BIN_EXE_troupe");
+    let push = |dir: &std::path::Path| {
+        std::process::Command::new(troupe)
+            .args([
+                "push",
+                dir.to_str().unwrap(),
+                "--url",
+                &server.origin,
+                "--token",
+                &server.token,
+            ])
+            .output()
+            .unwrap()
+    };
+    let out = push(project.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("0.2.1 SUCCEEDED"));
+    let actor = get_json(&server, "/acts/~pushed").await;
+    let files = &actor["versions"][0]["sourceFiles"];
+    assert_eq!(
+        files.as_array().unwrap().len(),
+        2,
+        "node_modules is not uploaded: {files}"
+    );
+    // A second push updates the version and builds again.
+    std::fs::write(
+        project.path().join("main.sh"),
+        "echo second edition; exit 0\n",
+    )
+    .unwrap();
+    let out = push(project.path());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("0.2.2 SUCCEEDED"));
+
+    let call = std::process::Command::new(troupe)
+        .args([
+            "call",
+            "pushed",
+            "--input",
+            "{\"a\": 1}",
+            "--url",
+            &server.origin,
+            "--token",
+            &server.token,
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&call.stdout);
+    assert!(
+        call.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&call.stderr)
+    );
+    assert!(stdout.contains("second edition"), "{stdout}");
+    let failing = std::process::Command::new(troupe)
+        .args([
+            "call",
+            "nope-nope",
+            "--url",
+            &server.origin,
+            "--token",
+            &server.token,
+        ])
+        .output()
+        .unwrap();
+    assert!(!failing.status.success());
+}
+
+#[tokio::test]
+async fn metamorph_and_reboot() {
+    let server = TestServer::start();
+    let first = built_actor(&server, "first", "echo first $ACTOR_INPUT_KEY; sleep 30").await;
+    let second = built_actor(
+        &server,
+        "second",
+        "echo second $ACTOR_INPUT_KEY $ACTOR_RUN_ID; exit 0",
+    )
+    .await;
+    let run = start(&server, &first, "").await;
+    let id = run["id"].as_str().unwrap().to_string();
+    wait_for_log(&server, &id, "first INPUT").await;
+    let r = client()
+        .post(server.url(&format!(
+            "/actor-runs/{id}/metamorph?targetActorId={second}"
+        )))
+        .header("content-type", "application/json")
+        .body("{\"next\": true}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let done = wait_run(&server, &id).await;
+    assert_eq!(done["status"], "SUCCEEDED", "{done}");
+    assert_eq!(done["metamorphs"].as_array().unwrap().len(), 1);
+    assert_eq!(done["metamorphs"][0]["inputKey"], "INPUT-METAMORPH-1");
+    assert_eq!(done["defaultDatasetId"], run["defaultDatasetId"]);
+    let log = log_of(&server, &id).await;
+    assert!(
+        log.contains(&format!("second INPUT-METAMORPH-1 {id}")),
+        "{log}"
+    );
+    // Metamorph of a finished run is refused.
+    let r = client()
+        .post(server.url(&format!(
+            "/actor-runs/{id}/metamorph?targetActorId={second}"
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 400, "job-finished").await;
+
+    let booting = built_actor(&server, "booting", "echo boot; sleep 2").await;
+    let run = start(&server, &booting, "").await;
+    let id = run["id"].as_str().unwrap().to_string();
+    wait_for_log(&server, &id, "boot").await;
+    let r = client()
+        .post(server.url(&format!("/actor-runs/{id}/reboot")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let done = wait_run(&server, &id).await;
+    assert_eq!(done["status"], "SUCCEEDED");
+    assert_eq!(done["stats"]["rebootCount"], 1);
+    assert_eq!(log_of(&server, &id).await.matches(" boot\n").count(), 2);
+}
