@@ -204,6 +204,70 @@ pub struct PrepareContext<'a> {
     pub extra_env: BTreeMap<String, String>,
     /// Receives the pid of each installer step (so an abort can kill it).
     pub on_spawn: &'a (dyn Fn(i32) + Send + Sync),
+    /// Reuse installed dependencies of an earlier build with the same dependency files.
+    pub use_cache: bool,
+}
+
+/// Serialises the creation of shared dependency folders.
+static SHARED_DEPS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Hex SHA-256 of the parts (length-prefixed).
+fn digest(parts: &[&[u8]]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update((part.len() as u64).to_le_bytes());
+        hasher.update(part);
+    }
+    hex::encode(&hasher.finalize()[..16])
+}
+
+/// Installed dependencies shared by builds with identical dependency files: `folder` is filled
+/// once by `install` (marked ready at the end) and reused afterwards. A half-made folder (failed
+/// or interrupted install) is rebuilt.
+async fn shared_deps<F, Fut>(
+    ctx: &PrepareContext<'_>,
+    folder: &Path,
+    install: F,
+) -> Result<(), String>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let _guard = SHARED_DEPS.lock().await;
+    let ready = folder.join(".troupe-ready");
+    if ready.is_file() {
+        ctx.log.system(&format!(
+            "Reusing dependencies installed by an earlier build ({})",
+            folder.display()
+        ));
+        return Ok(());
+    }
+    let _ = std::fs::remove_dir_all(folder);
+    std::fs::create_dir_all(folder).map_err(|e| e.to_string())?;
+    match install().await {
+        Ok(()) => std::fs::write(&ready, b"").map_err(|e| e.to_string()),
+        Err(err) => {
+            let _ = std::fs::remove_dir_all(folder);
+            Err(err)
+        }
+    }
+}
+
+/// Replaces `link` with a symlink to `target`.
+fn link(target: &Path, link: &Path) -> Result<(), String> {
+    if std::fs::symlink_metadata(link).is_ok() {
+        if link.is_dir()
+            && !std::fs::symlink_metadata(link)
+                .map(|m| m.file_type().is_symlink())
+                .unwrap_or(false)
+        {
+            std::fs::remove_dir_all(link).map_err(|e| e.to_string())?;
+        } else {
+            std::fs::remove_file(link).map_err(|e| e.to_string())?;
+        }
+    }
+    std::os::unix::fs::symlink(target, link).map_err(|e| e.to_string())
 }
 
 /// Decides how to start the project in `ctx.dir` and installs its dependencies.
@@ -255,7 +319,32 @@ pub async fn prepare(ctx: PrepareContext<'_>) -> Result<Prepared, String> {
                 npm_cache.to_string_lossy().into_owned(),
                 "--prefer-offline".into(),
             ];
-            run_step(&ctx, &argv).await?;
+            if ctx.use_cache {
+                let lock_name = if dir.join("package-lock.json").is_file() {
+                    "package-lock.json"
+                } else {
+                    "npm-shrinkwrap.json"
+                };
+                let package_bytes = std::fs::read(dir.join("package.json")).unwrap_or_default();
+                let lock_bytes = std::fs::read(dir.join(lock_name)).unwrap_or_default();
+                let shared =
+                    ctx.cache_dir
+                        .join("node")
+                        .join(digest(&[b"npm", &package_bytes, &lock_bytes]));
+                shared_deps(&ctx, &shared, || async {
+                    std::fs::copy(dir.join("package.json"), shared.join("package.json"))
+                        .map_err(|e| e.to_string())?;
+                    if lockfile {
+                        std::fs::copy(dir.join(lock_name), shared.join(lock_name))
+                            .map_err(|e| e.to_string())?;
+                    }
+                    run_step_in(&ctx, &shared, &argv).await
+                })
+                .await?;
+                link(&shared.join("node_modules"), &dir.join("node_modules"))?;
+            } else {
+                run_step(&ctx, &argv).await?;
+            }
         } else {
             ctx.log
                 .system("package.json has no dependencies; nothing to install");
@@ -275,33 +364,63 @@ pub async fn prepare(ctx: PrepareContext<'_>) -> Result<Prepared, String> {
         let mut path_prepend = vec![];
         let mut env = BTreeMap::new();
         if dir.join("requirements.txt").is_file() {
-            let venv = dir.join(".venv");
-            run_step(
-                &ctx,
-                &[
-                    python.to_string_lossy().into_owned(),
-                    "-m".into(),
-                    "venv".into(),
-                    venv.to_string_lossy().into_owned(),
-                ],
-            )
-            .await?;
+            let requirements = std::fs::read(dir.join("requirements.txt")).unwrap_or_default();
+            // Requirements naming local files cannot be shared between builds.
+            let local = String::from_utf8_lossy(&requirements).lines().any(|l| {
+                let l = l.trim();
+                l.starts_with("-e")
+                    || l.starts_with('.')
+                    || l.starts_with('/')
+                    || l.contains("file:")
+            });
+            let base_python = python.clone();
+            let install = |venv: PathBuf| {
+                let ctx = &ctx;
+                let base_python = base_python.clone();
+                let requirements = dir.join("requirements.txt");
+                async move {
+                    run_step(
+                        ctx,
+                        &[
+                            base_python.to_string_lossy().into_owned(),
+                            "-m".into(),
+                            "venv".into(),
+                            venv.to_string_lossy().into_owned(),
+                        ],
+                    )
+                    .await?;
+                    run_step(
+                        ctx,
+                        &[
+                            venv.join("bin/python3").to_string_lossy().into_owned(),
+                            "-m".into(),
+                            "pip".into(),
+                            "install".into(),
+                            "--disable-pip-version-check".into(),
+                            "--cache-dir".into(),
+                            ctx.cache_dir.join("pip").to_string_lossy().into_owned(),
+                            "-r".into(),
+                            requirements.to_string_lossy().into_owned(),
+                        ],
+                    )
+                    .await
+                }
+            };
+            let venv = if ctx.use_cache && !local {
+                let shared = ctx.cache_dir.join("venvs").join(digest(&[
+                    b"pip",
+                    &requirements,
+                    python.to_string_lossy().as_bytes(),
+                ]));
+                shared_deps(&ctx, &shared, || install(shared.clone())).await?;
+                link(&shared, &dir.join(".venv"))?;
+                shared
+            } else {
+                let venv = dir.join(".venv");
+                install(venv.clone()).await?;
+                venv
+            };
             python = venv.join("bin/python3");
-            run_step(
-                &ctx,
-                &[
-                    python.to_string_lossy().into_owned(),
-                    "-m".into(),
-                    "pip".into(),
-                    "install".into(),
-                    "--disable-pip-version-check".into(),
-                    "--cache-dir".into(),
-                    ctx.cache_dir.join("pip").to_string_lossy().into_owned(),
-                    "-r".into(),
-                    "requirements.txt".into(),
-                ],
-            )
-            .await?;
             path_prepend.push(venv.join("bin").to_string_lossy().into_owned());
             env.insert("VIRTUAL_ENV".into(), venv.to_string_lossy().into_owned());
         }
@@ -327,6 +446,11 @@ pub async fn prepare(ctx: PrepareContext<'_>) -> Result<Prepared, String> {
 
 /// Runs one installer step in the build folder, its output going to the build log.
 async fn run_step(ctx: &PrepareContext<'_>, argv: &[String]) -> Result<(), String> {
+    run_step_in(ctx, ctx.dir, argv).await
+}
+
+/// Runs one installer step in `cwd`, its output going to the build log.
+async fn run_step_in(ctx: &PrepareContext<'_>, cwd: &Path, argv: &[String]) -> Result<(), String> {
     ctx.log.system(&format!("Running: {}", argv.join(" ")));
     let mut env = ctx.extra_env.clone();
     env.extend(base_env(&ctx.cache_dir.join("home")));
@@ -340,7 +464,7 @@ async fn run_step(ctx: &PrepareContext<'_>, argv: &[String]) -> Result<(), Strin
     );
     env.insert("npm_config_update_notifier".into(), "false".into());
     let _ = std::fs::create_dir_all(ctx.cache_dir.join("home"));
-    let (mut child, pump) = process::spawn(argv, ctx.dir, &env, ctx.log.clone())
+    let (mut child, pump) = process::spawn(argv, cwd, &env, ctx.log.clone())
         .map_err(|err| format!("Could not start {}: {err}", argv[0]))?;
     if let Some(pid) = child.id() {
         (ctx.on_spawn)(pid as i32);

@@ -90,6 +90,7 @@ pub(crate) async fn build_task(runner: Runner, id: String) {
                 log: log.clone(),
                 extra_env,
                 on_spawn: &on_spawn,
+                use_cache: build.use_cache,
             })
             .await
         }
