@@ -20,13 +20,14 @@ fuzz_target!(|data: &[u8]| {
         q.format = ItemFormat::parse(format).unwrap();
         let mut records = Vec::new();
         transform(item, &q, &mut records);
-        let mut columns = Columns::default();
-        let mut scratch = Vec::new();
+        let order = if q.output_fields.is_empty() { q.fields.clone() } else { q.output_fields.clone() };
+        let mut columns = Columns::new(order);
         for record in &records {
-            if !columns.add_record(record, &mut scratch) {
+            if !columns.add_record(record) {
                 return;
             }
         }
+        columns.finish();
         let mut encoder = TextEncoder::new(&q, columns);
         let mut out = Vec::new();
         encoder.start(&q, "title", "http://x", &mut out);

@@ -19,6 +19,11 @@ pub fn format_ts(ms: i64) -> String {
 /// Parses the timestamp forms the clients send: RFC 3339 (`…T…Z`, any offset) and Python's
 /// `str(datetime)` form `2026-08-21 10:23:31.607000+00:00`; a naive value is taken as UTC.
 pub fn parse_ts(s: &str) -> Option<i64> {
+    // Years 1-9999 only: what ISO-8601 without extensions can express (and format back).
+    parse_any(s).filter(|ms| (-62_135_596_800_000..=253_402_300_799_999).contains(ms))
+}
+
+fn parse_any(s: &str) -> Option<i64> {
     let s = s.trim();
     if let Ok(dt) = DateTime::parse_from_rfc3339(s) {
         return Some(dt.timestamp_millis());
@@ -60,5 +65,7 @@ mod tests {
         assert_eq!(js, py);
         assert_eq!(parse_ts("2026-08-21"), parse_ts("2026-08-21T00:00:00Z"));
         assert!(parse_ts("yesterday").is_none());
+        assert!(parse_ts("-811-1-1").is_none(), "negative years are refused");
+        assert!(parse_ts("+10000-01-01T00:00:00Z").is_none());
     }
 }
