@@ -20,6 +20,9 @@ cargo build --release --workspace --locked
 step "Rust unit and integration tests"
 cargo test --release --workspace --locked
 
+step "fuzz targets (bounded run)"
+bash scripts/fuzz.sh
+
 step "compatibility test dependencies"
 bash scripts/setup-compat.sh
 

@@ -110,7 +110,7 @@ async fn other_users_storages_are_off_limits() {
     let bob = token_from(&out);
     let api = server.api();
 
-    for collection in ["datasets"] {
+    for collection in ["datasets", "request-queues"] {
         let created: Value = http
             .post(format!("{api}/{collection}?name=private"))
             .bearer_auth(&bob)
@@ -290,4 +290,82 @@ async fn other_users_storages_are_off_limits() {
         .await
         .unwrap();
     assert_eq!(count["data"]["itemCount"], 0);
+}
+
+#[tokio::test]
+async fn other_users_actors_are_off_limits() {
+    let server = TestServer::start();
+    let http = client();
+    let (_, out) = troupe(&["users", "add", "bob"], &server.data_dir);
+    let bob = token_from(&out);
+    let api = server.api();
+    let created = http
+        .post(format!("{api}/acts"))
+        .bearer_auth(&bob)
+        .json(&serde_json::json!({"name": "bobs-actor"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let created: Value = created.json().await.unwrap();
+    let id = created["data"]["id"].as_str().unwrap().to_string();
+    for prefix in ["acts", "actors"] {
+        for path in [
+            format!("/{prefix}/{id}"),
+            format!("/{prefix}/bob~bobs-actor"),
+            format!("/{prefix}/{id}/builds"),
+            format!("/{prefix}/{id}/runs"),
+        ] {
+            let response = http.get(server.url(&path)).send().await.unwrap();
+            assert_error(response, 403, "insufficient-permissions").await;
+        }
+        assert_error(
+            http.put(server.url(&format!("/{prefix}/{id}")))
+                .json(&serde_json::json!({"title": "mine"}))
+                .send()
+                .await
+                .unwrap(),
+            403,
+            "insufficient-permissions",
+        )
+        .await;
+        assert_error(
+            http.post(server.url(&format!("/{prefix}/{id}/runs")))
+                .json(&serde_json::json!({}))
+                .send()
+                .await
+                .unwrap(),
+            403,
+            "insufficient-permissions",
+        )
+        .await;
+        assert_error(
+            http.delete(server.url(&format!("/{prefix}/{id}")))
+                .send()
+                .await
+                .unwrap(),
+            403,
+            "insufficient-permissions",
+        )
+        .await;
+        let listed: Value = http
+            .get(server.url(&format!("/{prefix}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(listed["data"]["total"], 0);
+    }
+    let still: Value = http
+        .get(format!("{api}/acts/{id}"))
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(still["data"]["name"], "bobs-actor");
 }
