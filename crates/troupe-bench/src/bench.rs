@@ -225,6 +225,8 @@ pub struct Workload {
     pub kind: Kind,
     /// Correctness check after all rounds (counts, no duplicates, ...).
     pub verify: Option<VerifyFn>,
+    /// A yardstick (always runs, whatever `--only` says).
+    pub yardstick_row: bool,
 }
 
 impl Workload {
@@ -254,6 +256,7 @@ impl Workload {
                 max_requests: u64::MAX,
             },
             verify: None,
+            yardstick_row: false,
         }
     }
 
@@ -267,7 +270,13 @@ impl Workload {
             once: false,
             kind: Kind::Custom(f),
             verify: None,
+            yardstick_row: false,
         }
+    }
+
+    pub fn yardstick(mut self) -> Self {
+        self.yardstick_row = true;
+        self
     }
 
     pub fn vs(mut self, yardstick: &str) -> Self {

@@ -3,10 +3,13 @@
 //! JSON, and checks the gates of bench/targets.toml. See README.md "Benchmarks".
 
 mod bench;
+mod client;
 mod data;
+mod kv;
 mod load;
 mod raw;
 mod report;
+mod rq;
 mod sys;
 mod workloads;
 mod yardstick_server;
@@ -218,6 +221,15 @@ fn selected(cli: &Cli, id: &str) -> bool {
     cli.only.is_empty() || cli.only.iter().any(|o| id.contains(o.as_str()))
 }
 
+/// Whether any workload with this id prefix may be selected (to skip its setup).
+fn any_selected(cli: &Cli, prefix: &str) -> bool {
+    cli.only.is_empty()
+        || cli
+            .only
+            .iter()
+            .any(|o| o.starts_with(prefix) || prefix.starts_with(o.as_str()))
+}
+
 async fn wait_ready(ctx: &Ctx) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -263,11 +275,20 @@ async fn bench_main(
     );
 
     let mut list: Vec<Workload> = workloads::yardsticks();
-    list.extend(
-        workloads::datasets(ctx)
-            .into_iter()
-            .filter(|w| selected(cli, &w.id)),
+    list.extend(workloads::datasets(ctx));
+    // Features are probed: a troupe without them reports their gates as "n/a".
+    let t = Instant::now();
+    if any_selected(cli, "kv_") && kv::setup(ctx).await? {
+        list.extend(kv::workloads(ctx));
+    }
+    if any_selected(cli, "rq_") && rq::setup(ctx).await? {
+        list.extend(rq::workloads(ctx));
+    }
+    eprintln!(
+        "set up stores and queues in {:.1} s",
+        t.elapsed().as_secs_f64()
     );
+    list.retain(|w| w.yardstick_row || selected(cli, &w.id));
 
     let mut rounds: Vec<Round> = Vec::new();
     let mut loads = Vec::new();

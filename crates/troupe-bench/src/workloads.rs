@@ -105,6 +105,9 @@ pub fn yardsticks() -> Vec<Workload> {
             }),
         ),
     ]
+    .into_iter()
+    .map(Workload::yardstick)
+    .collect()
 }
 
 /// Counts successful pushes of `per_op` items, to compare with the dataset's count at the end.
