@@ -42,6 +42,9 @@ pub struct Ctx {
     pub yard: SocketAddr,
     pub yard_pid: u32,
     pub token: String,
+    /// troupe's data dir (runs are seeded into it directly) and the bench's scratch dir.
+    pub data_dir: PathBuf,
+    pub work_dir: PathBuf,
     pub placement: Placement,
     pub raw: Arc<Mutex<RawEngine>>,
     pub items: Arc<Vec<String>>,

@@ -10,6 +10,7 @@ mod load;
 mod raw;
 mod report;
 mod rq;
+mod runs;
 mod sys;
 mod workloads;
 mod yardstick_server;
@@ -65,8 +66,9 @@ struct Cli {
     /// Only run workloads whose id contains one of these (comma-separated); yardsticks always run.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
-    /// Binary for the spawn yardstick.
-    #[arg(long, default_value = "/bin/true")]
+    /// Binary for the spawn yardstick (run with no arguments and stdin from /dev/null; the
+    /// default is the tiny Actor's interpreter, so run start compares with the same binary).
+    #[arg(long, default_value = "/bin/sh")]
     spawn_bin: PathBuf,
     /// Do not pin servers and load to separate CPUs.
     #[arg(long)]
@@ -199,6 +201,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         yard: yard.addr,
         yard_pid: yard.pid(),
         token,
+        data_dir: data_dir.clone(),
+        work_dir: work.path().to_path_buf(),
         placement,
         raw: Arc::new(Mutex::new(raw)),
         items: Arc::new(items),
@@ -284,8 +288,11 @@ async fn bench_main(
     if any_selected(cli, "rq_") && rq::setup(ctx).await? {
         list.extend(rq::workloads(ctx));
     }
+    if (any_selected(cli, "run") || any_selected(cli, "log_")) && runs::setup(ctx).await? {
+        list.extend(runs::workloads(ctx));
+    }
     eprintln!(
-        "set up stores and queues in {:.1} s",
+        "set up stores, queues and Actors in {:.1} s",
         t.elapsed().as_secs_f64()
     );
     list.retain(|w| w.yardstick_row || selected(cli, &w.id));

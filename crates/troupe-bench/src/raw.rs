@@ -189,3 +189,26 @@ pub fn spawn_exit(bin: &Path, duration: Duration, max_ops: u64) -> anyhow::Resul
     r.elapsed = start.elapsed();
     Ok(r)
 }
+
+/// Buffered sequential write of `bytes` in 1 MiB blocks plus one final fsync (MB/s = 1e6 B/s).
+pub fn disk_write(dir: &Path, bytes: u64) -> anyhow::Result<RawResult> {
+    use std::io::Write;
+    let path = dir.join("disk-write.tmp");
+    let block = vec![b'l'; 1 << 20];
+    let mut r = RawResult::new();
+    let start = Instant::now();
+    let mut file = std::fs::File::create(&path)?;
+    let mut written = 0u64;
+    while written < bytes {
+        file.write_all(&block)?;
+        written += block.len() as u64;
+    }
+    file.sync_all()?;
+    r.elapsed = start.elapsed();
+    drop(file);
+    std::fs::remove_file(&path)?;
+    let _ = r.hist.record(r.elapsed.as_micros() as u64 + 1);
+    r.ops = 1;
+    r.units = written;
+    Ok(r)
+}

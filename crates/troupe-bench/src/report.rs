@@ -72,6 +72,24 @@ pub fn summarize(row: &RowInfo<'_>, rounds: &[Round]) -> Option<Summary> {
             }
         }
     }
+    // Workloads run once (after the rounds) compare with the yardstick's median over rounds.
+    let mut once_ratio = None;
+    if ratios.is_empty() {
+        if let Some(y) = row.yardstick {
+            yard_rates = rounds
+                .iter()
+                .filter_map(|r| r.get(y))
+                .map(|s| s.rate)
+                .collect();
+            let mut w: Vec<f64> = samples.iter().map(|s| s.rate).collect();
+            if let (Some(w), Some(y)) = (median(&mut w), median(&mut yard_rates.clone())) {
+                if y > 0.0 {
+                    once_ratio = Some(w / y);
+                }
+            }
+        }
+    }
+    ratios.extend(once_ratio);
     let mut extra = BTreeMap::new();
     let keys: std::collections::BTreeSet<&String> =
         samples.iter().flat_map(|s| s.extra.keys()).collect();

@@ -93,7 +93,7 @@ pub fn yardsticks() -> Vec<Workload> {
         ),
         Workload::custom(
             "spawn",
-            "spawn+exit of a tiny binary",
+            "spawn+exit of a tiny binary (--spawn-bin, default /bin/sh)",
             "spawns/s",
             Arc::new(|ctx| {
                 Box::pin(async move {
@@ -101,6 +101,25 @@ pub fn yardsticks() -> Vec<Workload> {
                     let d = ctx.settings.point;
                     let r = on_server_cpu(&ctx, move || raw::spawn_exit(&bin, d, 2000)).await?;
                     Ok(Sample::from_raw(&r))
+                })
+            }),
+        ),
+        Workload::custom(
+            "disk_write",
+            "buffered write of 32 MiB + one fsync",
+            "MB/s",
+            Arc::new(|ctx| {
+                Box::pin(async move {
+                    let dir = ctx.work_dir.clone();
+                    let bytes = if ctx.settings.quick {
+                        8 << 20
+                    } else {
+                        32 << 20
+                    };
+                    let r = on_server_cpu(&ctx, move || raw::disk_write(&dir, bytes)).await?;
+                    let mut s = Sample::from_raw(&r);
+                    s.rate /= 1e6;
+                    Ok(s)
                 })
             }),
         ),

@@ -113,6 +113,19 @@ fn write_run(tx: &Transaction<'_>, run: &Run, insert: bool) -> Result<()> {
     Ok(())
 }
 
+impl SqliteStorage {
+    /// Inserts many runs in one write transaction (bulk seeding: troupe-bench's `runs/last`
+    /// workloads with a million runs).
+    pub fn insert_runs_blocking(&self, runs: &[Run]) -> Result<()> {
+        self.write_blocking(|tx| {
+            for run in runs {
+                write_run(tx, run, true)?;
+            }
+            Ok(())
+        })
+    }
+}
+
 #[async_trait]
 impl ActorStore for SqliteStorage {
     async fn create_actor(&self, actor: Actor) -> Result<Actor> {
