@@ -130,3 +130,213 @@ async fn acknowledged_writes_survive_kill_9() {
         }
     }
 }
+
+/// Puts records `w{writer}-{n}` with a body naming them until the server dies.
+async fn record_writer(
+    server_api: String,
+    token: String,
+    writer_id: u64,
+    start: u64,
+    acked: Arc<Acked>,
+) -> u64 {
+    let http = client();
+    let mut n = start;
+    loop {
+        let body = format!(
+            "{{\"writer\":{writer_id},\"n\":{n},\"pad\":\"{}\"}}",
+            "x".repeat((n % 7) as usize * 300)
+        );
+        let url =
+            format!("{server_api}/key-value-stores/~crash/records/w{writer_id}-{n}?token={token}");
+        match http
+            .put(&url)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+        {
+            Ok(response) if response.status().is_success() => {
+                acked.items.lock().unwrap().push((writer_id, n));
+                n += 1;
+            }
+            _ => return n + 1,
+        }
+    }
+}
+
+#[tokio::test]
+async fn acknowledged_records_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = TestServer::start_in(dir.path(), &[]);
+    let http = client();
+    assert_eq!(
+        http.post(server.url("/key-value-stores?name=crash"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
+    let acked = Arc::new(Acked::default());
+    let mut next: HashMap<u64, u64> = (0..4).map(|w| (w, 0)).collect();
+    for round in 0..4u64 {
+        let tasks: Vec<_> = (0..4u64)
+            .map(|w| {
+                tokio::spawn(record_writer(
+                    server.api(),
+                    server.token.clone(),
+                    w,
+                    next[&w],
+                    acked.clone(),
+                ))
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(150 + round * 60)).await;
+        server.kill9();
+        for (w, task) in tasks.into_iter().enumerate() {
+            next.insert(w as u64, task.await.unwrap() + 100);
+        }
+        server = TestServer::start_in(dir.path(), &[]);
+        let acked_now = acked.items.lock().unwrap().clone();
+        assert!(!acked_now.is_empty());
+        for (writer_id, n) in acked_now {
+            let url = server.url(&format!(
+                "/key-value-stores/~crash/records/w{writer_id}-{n}"
+            ));
+            let response = http.get(&url).send().await.unwrap();
+            assert_eq!(
+                response.status(),
+                200,
+                "round {round}: acknowledged record w{writer_id}-{n} lost"
+            );
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(
+                (body["writer"].as_u64(), body["n"].as_u64()),
+                (Some(writer_id), Some(n)),
+                "record content intact"
+            );
+        }
+    }
+}
+
+/// Locks and handles requests until the server dies; records what it saw acknowledged as handled.
+async fn consumer(api: String, token: String, client_key: String, handled: Arc<Acked>) {
+    let http = client();
+    loop {
+        let url = format!("{api}/request-queues/~crash/head/lock?lockSecs=60&limit=5&clientKey={client_key}&token={token}");
+        let Ok(response) = http.post(&url).send().await else {
+            return;
+        };
+        if response.status() != 201 {
+            return;
+        }
+        let Ok(body) = response.json::<Value>().await else {
+            return;
+        };
+        let items = body["data"]["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if items.is_empty() {
+            return;
+        }
+        for item in items {
+            let id = item["id"].as_str().unwrap().to_string();
+            let mut request = item.clone();
+            request["handledAt"] = json!(troupe_model::format_ts(troupe_model::now_ms()));
+            let url = format!(
+                "{api}/request-queues/~crash/requests/{id}?clientKey={client_key}&token={token}"
+            );
+            match http.put(&url).json(&request).send().await {
+                Ok(response) if response.status().is_success() => {
+                    let n: u64 = item["uniqueKey"]
+                        .as_str()
+                        .unwrap()
+                        .trim_start_matches("u")
+                        .parse()
+                        .unwrap();
+                    handled.items.lock().unwrap().push((0, n));
+                }
+                _ => return,
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn queue_draining_survives_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = TestServer::start_in(dir.path(), &[]);
+    let http = client();
+    assert_eq!(
+        http.post(server.url("/request-queues?name=crash"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
+    const TOTAL: u64 = 2000;
+    for chunk in (0..TOTAL).collect::<Vec<_>>().chunks(25) {
+        let batch: Vec<Value> = chunk.iter().map(|n| json!({"url": format!("http://example.test/{n}"), "uniqueKey": format!("u{n}")})).collect();
+        let response = http
+            .post(server.url("/request-queues/~crash/requests/batch"))
+            .json(&batch)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+    }
+    let handled = Arc::new(Acked::default());
+    for round in 0..3u64 {
+        let tasks: Vec<_> = (0..4)
+            .map(|c| {
+                tokio::spawn(consumer(
+                    server.api(),
+                    server.token.clone(),
+                    format!("c{round}x{c}"),
+                    handled.clone(),
+                ))
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(200 + round * 100)).await;
+        server.kill9();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        server = TestServer::start_in(dir.path(), &[]);
+        let info: Value = http
+            .get(server.url("/request-queues/~crash"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let total = info["data"]["totalRequestCount"].as_u64().unwrap();
+        let handled_count = info["data"]["handledRequestCount"].as_u64().unwrap();
+        let pending = info["data"]["pendingRequestCount"].as_u64().unwrap();
+        assert_eq!(total, TOTAL, "no request lost or duplicated");
+        assert_eq!(handled_count + pending, total, "counts consistent");
+        let acked_now = handled.items.lock().unwrap().clone();
+        assert!(
+            handled_count >= acked_now.len() as u64,
+            "every acknowledged handle counted"
+        );
+        for (_, n) in acked_now.iter().take(200) {
+            let id = troupe_model::queue::request_id(&format!("u{n}"));
+            let request: Value = http
+                .get(server.url(&format!("/request-queues/~crash/requests/{id}")))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert!(
+                request["data"]["handledAt"].is_string(),
+                "acknowledged handled request u{n} is handled after restart"
+            );
+        }
+    }
+}
