@@ -8,6 +8,7 @@ pub mod list;
 pub mod queue;
 pub mod signature;
 pub mod storage;
+pub mod task;
 pub mod time;
 pub mod user;
 

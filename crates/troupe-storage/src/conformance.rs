@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod datasets;
 pub mod kv;
 pub mod queues;
+pub mod tasks;
 pub mod users;
 
 use troupe_model::user::User;

@@ -11,6 +11,7 @@ pub mod kv;
 pub mod queues;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
+pub mod tasks;
 pub mod users;
 
 pub use actors::{ActorStore, BuildStore, Mutator, RunFilter, RunStore};
@@ -22,6 +23,7 @@ pub use queues::{
     DeleteTarget, Head, HeadItem, LockOutcome, QueueStore, RequestFilter, RequestOutcome,
     RequestsPage,
 };
+pub use tasks::TaskStore;
 pub use users::UserStore;
 
 /// Everything troupe persists.
@@ -34,6 +36,7 @@ pub trait Storage:
     + ActorStore
     + BuildStore
     + RunStore
+    + TaskStore
     + Send
     + Sync
     + 'static
@@ -49,6 +52,7 @@ impl<T> Storage for T where
         + ActorStore
         + BuildStore
         + RunStore
+        + TaskStore
         + Send
         + Sync
         + 'static

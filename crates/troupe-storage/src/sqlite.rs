@@ -9,6 +9,7 @@ mod catalog;
 mod datasets;
 mod kv;
 mod queues;
+mod tasks;
 mod users;
 
 use std::path::{Path, PathBuf};
@@ -38,6 +39,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("sqlite/migrations/0004_actors.sql"),
     ),
     ("0005_kv", include_str!("sqlite/migrations/0005_kv.sql")),
+    (
+        "0006_tasks",
+        include_str!("sqlite/migrations/0006_tasks.sql"),
+    ),
 ];
 
 /// How hard commits are pushed to disk.
@@ -289,6 +294,12 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn conformance_tasks() {
+        let (_dir, storage) = open_temp();
+        crate::conformance::tasks::run(&storage).await;
+    }
+
+    #[tokio::test]
     async fn conformance_kv() {
         let (_dir, storage) = open_temp();
         crate::conformance::kv::run(&storage).await;
@@ -374,6 +385,43 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
         assert!(files().is_empty());
+    }
+
+    /// "Last run" of an Actor or a task, with every filter combination, is one index seek:
+    /// no table scan and no sort.
+    #[test]
+    fn last_run_queries_are_index_seeks() {
+        let (_dir, storage) = open_temp();
+        for owner_col in ["act_id", "actor_task_id"] {
+            for (status, origin) in [(false, false), (true, false), (false, true), (true, true)] {
+                let sql = tasks::last_run_sql(owner_col, status, origin);
+                let plan: Vec<String> = storage
+                    .read_blocking(move |c| {
+                        let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+                        let n = stmt.parameter_count();
+                        let args: Vec<String> = (0..n).map(|i| format!("x{i}")).collect();
+                        let rows = stmt
+                            .query_map(rusqlite::params_from_iter(args.iter()), |r| {
+                                r.get::<_, String>(3)
+                            })?;
+                        Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
+                    })
+                    .unwrap();
+                let plan = plan.join(" | ");
+                assert!(
+                    plan.starts_with("SEARCH runs USING INDEX")
+                        && !plan.contains("TEMP B-TREE")
+                        && !plan.contains("SCAN"),
+                    "{owner_col} status={status} origin={origin}: {plan}"
+                );
+                let equalities = 2 + status as usize + origin as usize;
+                assert_eq!(
+                    plan.matches('=').count(),
+                    equalities,
+                    "every filter is part of the index key: {plan}"
+                );
+            }
+        }
     }
 
     #[test]

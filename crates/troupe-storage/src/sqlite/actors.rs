@@ -11,15 +11,19 @@ use super::{optional, SqliteStorage};
 use crate::actors::{Mutator, RunFilter};
 use crate::{ActorStore, BuildStore, Error, Result, RunStore};
 
-fn to_json<T: Serialize>(value: &T) -> Result<String> {
+pub(super) fn to_json<T: Serialize>(value: &T) -> Result<String> {
     serde_json::to_string(value).map_err(|err| Error::Internal(err.into()))
 }
 
-fn from_json<T: DeserializeOwned>(text: &str) -> Result<T> {
+pub(super) fn from_json<T: DeserializeOwned>(text: &str) -> Result<T> {
     serde_json::from_str(text).map_err(|err| Error::Internal(err.into()))
 }
 
-fn load<T: DeserializeOwned>(conn: &Connection, table: &str, id: &str) -> Result<Option<T>> {
+pub(super) fn load<T: DeserializeOwned>(
+    conn: &Connection,
+    table: &str,
+    id: &str,
+) -> Result<Option<T>> {
     let sql = format!("SELECT data FROM {table} WHERE id = ?1");
     let mut stmt = conn.prepare_cached(&sql)?;
     let text: Option<String> = optional(stmt.query_row([id], |row| row.get(0)))?;
@@ -27,7 +31,7 @@ fn load<T: DeserializeOwned>(conn: &Connection, table: &str, id: &str) -> Result
 }
 
 /// Runs a paged query: `where_sql` with `args`, ordered by `order_col`.
-fn page<T: DeserializeOwned>(
+pub(super) fn page<T: DeserializeOwned>(
     conn: &Connection,
     table: &str,
     where_sql: &str,
@@ -101,8 +105,8 @@ fn write_run(tx: &Transaction<'_>, run: &Run, insert: bool) -> Result<()> {
     let data = to_json(run)?;
     if insert {
         tx.execute(
-            "INSERT INTO runs (id, act_id, user_id, status, origin, started_at, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![run.id, run.act_id, run.user_id, run.status.as_str(), run.origin, run.started_at, data],
+            "INSERT INTO runs (id, act_id, user_id, status, origin, started_at, data, actor_task_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![run.id, run.act_id, run.user_id, run.status.as_str(), run.origin, run.started_at, data, run.actor_task_id],
         )?;
     } else {
         tx.execute(
