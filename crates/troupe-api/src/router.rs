@@ -13,12 +13,13 @@ use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
 use crate::routes::{
-    actors, builds, datasets, key_value_stores, logs, request_queues, runs, users,
+    actors, builds, datasets, key_value_stores, logs, request_queues, runs, tasks, users,
 };
 use crate::state::AppState;
 
-/// Prefixes under which a run's default storages are reachable, besides their own collection.
-/// `{p}/dataset`, `{p}/key-value-store`, `{p}/request-queue`.
+/// Prefixes that name one run: the run itself (`{p}`, `{p}/abort`, `{p}/log`...) is mounted
+/// under each, and so are its default storages (`{p}/dataset`, `{p}/key-value-store`,
+/// `{p}/request-queue`), besides their own collections. `runs::resolve_run` turns each into a run.
 const RUN_PREFIXES: &[&str] = &[
     "/v2/actor-runs/{runId}",
     "/v2/acts/{actorId}/runs/last",
@@ -37,7 +38,7 @@ pub fn app(state: AppState) -> Router {
         .merge(builds::collection_routes())
         .nest("/v2/actor-builds/{buildId}", builds::build_routes())
         .merge(runs::collection_routes())
-        .nest("/v2/actor-runs/{runId}", runs::run_routes())
+        .merge(tasks::routes())
         .merge(logs::routes())
         .merge(datasets::collection_routes())
         .merge(key_value_stores::collection_routes())
@@ -53,6 +54,7 @@ pub fn app(state: AppState) -> Router {
         );
     for prefix in RUN_PREFIXES {
         router = router
+            .nest(prefix, runs::run_routes())
             .nest(&format!("{prefix}/dataset"), datasets::dataset_routes())
             .nest(
                 &format!("{prefix}/key-value-store"),

@@ -10,6 +10,7 @@ pub mod request_queues;
 pub mod run_input;
 pub mod runs;
 pub mod storages;
+pub mod tasks;
 pub mod users;
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode};

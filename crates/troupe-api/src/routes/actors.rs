@@ -1042,7 +1042,7 @@ async fn list_actor_runs(
     list_runs(&state, &user, Some(actor.id), &params).await
 }
 
-fn user_agent(headers: &HeaderMap) -> Option<String> {
+pub fn user_agent(headers: &HeaderMap) -> Option<String> {
     headers
         .get(axum::http::header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
@@ -1101,6 +1101,15 @@ async fn run_and_wait(
     body: Body,
 ) -> ApiResult<troupe_model::actor::Run> {
     let run = start_from_request(state, actor, caller, params, headers, body).await?;
+    wait_sync(state, run).await
+}
+
+/// Waits for a run started by a sync endpoint (≤ 300 s): 408 when still going, 400
+/// `run-failed` when it did not succeed. Shared by Actors and tasks.
+pub async fn wait_sync(
+    state: &AppState,
+    run: troupe_model::actor::Run,
+) -> ApiResult<troupe_model::actor::Run> {
     let run = state
         .runner
         .wait_run(&run.id, SYNC_WAIT)
@@ -1125,8 +1134,17 @@ async fn run_sync(
     body: Body,
 ) -> ApiResult<Response> {
     let run = run_and_wait(&state, actor, &caller, &params, &headers, body).await?;
+    sync_output_response(&state, &run, &params).await
+}
+
+/// The answer of a finished `run-sync`: 201 with the output record. Shared by Actors and tasks.
+pub async fn sync_output_response(
+    state: &AppState,
+    run: &troupe_model::actor::Run,
+    params: &Params,
+) -> ApiResult<Response> {
     let key = params.str("outputRecordKey").unwrap_or("OUTPUT");
-    let record = super::run_input::get(&state, &run.default_key_value_store_id, key).await?;
+    let record = super::run_input::get(state, &run.default_key_value_store_id, key).await?;
     let mut response = match record {
         Some((bytes, content_type)) => ([("content-type", content_type)], bytes).into_response(),
         None => Body::empty().into_response(),
@@ -1147,6 +1165,16 @@ async fn run_sync_get_dataset_items(
 ) -> ApiResult<Response> {
     let query = ItemsQuery::from_params(&params)?;
     let run = run_and_wait(&state, actor, &caller, &params, &headers, body).await?;
+    sync_items_response(&state, &run, query).await
+}
+
+/// The answer of a finished `run-sync-get-dataset-items`: 201 with the items. Shared by Actors
+/// and tasks.
+pub async fn sync_items_response(
+    state: &AppState,
+    run: &troupe_model::actor::Run,
+    query: ItemsQuery,
+) -> ApiResult<Response> {
     let info = state
         .storage
         .get_storage(StorageKind::Dataset, &run.default_dataset_id)

@@ -84,11 +84,27 @@ pub async fn resolve_run(
         )?;
         return Ok(run);
     }
+    if let Some(task_ref) = path.get("actorTaskId") {
+        return super::tasks::last_task_run(state, caller, task_ref, params).await;
+    }
     let Some(actor_ref) = actor_ref else {
         return Err(not_found());
     };
     // "Last run" is always resolved for the token's owner.
     let user = caller.require()?;
+    let (status, origin) = last_run_filters(params)?;
+    let actor = find_actor(state, caller, actor_ref)
+        .await?
+        .ok_or_else(|| ApiError::not_found("Actor was not found"))?;
+    state
+        .storage
+        .last_run(&user.id, &actor.id, status, origin)
+        .await?
+        .ok_or_else(not_found)
+}
+
+/// The `status` (one value) and `origin` filters of a "last run" path.
+pub fn last_run_filters(params: &Params) -> ApiResult<(Option<JobStatus>, Option<&str>)> {
     let status = match params.str("status") {
         None => None,
         Some(s) => Some(JobStatus::parse(s).ok_or_else(|| {
@@ -106,14 +122,7 @@ pub async fn resolve_run(
             )));
         }
     }
-    let actor = find_actor(state, caller, actor_ref)
-        .await?
-        .ok_or_else(|| ApiError::not_found("Actor was not found"))?;
-    state
-        .storage
-        .last_run(&user.id, &actor.id, status, origin)
-        .await?
-        .ok_or_else(not_found)
+    Ok((status, origin))
 }
 
 /// The run a request path names, access checked.
@@ -567,7 +576,7 @@ pub async fn list_runs(
     Ok(data(StatusCode::OK, page))
 }
 
-fn run_short_json(run: &Run) -> Value {
+pub fn run_short_json(run: &Run) -> Value {
     json!({
         "id": run.id,
         "actId": run.act_id,
