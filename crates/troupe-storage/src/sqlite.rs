@@ -424,6 +424,94 @@ mod tests {
         }
     }
 
+    /// Manual scale check (`cargo test --release -p troupe-storage -- --ignored --nocapture
+    /// last_run_lookup_is_scale_free`): "last run" lookups through the trait on a store with 1,000
+    /// runs and on one with 1,000,000 (1,000 Actors, tasks on a tenth of the runs).
+    #[tokio::test]
+    #[ignore]
+    async fn last_run_lookup_is_scale_free() {
+        use crate::{RunStore, TaskStore};
+        use troupe_model::actor::JobStatus;
+        async fn filled(n: usize) -> (tempfile::TempDir, SqliteStorage) {
+            let (dir, storage) = open_temp();
+            let user = crate::conformance::test_user(&storage).await;
+            let statuses = ["SUCCEEDED", "FAILED", "RUNNING", "ABORTED"];
+            let template = crate::conformance::actors::run_object(
+                &user.id,
+                "a",
+                0,
+                JobStatus::Succeeded,
+                "API",
+            );
+            storage
+                .write(move |tx| {
+                    let mut stmt = tx.prepare(
+                        "INSERT INTO runs (id, act_id, user_id, status, origin, started_at, data, actor_task_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    )?;
+                    for i in 0..n {
+                        let mut run = template.clone();
+                        run.id = format!("run{i:014}");
+                        run.act_id = format!("act{}", i % 1000);
+                        run.started_at = i as i64;
+                        run.status = JobStatus::parse(statuses[i % 4]).unwrap();
+                        run.actor_task_id = (i % 10 == 0).then(|| format!("task{}", i % 100));
+                        stmt.execute(rusqlite::params![
+                            run.id,
+                            run.act_id,
+                            run.user_id,
+                            run.status.as_str(),
+                            if i % 3 == 0 { "WEB" } else { "API" },
+                            run.started_at,
+                            serde_json::to_string(&run).unwrap(),
+                            run.actor_task_id,
+                        ])?;
+                    }
+                    Ok(())
+                })
+                .await
+                .unwrap();
+            (dir, storage)
+        }
+        async fn rate(storage: &SqliteStorage, user: &str, lookups: usize) -> f64 {
+            let started = std::time::Instant::now();
+            for i in 0..lookups {
+                let act = format!("act{}", i % 1000);
+                let found = storage
+                    .last_run(user, &act, Some(JobStatus::Succeeded), None)
+                    .await
+                    .unwrap();
+                assert!(found.is_some());
+                let task = format!("task{}", (i % 10) * 10);
+                // Some of these match nothing: a miss is a seek too.
+                storage
+                    .last_task_run(user, &task, Some(JobStatus::Succeeded), Some("API"))
+                    .await
+                    .unwrap();
+            }
+            (2 * lookups) as f64 / started.elapsed().as_secs_f64()
+        }
+        let (_small_dir, small) = filled(1_000).await;
+        let t = std::time::Instant::now();
+        let (_big_dir, big) = filled(1_000_000).await;
+        println!("filled 1M runs in {:?}", t.elapsed());
+        let user = crate::conformance::test_user(&small).await.id;
+        let big_user = crate::conformance::test_user(&big).await.id;
+        let (mut s, mut b) = (Vec::new(), Vec::new());
+        for _ in 0..5 {
+            s.push(rate(&small, &user, 10_000).await);
+            b.push(rate(&big, &big_user, 10_000).await);
+        }
+        s.sort_by(f64::total_cmp);
+        b.sort_by(f64::total_cmp);
+        println!(
+            "lookups/s (median of 5): 1k runs {:.0} {s:?}, 1M runs {:.0} {b:?}, ratio {:.2}",
+            s[2],
+            b[2],
+            b[2] / s[2]
+        );
+        assert!(b[2] / s[2] >= 0.9);
+    }
+
     #[test]
     fn reopening_keeps_data_and_skips_applied_migrations() {
         let dir = tempfile::tempdir().unwrap();

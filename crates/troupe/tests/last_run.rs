@@ -1149,3 +1149,108 @@ async fn tasks_crud_input_and_runs() {
         id.as_str()
     );
 }
+
+fn troupe_cli(args: &[&str], data_dir: &std::path::Path) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_troupe"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run troupe");
+    assert!(output.status.success());
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn other_users_reach_neither_tasks_nor_last_runs() {
+    let server = TestServer::start();
+    let out = troupe_cli(&["users", "add", "bob"], &server.data_dir);
+    let bob = out
+        .lines()
+        .find_map(|l| l.strip_prefix("token: "))
+        .expect("token line")
+        .trim()
+        .to_string();
+    let as_bob = |method: Method, path: String, body: Option<Value>| {
+        let mut request = client()
+            .request(method, format!("{}{path}", server.api()))
+            .bearer_auth(&bob);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        request.send()
+    };
+    let actor = built_actor(&server, "private-one").await;
+    let task = data_of(
+        send(
+            &server,
+            Method::POST,
+            "/actor-tasks",
+            Some(json!({"actId": actor, "name": "private-task", "input": {"mode": "ok"}})),
+        )
+        .await,
+        201,
+    )
+    .await;
+    let task_id = task["id"].as_str().unwrap().to_string();
+    let run = data_of(
+        send(
+            &server,
+            Method::POST,
+            &format!("/actor-tasks/{task_id}/runs?waitForFinish=60"),
+            None,
+        )
+        .await,
+        201,
+    )
+    .await;
+    wait_finished(&server, run["id"].as_str().unwrap()).await;
+
+    for (method, path, body) in [
+        (Method::GET, format!("/actor-tasks/{task_id}"), None),
+        (
+            Method::PUT,
+            format!("/actor-tasks/{task_id}"),
+            Some(json!({"name": "taken-over"})),
+        ),
+        (Method::DELETE, format!("/actor-tasks/{task_id}"), None),
+        (Method::GET, format!("/actor-tasks/{task_id}/input"), None),
+        (
+            Method::PUT,
+            format!("/actor-tasks/{task_id}/input"),
+            Some(json!({"mode": "x"})),
+        ),
+        (Method::POST, format!("/actor-tasks/{task_id}/runs"), None),
+        (Method::GET, format!("/actor-tasks/{task_id}/runs"), None),
+        (
+            Method::POST,
+            "/actor-tasks".to_string(),
+            Some(json!({"actId": actor, "name": "mine"})),
+        ),
+    ] {
+        let r = as_bob(method.clone(), path.clone(), body).await.unwrap();
+        assert_error(r, 403, "insufficient-permissions").await;
+    }
+    // "Last" is always among the caller's own runs: Bob has none.
+    for path in [
+        format!("/acts/{actor}/runs/last"),
+        format!("/acts/{actor}/runs/last/dataset/items"),
+        format!("/actor-tasks/{task_id}/runs/last/log"),
+    ] {
+        let r = as_bob(Method::GET, path, None).await.unwrap();
+        assert_error(r, 404, "record-not-found").await;
+    }
+    let list: Value = as_bob(Method::GET, "/actor-tasks".into(), None)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["data"]["total"], 0);
+    // Nothing changed.
+    let same = get_data(&server, &format!("/actor-tasks/{task_id}")).await;
+    assert_eq!(same["name"], "private-task");
+    assert_eq!(same["input"], json!({"mode": "ok"}));
+    assert_eq!(same["stats"]["totalRuns"], 1);
+}
