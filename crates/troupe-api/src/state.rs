@@ -70,12 +70,13 @@ impl AppState {
 
     /// The user owning `token`, with a short-lived in-memory cache in front of storage.
     pub async fn user_for_token(&self, token: &str) -> Result<Option<User>, ApiError> {
-        if let Some(user) = self.tokens.get(token) {
+        let generation = self.storage.token_generation();
+        if let Some(user) = self.tokens.get(token, generation) {
             return Ok(Some(user));
         }
         let user = self.storage.user_by_token(token).await?;
         if let Some(user) = &user {
-            self.tokens.put(token, user.clone());
+            self.tokens.put(token, user.clone(), generation);
         }
         Ok(user)
     }
@@ -96,21 +97,22 @@ const TOKEN_TTL: Duration = Duration::from_secs(5);
 
 #[derive(Default)]
 struct TokenCache {
-    entries: Mutex<HashMap<String, (User, Instant)>>,
+    entries: Mutex<HashMap<String, (User, Instant, u64)>>,
 }
 
 impl TokenCache {
-    fn get(&self, token: &str) -> Option<User> {
+    /// A cached user, if cached less than `TOKEN_TTL` ago and no revocation happened since.
+    fn get(&self, token: &str, generation: u64) -> Option<User> {
         let entries = self.entries.lock();
-        let (user, at) = entries.get(token)?;
-        (at.elapsed() < TOKEN_TTL).then(|| user.clone())
+        let (user, at, seen) = entries.get(token)?;
+        (*seen == generation && at.elapsed() < TOKEN_TTL).then(|| user.clone())
     }
 
-    fn put(&self, token: &str, user: User) {
+    fn put(&self, token: &str, user: User, generation: u64) {
         let mut entries = self.entries.lock();
         if entries.len() > 10_000 {
             entries.clear();
         }
-        entries.insert(token.to_string(), (user, Instant::now()));
+        entries.insert(token.to_string(), (user, Instant::now(), generation));
     }
 }

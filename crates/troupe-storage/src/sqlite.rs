@@ -75,6 +75,8 @@ struct Inner {
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
     kv: kv::KvState,
+    /// Bumped on every token revocation, so caches in front of token lookups can tell.
+    token_generation: std::sync::atomic::AtomicU64,
 }
 
 impl SqliteStorage {
@@ -95,10 +97,24 @@ impl SqliteStorage {
                 writer: Mutex::new(writer),
                 readers: Mutex::new(Vec::new()),
                 kv: kv::KvState::default(),
+                token_generation: std::sync::atomic::AtomicU64::new(0),
             }),
         };
         kv::init(&storage)?;
         Ok(storage)
+    }
+
+    /// Marks that a token was revoked (see [`crate::UserStore::token_generation`]).
+    pub(crate) fn bump_token_generation(&self) {
+        self.inner
+            .token_generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub(crate) fn current_token_generation(&self) -> u64 {
+        self.inner
+            .token_generation
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Folder for blobs too large to keep inline in the database.

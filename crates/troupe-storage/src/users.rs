@@ -33,4 +33,7 @@ pub trait UserStore {
     async fn revoke_token(&self, token_id: &str) -> Result<bool>;
     /// Revokes every token bound to a run (when the run ends). Returns how many.
     async fn revoke_run_tokens(&self, run_id: &str) -> Result<u64>;
+    /// A number that changes whenever this process revokes or removes a token or user: a cache of
+    /// token lookups is stale when it differs from the value seen at caching time.
+    fn token_generation(&self) -> u64;
 }

@@ -3,6 +3,7 @@
 mod common;
 
 use std::process::Command;
+use std::time::Duration;
 
 use common::{assert_error, client, TestServer};
 use serde_json::Value;
@@ -110,7 +111,7 @@ async fn other_users_storages_are_off_limits() {
     let bob = token_from(&out);
     let api = server.api();
 
-    for collection in ["datasets", "request-queues"] {
+    for collection in ["datasets", "key-value-stores", "request-queues"] {
         let created: Value = http
             .post(format!("{api}/{collection}?name=private"))
             .bearer_auth(&bob)
@@ -368,4 +369,104 @@ async fn other_users_actors_are_off_limits() {
         .await
         .unwrap();
     assert_eq!(still["data"]["name"], "bobs-actor");
+}
+
+#[tokio::test]
+async fn a_run_token_works_during_the_run_only() {
+    let server = TestServer::start();
+    let http = client();
+    let actor = serde_json::json!({
+        "name": "token-echo",
+        "versions": [{
+            "versionNumber": "0.1",
+            "sourceType": "SOURCE_FILES",
+            "sourceFiles": [
+                {"name": ".actor/actor.json", "format": "TEXT", "content": "{\"actorSpecification\":1,\"startCommand\":\"sh main.sh\"}"},
+                {"name": "main.sh", "format": "TEXT", "content": "echo \"token=$APIFY_TOKEN\"\nsleep 3\n"},
+            ],
+        }],
+    });
+    let created: Value = http
+        .post(server.url("/acts"))
+        .json(&actor)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["data"]["id"].as_str().unwrap().to_string();
+    let build: Value = http
+        .post(server.url(&format!("/acts/{id}/builds?version=0.1&waitForFinish=60")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(build["data"]["status"], "SUCCEEDED");
+    let run: Value = http
+        .post(server.url(&format!("/acts/{id}/runs")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let run_id = run["data"]["id"].as_str().unwrap().to_string();
+    let mut token = None;
+    for _ in 0..100 {
+        let log = http
+            .get(server.url(&format!("/logs/{run_id}")))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if let Some(line) = log.lines().find(|l| l.contains("token=")) {
+            token = Some(line.split("token=").nth(1).unwrap().trim().to_string());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let token = token.expect("run printed its token");
+    assert!(!token.is_empty());
+    assert_ne!(
+        token, server.token,
+        "a run never gets the owner's own token"
+    );
+    let me: Value = http
+        .get(format!("{}/users/me", server.api()))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        me["data"]["username"], "troupe",
+        "the run token acts for the owner"
+    );
+    let finished: Value = http
+        .get(server.url(&format!("/actor-runs/{run_id}?waitForFinish=30")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(finished["data"]["status"], "SUCCEEDED");
+    // Revoked the moment the run ended (no cache grace).
+    assert_error(
+        http.get(format!("{}/users/me", server.api()))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap(),
+        401,
+        "invalid-token",
+    )
+    .await;
 }

@@ -126,23 +126,26 @@ impl UserStore for SqliteStorage {
 
     async fn remove_user(&self, user_id: &str) -> Result<bool> {
         let user_id = user_id.to_string();
-        self.write(move |tx| {
-            let is_default: Option<i64> = optional(tx.query_row(
-                "SELECT is_default FROM users WHERE id = ?1",
-                [&user_id],
-                |r| r.get(0),
-            ))?;
-            match is_default {
-                None => Ok(false),
-                Some(1) => Err(Error::Invalid("The default user cannot be removed".into())),
-                Some(_) => {
-                    tx.execute("DELETE FROM tokens WHERE user_id = ?1", [&user_id])?;
-                    tx.execute("DELETE FROM users WHERE id = ?1", [&user_id])?;
-                    Ok(true)
+        let removed = self
+            .write(move |tx| {
+                let is_default: Option<i64> = optional(tx.query_row(
+                    "SELECT is_default FROM users WHERE id = ?1",
+                    [&user_id],
+                    |r| r.get(0),
+                ))?;
+                match is_default {
+                    None => Ok(false),
+                    Some(1) => Err(Error::Invalid("The default user cannot be removed".into())),
+                    Some(_) => {
+                        tx.execute("DELETE FROM tokens WHERE user_id = ?1", [&user_id])?;
+                        tx.execute("DELETE FROM users WHERE id = ?1", [&user_id])?;
+                        Ok(true)
+                    }
                 }
-            }
-        })
-        .await
+            })
+            .await;
+        self.bump_token_generation();
+        removed
     }
 
     async fn create_token(
@@ -200,5 +203,9 @@ impl UserStore for SqliteStorage {
             Ok(tx.execute("DELETE FROM tokens WHERE run_id = ?1", [run_id])? as u64)
         })
         .await
+    }
+
+    fn token_generation(&self) -> u64 {
+        self.current_token_generation()
     }
 }
