@@ -151,6 +151,25 @@ pub struct Sample {
 
 impl Sample {
     pub fn from_load(r: &LoadResult, units_per_op: f64) -> Self {
+        let mut extra = BTreeMap::new();
+        // The load generator's own CPU: near one CPU-second per second means the client, not
+        // the server, bounded this point.
+        if let Some(ns) = r.client_cpu_ns.filter(|_| r.ok > 0) {
+            extra.insert(
+                "client_cpu_us_per_op".into(),
+                ns as f64 / 1000.0 / r.ok as f64,
+            );
+            extra.insert(
+                "client_cpu_util".into(),
+                ns as f64 / 1e9 / r.elapsed.as_secs_f64().max(1e-9),
+            );
+        }
+        if let Some(ns) = r.server_cpu_ns {
+            extra.insert(
+                "server_cpu_util".into(),
+                ns as f64 / 1e9 / r.elapsed.as_secs_f64().max(1e-9),
+            );
+        }
         Self {
             rate: r.ok as f64 * units_per_op / r.elapsed.as_secs_f64().max(1e-9),
             ops: r.ok,
@@ -163,7 +182,7 @@ impl Sample {
             p99_us: r.hist.value_at_quantile(0.99) as f64,
             errors: r.errors,
             first_error: r.first_error.clone(),
-            extra: BTreeMap::new(),
+            extra,
         }
     }
 

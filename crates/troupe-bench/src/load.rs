@@ -120,6 +120,8 @@ pub struct LoadResult {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub server_cpu_ns: Option<u64>,
+    /// CPU time of this (load generator) process over the measured phase.
+    pub client_cpu_ns: Option<u64>,
 }
 
 pub fn new_hist() -> Histogram<u64> {
@@ -284,6 +286,7 @@ async fn phase(
         deadline: Instant::now() + duration,
     });
     let cpu_before = spec.server_pid.and_then(crate::sys::cpu_sample);
+    let self_before = crate::sys::cpu_sample(std::process::id());
     let start = Instant::now();
     let mut handles = Vec::new();
     for (index, sender) in senders.iter_mut().enumerate() {
@@ -299,6 +302,7 @@ async fn phase(
     }
     let elapsed = start.elapsed();
     let cpu_after = spec.server_pid.and_then(crate::sys::cpu_sample);
+    let self_after = crate::sys::cpu_sample(std::process::id());
     for (slot, result) in senders.iter_mut().zip(results.iter_mut()) {
         *slot = result.sender.take();
     }
@@ -311,6 +315,10 @@ async fn phase(
         bytes_in: 0,
         bytes_out: 0,
         server_cpu_ns: match (cpu_before, cpu_after) {
+            (Some(a), Some(b)) => Some(crate::sys::cpu_delta_ns(&a, &b)),
+            _ => None,
+        },
+        client_cpu_ns: match (self_before, self_after) {
             (Some(a), Some(b)) => Some(crate::sys::cpu_delta_ns(&a, &b)),
             _ => None,
         },

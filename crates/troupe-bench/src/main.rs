@@ -73,6 +73,10 @@ struct Cli {
     /// Do not pin servers and load to separate CPUs.
     #[arg(long)]
     no_pin: bool,
+    /// Scheduling niceness for the harness and both servers (e.g. -10 on a machine busy with
+    /// other work; needs root for negative values). Default: unchanged.
+    #[arg(long, allow_hyphen_values = true)]
+    nice: Option<i32>,
     /// Where temporary data dirs go (default: the system temp dir).
     #[arg(long)]
     work_dir: Option<PathBuf>,
@@ -152,6 +156,12 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         troupe_bin.display()
     );
 
+    if let Some(nice) = cli.nice {
+        // Per thread on Linux; set first, so every thread and child inherits it.
+        if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) } != 0 {
+            anyhow::bail!("setpriority({nice}): {}", std::io::Error::last_os_error());
+        }
+    }
     let placement = sys::Placement::detect(cli.no_pin);
     if let Some(cpu) = placement.load {
         sys::pin_current_thread(cpu).context("pinning the load generator")?;
@@ -395,6 +405,7 @@ async fn bench_main(
                 "cpu_model": sys::cpu_model(),
                 "server_cpu": ctx.placement.server,
                 "load_cpu": ctx.placement.load,
+                "nice": cli.nice,
                 "loadavg_per_round": loads,
             },
             "settings": {

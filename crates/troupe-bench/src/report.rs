@@ -299,12 +299,20 @@ pub fn evaluate(
     }
     let mut cpu_check = |budget: f64, what: String, status: &mut Status| match w.cpu_us_per_op {
         Some(cpu) => {
-            if cpu > budget * 1.5 {
+            let verdict = if cpu > budget * 1.5 {
                 worsen(status, Status::Fail);
+                ", over 1.5x: FAIL"
             } else if cpu > budget {
                 worsen(status, Status::Warn);
-            }
-            details.push(format!("CPU {} µs/op ({what})", fmt_num(cpu)));
+                ", over: WARN"
+            } else {
+                ""
+            };
+            details.push(format!(
+                "CPU {} µs/op ({what} = {}{verdict})",
+                fmt_num(cpu),
+                fmt_num(budget)
+            ));
         }
         None => details.push("CPU/op not measured".into()),
     };
@@ -337,8 +345,8 @@ pub fn evaluate(
 
 pub fn table(summaries: &[Summary]) -> String {
     let mut out = String::new();
-    out.push_str("| workload | absolute | yardstick | ratio [min..max] | server CPU/op | p50 / p99 | errors |\n");
-    out.push_str("| --- | --- | --- | --- | --- | --- | --- |\n");
+    out.push_str("| workload | absolute | yardstick | ratio [min..max] | server CPU/op | CPU use server / load gen | p50 / p99 | errors |\n");
+    out.push_str("| --- | --- | --- | --- | --- | --- | --- | --- |\n");
     for s in summaries {
         let absolute = if s.rate > 0.0 {
             format!("{} {}", fmt_num(s.rate), s.unit)
@@ -347,7 +355,9 @@ pub fn table(summaries: &[Summary]) -> String {
         };
         let mut absolute = absolute;
         for (k, v) in &s.extra {
-            if k.ends_with("_mb") && (k.starts_with("peak_rss") || k == "rss_mb") {
+            if k.ends_with("_mb")
+                && (k.starts_with("peak_rss") || k == "rss_mb" || k == "rss_growth_mb")
+            {
                 if !absolute.is_empty() {
                     absolute.push_str(", ");
                 }
@@ -372,9 +382,16 @@ pub fn table(summaries: &[Summary]) -> String {
         } else {
             String::new()
         };
+        let util = match (
+            s.extra.get("server_cpu_util"),
+            s.extra.get("client_cpu_util"),
+        ) {
+            (Some(a), Some(b)) => format!("{:.0}% / {:.0}%", a * 100.0, b * 100.0),
+            _ => String::new(),
+        };
         let _ = writeln!(
             out,
-            "| {} | {absolute} | {yard} | {ratio} | {cpu} | {lat} | {} |",
+            "| {} | {absolute} | {yard} | {ratio} | {cpu} | {util} | {lat} | {} |",
             s.id, s.errors
         );
     }

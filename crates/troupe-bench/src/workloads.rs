@@ -195,6 +195,20 @@ pub fn datasets(ctx: &Ctx) -> Vec<Workload> {
         .vs("hello"),
     );
 
+    // Diagnostic for T0: the whole middleware stack and routing, no handler work, no auth.
+    list.push(
+        Workload::http(
+            "route_404",
+            "GET /v2/no-such-route (middleware + routing + error envelope), c=64",
+            "req/s",
+            1.0,
+            64,
+            Arc::new(|_, _| Req::get("/v2/no-such-route")),
+            expect_status(404),
+        )
+        .vs("hello"),
+    );
+
     // Pushes: every acknowledged item is counted and checked against itemCount at the end.
     let pushed = Arc::new(AtomicU64::new(0));
     let batch_id = ctx.id("push_batch");
