@@ -24,7 +24,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use troupe_model::actor::{Build, JobStatus, Run};
 use troupe_storage::Storage;
 
-pub use logs::{log_path, LogWriter, LOG_LIMIT};
+pub use logs::{log_path, remove_run_files, LogWriter, LOG_LIMIT};
 
 /// Errors of runner commands.
 #[derive(Debug, thiserror::Error)]

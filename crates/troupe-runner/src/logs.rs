@@ -17,6 +17,12 @@ pub fn log_path(data_dir: &Path, id: &str) -> PathBuf {
     data_dir.join("logs").join(format!("{id}.log"))
 }
 
+/// Removes what a deleted run leaves on disk: its log and its working folder.
+pub fn remove_run_files(data_dir: &Path, run_id: &str) {
+    let _ = std::fs::remove_file(log_path(data_dir, run_id));
+    let _ = std::fs::remove_dir_all(data_dir.join("runs").join(run_id));
+}
+
 /// Appends timestamped lines to a job's log.
 pub struct LogWriter {
     inner: Mutex<(File, u64, bool)>,

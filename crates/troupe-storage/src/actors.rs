@@ -72,6 +72,8 @@ pub trait RunStore {
     ) -> Result<Option<Run>>;
     async fn update_run(&self, id: &str, change: Mutator<Run>) -> Result<Run>;
     async fn delete_run(&self, id: &str) -> Result<bool>;
+    /// Ids of up to `limit` finished runs started before `cutoff_ms`, oldest first (retention).
+    async fn expired_runs(&self, cutoff_ms: i64, limit: u64) -> Result<Vec<String>>;
     /// Runs not in a terminal status (READY first-come-first-served order).
     async fn unfinished_runs(&self) -> Result<Vec<Run>>;
 }

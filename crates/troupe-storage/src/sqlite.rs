@@ -43,6 +43,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0006_tasks",
         include_str!("sqlite/migrations/0006_tasks.sql"),
     ),
+    (
+        "0007_run_retention",
+        include_str!("sqlite/migrations/0007_run_retention.sql"),
+    ),
 ];
 
 /// How hard commits are pushed to disk.

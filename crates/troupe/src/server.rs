@@ -96,7 +96,12 @@ pub async fn run(options: ServeOptions) -> anyhow::Result<()> {
         .map(|u| u.trim_end_matches('/').trim_end_matches("/v2").to_string())
         .unwrap_or_else(|| format!("http://{bound}"));
     if let Some(period) = options.retention {
-        crate::retention::spawn(storage.clone(), period, options.retention_interval);
+        crate::retention::spawn(
+            storage.clone(),
+            options.data_dir.clone(),
+            period,
+            options.retention_interval,
+        );
     }
     let data_dir = options
         .data_dir

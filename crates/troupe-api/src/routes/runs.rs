@@ -361,11 +361,7 @@ async fn delete_run(
         return Err(ApiError::cannot_remove_running_run());
     }
     state.storage.delete_run(&run.id).await?;
-    let _ = std::fs::remove_file(troupe_runner::log_path(
-        &state.runner.config().data_dir,
-        &run.id,
-    ));
-    let _ = std::fs::remove_dir_all(state.runner.config().data_dir.join("runs").join(&run.id));
+    troupe_runner::remove_run_files(&state.runner.config().data_dir, &run.id);
     Ok(no_content())
 }
 

@@ -329,6 +329,20 @@ impl RunStore for SqliteStorage {
             .await
     }
 
+    async fn expired_runs(&self, cutoff_ms: i64, limit: u64) -> Result<Vec<String>> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id FROM runs WHERE started_at < ?1 AND status IN ('SUCCEEDED', 'FAILED', 'TIMED-OUT', 'ABORTED')
+                 ORDER BY started_at LIMIT ?2",
+            )?;
+            let ids = stmt
+                .query_map(rusqlite::params![cutoff_ms, limit as i64], |row| row.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(ids)
+        })
+        .await
+    }
+
     async fn unfinished_runs(&self) -> Result<Vec<Run>> {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(
