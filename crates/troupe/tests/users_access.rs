@@ -470,3 +470,129 @@ async fn a_run_token_works_during_the_run_only() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn other_users_builds_runs_and_logs_are_off_limits() {
+    let server = TestServer::start();
+    let http = client();
+    let (_, out) = troupe(&["users", "add", "bob"], &server.data_dir);
+    let bob = token_from(&out);
+    let api = server.api();
+    let actor = serde_json::json!({
+        "name": "bobs-job",
+        "versions": [{"versionNumber": "0.1", "sourceType": "SOURCE_FILES", "sourceFiles": [
+            {"name": ".actor/actor.json", "format": "TEXT", "content": "{\"actorSpecification\":1,\"startCommand\":\"sh main.sh\"}"},
+            {"name": "main.sh", "format": "TEXT", "content": "echo secret-output"}]}],
+    });
+    let created: Value = http
+        .post(format!("{api}/acts"))
+        .bearer_auth(&bob)
+        .json(&actor)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let actor_id = created["data"]["id"].as_str().unwrap().to_string();
+    let build: Value = http
+        .post(format!(
+            "{api}/acts/{actor_id}/builds?version=0.1&waitForFinish=60"
+        ))
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let build_id = build["data"]["id"].as_str().unwrap().to_string();
+    let run: Value = http
+        .post(format!("{api}/acts/{actor_id}/runs?waitForFinish=30"))
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(run["data"]["status"], "SUCCEEDED");
+    let run_id = run["data"]["id"].as_str().unwrap().to_string();
+
+    // With the default user's token: nothing of bob's is readable or writable.
+    for path in [
+        format!("/actor-runs/{run_id}/log"),
+        format!("/logs/{run_id}"),
+        format!("/actor-runs/{run_id}/dataset/items"),
+        format!("/actor-runs/{run_id}/key-value-store/records/INPUT"),
+        format!("/acts/{actor_id}/runs/last"),
+        format!("/acts/{actor_id}/runs/last/dataset/items"),
+    ] {
+        let response = http.get(server.url(&path)).send().await.unwrap();
+        assert!(
+            response.status() == 403 || response.status() == 404,
+            "{path}: {}",
+            response.status()
+        );
+        let body: Value = response.json().await.unwrap();
+        let kind = body["error"]["type"].as_str().unwrap();
+        assert!(
+            kind == "insufficient-permissions" || kind == "record-not-found",
+            "{path}: {kind}"
+        );
+    }
+    for (method, path) in [
+        ("POST", format!("/actor-runs/{run_id}/abort")),
+        ("POST", format!("/actor-runs/{run_id}/resurrect")),
+        ("DELETE", format!("/actor-runs/{run_id}")),
+        ("PUT", format!("/actor-runs/{run_id}")),
+        ("POST", format!("/actor-builds/{build_id}/abort")),
+        ("DELETE", format!("/actor-builds/{build_id}")),
+        ("POST", format!("/actor-runs/{run_id}/dataset/items")),
+    ] {
+        let request = http
+            .request(method.parse().unwrap(), server.url(&path))
+            .json(&serde_json::json!({"statusMessage": "x", "a": 1}));
+        let response = request.send().await.unwrap();
+        assert_error(response, 403, "insufficient-permissions").await;
+    }
+    let runs: Value = http
+        .get(server.url("/actor-runs"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(runs["data"]["total"], 0, "bob's runs are not listed");
+    let builds: Value = http
+        .get(server.url("/actor-builds"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(builds["data"]["total"], 0, "bob's builds are not listed");
+    // Bob still sees everything unchanged.
+    let still: Value = http
+        .get(format!("{api}/actor-runs/{run_id}"))
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(still["data"]["status"], "SUCCEEDED");
+    let items: Value = http
+        .get(format!("{api}/actor-runs/{run_id}/dataset/items"))
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(items, serde_json::json!([]));
+}
