@@ -47,6 +47,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0007_run_retention",
         include_str!("sqlite/migrations/0007_run_retention.sql"),
     ),
+    (
+        "0008_request_queues_indexes",
+        include_str!("sqlite/migrations/0008_request_queues_indexes.sql"),
+    ),
 ];
 
 /// How hard commits are pushed to disk.
@@ -292,6 +296,115 @@ mod tests {
     async fn conformance_queues() {
         let (_dir, storage) = open_temp();
         crate::conformance::queues::run(&storage).await;
+    }
+
+    /// Manual scale check (run with `cargo test --release -p troupe-storage -- --ignored
+    /// queue_head_cost --nocapture`; `TROUPE_RQ_SCALE` sets the large size, default 1,000,000):
+    /// head and head/lock cost the same on 100 and on many pending requests, also with 10,000
+    /// requests locked at the front by another client. Rounds are interleaved.
+    #[tokio::test(flavor = "multi_thread")]
+    #[ignore]
+    async fn queue_head_cost_is_flat() {
+        use crate::{QueueStore, StorageCatalog};
+        use std::time::{Duration, Instant};
+        use troupe_model::queue::parse_request;
+        use troupe_model::storage::{StorageKind, StorageOrigin};
+        let large: usize = std::env::var("TROUPE_RQ_SCALE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1_000_000);
+        let (_dir, storage) = open_temp();
+        let user = crate::conformance::test_user(&storage).await;
+        let now = troupe_model::now_ms();
+        let mut queues = Vec::new();
+        for size in [100usize, large] {
+            let (q, _) = storage
+                .create_storage(
+                    StorageKind::RequestQueue,
+                    &user,
+                    None,
+                    StorageOrigin::default(),
+                )
+                .await
+                .unwrap();
+            let started = Instant::now();
+            for chunk in 0..size.div_ceil(1000) {
+                let batch = (chunk * 1000..((chunk + 1) * 1000).min(size))
+                    .map(|i| {
+                        parse_request(
+                            serde_json::json!({"url": format!("https://example.com/{i}"), "uniqueKey": format!("{}-{i}", q.id)}),
+                            None,
+                        )
+                        .unwrap()
+                    })
+                    .collect();
+                storage
+                    .add_requests(&q.id, batch, false, None, now)
+                    .await
+                    .unwrap();
+            }
+            let fill = started.elapsed();
+            eprintln!(
+                "filled {size} in {fill:?} ({:.0} requests/s)",
+                size as f64 / fill.as_secs_f64()
+            );
+            queues.push(q.id);
+        }
+        // Per-call minimum and median over many calls: the machine is shared and noisy, the
+        // minimum is the cost of the work itself.
+        let measure = |id: String| {
+            let storage = storage.clone();
+            async move {
+                let (mut head, mut lock) = (Vec::new(), Vec::new());
+                for _ in 0..200 {
+                    let t = Instant::now();
+                    let h = storage
+                        .list_head(&id, 100, Some("me".into()), now)
+                        .await
+                        .unwrap();
+                    head.push(t.elapsed());
+                    assert_eq!(h.items.len(), 100);
+                    let t = Instant::now();
+                    let l = storage
+                        .lock_head(&id, 25, 60_000, Some("me".into()), now)
+                        .await
+                        .unwrap();
+                    lock.push(t.elapsed());
+                    assert_eq!(l.items.len(), 25);
+                    storage
+                        .unlock_requests(&id, Some("me".into()), now)
+                        .await
+                        .unwrap();
+                }
+                head.sort();
+                lock.sort();
+                let us = |d: Duration| d.as_micros() as f64;
+                (us(head[0]), us(head[100]), us(lock[0]), us(lock[100]))
+            }
+        };
+        let mut report = Vec::new();
+        for phase in ["no locks", "10,000 locked at the front"] {
+            if phase != "no locks" {
+                for _ in 0..400 {
+                    storage
+                        .lock_head(&queues[1], 25, 3_600_000, Some("other".into()), now)
+                        .await
+                        .unwrap();
+                }
+            }
+            let small = measure(queues[0].clone()).await;
+            let big = measure(queues[1].clone()).await;
+            eprintln!(
+                "{phase}: head(100) min/median {:.0}/{:.0} us on 100 vs {:.0}/{:.0} us on {large}; \
+                 head/lock(25) {:.0}/{:.0} us vs {:.0}/{:.0} us",
+                small.0, small.1, big.0, big.1, small.2, small.3, big.2, big.3
+            );
+            report.push((small.0, big.0, small.2, big.2));
+        }
+        for (sh, bh, sl, bl) in report {
+            assert!(bh < sh * 2.0 + 100.0, "head grows with size");
+            assert!(bl < sl * 2.0 + 100.0, "head/lock grows with size");
+        }
     }
 
     #[test]

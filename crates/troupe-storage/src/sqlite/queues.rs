@@ -655,18 +655,25 @@ impl QueueStore for SqliteStorage {
         let (row, page) = self
             .read(move |conn| {
                 let q = QueueRow::load(conn, &id)?;
-                let condition = match filter {
-                    RequestFilter::All => "",
-                    RequestFilter::Pending => " AND handled_at IS NULL",
-                    RequestFilter::Locked => " AND handled_at IS NULL AND locked_until > ?4",
+                // Locked requests are few (bounded by the locks held): take them from rq_head and
+                // sort; the other listings walk rq_by_id in id order.
+                let (index, condition) = match filter {
+                    RequestFilter::All => ("rq_by_id", ""),
+                    RequestFilter::Pending => ("rq_by_id", " AND handled_at IS NULL"),
+                    RequestFilter::Locked => {
+                        ("rq_head", " AND handled_at IS NULL AND locked_until > ?4")
+                    }
                 };
                 let sql = format!(
-                    "SELECT id, data FROM rq_requests WHERE queue = ?1 AND id > ?2{condition} ORDER BY id LIMIT ?3"
+                    "SELECT id, data FROM rq_requests INDEXED BY {index}
+                     WHERE queue = ?1 AND id > ?2{condition} ORDER BY id LIMIT ?3"
                 );
                 let mut stmt = conn.prepare_cached(&sql)?;
                 let after = after.unwrap_or_default();
                 let fetch = (limit.min(i64::MAX as u64 - 1) + 1) as i64;
-                let map = |row: &rusqlite::Row<'_>| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?));
+                let map = |row: &rusqlite::Row<'_>| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+                };
                 let rows: Vec<(String, String)> = if filter == RequestFilter::Locked {
                     stmt.query_map(params![q.num, after, fetch, now], map)?
                         .collect::<rusqlite::Result<_>>()?
