@@ -1,7 +1,13 @@
 // Request queues through the official JavaScript apify-client.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
+import { mkdtempSync } from 'node:fs';
+import http from 'node:http';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { startServer } from './harness.mjs';
 
 let server;
@@ -112,4 +118,69 @@ test('listRequests paging with cursor and paginateRequests', async () => {
     assert.equal(viaIterator.length, 40);
     const legacy = await rq.listRequests({ limit: 10, exclusiveStartId: ids[69] });
     assert.deepEqual(legacy.items.map((r) => r.id), ids.slice(70, 75));
+});
+
+// --- Crawlee itself (apify SDK + CheerioCrawler, locking queue), as an Actor at home ---------
+
+const PAGES = 30;
+
+function startSite() {
+    const site = http.createServer((req, res) => {
+        const m = req.url.match(/^\/page\/(\d+)$/);
+        const i = m ? Number(m[1]) : -1;
+        if (i < 0 || i >= PAGES) {
+            res.writeHead(404).end();
+            return;
+        }
+        const targets = [...new Set([(i + 1) % PAGES, (i * 7 + 3) % PAGES, 0])].sort((a, b) => a - b);
+        const links = targets.map((t) => `<a href="/page/${t}">p${t}</a><a href="/page/${t}">again</a>`).join('');
+        res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });
+        res.end(`<html><head><title>Page ${i}</title></head><body>${links}</body></html>`);
+    });
+    return new Promise((resolve) => site.listen(0, '127.0.0.1', () => resolve(site)));
+}
+
+test('Crawlee (JS) crawls every page exactly once through the platform queue', async () => {
+    const site = await startSite();
+    const base = `http://127.0.0.1:${site.address().port}`;
+    try {
+        const client = server.client();
+        const rq = await client.requestQueues().getOrCreate();
+        const ds = await client.datasets().getOrCreate();
+        const kv = await client.keyValueStores().getOrCreate();
+        const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !/^(APIFY_|ACTOR_|CRAWLEE_)/.test(k)));
+        Object.assign(env, {
+            APIFY_IS_AT_HOME: '1',
+            APIFY_TOKEN: server.token,
+            APIFY_API_BASE_URL: server.origin,
+            APIFY_API_PUBLIC_BASE_URL: server.origin,
+            ACTOR_DEFAULT_REQUEST_QUEUE_ID: rq.id,
+            ACTOR_DEFAULT_DATASET_ID: ds.id,
+            ACTOR_DEFAULT_KEY_VALUE_STORE_ID: kv.id,
+            ACTOR_RUN_ID: 'fakeRunId00000000',
+            ACTOR_ID: 'fakeActorId000000',
+            APIFY_ACTOR_PRICING_INFO: '{"pricingModel":"FREE"}',
+            APIFY_CHARGED_ACTOR_EVENT_COUNTS: '{}',
+            APIFY_HEADLESS: '1',
+            CRAWLEE_STORAGE_DIR: mkdtempSync(path.join(tmpdir(), 'troupe-crawlee-')),
+        });
+        const script = fileURLToPath(new URL('./actors/crawl_site.mjs', import.meta.url));
+        const { code, output } = await new Promise((resolve) => {
+            const child = spawn(process.execPath, [script, `${base}/page/0`], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+            let output = '';
+            child.stdout.on('data', (d) => { output += d; });
+            child.stderr.on('data', (d) => { output += d; });
+            const timer = setTimeout(() => child.kill('SIGKILL'), 60_000);
+            child.on('exit', (code) => { clearTimeout(timer); resolve({ code, output }); });
+        });
+        assert.equal(code, 0, output.slice(-4000));
+        const { items } = await client.dataset(ds.id).listItems();
+        const urls = items.map((i) => i.url).sort();
+        const expected = Array.from({ length: PAGES }, (_, i) => `${base}/page/${i}`).sort();
+        assert.deepEqual(urls, expected, output.slice(-3000));
+        const q = await client.requestQueue(rq.id).get();
+        assert.deepEqual([q.totalRequestCount, q.handledRequestCount, q.pendingRequestCount], [PAGES, PAGES, 0]);
+    } finally {
+        site.close();
+    }
 });

@@ -1,7 +1,15 @@
 """Request queues through the official Python apify-client (strict pydantic models)."""
 
+import base64
+import hashlib
+import os
+import re
+import subprocess
+import sys
+import threading
 import uuid
 from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from apify_client.errors import ApifyApiError
@@ -70,9 +78,6 @@ def test_every_request_operation(client):
 
 
 def _id(key):
-    import base64
-    import hashlib
-
     digest = base64.b64encode(hashlib.sha256(key.encode()).digest()).decode()
     return digest.replace("+", "").replace("/", "").replace("=", "")[:15]
 
@@ -138,3 +143,84 @@ def test_locks_across_two_client_keys(client):
     assert done.items == [] and done.queue_has_locked_requests is False
     q = client.request_queue(info.id).get()
     assert (q.total_request_count, q.handled_request_count, q.pending_request_count) == (6, 6, 0)
+
+
+# --- Crawlee itself, as an Actor at home, against troupe ---------------------------------------
+
+PAGES = 30
+
+
+class _Site(BaseHTTPRequestHandler):
+    """30 pages linking to each other (and to duplicates, and to the start page)."""
+
+    def do_GET(self):  # noqa: N802
+        m = re.fullmatch(r"/page/(\d+)", self.path)
+        if not m or int(m.group(1)) >= PAGES:
+            self.send_response(404)
+            self.end_headers()
+            return
+        i = int(m.group(1))
+        targets = {(i + 1) % PAGES, (i * 7 + 3) % PAGES, 0}
+        links = "".join(f'<a href="/page/{t}">p{t}</a><a href="/page/{t}">again</a>' for t in sorted(targets))
+        body = f"<html><head><title>Page {i}</title></head><body>{links}</body></html>".encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def site():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Site)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def actor_env(server, client, tmp_path):
+    """The environment of an Actor run (SDK-CONTRACT §1.4), with fresh default storages."""
+    rq = client.request_queues().get_or_create()
+    ds = client.datasets().get_or_create()
+    kv = client.key_value_stores().get_or_create()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("APIFY_", "ACTOR_", "CRAWLEE_"))}
+    env.update(
+        APIFY_IS_AT_HOME="1",
+        APIFY_TOKEN=server.token,
+        APIFY_API_BASE_URL=server.origin,
+        APIFY_API_PUBLIC_BASE_URL=server.origin,
+        ACTOR_DEFAULT_REQUEST_QUEUE_ID=rq.id,
+        ACTOR_DEFAULT_DATASET_ID=ds.id,
+        ACTOR_DEFAULT_KEY_VALUE_STORE_ID=kv.id,
+        ACTOR_RUN_ID="fakeRunId00000000",
+        ACTOR_ID="fakeActorId000000",
+        APIFY_ACTOR_PRICING_INFO='{"pricingModel":"FREE"}',
+        # apify 4.1.0 reads "{}" as "no counts" and then looks the run up; a non-empty map avoids that.
+        APIFY_CHARGED_ACTOR_EVENT_COUNTS='{"troupe-test": 0}',
+        APIFY_HEADLESS="1",
+        CRAWLEE_STORAGE_DIR=str(tmp_path / "storage"),
+    )
+    return env, rq.id, ds.id
+
+
+@pytest.mark.parametrize("access", ["single", "shared"])
+def test_crawlee_python_crawls_every_page_exactly_once(server, client, site, tmp_path, access):
+    env, rq_id, ds_id = actor_env(server, client, tmp_path)
+    script = os.path.join(os.path.dirname(__file__), "actors", "crawl_site.py")
+    proc = subprocess.run(
+        [sys.executable, script, f"{site}/page/0", access],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    items = list(client.dataset(ds_id).iterate_items())
+    urls = sorted(item["url"] for item in items)
+    assert urls == sorted(f"{site}/page/{i}" for i in range(PAGES)), proc.stderr[-3000:]
+    q = client.request_queue(rq_id).get()
+    assert (q.total_request_count, q.handled_request_count, q.pending_request_count) == (PAGES, PAGES, 0)
