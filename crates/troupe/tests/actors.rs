@@ -1111,3 +1111,48 @@ async fn metamorph_and_reboot() {
     assert_eq!(done["stats"]["rebootCount"], 1);
     assert_eq!(log_of(&server, &id).await.matches(" boot\n").count(), 2);
 }
+
+#[tokio::test]
+async fn run_token_works_only_while_the_run_goes() {
+    let server = TestServer::start();
+    // The program keeps its token in its own working folder (DATA/runs/{runId}).
+    let id = built_actor(&server, "token-keeper", "echo $APIFY_TOKEN > token.txt; pwd; sleep 2").await;
+    let run = start(&server, &id, "").await;
+    let run_id = run["id"].as_str().unwrap().to_string();
+    let token_file = server.data_dir.join("runs").join(&run_id).join("token.txt");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !token_file.exists() {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let token = std::fs::read_to_string(&token_file).unwrap().trim().to_string();
+    assert_ne!(token, server.token, "a run never gets the owner's own token");
+    let url = format!("{}/actor-runs/{run_id}", server.api());
+    let during = client().get(&url).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(during.status(), 200);
+    wait_run(&server, &run_id).await;
+    let after = client().get(&url).bearer_auth(&token).send().await.unwrap();
+    assert_error(after, 401, "invalid-token").await;
+}
+
+#[tokio::test]
+async fn server_shutdown_stops_runs() {
+    let temp = tempfile::tempdir().unwrap();
+    let mut server = TestServer::start_in(temp.path(), &[]);
+    let id = built_actor(&server, "stopper", "echo pid=$$; sleep 300 & echo pid=$!; wait").await;
+    let run = start(&server, &id, "").await;
+    let run_id = run["id"].as_str().unwrap().to_string();
+    wait_for_log(&server, &run_id, "pid=").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pids = pids_in(&log_of(&server, &run_id).await);
+    assert_eq!(pids.len(), 2);
+    assert!(server.stop(), "clean exit on SIGTERM");
+    for pid in &pids {
+        assert!(!alive(*pid), "process {pid} stopped with the server");
+    }
+    let server = TestServer::start_in(temp.path(), &[]);
+    let run = get_json(&server, &format!("/actor-runs/{run_id}")).await;
+    assert_eq!(run["status"], "FAILED");
+    assert!(run["statusMessage"].as_str().unwrap().contains("server was stopped"), "{run}");
+}
