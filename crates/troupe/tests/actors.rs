@@ -1116,7 +1116,12 @@ async fn metamorph_and_reboot() {
 async fn run_token_works_only_while_the_run_goes() {
     let server = TestServer::start();
     // The program keeps its token in its own working folder (DATA/runs/{runId}).
-    let id = built_actor(&server, "token-keeper", "echo $APIFY_TOKEN > token.txt; pwd; sleep 2").await;
+    let id = built_actor(
+        &server,
+        "token-keeper",
+        "echo $APIFY_TOKEN > token.txt; pwd; sleep 2",
+    )
+    .await;
     let run = start(&server, &id, "").await;
     let run_id = run["id"].as_str().unwrap().to_string();
     let token_file = server.data_dir.join("runs").join(&run_id).join("token.txt");
@@ -1126,8 +1131,14 @@ async fn run_token_works_only_while_the_run_goes() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let token = std::fs::read_to_string(&token_file).unwrap().trim().to_string();
-    assert_ne!(token, server.token, "a run never gets the owner's own token");
+    let token = std::fs::read_to_string(&token_file)
+        .unwrap()
+        .trim()
+        .to_string();
+    assert_ne!(
+        token, server.token,
+        "a run never gets the owner's own token"
+    );
     let url = format!("{}/actor-runs/{run_id}", server.api());
     let during = client().get(&url).bearer_auth(&token).send().await.unwrap();
     assert_eq!(during.status(), 200);
@@ -1140,7 +1151,12 @@ async fn run_token_works_only_while_the_run_goes() {
 async fn server_shutdown_stops_runs() {
     let temp = tempfile::tempdir().unwrap();
     let mut server = TestServer::start_in(temp.path(), &[]);
-    let id = built_actor(&server, "stopper", "echo pid=$$; sleep 300 & echo pid=$!; wait").await;
+    let id = built_actor(
+        &server,
+        "stopper",
+        "echo pid=$$; sleep 300 & echo pid=$!; wait",
+    )
+    .await;
     let run = start(&server, &id, "").await;
     let run_id = run["id"].as_str().unwrap().to_string();
     wait_for_log(&server, &run_id, "pid=").await;
@@ -1154,5 +1170,58 @@ async fn server_shutdown_stops_runs() {
     let server = TestServer::start_in(temp.path(), &[]);
     let run = get_json(&server, &format!("/actor-runs/{run_id}")).await;
     assert_eq!(run["status"], "FAILED");
-    assert!(run["statusMessage"].as_str().unwrap().contains("server was stopped"), "{run}");
+    assert!(
+        run["statusMessage"]
+            .as_str()
+            .unwrap()
+            .contains("server was stopped"),
+        "{run}"
+    );
+}
+
+#[tokio::test]
+async fn run_sync_returns_the_output_record() {
+    let server = TestServer::start();
+    let script = r#"python3 - <<'EOF'
+import json, os, urllib.request
+base = os.environ["APIFY_API_BASE_URL"] + "/v2/key-value-stores/" + os.environ["ACTOR_DEFAULT_KEY_VALUE_STORE_ID"] + "/records/"
+auth = {"authorization": "Bearer " + os.environ["APIFY_TOKEN"]}
+inp = json.loads(urllib.request.urlopen(urllib.request.Request(base + os.environ["ACTOR_INPUT_KEY"], headers=auth)).read())
+out = json.dumps({"doubled": inp["n"] * 2}).encode()
+urllib.request.urlopen(urllib.request.Request(base + "OUTPUT", data=out, method="PUT", headers={**auth, "content-type": "application/json"})).read()
+urllib.request.urlopen(urllib.request.Request(base + "OTHER", data=b"plain text", method="PUT", headers={**auth, "content-type": "text/plain"})).read()
+EOF"#;
+    let id = built_actor(&server, "doubler", script).await;
+    let r = client()
+        .post(server.url(&format!("/acts/{id}/run-sync")))
+        .header("content-type", "application/json")
+        .body("{\"n\": 21}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/json"));
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body, json!({"doubled": 42}));
+    let r = client()
+        .post(server.url(&format!("/actors/{id}/run-sync?outputRecordKey=OTHER")))
+        .header("content-type", "application/json")
+        .body("{\"n\": 1}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.text().await.unwrap(), "plain text");
+    // The input record is stored with the run, as sent.
+    let runs = get_json(&server, &format!("/acts/{id}/runs?desc=1&limit=1")).await;
+    let kvs = runs["items"][0]["defaultKeyValueStoreId"].as_str().unwrap();
+    let input = client()
+        .get(server.url(&format!("/key-value-stores/{kvs}/records/INPUT")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(input.text().await.unwrap(), "{\"n\": 1}");
 }
