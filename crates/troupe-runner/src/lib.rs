@@ -271,6 +271,7 @@ impl Runner {
             // The run is live (abortable) from the moment it leaves the queue.
             let (tx, rx) = mpsc::unbounded_channel();
             let (events, _) = broadcast::channel(64);
+            let mine = tx.clone();
             self.inner.live.lock().insert(
                 id.clone(),
                 LiveRun {
@@ -280,7 +281,13 @@ impl Runner {
             );
             tokio::spawn(async move {
                 run::run_task(runner.clone(), id.clone(), rx).await;
-                runner.inner.live.lock().remove(&id);
+                {
+                    // A resurrect may already have made the run live again: leave that entry.
+                    let mut live = runner.inner.live.lock();
+                    if live.get(&id).is_some_and(|l| l.control.same_channel(&mine)) {
+                        live.remove(&id);
+                    }
+                }
                 runner.inner.schedule.lock().used_mbytes -= memory;
                 runner.pump();
                 runner.notify();

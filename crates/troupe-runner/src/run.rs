@@ -205,7 +205,9 @@ pub(crate) async fn run_task(runner: Runner, id: String, mut rx: mpsc::Unbounded
                 message: None,
             };
         }
+        let t0 = std::time::Instant::now();
         let setup = prepare_attempt(&runner, &run, &mut token).await;
+        tracing::debug!(run = %id, elapsed_us = t0.elapsed().as_micros() as u64, "run prepared");
         let (build, actor, env, cwd) = match setup {
             Ok(parts) => parts,
             Err(message) => {
@@ -232,6 +234,7 @@ pub(crate) async fn run_task(runner: Runner, id: String, mut rx: mpsc::Unbounded
             }
         };
         let pid = child.id().unwrap_or(0) as i32;
+        tracing::debug!(run = %id, elapsed_us = t0.elapsed().as_micros() as u64, "run spawned");
         let mark = process::mark(pid);
         let attempt_started = run.attempt_started_at;
         let updated = storage
@@ -477,7 +480,12 @@ async fn supervise(
     });
     let mut stopping: Option<Ending> = None;
     let mut kill_at: Option<Instant> = None;
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // The first sample waits a second: scanning /proc right away would compete with the child's
+    // own start-up for the CPU.
+    let mut tick = tokio::time::interval_at(
+        Instant::now() + Duration::from_secs(1),
+        Duration::from_secs(1),
+    );
     let mut persist = tokio::time::interval(config.persist_state_interval);
     persist.tick().await;
     let ticks_per_sec = process::ticks_per_second() as f64;
