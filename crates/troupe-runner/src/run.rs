@@ -125,6 +125,9 @@ pub(crate) async fn build_task(runner: Runner, id: String) {
                 .update_build(
                     &id,
                     Box::new(move |b: &mut Build| {
+                        // The files are in the build folder now; the stored snapshot keeps
+                        // every other field of the version (runs load builds often).
+                        b.version.source_files.clear();
                         b.start = Some(prepared.start);
                         b.actor_definition = prepared.actor_definition;
                         b.input_schema = prepared.input_schema;
