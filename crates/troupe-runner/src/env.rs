@@ -185,3 +185,148 @@ pub fn run_env(input: &RunEnv<'_>) -> BTreeMap<String, String> {
     }
     env
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use troupe_model::actor::{JobStatus, RunCounters, StartCommand, Version};
+
+    #[test]
+    fn both_names_no_empty_values_no_server_secrets() {
+        std::env::set_var("TROUPE_TOKEN", "server-secret");
+        let version = Version {
+            version_number: "0.1".into(),
+            source_type: "SOURCE_FILES".into(),
+            env_vars: vec![troupe_model::actor::EnvVar {
+                name: "MY_VAR".into(),
+                value: "v".into(),
+                is_secret: true,
+            }],
+            apply_env_vars_to_build: false,
+            build_tag: None,
+            source_files: vec![],
+            tarball_url: None,
+            git_repo_url: None,
+            git_hub_gist_url: None,
+        };
+        let build = Build {
+            id: "B".into(),
+            act_id: "A".into(),
+            user_id: "U".into(),
+            started_at: 0,
+            finished_at: Some(1),
+            status: JobStatus::Succeeded,
+            status_message: None,
+            build_number: "0.1.1".into(),
+            version_number: "0.1".into(),
+            tag: "latest".into(),
+            origin: "API".into(),
+            use_cache: true,
+            version,
+            start: Some(StartCommand {
+                argv: vec!["x".into()],
+                path_prepend: vec!["/venv/bin".into()],
+                env: Default::default(),
+            }),
+            actor_definition: None,
+            input_schema: None,
+            readme: None,
+        };
+        let actor = Actor {
+            id: "A".into(),
+            user_id: "U".into(),
+            username: "me".into(),
+            name: "act".into(),
+            created_at: 0,
+            modified_at: 0,
+            versions: vec![],
+            default_run_options: Default::default(),
+            tagged_builds: Default::default(),
+            build_counters: Default::default(),
+            extra: Default::default(),
+        };
+        let mut run = Run {
+            id: "R".into(),
+            act_id: "A".into(),
+            user_id: "U".into(),
+            actor_task_id: None,
+            started_at: 1_755_771_811_607,
+            finished_at: None,
+            status: JobStatus::Running,
+            status_message: None,
+            is_status_message_terminal: None,
+            origin: "API".into(),
+            client_ip: None,
+            user_agent: None,
+            build_id: "B".into(),
+            build_number: "0.1.1".into(),
+            build_option: "latest".into(),
+            exit_code: None,
+            general_access: "FOLLOW_USER_SETTING".into(),
+            default_dataset_id: "D".into(),
+            default_key_value_store_id: "K".into(),
+            default_request_queue_id: "Q".into(),
+            timeout_secs: 0,
+            memory_mbytes: 1024,
+            max_items: None,
+            input_key: "INPUT".into(),
+            counters: RunCounters::default(),
+            metamorphs: vec![],
+            process: None,
+            attempt_started_at: 1_755_771_811_607,
+        };
+        let make = |run: &Run| {
+            run_env(&RunEnv {
+                run,
+                build: &build,
+                actor: &actor,
+                token: "run-token",
+                api_base_url: "http://127.0.0.1:1",
+                public_base_url: "http://127.0.0.1:1",
+                events_url: Some("ws://127.0.0.1:1/x"),
+                web_server_port: 4321,
+                home: Path::new("/tmp/h"),
+            })
+        };
+        let env = make(&run);
+        assert!(env.values().all(|v| !v.is_empty()));
+        assert!(!env.values().any(|v| v == "server-secret"));
+        assert!(!env.contains_key("TROUPE_TOKEN"));
+        for (new, old) in [
+            ("ACTOR_RUN_ID", "APIFY_ACTOR_RUN_ID"),
+            ("ACTOR_DEFAULT_DATASET_ID", "APIFY_DEFAULT_DATASET_ID"),
+            (
+                "ACTOR_DEFAULT_KEY_VALUE_STORE_ID",
+                "APIFY_DEFAULT_KEY_VALUE_STORE_ID",
+            ),
+            (
+                "ACTOR_DEFAULT_REQUEST_QUEUE_ID",
+                "APIFY_DEFAULT_REQUEST_QUEUE_ID",
+            ),
+            ("ACTOR_INPUT_KEY", "APIFY_INPUT_KEY"),
+            ("ACTOR_MEMORY_MBYTES", "APIFY_MEMORY_MBYTES"),
+            ("ACTOR_EVENTS_WEBSOCKET_URL", "APIFY_ACTOR_EVENTS_WS_URL"),
+            ("ACTOR_WEB_SERVER_PORT", "APIFY_CONTAINER_PORT"),
+        ] {
+            assert_eq!(env.get(new), env.get(old), "{new}");
+            assert!(env.contains_key(new), "{new}");
+        }
+        assert_eq!(env["APIFY_IS_AT_HOME"], "1");
+        assert_eq!(env["APIFY_TOKEN"], "run-token");
+        assert_eq!(env["APIFY_API_BASE_URL"], "http://127.0.0.1:1");
+        assert_eq!(env["ACTOR_STARTED_AT"], "2025-08-21T10:23:31.607Z");
+        assert_eq!(
+            env["APIFY_ACTOR_PRICING_INFO"],
+            r#"{"pricingModel":"FREE"}"#
+        );
+        assert_eq!(env["APIFY_CHARGED_ACTOR_EVENT_COUNTS"], "{}");
+        assert_eq!(env["MY_VAR"], "v");
+        assert!(env["PATH"].starts_with("/venv/bin:"));
+        assert!(
+            !env.contains_key("ACTOR_TIMEOUT_AT"),
+            "no timeout, no variable"
+        );
+        run.timeout_secs = 60;
+        assert_eq!(make(&run)["ACTOR_TIMEOUT_AT"], "2025-08-21T10:24:31.607Z");
+    }
+}

@@ -23,6 +23,22 @@ pub fn remove_run_files(data_dir: &Path, run_id: &str) {
     let _ = std::fs::remove_dir_all(data_dir.join("runs").join(run_id));
 }
 
+const NOTE: &str = "The log reached its limit";
+
+/// True when the log already ends with the limit note (a reopened full log stays full).
+fn ends_with_note(path: &Path) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut file) = File::open(path) else {
+        return false;
+    };
+    let mut tail = Vec::new();
+    if file.seek(SeekFrom::End(-512)).is_err() {
+        return false;
+    }
+    let _ = file.read_to_end(&mut tail);
+    String::from_utf8_lossy(&tail).contains(NOTE)
+}
+
 /// Appends timestamped lines to a job's log.
 pub struct LogWriter {
     inner: Mutex<(File, u64, bool)>,
@@ -37,8 +53,9 @@ impl LogWriter {
         }
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
         let len = file.metadata()?.len();
+        let full = len >= LOG_LIMIT || (len > LOG_LIMIT / 2 && ends_with_note(&path));
         Ok(Self {
-            inner: Mutex::new((file, len, len >= LOG_LIMIT)),
+            inner: Mutex::new((file, len, full)),
         })
     }
 
@@ -58,7 +75,7 @@ impl LogWriter {
         if *written + line.len() as u64 > LOG_LIMIT {
             *full = true;
             let note = format!(
-                "{} [troupe] The log reached its limit of {LOG_LIMIT} characters; further output is not kept.\n",
+                "{} [troupe] {NOTE} of {LOG_LIMIT} characters; further output is not kept.\n",
                 troupe_model::format_ts(troupe_model::now_ms())
             );
             let _ = file.write_all(note.as_bytes());
@@ -72,5 +89,36 @@ impl LogWriter {
     /// A line from troupe itself (not the program).
     pub fn system(&self, text: &str) {
         self.line(&format!("[troupe] {text}"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_timestamped_and_the_log_is_capped() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = LogWriter::open(dir.path(), "job").unwrap();
+        log.line("hello\r\n");
+        let line = "x".repeat(1000);
+        for _ in 0..(LOG_LIMIT / 1000 + 10) {
+            log.line(&line);
+        }
+        log.line("after the cut");
+        let text = std::fs::read_to_string(log_path(dir.path(), "job")).unwrap();
+        assert!(text.len() as u64 <= LOG_LIMIT + 200);
+        let first = text.lines().next().unwrap();
+        assert_eq!(first.len(), 24 + 1 + 5, "{first}");
+        assert!(first.ends_with(" hello") && first.as_bytes()[23] == b'Z');
+        let last = text.lines().last().unwrap();
+        assert!(last.contains("reached its limit"), "{last}");
+        assert!(!text.contains("after the cut"));
+        // Reopening a full log keeps it full.
+        let again = LogWriter::open(dir.path(), "job").unwrap();
+        again.line("more");
+        assert!(!std::fs::read_to_string(log_path(dir.path(), "job"))
+            .unwrap()
+            .contains(" more\n"));
     }
 }
