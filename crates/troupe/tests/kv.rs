@@ -1410,3 +1410,134 @@ async fn deleting_a_store_deletes_its_records_and_files() {
         .to_string();
     assert!(keys(&server, &fresh).await.is_empty());
 }
+
+/// A run's input and output records live in its default store and are reachable through the
+/// run prefixes (`/actor-runs/{id}/key-value-store`, `/acts/{id}/runs/last/key-value-store`).
+#[tokio::test]
+async fn run_records_through_run_prefixes() {
+    let server = TestServer::start();
+    let http = client();
+    let script = r#"python3 - <<'EOF'
+import os, urllib.request
+base = os.environ["APIFY_API_BASE_URL"] + "/v2/key-value-stores/" + os.environ["ACTOR_DEFAULT_KEY_VALUE_STORE_ID"] + "/records/"
+auth = {"authorization": "Bearer " + os.environ["APIFY_TOKEN"]}
+data = urllib.request.urlopen(urllib.request.Request(base + "INPUT", headers=auth)).read()
+req = urllib.request.Request(base + "OUTPUT", data=data.upper(), method="PUT", headers=dict(auth, **{"content-type": "application/json"}))
+urllib.request.urlopen(req).read()
+EOF"#;
+    let actor = serde_json::json!({
+        "name": "upper",
+        "versions": [{
+            "versionNumber": "0.1",
+            "sourceType": "SOURCE_FILES",
+            "sourceFiles": [
+                {"name": ".actor/actor.json", "format": "TEXT", "content": "{\"actorSpecification\":1,\"startCommand\":\"sh main.sh\"}"},
+                {"name": "main.sh", "format": "TEXT", "content": script},
+            ],
+        }],
+        "defaultRunOptions": {"build": "latest", "timeoutSecs": 120, "memoryMbytes": 128},
+    });
+    let created: Value = http
+        .post(server.url("/acts"))
+        .json(&actor)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["data"]["id"].as_str().unwrap().to_string();
+    let build: Value = http
+        .post(server.url(&format!("/acts/{id}/builds?version=0.1&waitForFinish=60")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(build["data"]["status"], "SUCCEEDED", "{build}");
+    let response = http
+        .post(server.url(&format!("/acts/{id}/run-sync")))
+        .header("content-type", "application/json")
+        .body("{\"hello\":\"world\"}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let run_id = response.headers()["x-apify-run-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(response.headers()["content-type"], "application/json");
+    assert_eq!(response.text().await.unwrap(), "{\"HELLO\":\"WORLD\"}");
+
+    let input = http
+        .get(server.url(&format!(
+            "/actor-runs/{run_id}/key-value-store/records/INPUT"
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(input.status(), 200);
+    assert_eq!(input.headers()["content-type"], "application/json");
+    assert_eq!(input.text().await.unwrap(), "{\"hello\":\"world\"}");
+    let page: Value = http
+        .get(server.url(&format!("/actor-runs/{run_id}/key-value-store/keys")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let listed: Vec<&str> = page["data"]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, vec!["INPUT", "OUTPUT"]);
+    for prefix in ["acts", "actors"] {
+        let output = http
+            .get(server.url(&format!("/{prefix}/{id}/runs/last/key-value-store/records/OUTPUT?status=SUCCEEDED&attachment=true")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(output.status(), 200);
+        assert_eq!(output.text().await.unwrap(), "{\"HELLO\":\"WORLD\"}");
+    }
+    // Writes through the run prefix land in the same store.
+    let response = http
+        .put(server.url(&format!(
+            "/actor-runs/{run_id}/key-value-store/records/EXTRA"
+        )))
+        .header("content-type", "text/plain")
+        .body("extra")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let run: Value = http
+        .get(server.url(&format!("/actor-runs/{run_id}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let store_id = run["data"]["defaultKeyValueStoreId"].as_str().unwrap();
+    assert_eq!(
+        keys(&server, store_id).await,
+        vec!["EXTRA", "INPUT", "OUTPUT"]
+    );
+    assert_error(
+        http.get(server.url(&format!(
+            "/acts/{id}/runs/last/key-value-store/records/OUTPUT?status=FAILED"
+        )))
+        .send()
+        .await
+        .unwrap(),
+        404,
+        "record-not-found",
+    )
+    .await;
+}
