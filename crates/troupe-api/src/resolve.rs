@@ -136,6 +136,28 @@ pub fn check_access(
     }
 }
 
+/// Whether the request's `signature` opens `info` for reading: a storage signature (keys
+/// listing, dataset items, records), or — on a record route, `record_key` being the path's key —
+/// that record's own signature (SDK-CONTRACT 5.8), which opens only that record.
+pub fn signature_opens(
+    info: &StorageInfo,
+    params: &Params,
+    record_key: Option<&str>,
+    now_ms: i64,
+) -> bool {
+    let Some(sig) = params.str("signature") else {
+        return false;
+    };
+    troupe_model::signature::verify_storage_signature(
+        &info.url_signing_secret_key,
+        &info.id,
+        sig,
+        now_ms,
+    ) || record_key.is_some_and(|key| {
+        troupe_model::signature::verify_record_signature(&info.url_signing_secret_key, key, sig)
+    })
+}
+
 /// Resolves the storage of `kind` a request path names, checking access.
 pub async fn resolve_storage(
     state: &AppState,
@@ -236,26 +258,10 @@ impl<K: KindMarker> FromRequestParts<AppState> for StorageTarget<K> {
         let params = Params::parse(parts.uri.query())?;
         let caller = Caller::from_request_parts(parts, state).await?;
         let access = Access::of(&parts.method);
-        let signature = params.str("signature").map(str::to_string);
-        let now = troupe_model::now_ms();
-        // A record's own signature (SDK-CONTRACT 5.8) opens reads of that record only: it is
-        // checked against the `recordKey` of the path, which only record routes have.
         let record_key = path.get("recordKey").cloned();
+        let now = troupe_model::now_ms();
         let resolved = resolve_storage(state, &caller, K::KIND, &path, &params, access, |info| {
-            signature.as_deref().is_some_and(|sig| {
-                troupe_model::signature::verify_storage_signature(
-                    &info.url_signing_secret_key,
-                    &info.id,
-                    sig,
-                    now,
-                ) || record_key.as_deref().is_some_and(|key| {
-                    troupe_model::signature::verify_record_signature(
-                        &info.url_signing_secret_key,
-                        key,
-                        sig,
-                    )
-                })
-            })
+            signature_opens(info, &params, record_key.as_deref(), now)
         })
         .await?;
         Ok(StorageTarget(resolved, std::marker::PhantomData))

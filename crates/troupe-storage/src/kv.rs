@@ -117,6 +117,16 @@ pub trait KvStore {
         meta_only: bool,
     ) -> Result<Option<Record>>;
 
+    /// The store with id `store_id` and its record `key` in one lookup (the hot path of record
+    /// reads): `None` when there is no key-value store with that id; otherwise the store and the
+    /// record, if any. Counts as a read when the record exists.
+    async fn get_store_record(
+        &self,
+        store_id: &str,
+        key: &str,
+        meta_only: bool,
+    ) -> Result<Option<(StorageInfo, Option<Record>)>>;
+
     /// Creates or replaces a record. Atomic: on any error (including a failing `Stream`) the old
     /// record, if any, stays as it was. `NotFound` when the store no longer exists, `Invalid` for
     /// an invalid key. Returns the stored size.

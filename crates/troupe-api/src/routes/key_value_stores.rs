@@ -28,10 +28,13 @@ use troupe_storage::kv::{
 use troupe_storage::Storage;
 
 use super::{data, storages};
+use crate::auth::Caller;
 use crate::body::content_encodings;
 use crate::error::{ApiError, ApiResult};
 use crate::params::Params;
-use crate::resolve::{KvStoreKind, KvStoreTarget};
+use crate::resolve::{
+    check_access, signature_opens, Access, AddressedBy, KvStoreKind, KvStoreTarget,
+};
 use crate::state::AppState;
 
 /// A PUT body up to this size is read into memory and handed to storage whole (storage keeps
@@ -315,23 +318,56 @@ fn header_value(value: &str) -> HeaderValue {
 
 /// GET|HEAD .../records/{recordKey} — the stored bytes with the stored headers; decoded on the
 /// fly when the client does not accept the stored encoding.
+///
+/// Hot path: a store named by id is looked up together with the record in one storage call;
+/// names and run prefixes go through the shared resolver first.
 async fn get_record(
     State(state): State<AppState>,
-    method: Method,
     RecordKey(key): RecordKey,
-    target: KvStoreTarget,
+    caller: Caller,
     params: Params,
-    headers: HeaderMap,
+    mut parts: Parts,
 ) -> ApiResult<Response> {
     let attachment = params.bool("attachment", false)?;
-    let head = method == Method::HEAD;
-    let record = state
-        .storage
-        .get_record(target.info(), &key, head)
-        .await?
-        .ok_or_else(|| ApiError::not_found("Record was not found"))?;
+    let head = parts.method == Method::HEAD;
+    let store_ref = RawPathParams::from_request_parts(&mut parts, &state)
+        .await
+        .ok()
+        .and_then(|raw| {
+            raw.iter()
+                .find(|(name, _)| *name == "storeId")
+                .map(|(_, value)| value.to_string())
+        });
+    let mut found = None;
+    if let Some(store_ref) = store_ref.filter(|r| !r.contains('~')) {
+        if let Some((info, record)) = state
+            .storage
+            .get_store_record(&store_ref, &key, head)
+            .await?
+        {
+            let signed = signature_opens(&info, &params, Some(&key), troupe_model::now_ms());
+            check_access(
+                &caller,
+                &info.user_id,
+                &info.general_access,
+                &AddressedBy::Id,
+                Access::Read,
+                signed,
+            )?;
+            found = Some(record);
+        }
+    }
+    let record = match found {
+        Some(record) => record,
+        None => {
+            let target = KvStoreTarget::from_request_parts(&mut parts, &state).await?;
+            state.storage.get_record(target.info(), &key, head).await?
+        }
+    }
+    .ok_or_else(|| ApiError::not_found("Record was not found"))?;
+    let headers = &parts.headers;
     let encodings = stored_encodings(&record.meta);
-    let raw = encodings.is_empty() || accepts(&headers, &encodings);
+    let raw = encodings.is_empty() || accepts(headers, &encodings);
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::OK;
     let out = response.headers_mut();

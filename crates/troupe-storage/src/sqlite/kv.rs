@@ -17,8 +17,9 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, Transaction};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use troupe_model::storage::StorageInfo;
+use troupe_model::storage::{StorageInfo, StorageKind};
 
+use super::catalog::load_storage;
 use super::{optional, Durability, Inner, SqliteStorage};
 use crate::kv::{
     valid_record_key, KeyEntry, KeysPage, KeysQuery, NewRecord, Record, RecordContent, RecordMeta,
@@ -349,6 +350,70 @@ pub(crate) fn delete_records(
     Ok(())
 }
 
+/// Reads one record (and opens its file) on a reader connection.
+fn read_record(
+    this: &SqliteStorage,
+    conn: &Connection,
+    num: i64,
+    key: String,
+    meta_only: bool,
+) -> Result<Option<Record>> {
+    let sql = if meta_only {
+        "SELECT size, content_type, content_encoding, modified_at, blob FROM kv_records WHERE store_num = ?1 AND key = ?2"
+    } else {
+        "SELECT size, content_type, content_encoding, modified_at, blob, data FROM kv_records WHERE store_num = ?1 AND key = ?2"
+    };
+    // A concurrent overwrite may remove the file between the lookup and the open:
+    // look again (the new row names the new file).
+    for _ in 0..5 {
+        let mut stmt = conn.prepare_cached(sql)?;
+        let mut rows = stmt.query(params![num, key])?;
+        let Some(row) = rows.next()? else {
+            return Ok(None);
+        };
+        let blob: Option<String> = row.get(4)?;
+        let meta = RecordMeta {
+            key: key.clone(),
+            size: row.get::<_, i64>(0)? as u64,
+            content_type: row.get(1)?,
+            content_encoding: row.get(2)?,
+            modified_at: row.get(3)?,
+        };
+        if meta_only {
+            return Ok(Some(Record {
+                meta,
+                content: None,
+            }));
+        }
+        let content = match blob {
+            None => {
+                let data = row.get_ref(5)?;
+                let data = match data {
+                    rusqlite::types::ValueRef::Null => &[][..],
+                    other => other.as_blob().map_err(rusqlite::Error::from)?,
+                };
+                RecordContent::Inline(Bytes::copy_from_slice(data))
+            }
+            Some(blob) => match std::fs::File::open(blob_path(this.blobs_dir(), &blob)) {
+                Ok(file) => RecordContent::File(file),
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                    drop(rows);
+                    std::thread::sleep(Duration::from_millis(1));
+                    continue;
+                }
+                Err(err) => return Err(err.into()),
+            },
+        };
+        return Ok(Some(Record {
+            meta,
+            content: Some(content),
+        }));
+    }
+    Err(Error::Internal(anyhow::anyhow!(
+        "record file of {key} keeps disappearing"
+    )))
+}
+
 #[async_trait]
 impl KvStore for SqliteStorage {
     async fn get_record(
@@ -361,66 +426,36 @@ impl KvStore for SqliteStorage {
         let key = key.to_string();
         let this = self.clone();
         let record = self
-            .read(move |conn| {
-                let sql = if meta_only {
-                    "SELECT size, content_type, content_encoding, modified_at, blob FROM kv_records WHERE store_num = ?1 AND key = ?2"
-                } else {
-                    "SELECT size, content_type, content_encoding, modified_at, blob, data FROM kv_records WHERE store_num = ?1 AND key = ?2"
-                };
-                // A concurrent overwrite may remove the file between the lookup and the open:
-                // look again (the new row names the new file).
-                for _ in 0..5 {
-                    let mut stmt = conn.prepare_cached(sql)?;
-                    let mut rows = stmt.query(params![num, key])?;
-                    let Some(row) = rows.next()? else {
-                        return Ok(None);
-                    };
-                    let blob: Option<String> = row.get(4)?;
-                    let meta = RecordMeta {
-                        key: key.clone(),
-                        size: row.get::<_, i64>(0)? as u64,
-                        content_type: row.get(1)?,
-                        content_encoding: row.get(2)?,
-                        modified_at: row.get(3)?,
-                    };
-                    if meta_only {
-                        return Ok(Some(Record { meta, content: None }));
-                    }
-                    let content = match blob {
-                        None => {
-                            let data = row.get_ref(5)?;
-                            let data = match data {
-                                rusqlite::types::ValueRef::Null => &[][..],
-                                other => other.as_blob().map_err(rusqlite::Error::from)?,
-                            };
-                            RecordContent::Inline(Bytes::copy_from_slice(data))
-                        }
-                        Some(blob) => {
-                            match std::fs::File::open(blob_path(this.blobs_dir(), &blob)) {
-                                Ok(file) => RecordContent::File(file),
-                                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                                    drop(rows);
-                                    std::thread::sleep(Duration::from_millis(1));
-                                    continue;
-                                }
-                                Err(err) => return Err(err.into()),
-                            }
-                        }
-                    };
-                    return Ok(Some(Record {
-                        meta,
-                        content: Some(content),
-                    }));
-                }
-                Err(Error::Internal(anyhow::anyhow!(
-                    "record file of {key} keeps disappearing"
-                )))
-            })
+            .read(move |conn| read_record(&this, conn, num, key, meta_only))
             .await?;
         if record.is_some() {
             self.note_access(num, false);
         }
         Ok(record)
+    }
+
+    async fn get_store_record(
+        &self,
+        store_id: &str,
+        key: &str,
+        meta_only: bool,
+    ) -> Result<Option<(StorageInfo, Option<Record>)>> {
+        let store_id = store_id.to_string();
+        let key = key.to_string();
+        let this = self.clone();
+        let found = self
+            .read(move |conn| {
+                let Some(info) = load_storage(conn, StorageKind::KeyValueStore, &store_id)? else {
+                    return Ok(None);
+                };
+                let record = read_record(&this, conn, info.num, key, meta_only)?;
+                Ok(Some((info, record)))
+            })
+            .await?;
+        if let Some((info, Some(_))) = &found {
+            self.note_access(info.num, false);
+        }
+        Ok(found)
     }
 
     async fn put_record(
