@@ -326,8 +326,9 @@ async fn get_record(
     RecordKey(key): RecordKey,
     caller: Caller,
     params: Params,
-    mut parts: Parts,
+    request: axum::extract::Request,
 ) -> ApiResult<Response> {
+    let (mut parts, _) = request.into_parts();
     let attachment = params.bool("attachment", false)?;
     let head = parts.method == Method::HEAD;
     let store_ref = RawPathParams::from_request_parts(&mut parts, &state)

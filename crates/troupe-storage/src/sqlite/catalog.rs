@@ -130,8 +130,9 @@ impl StorageCatalog for SqliteStorage {
     }
 
     async fn get_storage(&self, kind: StorageKind, id: &str) -> Result<Option<StorageInfo>> {
-        let id = id.to_string();
-        self.read(move |conn| load_storage(conn, kind, &id)).await
+        // One primary-key lookup (every storage request resolves its storage with it): cheaper
+        // on a pooled reader right here than a hop to the blocking pool and back.
+        self.read_blocking(|conn| load_storage(conn, kind, id))
     }
 
     async fn get_storage_by_name(

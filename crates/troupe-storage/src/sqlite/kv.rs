@@ -440,18 +440,15 @@ impl KvStore for SqliteStorage {
         key: &str,
         meta_only: bool,
     ) -> Result<Option<(StorageInfo, Option<Record>)>> {
-        let store_id = store_id.to_string();
-        let key = key.to_string();
-        let this = self.clone();
-        let found = self
-            .read(move |conn| {
-                let Some(info) = load_storage(conn, StorageKind::KeyValueStore, &store_id)? else {
-                    return Ok(None);
-                };
-                let record = read_record(&this, conn, info.num, key, meta_only)?;
-                Ok(Some((info, record)))
-            })
-            .await?;
+        // Two indexed point lookups on a pooled reader connection take a few microseconds,
+        // less than a hop to the blocking pool and back: run them right here.
+        let found = self.read_blocking(|conn| {
+            let Some(info) = load_storage(conn, StorageKind::KeyValueStore, store_id)? else {
+                return Ok(None);
+            };
+            let record = read_record(self, conn, info.num, key.to_string(), meta_only)?;
+            Ok(Some((info, record)))
+        })?;
         if let Some((info, Some(_))) = &found {
             self.note_access(info.num, false);
         }
