@@ -314,6 +314,51 @@ pub async fn run(storage: &dyn Storage) {
     }
     assert!(ok, "read/list counters were not flushed");
 
+    // Concurrent writes (batched into shared commits by some backends) each succeed or fail on
+    // their own, and the counters add up.
+    let (gone, _) = storage
+        .create_storage(
+            StorageKind::KeyValueStore,
+            &user,
+            None,
+            StorageOrigin::default(),
+        )
+        .await
+        .unwrap();
+    storage
+        .delete_storage(StorageKind::KeyValueStore, &gone.id)
+        .await
+        .unwrap();
+    let writes = (0..60u32).map(|i| {
+        let target = if i % 10 == 9 { &gone } else { &k };
+        let key = format!("c-{i:02}");
+        async move {
+            let result = storage
+                .put_record(
+                    target,
+                    &key,
+                    meta("text/plain", None),
+                    RecordSource::Bytes(vec![b'x'; i as usize].into()),
+                )
+                .await;
+            (i, result)
+        }
+    });
+    for (i, result) in futures::future::join_all(writes).await {
+        if i % 10 == 9 {
+            assert!(matches!(result, Err(Error::NotFound(_))), "{i}");
+        } else {
+            assert_eq!(result.unwrap(), u64::from(i));
+        }
+    }
+    let (page, _) = keys(storage, &k, query(None, Some("c-"), 1000)).await;
+    assert_eq!(page.len(), 54);
+    let info = store_info(storage, &k.id).await;
+    let expected: u64 = (0..60u64).filter(|i| i % 10 != 9).sum::<u64>()
+        + names.iter().map(|n| n.len() as u64).sum::<u64>();
+    assert_eq!(info.storage_bytes, expected);
+    assert_eq!(info.write_count, 54 + names.len() as u64);
+
     // Deleting a store removes its records; unknown store → NotFound.
     storage
         .delete_storage(StorageKind::KeyValueStore, &k.id)
