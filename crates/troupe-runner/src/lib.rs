@@ -54,6 +54,8 @@ pub struct RunnerConfig {
     pub persist_state_interval: Duration,
     /// Grace period between the `aborting` event and the kill of a graceful abort.
     pub graceful_abort_secs: u64,
+    /// How long `run-sync` endpoints wait for a run before answering 408 (Apify: 300 s).
+    pub sync_run_wait: Duration,
 }
 
 /// A command to a live run's owner task.

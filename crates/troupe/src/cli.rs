@@ -127,6 +127,9 @@ pub struct ServeArgs {
     /// Memory (MB) runs may use at once; runs beyond it wait in READY (default: the machine's RAM).
     #[arg(long, env = "TROUPE_MAX_MEMORY_MBYTES")]
     pub max_memory_mbytes: Option<u64>,
+    /// Seconds `run-sync` endpoints wait for the run before answering 408 (the run goes on).
+    #[arg(long, env = "TROUPE_SYNC_RUN_WAIT_SECS", default_value_t = 300)]
+    pub sync_run_wait_secs: u64,
     /// Largest key-value store record accepted, in bytes (default 1 GiB).
     #[arg(long, env = "TROUPE_MAX_RECORD_BYTES", default_value_t = troupe_api::DEFAULT_MAX_RECORD_BYTES)]
     pub max_record_bytes: u64,
@@ -176,6 +179,7 @@ pub fn main() -> anyhow::Result<()> {
                 retention_interval: args.retention_interval,
                 cache_dir: args.cache_dir,
                 max_memory_mbytes: args.max_memory_mbytes,
+                sync_run_wait_secs: args.sync_run_wait_secs,
                 max_record_bytes: args.max_record_bytes,
             }))
         }

@@ -32,6 +32,7 @@ pub struct ServeOptions {
     pub retention_interval: std::time::Duration,
     pub cache_dir: Option<PathBuf>,
     pub max_memory_mbytes: Option<u64>,
+    pub sync_run_wait_secs: u64,
     pub max_record_bytes: u64,
 }
 
@@ -126,6 +127,7 @@ pub async fn run(options: ServeOptions) -> anyhow::Result<()> {
                 .unwrap_or_else(troupe_runner::process::total_memory_mbytes),
             persist_state_interval: Duration::from_secs(60),
             graceful_abort_secs: 30,
+            sync_run_wait: Duration::from_secs(options.sync_run_wait_secs),
         },
     );
     // Runs a previous server process left behind end now (or are queued again if not started).

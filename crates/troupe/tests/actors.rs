@@ -1225,3 +1225,28 @@ EOF"#;
         .unwrap();
     assert_eq!(input.text().await.unwrap(), "{\"n\": 1}");
 }
+
+#[tokio::test]
+async fn sync_run_past_its_wait_answers_408_and_goes_on() {
+    let temp = tempfile::tempdir().unwrap();
+    let server = TestServer::start_in(temp.path(), &["--sync-run-wait-secs", "1"]);
+    let id = built_actor(&server, "slowpoke", "sleep 3; echo finished").await;
+    for path in ["run-sync", "run-sync-get-dataset-items"] {
+        let t = Instant::now();
+        let r = client()
+            .post(server.url(&format!("/acts/{id}/{path}")))
+            .send()
+            .await
+            .unwrap();
+        assert!(t.elapsed() < Duration::from_secs(3));
+        assert_error(r, 408, "run-timeout-exceeded").await;
+    }
+    let runs = get_json(&server, &format!("/acts/{id}/runs")).await;
+    assert_eq!(runs["total"], 2);
+    for run in runs["items"].as_array().unwrap() {
+        assert_eq!(
+            wait_run(&server, run["id"].as_str().unwrap()).await["status"],
+            "SUCCEEDED"
+        );
+    }
+}

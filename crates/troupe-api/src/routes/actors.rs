@@ -2,7 +2,6 @@
 //! router is built once ([`routes`]) and nested under both `/v2/acts` and `/v2/actors`.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{FromRequestParts, Path, RawPathParams, State};
@@ -32,9 +31,6 @@ use crate::items::{items_response, ItemsQuery};
 use crate::params::Params;
 use crate::resolve::{check_access, path_map, split_name_ref, Access, AddressedBy};
 use crate::state::AppState;
-
-/// Longest a sync run is waited for.
-pub const SYNC_WAIT: Duration = Duration::from_secs(300);
 
 /// The Actor router, relative to `/v2/acts` or `/v2/actors`.
 pub fn routes() -> Router<AppState> {
@@ -1112,7 +1108,7 @@ pub async fn wait_sync(
 ) -> ApiResult<troupe_model::actor::Run> {
     let run = state
         .runner
-        .wait_run(&run.id, SYNC_WAIT)
+        .wait_run(&run.id, state.runner.config().sync_run_wait)
         .await
         .map_err(super::runs::runner_error)?
         .unwrap_or(run);
