@@ -882,53 +882,59 @@ async fn memory_limit_and_budget() {
         "{done}"
     );
 
-    // Budget 256 MB: two 128 MB runs go, the third waits in READY.
-    let sleeper = built_actor(&server, "sleeper", "sleep 3").await;
+    // Budget 256 MB: two 128 MB runs go, the third waits in READY until one ends.
+    let sleeper = built_actor(&server, "sleeper", "sleep 30").await;
     let a = start(&server, &sleeper, "memory=128").await;
     let b = start(&server, &sleeper, "memory=128").await;
     let c = start(&server, &sleeper, "memory=128").await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let status = |v: Value| v["status"].as_str().unwrap().to_string();
-    assert_eq!(
-        status(
-            get_json(
-                &server,
-                &format!("/actor-runs/{}", a["id"].as_str().unwrap())
-            )
-            .await
-        ),
-        "RUNNING"
-    );
-    assert_eq!(
-        status(
-            get_json(
-                &server,
-                &format!("/actor-runs/{}", b["id"].as_str().unwrap())
-            )
-            .await
-        ),
-        "RUNNING"
-    );
-    assert_eq!(
-        status(
-            get_json(
-                &server,
-                &format!("/actor-runs/{}", c["id"].as_str().unwrap())
-            )
-            .await
-        ),
-        "READY"
-    );
+    let status_of = |run: &Value| {
+        let path = format!("/actor-runs/{}", run["id"].as_str().unwrap());
+        let server = &server;
+        async move {
+            get_json(server, &path).await["status"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while status_of(&a).await != "RUNNING" || status_of(&b).await != "RUNNING" {
+        assert!(Instant::now() < deadline, "the first two runs start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(status_of(&c).await, "READY");
     let r = client()
         .post(server.url(&format!("/acts/{sleeper}/runs?memory=512")))
         .send()
         .await
         .unwrap();
     assert_error(r, 400, "actor-memory-limit-exceeded").await;
-    assert_eq!(
-        status(wait_run(&server, c["id"].as_str().unwrap()).await),
-        "SUCCEEDED"
-    );
+    // Ending one run lets the waiting one start.
+    client()
+        .post(server.url(&format!("/actor-runs/{}/abort", a["id"].as_str().unwrap())))
+        .send()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while status_of(&c).await != "RUNNING" {
+        assert!(Instant::now() < deadline, "the waiting run starts");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for run in [&b, &c] {
+        client()
+            .post(server.url(&format!(
+                "/actor-runs/{}/abort",
+                run["id"].as_str().unwrap()
+            )))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            wait_run(&server, run["id"].as_str().unwrap()).await["status"],
+            "ABORTED"
+        );
+    }
 }
 
 #[tokio::test]
