@@ -1256,3 +1256,79 @@ async fn sync_run_past_its_wait_answers_408_and_goes_on() {
         );
     }
 }
+
+#[tokio::test]
+async fn build_abort_stops_the_installer() {
+    let server = TestServer::start();
+    // A package index that accepts connections and never answers: pip hangs until aborted.
+    let index = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = index.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = index.accept().await {
+            held.push(socket);
+        }
+    });
+    let requirements = format!("--index-url http://127.0.0.1:{port}/simple/\nsome-package==1.0\n");
+    let body = json!({"name": "hanging-build", "versions": [{"versionNumber": "0.1", "sourceType": "SOURCE_FILES",
+        "sourceFiles": [{"name": "main.py", "format": "TEXT", "content": "print(1)"},
+                        {"name": "requirements.txt", "format": "TEXT", "content": requirements}]}]});
+    let id = post(&server, "/acts", body)
+        .await
+        .json::<Value>()
+        .await
+        .unwrap()["data"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let build: Value = client()
+        .post(server.url(&format!("/acts/{id}/builds?version=0.1&useCache=0")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let build_id = build["data"]["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let log = client()
+            .get(server.url(&format!("/logs/{build_id}")))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if log.contains("pip install") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{log}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t = Instant::now();
+    let aborted: Value = client()
+        .post(server.url(&format!("/actor-builds/{build_id}/abort")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(aborted["data"]["status"], "ABORTED");
+    let done = get_json(
+        &server,
+        &format!("/actor-builds/{build_id}?waitForFinish=10"),
+    )
+    .await;
+    assert_eq!(done["status"], "ABORTED");
+    assert!(t.elapsed() < Duration::from_secs(5));
+    // The Actor has no usable build, so nothing can run.
+    let r = client()
+        .post(server.url(&format!("/acts/{id}/runs")))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 400, "unknown-build-tag").await;
+}
