@@ -250,3 +250,40 @@ def test_graceful_abort_reaches_the_sdk(client, node_actor):
     done = client.run(run.id).wait_for_finish()
     assert done.status == "ABORTED"
     assert time.time() - started < 25, client.run(run.id).log().get()
+
+
+def test_events_websocket_sends_system_info(client, server):
+    """The socket behind ACTOR_EVENTS_WEBSOCKET_URL: systemInfo with all eight fields the Python
+    SDK requires, about once a second; only the run's owner may listen."""
+    import asyncio
+    import json
+
+    import websockets
+
+    actor = shell_actor(client, "sleep 4")
+    run = client.actor(actor.id).start(memory_mbytes=128)
+    url = server.origin.replace("http://", "ws://") + f"/v2/actor-runs/{run.id}/events-websocket?token={server.token}"
+
+    async def first_system_info():
+        async with websockets.connect(url) as socket:
+            while True:
+                message = json.loads(await asyncio.wait_for(socket.recv(), timeout=10))
+                if message["name"] == "systemInfo":
+                    return message["data"]
+
+    data = asyncio.run(first_system_info())
+    for field in ("memAvgBytes", "memCurrentBytes", "memMaxBytes", "cpuAvgUsage", "cpuMaxUsage",
+                  "cpuCurrentUsage", "isCpuOverloaded", "createdAt"):
+        assert field in data, data
+    assert data["createdAt"].endswith("Z")
+    anonymous = server.origin.replace("http://", "ws://") + f"/v2/actor-runs/{run.id}/events-websocket"
+
+    async def refused():
+        try:
+            async with websockets.connect(anonymous):
+                return False
+        except websockets.exceptions.InvalidStatus as err:
+            return err.response.status_code == 401
+
+    assert asyncio.run(refused())
+    assert client.run(run.id).wait_for_finish().status == "SUCCEEDED"
