@@ -180,6 +180,7 @@ test('Crawlee (JS) crawls every page exactly once through the platform queue', a
         assert.deepEqual(urls, expected, output.slice(-3000));
         const q = await client.requestQueue(rq.id).get();
         assert.deepEqual([q.totalRequestCount, q.handledRequestCount, q.pendingRequestCount], [PAGES, PAGES, 0]);
+        assert.equal(q.hadMultipleClients, false, 'one crawler is one client');
     } finally {
         site.close();
     }

@@ -224,3 +224,4 @@ def test_crawlee_python_crawls_every_page_exactly_once(server, client, site, tmp
     assert urls == sorted(f"{site}/page/{i}" for i in range(PAGES)), proc.stderr[-3000:]
     q = client.request_queue(rq_id).get()
     assert (q.total_request_count, q.handled_request_count, q.pending_request_count) == (PAGES, PAGES, 0)
+    assert q.had_multiple_clients is False, "one crawler is one client"
