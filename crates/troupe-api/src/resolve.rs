@@ -140,7 +140,8 @@ pub fn check_access(
 /// listing, dataset items, records), or — on a record route, `record_key` being the path's key —
 /// that record's own signature (SDK-CONTRACT 5.8), which opens only that record.
 pub fn signature_opens(
-    info: &StorageInfo,
+    secret: &str,
+    storage_id: &str,
     params: &Params,
     record_key: Option<&str>,
     now_ms: i64,
@@ -148,14 +149,9 @@ pub fn signature_opens(
     let Some(sig) = params.str("signature") else {
         return false;
     };
-    troupe_model::signature::verify_storage_signature(
-        &info.url_signing_secret_key,
-        &info.id,
-        sig,
-        now_ms,
-    ) || record_key.is_some_and(|key| {
-        troupe_model::signature::verify_record_signature(&info.url_signing_secret_key, key, sig)
-    })
+    troupe_model::signature::verify_storage_signature(secret, storage_id, sig, now_ms)
+        || record_key
+            .is_some_and(|key| troupe_model::signature::verify_record_signature(secret, key, sig))
 }
 
 /// Resolves the storage of `kind` a request path names, checking access.
@@ -261,7 +257,13 @@ impl<K: KindMarker> FromRequestParts<AppState> for StorageTarget<K> {
         let record_key = path.get("recordKey").cloned();
         let now = troupe_model::now_ms();
         let resolved = resolve_storage(state, &caller, K::KIND, &path, &params, access, |info| {
-            signature_opens(info, &params, record_key.as_deref(), now)
+            signature_opens(
+                &info.url_signing_secret_key,
+                &info.id,
+                &params,
+                record_key.as_deref(),
+                now,
+            )
         })
         .await?;
         Ok(StorageTarget(resolved, std::marker::PhantomData))

@@ -80,6 +80,16 @@ pub struct NewRecord {
     pub content_encoding: Option<String>,
 }
 
+/// What an access check needs to know about a store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreAccess {
+    pub num: i64,
+    pub id: String,
+    pub user_id: String,
+    pub general_access: String,
+    pub url_signing_secret_key: String,
+}
+
 /// One key of a listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyEntry {
@@ -117,15 +127,15 @@ pub trait KvStore {
         meta_only: bool,
     ) -> Result<Option<Record>>;
 
-    /// The store with id `store_id` and its record `key` in one lookup (the hot path of record
-    /// reads): `None` when there is no key-value store with that id; otherwise the store and the
-    /// record, if any. Counts as a read when the record exists.
+    /// The key-value store with id `store_id` (what an access check needs) and its record `key`,
+    /// in one lookup (the hot path of record reads): `None` when there is no key-value store
+    /// with that id. Counts as a read when the record exists.
     async fn get_store_record(
         &self,
         store_id: &str,
         key: &str,
         meta_only: bool,
-    ) -> Result<Option<(StorageInfo, Option<Record>)>>;
+    ) -> Result<Option<(StoreAccess, Option<Record>)>>;
 
     /// Creates or replaces a record. Atomic: on any error (including a failing `Stream`) the old
     /// record, if any, stays as it was. `NotFound` when the store no longer exists, `Invalid` for

@@ -346,7 +346,13 @@ async fn get_record(
             .get_store_record(&store_ref, &key, head)
             .await?
         {
-            let signed = signature_opens(&info, &params, Some(&key), troupe_model::now_ms());
+            let signed = signature_opens(
+                &info.url_signing_secret_key,
+                &info.id,
+                &params,
+                Some(&key),
+                troupe_model::now_ms(),
+            );
             check_access(
                 &caller,
                 &info.user_id,

@@ -132,6 +132,55 @@ pub async fn run(storage: &dyn Storage) {
     assert_eq!(size, large.len() as u64);
     assert_eq!(read_all(storage, &store, "large").await.unwrap(), large);
 
+    // The hot-path lookup: store and record in one call.
+    let (access, record) = storage
+        .get_store_record(&store.id, "bin", false)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (access.num, access.user_id.as_str()),
+        (store.num, store.user_id.as_str())
+    );
+    assert_eq!(access.url_signing_secret_key, store.url_signing_secret_key);
+    assert_eq!(access.general_access, store.general_access);
+    let record = record.unwrap();
+    assert_eq!(record.meta.content_type, "image/png");
+    assert!(matches!(record.content, Some(RecordContent::Inline(ref b)) if b[..] == binary[..]));
+    let (_, record) = storage
+        .get_store_record(&store.id, "large", false)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut got = Vec::new();
+    match record.unwrap().content.unwrap() {
+        RecordContent::Inline(bytes) => got.extend_from_slice(&bytes),
+        RecordContent::File(mut file) => {
+            use std::io::Read;
+            file.read_to_end(&mut got).unwrap();
+        }
+    }
+    assert_eq!(got, large);
+    let (_, record) = storage
+        .get_store_record(&store.id, "gz", true)
+        .await
+        .unwrap()
+        .unwrap();
+    let record = record.unwrap();
+    assert!(record.content.is_none());
+    assert_eq!(record.meta.content_encoding.as_deref(), Some("gzip"));
+    let (_, record) = storage
+        .get_store_record(&store.id, "nope", false)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(record.is_none());
+    assert!(storage
+        .get_store_record("NoSuchStore", "bin", false)
+        .await
+        .unwrap()
+        .is_none());
+
     // A failing stream changes nothing: the old record stays.
     struct Failing(usize);
     impl tokio::io::AsyncRead for Failing {
