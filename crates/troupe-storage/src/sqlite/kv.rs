@@ -300,9 +300,11 @@ impl SqliteStorage {
             }
             out.flush().await?;
             let file = out.into_inner();
-            // Always synced before it is referenced: a committed row must never point at a
-            // file whose data a power loss could drop.
-            file.sync_data().await?;
+            // Synced before it is referenced when commits are synced too (`--fsync`); by default,
+            // like the database, it survives a crash or kill -9 but not a power loss.
+            if self.inner.options.durability == Durability::Full {
+                file.sync_data().await?;
+            }
             drop(file);
             let blob = troupe_model::new_id();
             let final_path = blob_path(self.blobs_dir(), &blob);
