@@ -4,7 +4,7 @@
 //! rest dropped.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use parking_lot::Mutex;
@@ -41,7 +41,7 @@ fn ends_with_note(path: &Path) -> bool {
 
 /// Appends timestamped lines to a job's log.
 pub struct LogWriter {
-    inner: Mutex<(File, u64, bool)>,
+    inner: Mutex<(BufWriter<File>, u64, bool)>,
 }
 
 impl LogWriter {
@@ -55,7 +55,7 @@ impl LogWriter {
         let len = file.metadata()?.len();
         let full = len >= LOG_LIMIT || (len > LOG_LIMIT / 2 && ends_with_note(&path));
         Ok(Self {
-            inner: Mutex::new((file, len, full)),
+            inner: Mutex::new((BufWriter::with_capacity(64 * 1024, file), len, full)),
         })
     }
 
@@ -79,6 +79,7 @@ impl LogWriter {
                 troupe_model::format_ts(troupe_model::now_ms())
             );
             let _ = file.write_all(note.as_bytes());
+            let _ = file.flush();
             return;
         }
         if file.write_all(line.as_bytes()).is_ok() {
@@ -86,9 +87,15 @@ impl LogWriter {
         }
     }
 
-    /// A line from troupe itself (not the program).
+    /// A line from troupe itself (not the program); written through at once.
     pub fn system(&self, text: &str) {
         self.line(&format!("[troupe] {text}"));
+        self.flush();
+    }
+
+    /// Pushes buffered lines to the file (readers of the log see them from then on).
+    pub fn flush(&self) {
+        let _ = self.inner.lock().0.flush();
     }
 }
 
@@ -117,6 +124,7 @@ mod tests {
         // Reopening a full log keeps it full.
         let again = LogWriter::open(dir.path(), "job").unwrap();
         again.line("more");
+        again.flush();
         assert!(!std::fs::read_to_string(log_path(dir.path(), "job"))
             .unwrap()
             .contains(" more\n"));

@@ -58,9 +58,16 @@ async fn pump_lines(stream: impl AsyncRead + Unpin, log: Arc<LogWriter>) {
         buf.clear();
         match reader.read_until(b'\n', &mut buf).await {
             Ok(0) | Err(_) => break,
-            Ok(_) => log.line(&String::from_utf8_lossy(&buf)),
+            Ok(_) => {
+                log.line(&String::from_utf8_lossy(&buf));
+                // Batch lines while the program writes fast; write through once it pauses.
+                if reader.buffer().is_empty() {
+                    log.flush();
+                }
+            }
         }
     }
+    log.flush();
 }
 
 /// Sends `signal` to every process of the group led by `pgid`.

@@ -96,7 +96,14 @@ fn log_response(state: &AppState, job: Job, id: &str, params: &Params) -> ApiRes
     let body = if stream {
         Body::from_stream(follow(state.clone(), job, id.to_string(), path))
     } else {
-        Body::from(std::fs::read(&path).unwrap_or_default())
+        match std::fs::File::open(&path) {
+            // Streamed in large chunks, never read whole into memory.
+            Ok(file) => Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
+                tokio::fs::File::from_std(file),
+                256 * 1024,
+            )),
+            Err(_) => Body::empty(),
+        }
     };
     builder.body(body).map_err(ApiError::internal)
 }
