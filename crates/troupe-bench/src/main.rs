@@ -162,6 +162,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             anyhow::bail!("setpriority({nice}): {}", std::io::Error::last_os_error());
         }
     }
+    // Before pinning (which narrows this thread's CPU set).
+    let nproc = sys::allowed_cpus().len();
     let placement = sys::Placement::detect(cli.no_pin);
     if let Some(cpu) = placement.load {
         sys::pin_current_thread(cpu).context("pinning the load generator")?;
@@ -223,7 +225,14 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         .enable_all()
         .build()?;
     let started = Instant::now();
-    let outcome = runtime.block_on(bench_main(&ctx, &cli, &targets, &mut troupe, &mut yard));
+    let outcome = runtime.block_on(bench_main(
+        &ctx,
+        &cli,
+        &targets,
+        nproc,
+        &mut troupe,
+        &mut yard,
+    ));
     troupe.stop();
     yard.stop();
     let outcome = outcome?;
@@ -259,6 +268,7 @@ async fn bench_main(
     ctx: &Ctx,
     cli: &Cli,
     targets: &report::Targets,
+    nproc: usize,
     troupe: &mut sys::Server,
     yard: &mut sys::Server,
 ) -> anyhow::Result<i32> {
@@ -401,7 +411,7 @@ async fn bench_main(
             "date": troupe_model::format_ts(troupe_model::now_ms()),
             "command": std::env::args().collect::<Vec<_>>().join(" "),
             "machine": {
-                "nproc": sys::allowed_cpus().len(),
+                "nproc": nproc,
                 "cpu_model": sys::cpu_model(),
                 "server_cpu": ctx.placement.server,
                 "load_cpu": ctx.placement.load,
