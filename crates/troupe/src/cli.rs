@@ -115,7 +115,7 @@ pub struct ServeArgs {
     /// Seconds a client may take to send its request headers.
     #[arg(long, env = "TROUPE_HEADER_READ_TIMEOUT_SECS", default_value_t = 30)]
     pub header_read_timeout_secs: u64,
-    /// Delete unnamed storages idle for longer than this (e.g. `30d`, `12h`); off when unset.
+    /// Delete finished runs and unnamed storages older / idle longer than this (e.g. `30d`, `12h`); off when unset.
     #[arg(long, env = "TROUPE_RETENTION", value_parser = humantime::parse_duration)]
     pub retention: Option<std::time::Duration>,
     /// How often the retention policy runs.
