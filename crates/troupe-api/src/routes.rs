@@ -19,7 +19,12 @@ use serde::Serialize;
 
 /// `{"data": value}` with a status.
 pub fn data<T: Serialize>(status: StatusCode, value: T) -> Response {
-    (status, axum::Json(serde_json::json!({ "data": value }))).into_response()
+    /// Serialised straight to bytes (wrapping with `json!` would deep-copy `value` first).
+    #[derive(Serialize)]
+    struct Envelope<T> {
+        data: T,
+    }
+    (status, axum::Json(Envelope { data: value })).into_response()
 }
 
 /// `{"data": value}` with 201 and a `Location` header.
