@@ -64,6 +64,20 @@ pub fn split_name_ref(reference: &str) -> Option<(&str, &str)> {
     Some((user, name))
 }
 
+/// The owner named by the user part of a `username~name` reference: the caller for `~name`
+/// (401 without a token), else the user with that username (`None` when there is none).
+/// Shared by every resource that takes name references (storages, Actors, tasks).
+pub async fn name_ref_owner(
+    state: &AppState,
+    caller: &Caller,
+    username: &str,
+) -> ApiResult<Option<String>> {
+    if username.is_empty() {
+        return Ok(Some(caller.require()?.id.clone()));
+    }
+    Ok(state.storage.find_user(username).await?.map(|user| user.id))
+}
+
 /// Finds a storage by id, `username~name`, `~name` or bare name of the caller.
 pub async fn find_storage(
     state: &AppState,
@@ -72,16 +86,8 @@ pub async fn find_storage(
     reference: &str,
 ) -> ApiResult<Option<(StorageInfo, AddressedBy)>> {
     if let Some((username, name)) = split_name_ref(reference) {
-        let owner_id = if username.is_empty() {
-            match caller.user_id() {
-                Some(id) => id.to_string(),
-                None => return Err(ApiError::token_not_provided()),
-            }
-        } else {
-            match state.storage.find_user(username).await? {
-                Some(user) => user.id,
-                None => return Ok(None),
-            }
+        let Some(owner_id) = name_ref_owner(state, caller, username).await? else {
+            return Ok(None);
         };
         let found = state
             .storage

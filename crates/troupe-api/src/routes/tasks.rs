@@ -28,7 +28,7 @@ use crate::body::ApifyJson;
 use crate::error::{ApiError, ApiResult};
 use crate::items::ItemsQuery;
 use crate::params::Params;
-use crate::resolve::{check_access, path_map, split_name_ref, Access, AddressedBy};
+use crate::resolve::{check_access, name_ref_owner, path_map, split_name_ref, Access, AddressedBy};
 use crate::state::AppState;
 
 /// Every task route, with absolute paths.
@@ -70,13 +70,8 @@ pub async fn find_task(
 ) -> ApiResult<Option<Task>> {
     let reference = reference.replacen('/', "~", 1);
     if let Some((username, name)) = split_name_ref(&reference) {
-        let owner_id = if username.is_empty() {
-            caller.require()?.id.clone()
-        } else {
-            match state.storage.find_user(username).await? {
-                Some(user) => user.id,
-                None => return Ok(None),
-            }
+        let Some(owner_id) = name_ref_owner(state, caller, username).await? else {
+            return Ok(None);
         };
         return Ok(state.storage.get_task_by_name(&owner_id, name).await?);
     }
