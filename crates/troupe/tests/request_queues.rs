@@ -134,6 +134,8 @@ async fn add_get_update_delete_and_order() {
     assert_eq!(info["hadMultipleClients"], false);
     assert!(info["consoleUrl"].as_str().unwrap().starts_with("http"));
     let created_modified = info["modifiedAt"].clone();
+    // Timestamps have millisecond resolution: let the clock move before the first write.
+    tokio::time::sleep(Duration::from_millis(5)).await;
 
     // Ids follow SDK-CONTRACT §3.3; unknown fields round-trip.
     let added = q
