@@ -161,7 +161,7 @@ impl SqliteStorage {
         };
         let result = f(&conn);
         let mut readers = self.inner.readers.lock();
-        if readers.len() < 16 {
+        if readers.len() < MAX_POOLED_READERS {
             readers.push(conn);
         }
         result
@@ -186,6 +186,11 @@ async fn run_blocking<T: Send + 'static>(
         .map_err(|err| Error::Internal(anyhow::anyhow!("storage task failed: {err}")))?
 }
 
+/// Reader connections kept open between calls (more may be open during a burst of reads).
+const MAX_POOLED_READERS: usize = 16;
+/// Process-wide soft limit on SQLite's heap (page caches included).
+const SOFT_HEAP_LIMIT_BYTES: i64 = 96 * 1024 * 1024;
+
 fn open_connection(path: &Path, options: &SqliteOptions, read_only: bool) -> Result<Connection> {
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
@@ -206,10 +211,14 @@ fn open_connection(path: &Path, options: &SqliteOptions, read_only: bool) -> Res
     };
     conn.pragma_update(None, "synchronous", sync)?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
-    // Memory stays bounded whatever the database size: a 16 MiB page cache per connection and
-    // no mmap (mapped pages count towards the server's RSS, and a full export of a large dataset
-    // would map the whole file).
-    conn.pragma_update(None, "cache_size", -16384)?;
+    // Memory stays bounded whatever the database size and however many requests ran at once:
+    // the writer keeps a 16 MiB page cache, each pooled reader 4 MiB (up to MAX_POOLED_READERS of
+    // them; reads of cold pages come from the OS page cache), a process-wide soft heap limit makes
+    // SQLite recycle cache pages beyond that, and no mmap (mapped pages count towards the
+    // server's RSS, and a full export of a large dataset would map the whole file).
+    let cache_kib = if read_only { 4096 } else { 16384 };
+    conn.pragma_update(None, "cache_size", -cache_kib)?;
+    conn.pragma_update(None, "soft_heap_limit", SOFT_HEAP_LIMIT_BYTES)?;
     conn.pragma_update(None, "mmap_size", 0)?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.set_prepared_statement_cache_capacity(64);
