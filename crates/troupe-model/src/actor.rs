@@ -297,4 +297,9 @@ pub struct Run {
     pub process: Option<ProcessMark>,
     /// When the current attempt started (differs from `started_at` after resurrect).
     pub attempt_started_at: i64,
+    /// `meta.scheduleId` / `meta.scheduledAt` of a run a schedule started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_at: Option<i64>,
 }

@@ -3,6 +3,7 @@
 //! (request ids derived from `uniqueKey`, URL signatures).
 
 pub mod actor;
+pub mod hooks;
 pub mod id;
 pub mod list;
 pub mod queue;

@@ -274,6 +274,8 @@ mod tests {
             metamorphs: vec![],
             process: None,
             attempt_started_at: 1_755_771_811_607,
+            schedule_id: None,
+            scheduled_at: None,
         };
         let make = |run: &Run| {
             run_env(&RunEnv {

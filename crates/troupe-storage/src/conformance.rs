@@ -4,6 +4,7 @@
 pub mod actors;
 pub mod catalog;
 pub mod datasets;
+pub mod hooks;
 pub mod kv;
 pub mod queues;
 pub mod tasks;

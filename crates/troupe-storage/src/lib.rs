@@ -7,6 +7,7 @@ pub mod catalog;
 pub mod conformance;
 pub mod datasets;
 pub mod error;
+pub mod hooks;
 pub mod kv;
 pub mod queues;
 #[cfg(feature = "sqlite")]
@@ -18,6 +19,7 @@ pub use actors::{ActorStore, BuildStore, Mutator, RunFilter, RunStore};
 pub use catalog::StorageCatalog;
 pub use datasets::DatasetStore;
 pub use error::{Error, Result};
+pub use hooks::{ScheduleStore, WebhookFilter, WebhookStore};
 pub use kv::KvStore;
 pub use queues::{
     DeleteTarget, Head, HeadItem, LockOutcome, QueueStore, RequestFilter, RequestOutcome,
@@ -37,6 +39,8 @@ pub trait Storage:
     + BuildStore
     + RunStore
     + TaskStore
+    + WebhookStore
+    + ScheduleStore
     + Send
     + Sync
     + 'static
@@ -53,6 +57,8 @@ impl<T> Storage for T where
         + BuildStore
         + RunStore
         + TaskStore
+        + WebhookStore
+        + ScheduleStore
         + Send
         + Sync
         + 'static

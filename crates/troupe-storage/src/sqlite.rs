@@ -7,6 +7,7 @@
 mod actors;
 mod catalog;
 mod datasets;
+mod hooks;
 mod kv;
 mod queues;
 mod tasks;
@@ -51,6 +52,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0008_request_queues_indexes",
         include_str!("sqlite/migrations/0008_request_queues_indexes.sql"),
     ),
+    ("0009_hooks", include_str!("sqlite/migrations/0009_hooks.sql")),
 ];
 
 /// How hard commits are pushed to disk.
@@ -433,6 +435,13 @@ mod tests {
     async fn conformance_actors() {
         let (_dir, storage) = open_temp();
         crate::conformance::actors::run(&storage).await;
+    }
+
+    #[tokio::test]
+    async fn conformance_hooks() {
+        let (_dir, storage) = open_temp();
+        crate::conformance::hooks::run_webhooks(&storage).await;
+        crate::conformance::hooks::run_schedules(&storage).await;
     }
 
     #[tokio::test]

@@ -798,6 +798,8 @@ pub async fn start_run(state: &AppState, user: &User, request: StartRun) -> ApiR
         metamorphs: vec![],
         process: None,
         attempt_started_at: 0,
+        schedule_id: None,
+        scheduled_at: None,
     };
     state.storage.create_run(run.clone()).await?;
     state.runner.start_run(&run).map_err(runner_error)?;

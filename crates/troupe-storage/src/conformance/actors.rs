@@ -72,6 +72,8 @@ pub fn run_object(
         metamorphs: vec![],
         process: None,
         attempt_started_at: started_at,
+        schedule_id: None,
+        scheduled_at: None,
     }
 }
 
