@@ -159,6 +159,38 @@ impl ApiError {
     pub fn name_not_unique(message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "name-not-unique", message)
     }
+    /// 400 `invalid-idempotency-key`.
+    pub fn invalid_idempotency_key(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid-idempotency-key", message)
+    }
+    /// 400 `cron-expression-invalid`.
+    pub fn cron_expression_invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "cron-expression-invalid", message)
+    }
+    /// 404 `schedule-actor-not-found`: a schedule action names an unknown Actor.
+    pub fn schedule_actor_not_found(actor: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "schedule-actor-not-found",
+            format!("Actor \"{actor}\" of the schedule action was not found"),
+        )
+    }
+    /// 404 `schedule-actor-task-not-found`.
+    pub fn schedule_actor_task_not_found(task: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "schedule-actor-task-not-found",
+            format!("Actor task \"{task}\" of the schedule action was not found"),
+        )
+    }
+    /// 409 `schedule-name-not-unique`.
+    pub fn schedule_name_not_unique(name: &str) -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "schedule-name-not-unique",
+            format!("You already have a schedule named \"{name}\""),
+        )
+    }
     /// 409 `actor-name-not-unique`.
     pub fn actor_name_not_unique(name: &str) -> Self {
         Self::new(

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod body;
 pub mod error;
+pub mod hooks;
 pub mod items;
 pub mod params;
 pub mod ratelimit;

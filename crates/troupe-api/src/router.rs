@@ -13,7 +13,8 @@ use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
 use crate::routes::{
-    actors, builds, datasets, key_value_stores, logs, request_queues, runs, tasks, users,
+    actors, builds, datasets, key_value_stores, logs, request_queues, runs, schedules, tasks,
+    users, webhooks,
 };
 use crate::state::AppState;
 
@@ -39,6 +40,8 @@ pub fn app(state: AppState) -> Router {
         .nest("/v2/actor-builds/{buildId}", builds::build_routes())
         .merge(runs::collection_routes())
         .merge(tasks::routes())
+        .merge(webhooks::routes())
+        .merge(schedules::routes())
         .merge(logs::routes())
         .merge(datasets::collection_routes())
         .merge(key_value_stores::collection_routes())

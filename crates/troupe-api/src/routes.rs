@@ -9,9 +9,11 @@ pub mod logs;
 pub mod request_queues;
 pub mod run_input;
 pub mod runs;
+pub mod schedules;
 pub mod storages;
 pub mod tasks;
 pub mod users;
+pub mod webhooks;
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};

@@ -28,6 +28,8 @@ pub struct ApiConfig {
     pub header_read_timeout: Duration,
     /// Largest key-value record accepted, in bytes (as sent, i.e. before any decoding).
     pub max_record_bytes: u64,
+    /// Webhook delivery (timeouts, retries).
+    pub hooks: crate::hooks::HooksConfig,
 }
 
 /// Default of [`ApiConfig::max_record_bytes`]: 1 GiB.
@@ -41,6 +43,8 @@ pub struct AppState {
     pub rate_limits: Arc<crate::ratelimit::RateLimits>,
     /// Starts, stops and watches builds and runs (the API never runs processes itself).
     pub runner: Runner,
+    /// Webhook dispatches and the scheduler (started by [`crate::hooks::start`]).
+    pub hooks: crate::hooks::Hooks,
     tokens: Arc<TokenCache>,
 }
 
@@ -54,8 +58,10 @@ impl AppState {
         let cache = tokens.clone();
         // A run's token stops working the moment the run ends.
         runner.on_tokens_revoked(Arc::new(move || cache.entries.lock().clear()));
+        let hooks = crate::hooks::Hooks::new(config.hooks.clone());
         Self {
             storage,
+            hooks,
             config: Arc::new(config),
             rate_limits: Arc::new(rate_limits),
             runner,

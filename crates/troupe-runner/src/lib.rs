@@ -58,6 +58,51 @@ pub struct RunnerConfig {
     pub sync_run_wait: Duration,
 }
 
+/// Something that happened to a job, for webhooks: the job as it is after the change, and
+/// the webhook event type (`ACTOR.RUN.SUCCEEDED`...).
+#[derive(Debug, Clone)]
+pub enum JobEvent {
+    Run { event_type: &'static str, run: Run },
+    Build { event_type: &'static str, build: Build },
+}
+
+/// The `ACTOR.RUN.*` / `ACTOR.BUILD.*` suffix of a terminal status.
+fn terminal_suffix(status: JobStatus) -> Option<&'static str> {
+    match status {
+        JobStatus::Succeeded => Some("SUCCEEDED"),
+        JobStatus::Failed => Some("FAILED"),
+        JobStatus::Aborted => Some("ABORTED"),
+        JobStatus::TimedOut => Some("TIMED_OUT"),
+        _ => None,
+    }
+}
+
+impl JobEvent {
+    /// The terminal event of a run (`None` while it is not terminal).
+    pub fn run_finished(run: Run) -> Option<Self> {
+        let event_type = match terminal_suffix(run.status)? {
+            "SUCCEEDED" => "ACTOR.RUN.SUCCEEDED",
+            "FAILED" => "ACTOR.RUN.FAILED",
+            "ABORTED" => "ACTOR.RUN.ABORTED",
+            _ => "ACTOR.RUN.TIMED_OUT",
+        };
+        Some(JobEvent::Run { event_type, run })
+    }
+
+    /// The terminal event of a build (`None` while it is not terminal).
+    pub fn build_finished(build: Build) -> Option<Self> {
+        let event_type = match terminal_suffix(build.status)? {
+            "SUCCEEDED" => "ACTOR.BUILD.SUCCEEDED",
+            "FAILED" => "ACTOR.BUILD.FAILED",
+            "ABORTED" => "ACTOR.BUILD.ABORTED",
+            _ => "ACTOR.BUILD.TIMED_OUT",
+        };
+        Some(JobEvent::Build { event_type, build })
+    }
+}
+
+type JobEventHook = Arc<dyn Fn(JobEvent) + Send + Sync>;
+
 /// A command to a live run's owner task.
 #[derive(Debug)]
 pub(crate) enum Control {
@@ -97,6 +142,8 @@ pub(crate) struct Inner {
     pub aborted_builds: Mutex<std::collections::HashSet<String>>,
     /// Called after run tokens were revoked (the API drops its token cache).
     pub on_tokens_revoked: Mutex<Option<Arc<dyn Fn() + Send + Sync>>>,
+    /// Told about job events (webhooks); must not block.
+    pub on_job_event: Mutex<Option<JobEventHook>>,
 }
 
 impl Runner {
@@ -112,6 +159,7 @@ impl Runner {
                 build_pids: Mutex::new(HashMap::new()),
                 aborted_builds: Mutex::new(Default::default()),
                 on_tokens_revoked: Mutex::new(None),
+                on_job_event: Mutex::new(None),
             }),
         }
     }
@@ -125,6 +173,16 @@ impl Runner {
         *self.inner.on_tokens_revoked.lock() = Some(f);
     }
 
+    /// Registers the receiver of job events (webhooks). It is called inline and must not block.
+    pub fn on_job_event(&self, f: JobEventHook) {
+        *self.inner.on_job_event.lock() = Some(f);
+    }
+
+    /// Reports a job event (also used by the API for CREATED and RESURRECTED).
+    pub fn emit(&self, event: Option<JobEvent>) {
+        self.inner.emit(event);
+    }
+
     /// Tells waiters that some job changed.
     pub fn notify(&self) {
         self.inner.notify();
@@ -136,7 +194,7 @@ impl Runner {
     pub async fn recover(&self) -> Result<()> {
         let storage = &self.inner.storage;
         for build in storage.unfinished_builds().await? {
-            storage
+            let ended = storage
                 .update_build(
                     &build.id,
                     Box::new(|b: &mut Build| {
@@ -148,6 +206,7 @@ impl Runner {
                     }),
                 )
                 .await?;
+            self.emit(JobEvent::build_finished(ended));
         }
         for run in storage.unfinished_runs().await? {
             if run.status == JobStatus::Ready && run.process.is_none() {
@@ -169,7 +228,7 @@ impl Runner {
             LogWriter::open(&self.inner.config.data_dir, &run.id)
                 .map(|log| log.system(message))
                 .ok();
-            storage
+            let ended = storage
                 .update_run(
                     &run.id,
                     Box::new(move |r: &mut Run| {
@@ -183,6 +242,7 @@ impl Runner {
                 )
                 .await?;
             storage.revoke_run_tokens(&run.id).await?;
+            self.emit(JobEvent::run_finished(ended));
         }
         self.notify();
         Ok(())
@@ -227,6 +287,7 @@ impl Runner {
             )
             .await?;
         self.notify();
+        self.emit(JobEvent::build_finished(build.clone()));
         Ok(build)
     }
 
@@ -321,6 +382,7 @@ impl Runner {
                 .await?;
             storage.revoke_run_tokens(run_id).await?;
             self.notify();
+            self.emit(JobEvent::run_finished(run.clone()));
             return Ok(run);
         }
         let control = self
@@ -467,6 +529,14 @@ impl Runner {
 }
 
 impl Inner {
+    pub fn emit(&self, event: Option<JobEvent>) {
+        let Some(event) = event else { return };
+        let hook = self.on_job_event.lock().clone();
+        if let Some(hook) = hook {
+            hook(event);
+        }
+    }
+
     pub fn notify(&self) {
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }

@@ -159,6 +159,9 @@ pub(crate) async fn build_task(runner: Runner, id: String) {
         }
     }
     runner.notify();
+    if let Ok(Some(build)) = storage.get_build(&id).await {
+        runner.emit(crate::JobEvent::build_finished(build));
+    }
 }
 
 /// How one process attempt ended.
@@ -363,9 +366,13 @@ pub(crate) async fn run_task(runner: Runner, id: String, mut rx: mpsc::Unbounded
             }),
         )
         .await;
-    if let Err(err) = result {
-        tracing::error!(run = %id, error = %err, "cannot record run end");
-    }
+    let ended = match result {
+        Ok(run) => Some(run),
+        Err(err) => {
+            tracing::error!(run = %id, error = %err, "cannot record run end");
+            None
+        }
+    };
     if token.is_some() {
         let _ = storage.revoke_run_tokens(&id).await;
         let callback = inner.on_tokens_revoked.lock().clone();
@@ -374,6 +381,9 @@ pub(crate) async fn run_task(runner: Runner, id: String, mut rx: mpsc::Unbounded
         }
     }
     runner.notify();
+    if let Some(run) = ended {
+        runner.emit(crate::JobEvent::run_finished(run));
+    }
 }
 
 type Attempt = (

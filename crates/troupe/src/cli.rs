@@ -133,6 +133,15 @@ pub struct ServeArgs {
     /// Largest key-value store record accepted, in bytes (default 1 GiB).
     #[arg(long, env = "TROUPE_MAX_RECORD_BYTES", default_value_t = troupe_api::DEFAULT_MAX_RECORD_BYTES)]
     pub max_record_bytes: u64,
+    /// Delay before a failed webhook call is retried; each further retry waits twice as long.
+    #[arg(long, env = "TROUPE_WEBHOOK_RETRY_DELAY", value_parser = humantime::parse_duration, default_value = "1m")]
+    pub webhook_retry_delay: std::time::Duration,
+    /// Calls per webhook dispatch, the first one included (1 = never retry).
+    #[arg(long, env = "TROUPE_WEBHOOK_MAX_ATTEMPTS", default_value_t = 12)]
+    pub webhook_max_attempts: u32,
+    /// Time limit of one webhook call.
+    #[arg(long, env = "TROUPE_WEBHOOK_TIMEOUT", value_parser = humantime::parse_duration, default_value = "30s")]
+    pub webhook_timeout: std::time::Duration,
 }
 
 pub fn main() -> anyhow::Result<()> {
@@ -181,6 +190,11 @@ pub fn main() -> anyhow::Result<()> {
                 max_memory_mbytes: args.max_memory_mbytes,
                 sync_run_wait_secs: args.sync_run_wait_secs,
                 max_record_bytes: args.max_record_bytes,
+                hooks: troupe_api::hooks::HooksConfig {
+                    retry_base: args.webhook_retry_delay,
+                    max_attempts: args.webhook_max_attempts.max(1),
+                    call_timeout: args.webhook_timeout,
+                },
             }))
         }
     }

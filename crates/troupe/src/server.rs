@@ -34,6 +34,7 @@ pub struct ServeOptions {
     pub max_memory_mbytes: Option<u64>,
     pub sync_run_wait_secs: u64,
     pub max_record_bytes: u64,
+    pub hooks: troupe_api::hooks::HooksConfig,
 }
 
 /// Name of the file keeping a generated token.
@@ -130,8 +131,6 @@ pub async fn run(options: ServeOptions) -> anyhow::Result<()> {
             sync_run_wait: Duration::from_secs(options.sync_run_wait_secs),
         },
     );
-    // Runs a previous server process left behind end now (or are queued again if not started).
-    runner.recover().await?;
     let state = AppState::new(
         storage,
         ApiConfig {
@@ -142,9 +141,14 @@ pub async fn run(options: ServeOptions) -> anyhow::Result<()> {
             body_idle_timeout: options.body_idle_timeout,
             header_read_timeout: options.header_read_timeout,
             max_record_bytes: options.max_record_bytes,
+            hooks: options.hooks.clone(),
         },
         runner.clone(),
     );
+    // Webhooks first, so that the runs recovery ends get their webhooks too.
+    troupe_api::hooks::start(&state).await?;
+    // Runs a previous server process left behind end now (or are queued again if not started).
+    runner.recover().await?;
     // One stdout line tests and scripts can parse.
     println!("troupe listening on http://{bound} (API base {public_base_url}/v2)");
     tracing::info!(%bound, "listening");

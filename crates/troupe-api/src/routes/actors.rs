@@ -66,6 +66,7 @@ pub fn routes() -> Router<AppState> {
         .route("/{actorId}/builds/default", get(get_default_build))
         .nest("/{actorId}/builds/{buildId}", build_routes())
         .route("/{actorId}/runs", get(list_actor_runs).post(run_actor))
+        .route("/{actorId}/webhooks", get(list_actor_webhooks))
         .route("/{actorId}/run-sync", get(run_sync).post(run_sync))
         .route(
             "/{actorId}/run-sync-get-dataset-items",
@@ -960,6 +961,10 @@ async fn create_build(
         readme: None,
     };
     state.storage.create_build(build.clone()).await?;
+    state.runner.emit(Some(troupe_runner::JobEvent::Build {
+        event_type: "ACTOR.BUILD.CREATED",
+        build: build.clone(),
+    }));
     state.runner.start_build(&build.id);
     let location = format!("{}/actor-builds/{}", state.api_base(), build.id);
     let mut response =
@@ -1033,6 +1038,22 @@ async fn list_actor_runs(
     list_runs(&state, &user, Some(actor.id), &params).await
 }
 
+/// GET /v2/actors/{actorId}/webhooks — the caller's webhooks whose condition names this Actor.
+async fn list_actor_webhooks(
+    State(state): State<AppState>,
+    ActorTarget(actor, caller): ActorTarget,
+    params: Params,
+) -> ApiResult<Response> {
+    let user = caller.require()?;
+    super::webhooks::list_for(
+        &state,
+        &user.id,
+        troupe_storage::WebhookFilter::Actor(actor.id),
+        &params,
+    )
+    .await
+}
+
 pub fn user_agent(headers: &HeaderMap) -> Option<String> {
     headers
         .get(axum::http::header::USER_AGENT)
@@ -1063,6 +1084,7 @@ async fn start_from_request(
             task_id: None,
             client_ip: None,
             user_agent: user_agent(headers),
+            schedule: None,
         },
     )
     .await

@@ -185,6 +185,8 @@ pub fn run_json(state: &AppState, run: &Run, caller: Option<&str>) -> Value {
             "origin": run.origin,
             "clientIp": run.client_ip,
             "userAgent": run.user_agent,
+            "scheduleId": run.schedule_id,
+            "scheduledAt": run.scheduled_at.map(format_ts),
         },
         "stats": {
             "inputBodyLen": c.input_body_len,
@@ -533,6 +535,10 @@ async fn resurrect_run(
         .await?;
     state.runner.start_run(&run).map_err(runner_error)?;
     state.runner.notify();
+    state.runner.emit(Some(troupe_runner::JobEvent::Run {
+        event_type: "ACTOR.RUN.RESURRECTED",
+        run: run.clone(),
+    }));
     Ok(data(
         StatusCode::OK,
         run_json(&state, &run, caller.user_id()),
@@ -637,13 +643,16 @@ async fn forward_events(
     let _ = socket.send(Message::Close(None)).await;
 }
 
-/// Run options from the query (`build`, `timeout`, `memory`, `maxItems`).
+/// Run options from the query (`build`, `timeout`, `memory`, `maxItems`, and the ad-hoc
+/// `webhooks`).
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     pub build: Option<String>,
     pub timeout_secs: Option<u64>,
     pub memory_mbytes: Option<u64>,
     pub max_items: Option<u64>,
+    /// Ad-hoc webhooks of the run (checked, created with it).
+    pub webhooks: Vec<crate::hooks::webhook::WebhookInput>,
 }
 
 impl RunOptions {
@@ -657,6 +666,10 @@ impl RunOptions {
             timeout_secs: params.u64("timeout")?,
             memory_mbytes: memory,
             max_items: params.u64("maxItems")?,
+            webhooks: match params.str("webhooks") {
+                Some(value) => crate::hooks::webhook::parse_ad_hoc(value)?,
+                None => vec![],
+            },
         })
     }
 }
@@ -717,6 +730,8 @@ pub struct StartRun {
     pub task_id: Option<String>,
     pub client_ip: Option<String>,
     pub user_agent: Option<String>,
+    /// `(scheduleId, scheduledAt)` of a run a schedule started.
+    pub schedule: Option<(String, i64)>,
 }
 
 /// Records a run (fresh default storages, INPUT) and hands it to the runner. Nothing is
@@ -798,11 +813,25 @@ pub async fn start_run(state: &AppState, user: &User, request: StartRun) -> ApiR
         metamorphs: vec![],
         process: None,
         attempt_started_at: 0,
-        schedule_id: None,
-        scheduled_at: None,
+        schedule_id: request.schedule.as_ref().map(|(id, _)| id.clone()),
+        scheduled_at: request.schedule.map(|(_, at)| at),
     };
     state.storage.create_run(run.clone()).await?;
+    // Ad-hoc webhooks exist before the run can emit anything.
+    for input in request.options.webhooks {
+        let condition = troupe_model::hooks::WebhookCondition {
+            actor_run_id: Some(run.id.clone()),
+            ..Default::default()
+        };
+        let mut webhook = crate::hooks::webhook::new_webhook(&user.id, input, condition, now);
+        webhook.is_ad_hoc = true;
+        state.storage.create_webhook(webhook).await?;
+    }
     state.runner.start_run(&run).map_err(runner_error)?;
+    state.runner.emit(Some(troupe_runner::JobEvent::Run {
+        event_type: "ACTOR.RUN.CREATED",
+        run: run.clone(),
+    }));
     Ok(run)
 }
 

@@ -210,7 +210,7 @@ async fn full_json(state: &AppState, task: &Task) -> ApiResult<Value> {
 }
 
 /// `options` of a body applied over `current`: a given field replaces, `null` clears.
-fn parse_options(current: &TaskOptions, value: &Value) -> ApiResult<TaskOptions> {
+pub(crate) fn parse_options(current: &TaskOptions, value: &Value) -> ApiResult<TaskOptions> {
     let Value::Object(body) = value else {
         return Err(ApiError::invalid_input(
             "Field \"options\" must be an object",
@@ -631,6 +631,7 @@ async fn start_task(
             task_id: Some(task.id.clone()),
             client_ip: None,
             user_agent: user_agent(headers),
+            schedule: None,
         },
     )
     .await
@@ -676,9 +677,19 @@ async fn run_sync_get_dataset_items(
     sync_items_response(&state, &run, query).await
 }
 
-/// GET /v2/actor-tasks/{actorTaskId}/webhooks — troupe has no webhooks yet, so this is always
-/// an empty list (with the usual paging envelope).
-async fn list_webhooks(TaskTarget(..): TaskTarget, params: Params) -> ApiResult<Response> {
-    let list = params.list_params()?;
-    Ok(data(StatusCode::OK, Page::<Value>::new(list, 0, vec![])))
+/// GET /v2/actor-tasks/{actorTaskId}/webhooks — the caller's webhooks whose condition names
+/// this task.
+async fn list_webhooks(
+    State(state): State<AppState>,
+    TaskTarget(task, caller): TaskTarget,
+    params: Params,
+) -> ApiResult<Response> {
+    let user = caller.require()?;
+    super::webhooks::list_for(
+        &state,
+        &user.id,
+        troupe_storage::WebhookFilter::Task(task.id),
+        &params,
+    )
+    .await
 }
