@@ -62,8 +62,14 @@ pub struct RunnerConfig {
 /// the webhook event type (`ACTOR.RUN.SUCCEEDED`...).
 #[derive(Debug, Clone)]
 pub enum JobEvent {
-    Run { event_type: &'static str, run: Run },
-    Build { event_type: &'static str, build: Build },
+    Run {
+        event_type: &'static str,
+        run: Run,
+    },
+    Build {
+        event_type: &'static str,
+        build: Build,
+    },
 }
 
 /// The `ACTOR.RUN.*` / `ACTOR.BUILD.*` suffix of a terminal status.

@@ -52,7 +52,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0008_request_queues_indexes",
         include_str!("sqlite/migrations/0008_request_queues_indexes.sql"),
     ),
-    ("0009_hooks", include_str!("sqlite/migrations/0009_hooks.sql")),
+    (
+        "0009_hooks",
+        include_str!("sqlite/migrations/0009_hooks.sql"),
+    ),
 ];
 
 /// How hard commits are pushed to disk.

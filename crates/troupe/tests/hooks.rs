@@ -185,7 +185,11 @@ async fn shell_actor(server: &TestServer, name: &str, script: &str) -> String {
     } else {
         let build_id = build["id"].as_str().unwrap().to_string();
         poll(|| async {
-            let b = get_data(server, &format!("/actor-builds/{build_id}?waitForFinish=30")).await;
+            let b = get_data(
+                server,
+                &format!("/actor-builds/{build_id}?waitForFinish=30"),
+            )
+            .await;
             (b["status"] != "RUNNING" && b["status"] != "READY").then_some(b)
         })
         .await
@@ -386,8 +390,7 @@ async fn webhook_crud_validation_and_access() {
         let response = send(&server, Method::POST, "/webhooks", Some(body.clone())).await;
         assert_error(response, 400, error_type).await;
         if put_too {
-            let response =
-                send(&server, Method::PUT, &format!("/webhooks/{id}"), Some(body)).await;
+            let response = send(&server, Method::PUT, &format!("/webhooks/{id}"), Some(body)).await;
             assert_error(response, 400, error_type).await;
         }
     }
@@ -444,7 +447,12 @@ async fn webhook_crud_validation_and_access() {
         (Method::POST, format!("/webhooks/{id}/test")),
         (Method::GET, format!("/webhooks/{id}/dispatches")),
     ] {
-        assert_error(as_eve(method, path).await.unwrap(), 403, "insufficient-permissions").await;
+        assert_error(
+            as_eve(method, path).await.unwrap(),
+            403,
+            "insufficient-permissions",
+        )
+        .await;
     }
     let listed: Value = as_eve(Method::GET, "/webhooks".into())
         .await
@@ -646,8 +654,9 @@ async fn ad_hoc_and_task_webhooks() {
         base64::engine::general_purpose::STANDARD.encode("{\"not\": \"an array\"}"),
         base64::engine::general_purpose::STANDARD
             .encode(json!([{"eventTypes": ["ACTOR.RUN.SUCCEEDED"]}]).to_string()),
-        base64::engine::general_purpose::STANDARD
-            .encode(json!([{"eventTypes": ["NOPE"], "requestUrl": "http://x.example/"}]).to_string()),
+        base64::engine::general_purpose::STANDARD.encode(
+            json!([{"eventTypes": ["NOPE"], "requestUrl": "http://x.example/"}]).to_string(),
+        ),
     ] {
         let response = send(
             &server,
@@ -702,9 +711,7 @@ fn urlencode(value: &str) -> String {
     value
         .bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
-                (b as char).to_string()
-            }
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -825,7 +832,12 @@ async fn active_dispatches_resume_after_a_restart() {
     let receiver = Receiver::start().await;
     receiver.fail_first.store(usize::MAX, Ordering::SeqCst);
     let dir = tempfile::tempdir().unwrap();
-    let args = ["--webhook-retry-delay", "300ms", "--webhook-max-attempts", "1000"];
+    let args = [
+        "--webhook-retry-delay",
+        "300ms",
+        "--webhook-max-attempts",
+        "1000",
+    ];
     let mut server = TestServer::start_in(dir.path(), &args);
     let actor = shell_actor(&server, "resume-actor", "exit 0").await;
     let webhook = post_data(
@@ -909,8 +921,14 @@ async fn schedule_crud_and_validation() {
     assert_eq!(actions[1]["actorTaskId"], task_id.as_str());
     assert_eq!(actions[1]["input"], json!({"b": 2}));
 
-    assert_eq!(get_data(&server, &format!("/schedules/{id}")).await, created);
-    assert_eq!(get_data(&server, "/schedules/nightly").await["id"], id.as_str());
+    assert_eq!(
+        get_data(&server, &format!("/schedules/{id}")).await,
+        created
+    );
+    assert_eq!(
+        get_data(&server, "/schedules/nightly").await["id"],
+        id.as_str()
+    );
     let list = get_data(&server, "/schedules").await;
     assert_eq!(list["total"], 1);
     assert_eq!(list["items"][0]["id"], id.as_str());
@@ -955,22 +973,64 @@ async fn schedule_crud_and_validation() {
     // Bad input: 400 (or 404 / 409 for what it names) and nothing stored or changed.
     let before = get_data(&server, &format!("/schedules/{id}")).await;
     for (body, status, error_type) in [
-        (json!({"cronExpression": "61 * * * *"}), 400, "cron-expression-invalid"),
-        (json!({"cronExpression": "* * *"}), 400, "cron-expression-invalid"),
-        (json!({"cronExpression": "@sometimes"}), 400, "cron-expression-invalid"),
+        (
+            json!({"cronExpression": "61 * * * *"}),
+            400,
+            "cron-expression-invalid",
+        ),
+        (
+            json!({"cronExpression": "* * *"}),
+            400,
+            "cron-expression-invalid",
+        ),
+        (
+            json!({"cronExpression": "@sometimes"}),
+            400,
+            "cron-expression-invalid",
+        ),
         (json!({"cronExpression": 5}), 400, "cron-expression-invalid"),
         (json!({"timezone": "Mars/Olympus"}), 400, "invalid-input"),
         (json!({"isEnabled": "yes"}), 400, "invalid-input"),
         (json!({"name": "Bad Name"}), 400, "invalid-input"),
-        (json!({"actions": [{"type": "RUN_SOMETHING"}]}), 400, "invalid-input"),
-        (json!({"actions": [{"type": "RUN_ACTOR"}]}), 400, "invalid-input"),
-        (json!({"actions": [{"type": "RUN_ACTOR", "actorId": actor, "runInput": {"body": "{broken"}}]}), 400, "invalid-input"),
-        (json!({"actions": [{"type": "RUN_ACTOR", "actorId": actor, "runOptions": {"memoryMbytes": 100}}]}), 400, "invalid-input"),
-        (json!({"actions": [{"type": "RUN_ACTOR", "actorId": "nope"}]}), 404, "schedule-actor-not-found"),
-        (json!({"actions": [{"type": "RUN_ACTOR_TASK", "actorTaskId": "nope"}]}), 404, "schedule-actor-task-not-found"),
+        (
+            json!({"actions": [{"type": "RUN_SOMETHING"}]}),
+            400,
+            "invalid-input",
+        ),
+        (
+            json!({"actions": [{"type": "RUN_ACTOR"}]}),
+            400,
+            "invalid-input",
+        ),
+        (
+            json!({"actions": [{"type": "RUN_ACTOR", "actorId": actor, "runInput": {"body": "{broken"}}]}),
+            400,
+            "invalid-input",
+        ),
+        (
+            json!({"actions": [{"type": "RUN_ACTOR", "actorId": actor, "runOptions": {"memoryMbytes": 100}}]}),
+            400,
+            "invalid-input",
+        ),
+        (
+            json!({"actions": [{"type": "RUN_ACTOR", "actorId": "nope"}]}),
+            404,
+            "schedule-actor-not-found",
+        ),
+        (
+            json!({"actions": [{"type": "RUN_ACTOR_TASK", "actorTaskId": "nope"}]}),
+            404,
+            "schedule-actor-task-not-found",
+        ),
         (json!({"actions": "all"}), 400, "invalid-input"),
     ] {
-        let response = send(&server, Method::PUT, &format!("/schedules/{id}"), Some(body.clone())).await;
+        let response = send(
+            &server,
+            Method::PUT,
+            &format!("/schedules/{id}"),
+            Some(body.clone()),
+        )
+        .await;
         assert_error(response, status, error_type).await;
         let mut create = body.clone();
         if create.get("cronExpression").is_none() {
@@ -979,7 +1039,13 @@ async fn schedule_crud_and_validation() {
         let response = send(&server, Method::POST, "/schedules", Some(create)).await;
         assert_error(response, status, error_type).await;
     }
-    let response = send(&server, Method::POST, "/schedules", Some(json!({"name": "no-cron"}))).await;
+    let response = send(
+        &server,
+        Method::POST,
+        "/schedules",
+        Some(json!({"name": "no-cron"})),
+    )
+    .await;
     assert_error(response, 400, "cron-expression-invalid").await;
     let response = send(
         &server,
@@ -1096,14 +1162,24 @@ async fn schedules_start_runs_and_respect_exclusivity() {
     )
     .await;
     for run in &runs {
-        let full = get_data(&server, &format!("/actor-runs/{}", run["id"].as_str().unwrap())).await;
+        let full = get_data(
+            &server,
+            &format!("/actor-runs/{}", run["id"].as_str().unwrap()),
+        )
+        .await;
         assert_eq!(full["meta"]["origin"], "SCHEDULER");
         assert_eq!(full["meta"]["scheduleId"], id.as_str());
-        assert!(full["meta"]["scheduledAt"].as_str().unwrap().ends_with(".000Z"));
+        assert!(full["meta"]["scheduledAt"]
+            .as_str()
+            .unwrap()
+            .ends_with(".000Z"));
     }
     let direct = runs.iter().find(|r| r["actorTaskId"].is_null()).unwrap();
-    let kv = get_data(&server, &format!("/actor-runs/{}", direct["id"].as_str().unwrap())).await
-        ["defaultKeyValueStoreId"]
+    let kv = get_data(
+        &server,
+        &format!("/actor-runs/{}", direct["id"].as_str().unwrap()),
+    )
+    .await["defaultKeyValueStoreId"]
         .as_str()
         .unwrap()
         .to_string();
@@ -1117,8 +1193,11 @@ async fn schedules_start_runs_and_respect_exclusivity() {
         .unwrap();
     assert_eq!(input, json!({"from": "schedule"}));
     let via_task = runs.iter().find(|r| !r["actorTaskId"].is_null()).unwrap();
-    let kv = get_data(&server, &format!("/actor-runs/{}", via_task["id"].as_str().unwrap()))
-        .await["defaultKeyValueStoreId"]
+    let kv = get_data(
+        &server,
+        &format!("/actor-runs/{}", via_task["id"].as_str().unwrap()),
+    )
+    .await["defaultKeyValueStoreId"]
         .as_str()
         .unwrap()
         .to_string();
@@ -1141,8 +1220,14 @@ async fn schedules_start_runs_and_respect_exclusivity() {
         .map(|e| e["message"].as_str().unwrap())
         .collect();
     assert!(messages.contains(&"Schedule invoked"), "{log}");
-    assert!(messages.iter().any(|m| m.starts_with("Started Actor")), "{log}");
-    assert!(messages.iter().any(|m| m.starts_with("Started task")), "{log}");
+    assert!(
+        messages.iter().any(|m| m.starts_with("Started Actor")),
+        "{log}"
+    );
+    assert!(
+        messages.iter().any(|m| m.starts_with("Started task")),
+        "{log}"
+    );
     assert!(log[0]["createdAt"].as_str().unwrap().ends_with('Z'));
     assert_eq!(log[0]["level"], "INFO");
 
@@ -1184,6 +1269,12 @@ async fn schedules_start_runs_and_respect_exclusivity() {
     let slow_runs = get_data(&server, &format!("/acts/{slow}/runs")).await;
     assert_eq!(slow_runs["total"], 1, "{slow_runs}");
     let slow_run = slow_runs["items"][0]["id"].as_str().unwrap().to_string();
-    let response = send(&server, Method::POST, &format!("/actor-runs/{slow_run}/abort"), None).await;
+    let response = send(
+        &server,
+        Method::POST,
+        &format!("/actor-runs/{slow_run}/abort"),
+        None,
+    )
+    .await;
     assert_eq!(response.status(), 200);
 }

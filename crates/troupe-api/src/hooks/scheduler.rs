@@ -48,8 +48,9 @@ pub fn parse_cron(expression: &str) -> Result<croner::Cron, String> {
 
 /// Parses an IANA time zone name.
 pub fn parse_timezone(name: &str) -> Result<chrono_tz::Tz, String> {
-    name.parse::<chrono_tz::Tz>()
-        .map_err(|_| format!("Unknown time zone \"{name}\" (use an IANA name such as Europe/Prague or UTC)"))
+    name.parse::<chrono_tz::Tz>().map_err(|_| {
+        format!("Unknown time zone \"{name}\" (use an IANA name such as Europe/Prague or UTC)")
+    })
 }
 
 /// The first time the schedule fires strictly after `after_ms`, in ms.
@@ -210,7 +211,9 @@ async fn start_action(
                 .get_actor(actor_id)
                 .await
                 .map_err(|e| e.to_string())?
-                .filter(|a| a.user_id == user.id || a.extra.get("isPublic") == Some(&Value::Bool(true)))
+                .filter(|a| {
+                    a.user_id == user.id || a.extra.get("isPublic") == Some(&Value::Bool(true))
+                })
                 .ok_or_else(|| format!("Cannot start Actor {actor_id}: it was not found"))?;
             let input = run_input.as_ref().and_then(|ri| {
                 let body = ri.body.clone().filter(|b| !b.trim().is_empty())?;
@@ -255,7 +258,9 @@ async fn start_action(
                 .get_actor(&task.act_id)
                 .await
                 .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("Cannot start task {actor_task_id}: its Actor was not found"))?;
+                .ok_or_else(|| {
+                    format!("Cannot start task {actor_task_id}: its Actor was not found")
+                })?;
             let merged = match (task.input.clone(), input.clone()) {
                 (None, None) => None,
                 (Some(i), None) | (None, Some(i)) => Some(i),
@@ -336,7 +341,9 @@ mod tests {
             "2025-01-16T00:00:00.000Z"
         );
         assert_eq!(
-            next_run("*/10 * * * * *", "UTC", t0).map(format_ts).unwrap(),
+            next_run("*/10 * * * * *", "UTC", t0)
+                .map(format_ts)
+                .unwrap(),
             "2025-01-15T10:17:40.000Z"
         );
     }

@@ -78,7 +78,8 @@ mod tests {
 
     #[test]
     fn variables_become_json_values() {
-        let vars = json!({"userId": "u1", "resource": {"id": "r1", "stats": {"n": 3}}, "eventData": null});
+        let vars =
+            json!({"userId": "u1", "resource": {"id": "r1", "stats": {"n": 3}}, "eventData": null});
         let out = render(
             r#"{"user": {{userId}}, "n": {{resource.stats.n}}, "r": {{resource}}, "x": {{missing.path}}, "s": "{{userId}}"}"#,
             &vars,

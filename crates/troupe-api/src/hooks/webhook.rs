@@ -102,7 +102,10 @@ pub fn parse_input(body: &Map<String, Value>) -> ApiResult<WebhookInput> {
                     _ => {
                         return Err(bad(
                             "eventTypes",
-                            &format!("has an unknown event type {item}; use {}", EVENT_TYPES.join(", ")),
+                            &format!(
+                                "has an unknown event type {item}; use {}",
+                                EVENT_TYPES.join(", ")
+                            ),
                         ))
                     }
                 }
@@ -135,7 +138,10 @@ pub fn parse_input(body: &Map<String, Value>) -> ApiResult<WebhookInput> {
                     None | Some(Value::Null) => {}
                     Some(Value::String(s)) if !s.is_empty() => *slot = Some(s.clone()),
                     Some(_) => {
-                        return Err(bad(&format!("condition.{key}"), "must be a non-empty string"))
+                        return Err(bad(
+                            &format!("condition.{key}"),
+                            "must be a non-empty string",
+                        ))
                     }
                 }
             }
@@ -191,8 +197,7 @@ pub fn parse_ad_hoc(param: &str) -> ApiResult<Vec<WebhookInput>> {
     .iter()
     .find_map(|engine| engine.decode(trimmed).ok())
     .ok_or_else(|| invalid("it is not Base64"))?;
-    let value: Value =
-        serde_json::from_slice(&bytes).map_err(|_| invalid("it is not JSON"))?;
+    let value: Value = serde_json::from_slice(&bytes).map_err(|_| invalid("it is not JSON"))?;
     let Value::Array(items) = value else {
         return Err(invalid("it is not an array"));
     };
@@ -222,9 +227,7 @@ pub fn new_webhook(
         user_id: user_id.to_string(),
         created_at: now,
         modified_at: now,
-        is_ad_hoc: input
-            .is_ad_hoc
-            .unwrap_or(condition.actor_run_id.is_some()),
+        is_ad_hoc: input.is_ad_hoc.unwrap_or(condition.actor_run_id.is_some()),
         event_types: input.event_types.unwrap_or_default(),
         condition,
         idempotency_key: input.idempotency_key,
@@ -325,9 +328,15 @@ pub fn render_request(
         }
         None => vec![],
     };
-    headers.push(("Content-Type".into(), "application/json; charset=utf-8".into()));
+    headers.push((
+        "Content-Type".into(),
+        "application/json; charset=utf-8".into(),
+    ));
     headers.push(("X-Apify-Webhook".into(), webhook.id.clone()));
-    headers.push(("X-Apify-Webhook-Dispatch-Id".into(), dispatch_id.to_string()));
+    headers.push((
+        "X-Apify-Webhook-Dispatch-Id".into(),
+        dispatch_id.to_string(),
+    ));
     headers.push(("X-Apify-Request-Origin".into(), "WEBHOOK".into()));
     Ok(DispatchRequest {
         url: webhook.request_url.clone(),

@@ -176,10 +176,9 @@ async fn parse_action(
                         match ri.get(name) {
                             None | Some(Value::Null) => Ok(None),
                             Some(Value::String(s)) => Ok(Some(s.clone())),
-                            Some(_) => Err(bad(
-                                &field(&format!("runInput.{name}")),
-                                "must be a string",
-                            )),
+                            Some(_) => {
+                                Err(bad(&field(&format!("runInput.{name}")), "must be a string"))
+                            }
                         }
                     };
                     let input = RunInput {
@@ -287,7 +286,10 @@ async fn apply_body(
         None => {}
         Some(Value::Null) => schedule.notifications = None,
         Some(Value::Object(map)) => {
-            if map.get("email").is_some_and(|e| !e.is_boolean() && !e.is_null()) {
+            if map
+                .get("email")
+                .is_some_and(|e| !e.is_boolean() && !e.is_null())
+            {
                 return Err(bad("notifications.email", "must be a boolean"));
             }
             schedule.notifications = Some(Value::Object(map.clone()));

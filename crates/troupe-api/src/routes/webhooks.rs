@@ -110,9 +110,7 @@ async fn resolve_condition(
     if let Some(reference) = input.actor_id {
         let actor = find_actor(state, caller, &reference)
             .await?
-            .filter(|a| {
-                a.user_id == user_id || a.extra.get("isPublic") == Some(&Value::Bool(true))
-            })
+            .filter(|a| a.user_id == user_id || a.extra.get("isPublic") == Some(&Value::Bool(true)))
             .ok_or_else(|| ApiError::not_found("Actor of the webhook condition was not found"))?;
         condition.actor_id = Some(actor.id);
     }
@@ -131,7 +129,9 @@ async fn resolve_condition(
             .get_run(&id)
             .await?
             .filter(|r| r.user_id == user_id)
-            .ok_or_else(|| ApiError::not_found("Actor run of the webhook condition was not found"))?;
+            .ok_or_else(|| {
+                ApiError::not_found("Actor run of the webhook condition was not found")
+            })?;
         condition.actor_run_id = Some(run.id);
     }
     Ok(condition)

@@ -392,5 +392,8 @@ pub async fn run_schedules(storage: &dyn Storage) {
     assert!(storage.delete_schedule(&s2.id).await.unwrap());
     assert!(!storage.delete_schedule(&s2.id).await.unwrap());
     assert!(storage.schedule_log(&s2.id).await.unwrap().is_empty());
-    assert_eq!(storage.list_schedules(&user.id, all).await.unwrap().total, 1);
+    assert_eq!(
+        storage.list_schedules(&user.id, all).await.unwrap().total,
+        1
+    );
 }

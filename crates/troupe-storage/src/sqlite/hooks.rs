@@ -38,11 +38,7 @@ fn load_by(conn: &Connection, sql: &str, args: &[&str]) -> Result<Option<String>
 }
 
 /// Mirrors a dispatch on its webhook (if the webhook still exists).
-fn touch_webhook(
-    tx: &Transaction<'_>,
-    dispatch: &WebhookDispatch,
-    count: bool,
-) -> Result<()> {
+fn touch_webhook(tx: &Transaction<'_>, dispatch: &WebhookDispatch, count: bool) -> Result<()> {
     let Some(mut webhook) = load::<Webhook>(tx, "webhooks", &dispatch.webhook_id)? else {
         return Ok(());
     };
@@ -362,7 +358,9 @@ impl ScheduleStore for SqliteStorage {
     async fn next_schedule_time(&self) -> Result<Option<i64>> {
         self.read(|conn| {
             Ok(conn
-                .prepare_cached("SELECT min(next_run_at) FROM schedules WHERE next_run_at IS NOT NULL")?
+                .prepare_cached(
+                    "SELECT min(next_run_at) FROM schedules WHERE next_run_at IS NOT NULL",
+                )?
                 .query_row([], |row| row.get::<_, Option<i64>>(0))?)
         })
         .await
