@@ -815,16 +815,8 @@ async fn failed_calls_are_retried_with_backoff() {
     assert!(d["calls"][0]["responseStatus"].is_null());
 }
 
-/// Milliseconds of an ISO timestamp `YYYY-MM-DDTHH:MM:SS.mmmZ` within one day (tests only
-/// compare calls made seconds apart).
 fn chrono_ms(ts: &str) -> i64 {
-    let time = &ts[11..23];
-    let h: i64 = time[0..2].parse().unwrap();
-    let m: i64 = time[3..5].parse().unwrap();
-    let s: i64 = time[6..8].parse().unwrap();
-    let ms: i64 = time[9..12].parse().unwrap();
-    let day: i64 = ts[8..10].parse().unwrap();
-    (((day * 24 + h) * 60 + m) * 60 + s) * 1000 + ms
+    troupe_model::parse_ts(ts).expect("timestamp")
 }
 
 #[tokio::test]
@@ -860,6 +852,12 @@ async fn active_dispatches_resume_after_a_restart() {
     .await;
     let dispatch_id = dispatch["id"].as_str().unwrap().to_string();
     receiver.wait_for("/resume", 1).await;
+    // The failed call is recorded before the server stops.
+    poll(|| async {
+        let d = get_data(&server, &format!("/webhook-dispatches/{dispatch_id}")).await;
+        (!d["calls"].as_array().unwrap().is_empty()).then_some(())
+    })
+    .await;
     assert!(server.stop());
     receiver.fail_first.store(0, Ordering::SeqCst);
     let server = TestServer::start_in(dir.path(), &args);
@@ -1277,4 +1275,95 @@ async fn schedules_start_runs_and_respect_exclusivity() {
     )
     .await;
     assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn build_timeout_abort_and_resurrect_events() {
+    let receiver = Receiver::start().await;
+    let server = TestServer::start();
+    let actor = shell_actor(&server, "sleepy", "sleep 600").await;
+    post_data(
+        &server,
+        "/webhooks",
+        json!({
+            "eventTypes": ["ACTOR.BUILD.CREATED", "ACTOR.BUILD.SUCCEEDED"],
+            "condition": {"actorId": actor},
+            "requestUrl": receiver.url("/builds"),
+        }),
+        201,
+    )
+    .await;
+    post_data(
+        &server,
+        "/webhooks",
+        json!({
+            "eventTypes": ["ACTOR.RUN.TIMED_OUT", "ACTOR.RUN.RESURRECTED", "ACTOR.RUN.ABORTED"],
+            "condition": {"actorId": actor},
+            "requestUrl": receiver.url("/runs"),
+        }),
+        201,
+    )
+    .await;
+
+    let build = post_data(
+        &server,
+        &format!("/acts/{actor}/builds?version=0.1"),
+        json!({}),
+        201,
+    )
+    .await;
+    let got = receiver.wait_for("/builds", 2).await;
+    let types: Vec<&str> = got
+        .iter()
+        .map(|r| r.body["eventType"].as_str().unwrap())
+        .collect();
+    assert!(types.contains(&"ACTOR.BUILD.CREATED"), "{types:?}");
+    assert!(types.contains(&"ACTOR.BUILD.SUCCEEDED"), "{types:?}");
+    for r in &got {
+        assert_eq!(r.body["eventData"]["actorBuildId"], build["id"]);
+        assert_eq!(r.body["eventData"]["actorId"], actor.as_str());
+        assert_eq!(r.body["resource"]["id"], build["id"]);
+    }
+
+    // Timed out, resurrected, aborted: one dispatch each.
+    let run = post_data(
+        &server,
+        &format!("/acts/{actor}/runs?timeout=1"),
+        json!({}),
+        201,
+    )
+    .await;
+    let run_id = run["id"].as_str().unwrap().to_string();
+    assert_eq!(wait_finished(&server, &run_id).await["status"], "TIMED-OUT");
+    let got = receiver.wait_for("/runs", 1).await;
+    assert_eq!(got[0].body["eventType"], "ACTOR.RUN.TIMED_OUT");
+    assert_eq!(got[0].body["resource"]["status"], "TIMED-OUT");
+    data_of(
+        send(
+            &server,
+            Method::POST,
+            &format!("/actor-runs/{run_id}/resurrect?timeout=600"),
+            None,
+        )
+        .await,
+        200,
+    )
+    .await;
+    let got = receiver.wait_for("/runs", 2).await;
+    assert_eq!(got[1].body["eventType"], "ACTOR.RUN.RESURRECTED");
+    assert_eq!(got[1].body["resource"]["id"], run_id.as_str());
+    data_of(
+        send(
+            &server,
+            Method::POST,
+            &format!("/actor-runs/{run_id}/abort"),
+            None,
+        )
+        .await,
+        200,
+    )
+    .await;
+    let got = receiver.wait_for("/runs", 3).await;
+    assert_eq!(got[2].body["eventType"], "ACTOR.RUN.ABORTED");
+    assert_eq!(wait_finished(&server, &run_id).await["status"], "ABORTED");
 }
