@@ -5,124 +5,21 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{assert_error, client, TestServer};
+use common::actors::{
+    alive, build, built_actor, create_actor, log_of, shell_actor, start_run, wait_build,
+    wait_for_log, wait_for_pids, wait_gone, wait_run, Gate,
+};
+use common::{assert_error, client, eventually, get_data as get_json, TestServer};
 use serde_json::{json, Value};
 
-/// An Actor whose program is `script` (run with `/bin/sh`).
-fn shell_actor(name: &str, script: &str) -> Value {
-    json!({
-        "name": name,
-        "versions": [{
-            "versionNumber": "0.1",
-            "sourceType": "SOURCE_FILES",
-            "sourceFiles": [
-                {"name": ".actor/actor.json", "format": "TEXT", "content": "{\"actorSpecification\":1,\"startCommand\":\"sh main.sh\"}"},
-                {"name": "main.sh", "format": "TEXT", "content": script},
-            ],
-        }],
-        "defaultRunOptions": {"build": "latest", "timeoutSecs": 120, "memoryMbytes": 128},
-    })
-}
-
 async fn post(server: &TestServer, path: &str, body: Value) -> reqwest::Response {
-    client()
-        .post(server.url(path))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
+    common::send(server, reqwest::Method::POST, path, Some(body)).await
 }
 
-async fn get_json(server: &TestServer, path: &str) -> Value {
-    let response = client().get(server.url(path)).send().await.unwrap();
-    assert_eq!(response.status(), 200, "GET {path}");
-    response.json::<Value>().await.unwrap()["data"].clone()
-}
-
-/// Creates and builds an Actor; returns its id.
-async fn built_actor(server: &TestServer, name: &str, script: &str) -> String {
-    let response = post(server, "/acts", shell_actor(name, script)).await;
-    assert_eq!(response.status(), 201);
-    let id = response.json::<Value>().await.unwrap()["data"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let build = client()
-        .post(server.url(&format!("/acts/{id}/builds?version=0.1&waitForFinish=60")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(build.status(), 201);
-    let build: Value = build.json().await.unwrap();
-    assert_eq!(build["data"]["status"], "SUCCEEDED", "{build}");
-    id
-}
-
+/// Starts a run of `actor` through the `/actors` prefix with `{"hello": "world"}` as input.
 async fn start(server: &TestServer, actor: &str, query: &str) -> Value {
-    let response = client()
-        .post(server.url(&format!("/actors/{actor}/runs?{query}")))
-        .header("content-type", "application/json")
-        .body("{\"hello\":\"world\"}")
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    let body = response.json::<Value>().await.unwrap();
-    assert_eq!(status, 201, "{body}");
-    body["data"].clone()
-}
-
-async fn wait_run(server: &TestServer, run_id: &str) -> Value {
-    for _ in 0..10 {
-        let run = get_json(server, &format!("/actor-runs/{run_id}?waitForFinish=60")).await;
-        if ["SUCCEEDED", "FAILED", "TIMED-OUT", "ABORTED"]
-            .contains(&run["status"].as_str().unwrap())
-        {
-            return run;
-        }
-    }
-    panic!("run {run_id} did not finish");
-}
-
-async fn log_of(server: &TestServer, run_id: &str) -> String {
-    client()
-        .get(server.url(&format!("/logs/{run_id}")))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
-/// Pids printed by the program as `pid=N` lines.
-fn pids_in(log: &str) -> Vec<i32> {
-    log.lines()
-        .filter_map(|l| l.split("pid=").nth(1))
-        .filter_map(|p| p.trim().parse().ok())
-        .collect()
-}
-
-fn alive(pid: i32) -> bool {
-    // A zombie is gone for our purposes.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| !s.contains(") Z "))
-        .unwrap_or(false)
-}
-
-async fn wait_for_log(server: &TestServer, run_id: &str, needle: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let log = log_of(server, run_id).await;
-        if log.contains(needle) {
-            return log;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "log never contained {needle}: {log}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let path = format!("/actors/{actor}/runs?{query}");
+    start_run(server, &path, json!({"hello": "world"})).await
 }
 
 #[tokio::test]
@@ -451,6 +348,7 @@ async fn builds_numbers_tags_and_failures() {
         .unwrap();
     let second: Value = second.json().await.unwrap();
     assert_eq!(second["data"]["buildNumber"], "0.1.2");
+    let second = json!({"data": wait_build(&server, second["data"]["id"].as_str().unwrap()).await});
     let actor = get_json(&server, &format!("/acts/{id}")).await;
     assert_eq!(
         actor["taggedBuilds"]["latest"]["buildId"],
@@ -486,7 +384,13 @@ async fn builds_numbers_tags_and_failures() {
     .await;
     let builds = get_json(&server, &format!("/acts/{id}/builds")).await;
     assert_eq!(builds["total"], 2);
-    let first = builds["items"][0]["id"].as_str().unwrap();
+    let first = builds["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_str().unwrap())
+        .find(|b| *b != build_id)
+        .unwrap();
     assert_eq!(
         client()
             .delete(server.url(&format!("/actor-builds/{first}")))
@@ -500,60 +404,18 @@ async fn builds_numbers_tags_and_failures() {
     // A project troupe cannot start fails its build with a reason; so does a failing install.
     let body = json!({"name": "nothing", "versions": [{"versionNumber": "0.1", "sourceType": "SOURCE_FILES",
         "sourceFiles": [{"name": "README.md", "format": "TEXT", "content": "hi"}]}]});
-    let nid = post(&server, "/acts", body)
-        .await
-        .json::<Value>()
-        .await
-        .unwrap()["data"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let failed: Value = client()
-        .post(server.url(&format!("/acts/{nid}/builds?version=0.1&waitForFinish=60")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(failed["data"]["status"], "FAILED");
-    let log = client()
-        .get(server.url(&format!("/logs/{}", failed["data"]["id"].as_str().unwrap())))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let nid = create_actor(&server, body).await;
+    let failed = build(&server, &nid).await;
+    assert_eq!(failed["status"], "FAILED");
+    let log = log_of(&server, failed["id"].as_str().unwrap()).await;
     assert!(log.contains("Cannot tell how to start"), "{log}");
     let body = json!({"name": "badreq", "versions": [{"versionNumber": "0.1", "sourceType": "SOURCE_FILES",
         "sourceFiles": [{"name": "main.py", "format": "TEXT", "content": "print(1)"},
                         {"name": "requirements.txt", "format": "TEXT", "content": "--no-index\nthis-package-does-not-exist-troupe==1.0\n"}]}]});
-    let bid = post(&server, "/acts", body)
-        .await
-        .json::<Value>()
-        .await
-        .unwrap()["data"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let failed: Value = client()
-        .post(server.url(&format!("/acts/{bid}/builds?version=0.1&waitForFinish=60")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(failed["data"]["status"], "FAILED", "{failed}");
-    let log = client()
-        .get(server.url(&format!("/logs/{}", failed["data"]["id"].as_str().unwrap())))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let bid = create_actor(&server, body).await;
+    let failed = build(&server, &bid).await;
+    assert_eq!(failed["status"], "FAILED", "{failed}");
+    let log = log_of(&server, failed["id"].as_str().unwrap()).await;
     assert!(
         log.contains("this-package-does-not-exist-troupe"),
         "installer output in the log: {log}"
@@ -653,15 +515,14 @@ async fn run_statuses_exit_codes_timeout_and_abort() {
         .as_str()
         .unwrap()
         .contains("timed out"));
-    for pid in pids_in(&log_of(&server, id).await) {
-        assert!(!alive(pid), "process {pid} of a timed-out run is gone");
+    for pid in common::actors::pids_in(&log_of(&server, id).await) {
+        wait_gone(pid, "a timed-out run's process").await;
     }
 
     let run = start(&server, &slow, "").await;
     let id = run["id"].as_str().unwrap();
-    let log = wait_for_log(&server, id, "pid=").await;
-    let _ = log;
-    let log = wait_for_log(&server, id, "\n").await;
+    // Both processes are up (and their pids logged) before the abort.
+    let pids = wait_for_pids(&server, id, 2).await;
     let started = Instant::now();
     let aborted = client()
         .post(server.url(&format!("/actor-runs/{id}/abort")))
@@ -673,11 +534,12 @@ async fn run_statuses_exit_codes_timeout_and_abort() {
     assert!(["ABORTING", "ABORTED"].contains(&aborted["data"]["status"].as_str().unwrap()));
     let done = wait_run(&server, id).await;
     assert_eq!(done["status"], "ABORTED");
-    assert!(started.elapsed() < Duration::from_secs(10));
-    let pids = pids_in(&wait_for_log(&server, id, "ended with status").await);
-    assert_eq!(pids.len(), 2, "{log}");
+    // Far below the 300 s the program would take: the abort ended it.
+    assert!(started.elapsed() < Duration::from_secs(60));
+    let log = wait_for_log(&server, id, "ended with status").await;
+    assert_eq!(common::actors::pids_in(&log), pids, "{log}");
     for pid in pids {
-        assert!(!alive(pid), "process {pid} of an aborted run is gone");
+        wait_gone(pid, "an aborted run's process").await;
     }
     // Abort of a finished run changes nothing.
     let again: Value = client()
@@ -694,26 +556,30 @@ async fn run_statuses_exit_codes_timeout_and_abort() {
 #[tokio::test]
 async fn wait_for_finish_log_follow_and_resurrect() {
     let server = TestServer::start();
-    let id = built_actor(
-        &server,
-        "ticker",
-        "for i in 1 2 3 4 5 6; do echo tick $i; sleep 0.5; done",
-    )
-    .await;
+    // Ticks until the test opens the gate (then, and when resurrected, it ends at once).
+    let gate = Gate::new();
+    let script = format!(
+        "i=0; while [ ! -e '{}' ]; do i=$((i+1)); echo tick $i; sleep 0.2; done; echo ticker done",
+        gate.path().display()
+    );
+    let id = built_actor(&server, "ticker", &script).await;
     let run = start(&server, &id, "").await;
     let run_id = run["id"].as_str().unwrap().to_string();
-    // waitForFinish returns in time while the run is still going.
+    common::actors::wait_running(&server, &run_id).await;
+    // waitForFinish returns after its time while the run is still going (it cannot end before
+    // the gate opens).
     let t = Instant::now();
     let still = get_json(&server, &format!("/actor-runs/{run_id}?waitForFinish=1")).await;
     let waited = t.elapsed();
     assert!(
-        waited >= Duration::from_millis(900) && waited < Duration::from_millis(2500),
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(30),
         "{waited:?}"
     );
     assert_eq!(still["status"], "RUNNING");
-    // stream=1 follows the log until the run ends.
-    let t = Instant::now();
-    let followed = client()
+    // stream=1 follows the log until the run ends: what the run writes after the first chunk
+    // arrived (after the gate opens) still comes through the same response.
+    wait_for_log(&server, &run_id, "tick 1").await;
+    let mut followed = client()
         .get(server.url(&format!("/actor-runs/{run_id}/log?stream=1")))
         .send()
         .await
@@ -722,13 +588,19 @@ async fn wait_for_finish_log_follow_and_resurrect() {
         followed.headers()["content-type"],
         "text/plain; charset=utf-8"
     );
-    let text = followed.text().await.unwrap();
-    assert!(text.contains("tick 1") && text.contains("tick 6"), "{text}");
+    let first = followed.chunk().await.unwrap().expect("a first chunk");
+    let mut text = String::from_utf8(first.to_vec()).unwrap();
+    assert!(text.contains("tick 1"), "{text}");
+    assert!(!text.contains("ticker done"), "{text}");
+    gate.open();
+    while let Some(chunk) = followed.chunk().await.unwrap() {
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
     assert!(
-        t.elapsed() >= Duration::from_millis(1000),
-        "the stream stayed open while the run went on"
+        text.contains("tick 1") && text.contains("ticker done"),
+        "the stream stayed open while the run went on: {text}"
     );
-    let run = get_json(&server, &format!("/actor-runs/{run_id}")).await;
+    let run = wait_run(&server, &run_id).await;
     assert_eq!(run["status"], "SUCCEEDED");
     let download = client()
         .get(server.url(&format!("/logs/{run_id}?download=1")))
@@ -757,7 +629,7 @@ async fn wait_for_finish_log_follow_and_resurrect() {
     assert_eq!(again["defaultDatasetId"], run["defaultDatasetId"]);
     assert_eq!(again["stats"]["resurrectCount"], 1);
     let log = log_of(&server, &run_id).await;
-    assert_eq!(log.matches("tick 6").count(), 2);
+    assert_eq!(log.matches("ticker done").count(), 2, "{log}");
 
     // Status message through PUT (what the SDKs call).
     let put = client()
@@ -870,7 +742,7 @@ EOF"#;
 async fn memory_limit_and_budget() {
     let temp = tempfile::tempdir().unwrap();
     let server = TestServer::start_in(temp.path(), &["--max-memory-mbytes", "256"]);
-    let hog = built_actor(&server, "hog", "python3 -c 'import time; x = bytearray(400*1024*1024); x[::4096] = b\"x\" * len(x[::4096]); time.sleep(30)'").await;
+    let hog = built_actor(&server, "hog", "python3 -c 'import time; x = bytearray(400*1024*1024); x[::4096] = b\"x\" * len(x[::4096]); time.sleep(300)'").await;
     let run = start(&server, &hog, "memory=128").await;
     let done = wait_run(&server, run["id"].as_str().unwrap()).await;
     assert_eq!(done["status"], "FAILED");
@@ -882,8 +754,9 @@ async fn memory_limit_and_budget() {
         "{done}"
     );
 
-    // Budget 256 MB: two 128 MB runs go, the third waits in READY until one ends.
-    let sleeper = built_actor(&server, "sleeper", "sleep 30").await;
+    // Budget 256 MB: two 128 MB runs go, the third waits in READY until one ends. (The runs
+    // sleep far longer than the test takes: only aborts end them.)
+    let sleeper = built_actor(&server, "sleeper", "sleep 300").await;
     let a = start(&server, &sleeper, "memory=128").await;
     let b = start(&server, &sleeper, "memory=128").await;
     let c = start(&server, &sleeper, "memory=128").await;
@@ -897,11 +770,10 @@ async fn memory_limit_and_budget() {
                 .to_string()
         }
     };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while status_of(&a).await != "RUNNING" || status_of(&b).await != "RUNNING" {
-        assert!(Instant::now() < deadline, "the first two runs start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    for run in [&a, &b] {
+        common::actors::wait_running(&server, run["id"].as_str().unwrap()).await;
     }
+    // Give the scheduler a moment in which it must not start the third run.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(status_of(&c).await, "READY");
     let r = client()
@@ -916,11 +788,7 @@ async fn memory_limit_and_budget() {
         .send()
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while status_of(&c).await != "RUNNING" {
-        assert!(Instant::now() < deadline, "the waiting run starts");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::actors::wait_running(&server, c["id"].as_str().unwrap()).await;
     for run in [&b, &c] {
         client()
             .post(server.url(&format!(
@@ -949,10 +817,10 @@ async fn server_killed_with_a_run_going() {
     .await;
     let run = start(&server, &id, "").await;
     let run_id = run["id"].as_str().unwrap().to_string();
-    let log = wait_for_log(&server, &run_id, "pid=").await;
-    let _ = log;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let pids = pids_in(&log_of(&server, &run_id).await);
+    // RUNNING means the server has stored which process group is the run's (what a restarted
+    // server needs to stop it); both processes are up once their pids are logged.
+    common::actors::wait_running(&server, &run_id).await;
+    let pids = wait_for_pids(&server, &run_id, 2).await;
     assert_eq!(pids.len(), 2);
     server.kill9();
     assert!(
@@ -967,7 +835,7 @@ async fn server_killed_with_a_run_going() {
         "{run}"
     );
     for pid in pids {
-        assert!(!alive(pid), "process {pid} was stopped after the restart");
+        wait_gone(pid, "stopped after the restart").await;
     }
 }
 
@@ -1062,7 +930,7 @@ async fn push_and_call_from_the_command_line() {
 #[tokio::test]
 async fn metamorph_and_reboot() {
     let server = TestServer::start();
-    let first = built_actor(&server, "first", "echo first $ACTOR_INPUT_KEY; sleep 30").await;
+    let first = built_actor(&server, "first", "echo first $ACTOR_INPUT_KEY; sleep 300").await;
     let second = built_actor(
         &server,
         "second",
@@ -1102,7 +970,9 @@ async fn metamorph_and_reboot() {
         .unwrap();
     assert_error(r, 400, "job-finished").await;
 
-    let booting = built_actor(&server, "booting", "echo boot; sleep 2").await;
+    // Runs until the gate opens, so it is surely still going when rebooted.
+    let gate = Gate::new();
+    let booting = built_actor(&server, "booting", &format!("echo boot; {}", gate.wait())).await;
     let run = start(&server, &booting, "").await;
     let id = run["id"].as_str().unwrap().to_string();
     wait_for_log(&server, &id, "boot").await;
@@ -1112,6 +982,11 @@ async fn metamorph_and_reboot() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    eventually("the rebooted program to start again", || async {
+        (log_of(&server, &id).await.matches(" boot\n").count() == 2).then_some(())
+    })
+    .await;
+    gate.open();
     let done = wait_run(&server, &id).await;
     assert_eq!(done["status"], "SUCCEEDED");
     assert_eq!(done["stats"]["rebootCount"], 1);
@@ -1121,26 +996,23 @@ async fn metamorph_and_reboot() {
 #[tokio::test]
 async fn run_token_works_only_while_the_run_goes() {
     let server = TestServer::start();
-    // The program keeps its token in its own working folder (DATA/runs/{runId}).
-    let id = built_actor(
-        &server,
-        "token-keeper",
-        "echo $APIFY_TOKEN > token.txt; pwd; sleep 2",
-    )
-    .await;
+    // The program keeps its token in its own working folder (DATA/runs/{runId}), written whole
+    // (renamed into place), and goes on until the gate opens.
+    let gate = Gate::new();
+    let script = format!(
+        "echo $APIFY_TOKEN > token.tmp && mv token.tmp token.txt; pwd; {}",
+        gate.wait()
+    );
+    let id = built_actor(&server, "token-keeper", &script).await;
     let run = start(&server, &id, "").await;
     let run_id = run["id"].as_str().unwrap().to_string();
     let token_file = server.data_dir.join("runs").join(&run_id).join("token.txt");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !token_file.exists() {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let token = std::fs::read_to_string(&token_file)
-        .unwrap()
-        .trim()
-        .to_string();
+    let token = eventually("the run's token file", || async {
+        std::fs::read_to_string(&token_file).ok()
+    })
+    .await
+    .trim()
+    .to_string();
     assert_ne!(
         token, server.token,
         "a run never gets the owner's own token"
@@ -1148,7 +1020,8 @@ async fn run_token_works_only_while_the_run_goes() {
     let url = format!("{}/actor-runs/{run_id}", server.api());
     let during = client().get(&url).bearer_auth(&token).send().await.unwrap();
     assert_eq!(during.status(), 200);
-    wait_run(&server, &run_id).await;
+    gate.open();
+    assert_eq!(wait_run(&server, &run_id).await["status"], "SUCCEEDED");
     let after = client().get(&url).bearer_auth(&token).send().await.unwrap();
     assert_error(after, 401, "invalid-token").await;
 }
@@ -1165,13 +1038,12 @@ async fn server_shutdown_stops_runs() {
     .await;
     let run = start(&server, &id, "").await;
     let run_id = run["id"].as_str().unwrap().to_string();
-    wait_for_log(&server, &run_id, "pid=").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let pids = pids_in(&log_of(&server, &run_id).await);
+    common::actors::wait_running(&server, &run_id).await;
+    let pids = wait_for_pids(&server, &run_id, 2).await;
     assert_eq!(pids.len(), 2);
     assert!(server.stop(), "clean exit on SIGTERM");
-    for pid in &pids {
-        assert!(!alive(*pid), "process {pid} stopped with the server");
+    for pid in pids {
+        wait_gone(pid, "stopped with the server").await;
     }
     let server = TestServer::start_in(temp.path(), &[]);
     let run = get_json(&server, &format!("/actor-runs/{run_id}")).await;
@@ -1236,19 +1108,25 @@ EOF"#;
 async fn sync_run_past_its_wait_answers_408_and_goes_on() {
     let temp = tempfile::tempdir().unwrap();
     let server = TestServer::start_in(temp.path(), &["--sync-run-wait-secs", "1"]);
-    let id = built_actor(&server, "slowpoke", "sleep 3; echo finished").await;
+    // The runs go on until the gate opens: they cannot end within the server's 1 s wait.
+    let gate = Gate::new();
+    let script = format!("{}; echo finished", gate.wait());
+    let id = built_actor(&server, "slowpoke", &script).await;
     for path in ["run-sync", "run-sync-get-dataset-items"] {
         let t = Instant::now();
-        let r = client()
+        let request = client()
             .post(server.url(&format!("/acts/{id}/{path}")))
-            .send()
+            .send();
+        let r = tokio::time::timeout(Duration::from_secs(60), request)
             .await
+            .expect("answered without waiting for the run")
             .unwrap();
-        assert!(t.elapsed() < Duration::from_secs(3));
+        assert!(t.elapsed() >= Duration::from_millis(900), "waited its 1 s");
         assert_error(r, 408, "run-timeout-exceeded").await;
     }
     let runs = get_json(&server, &format!("/acts/{id}/runs")).await;
     assert_eq!(runs["total"], 2);
+    gate.open();
     for run in runs["items"].as_array().unwrap() {
         assert_eq!(
             wait_run(&server, run["id"].as_str().unwrap()).await["status"],
@@ -1273,14 +1151,7 @@ async fn build_abort_stops_the_installer() {
     let body = json!({"name": "hanging-build", "versions": [{"versionNumber": "0.1", "sourceType": "SOURCE_FILES",
         "sourceFiles": [{"name": "main.py", "format": "TEXT", "content": "print(1)"},
                         {"name": "requirements.txt", "format": "TEXT", "content": requirements}]}]});
-    let id = post(&server, "/acts", body)
-        .await
-        .json::<Value>()
-        .await
-        .unwrap()["data"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = create_actor(&server, body).await;
     let build: Value = client()
         .post(server.url(&format!("/acts/{id}/builds?version=0.1&useCache=0")))
         .send()
@@ -1290,22 +1161,8 @@ async fn build_abort_stops_the_installer() {
         .await
         .unwrap();
     let build_id = build["data"]["id"].as_str().unwrap().to_string();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let log = client()
-            .get(server.url(&format!("/logs/{build_id}")))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if log.contains("pip install") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{log}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_log(&server, &build_id, "pip install").await;
+    // Let pip get as far as its (hanging) connection to the index.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let t = Instant::now();
     let aborted: Value = client()
@@ -1323,7 +1180,8 @@ async fn build_abort_stops_the_installer() {
     )
     .await;
     assert_eq!(done["status"], "ABORTED");
-    assert!(t.elapsed() < Duration::from_secs(5));
+    // pip alone would hang on the index for minutes (15 s timeout, 5 retries).
+    assert!(t.elapsed() < Duration::from_secs(30));
     // The Actor has no usable build, so nothing can run.
     let r = client()
         .post(server.url(&format!("/acts/{id}/runs")))

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{client, TestServer};
+use common::{client, eventually, TestServer};
 use serde_json::{json, Value};
 
 /// Acknowledged writes as (writer, sequence number), in acknowledgement order.
@@ -65,6 +65,12 @@ async fn acknowledged_writes_survive_kill_9() {
             .map(|w| tokio::spawn(writer(url.clone(), w, next_seq[&w], acked.clone())))
             .collect();
         tokio::time::sleep(Duration::from_millis(150 + round * 70)).await;
+        // However slow the machine, the writers got somewhere in this round before the kill.
+        let target = 20 * (round as usize + 1) + 1;
+        eventually("writers to make progress", || async {
+            (acked.items.lock().unwrap().len() >= target).then_some(())
+        })
+        .await;
         server.kill9();
         for (w, task) in tasks.into_iter().enumerate() {
             // Skip past anything that might have landed unacknowledged.
@@ -180,6 +186,7 @@ async fn acknowledged_records_survive_kill_9() {
     let acked = Arc::new(Acked::default());
     let mut next: HashMap<u64, u64> = (0..4).map(|w| (w, 0)).collect();
     for round in 0..4u64 {
+        let acked_before = acked.items.lock().unwrap().len();
         let tasks: Vec<_> = (0..4u64)
             .map(|w| {
                 tokio::spawn(record_writer(
@@ -192,6 +199,11 @@ async fn acknowledged_records_survive_kill_9() {
             })
             .collect();
         tokio::time::sleep(Duration::from_millis(150 + round * 60)).await;
+        // However slow the machine, some write of this round was acknowledged before the kill.
+        eventually("a record write acknowledged", || async {
+            (acked.items.lock().unwrap().len() > acked_before).then_some(())
+        })
+        .await;
         server.kill9();
         for (w, task) in tasks.into_iter().enumerate() {
             next.insert(w as u64, task.await.unwrap() + 100);

@@ -4,9 +4,8 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::time::Duration;
 
-use common::{assert_error, client, TestServer};
+use common::{assert_error, client, eventually, TestServer};
 use serde_json::Value;
 
 async fn create_store(server: &TestServer, name: Option<&str>) -> Value {
@@ -297,17 +296,11 @@ async fn records_round_trip_byte_exact() {
     );
     assert_eq!(after["writeCount"], 6);
     // Reads are counted (buffered, flushed within about a second).
-    let mut read_count = 0;
-    for _ in 0..40 {
-        read_count = store_stats(&server, id).await["readCount"]
-            .as_u64()
-            .unwrap();
-        if read_count >= 12 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(read_count >= 12, "readCount {read_count}");
+    eventually("readCount >= 12", || async {
+        let read_count = store_stats(&server, id).await["readCount"].as_u64();
+        (read_count.unwrap() >= 12).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -1394,15 +1387,10 @@ async fn deleting_a_store_deletes_its_records_and_files() {
         "record-not-found",
     )
     .await;
-    let mut gone = false;
-    for _ in 0..50 {
-        if record_files(&server).is_empty() {
-            gone = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(gone, "record files left: {:?}", record_files(&server));
+    eventually("the deleted store's record files removed", || async {
+        record_files(&server).is_empty().then_some(())
+    })
+    .await;
     // A new store with the same name starts empty.
     let fresh = create_store(&server, Some("doomed")).await["id"]
         .as_str()
@@ -1425,37 +1413,7 @@ data = urllib.request.urlopen(urllib.request.Request(base + "INPUT", headers=aut
 req = urllib.request.Request(base + "OUTPUT", data=data.upper(), method="PUT", headers=dict(auth, **{"content-type": "application/json"}))
 urllib.request.urlopen(req).read()
 EOF"#;
-    let actor = serde_json::json!({
-        "name": "upper",
-        "versions": [{
-            "versionNumber": "0.1",
-            "sourceType": "SOURCE_FILES",
-            "sourceFiles": [
-                {"name": ".actor/actor.json", "format": "TEXT", "content": "{\"actorSpecification\":1,\"startCommand\":\"sh main.sh\"}"},
-                {"name": "main.sh", "format": "TEXT", "content": script},
-            ],
-        }],
-        "defaultRunOptions": {"build": "latest", "timeoutSecs": 120, "memoryMbytes": 128},
-    });
-    let created: Value = http
-        .post(server.url("/acts"))
-        .json(&actor)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = created["data"]["id"].as_str().unwrap().to_string();
-    let build: Value = http
-        .post(server.url(&format!("/acts/{id}/builds?version=0.1&waitForFinish=60")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(build["data"]["status"], "SUCCEEDED", "{build}");
+    let id = common::actors::built_actor(&server, "upper", script).await;
     let response = http
         .post(server.url(&format!("/acts/{id}/run-sync")))
         .header("content-type", "application/json")

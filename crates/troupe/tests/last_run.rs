@@ -8,9 +8,8 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::{assert_error, client, TestServer};
+use common::actors::{start_run, wait_for_log, wait_run as wait_finished, wait_running};
+use common::{assert_error, client, data_of, get_data, send, TestServer};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -43,105 +42,20 @@ if mode == "sleep":
     time.sleep(300)
 EOF"#;
 
-fn actor_body(name: &str) -> Value {
-    json!({
-        "name": name,
-        "versions": [{
-            "versionNumber": "0.1",
-            "sourceType": "SOURCE_FILES",
-            "sourceFiles": [
-                {"name": ".actor/actor.json", "format": "TEXT", "content": "{\"actorSpecification\":1,\"startCommand\":\"sh main.sh\"}"},
-                {"name": "main.sh", "format": "TEXT", "content": PROGRAM},
-            ],
-        }],
-        "defaultRunOptions": {"build": "latest", "timeoutSecs": 120, "memoryMbytes": 128},
-    })
-}
-
-async fn send(
-    server: &TestServer,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> reqwest::Response {
-    let mut request = client().request(method, server.url(path));
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    request.send().await.unwrap()
-}
-
-async fn data_of(response: reqwest::Response, status: u16) -> Value {
-    let got = response.status().as_u16();
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(got, status, "{body}");
-    body["data"].clone()
-}
-
-async fn get_data(server: &TestServer, path: &str) -> Value {
-    data_of(send(server, Method::GET, path, None).await, 200).await
-}
-
 /// Creates and builds the test Actor; returns its id.
 async fn built_actor(server: &TestServer, name: &str) -> String {
-    let actor = data_of(
-        send(server, Method::POST, "/acts", Some(actor_body(name))).await,
-        201,
-    )
-    .await;
-    let id = actor["id"].as_str().unwrap().to_string();
-    let build = data_of(
-        send(
-            server,
-            Method::POST,
-            &format!("/acts/{id}/builds?version=0.1&waitForFinish=60"),
-            None,
-        )
-        .await,
-        201,
-    )
-    .await;
-    assert_eq!(build["status"], "SUCCEEDED", "{build}");
-    id
+    common::actors::built_actor(server, name, PROGRAM).await
 }
 
-async fn wait_finished(server: &TestServer, run_id: &str) -> Value {
-    for _ in 0..10 {
-        let run = get_data(server, &format!("/actor-runs/{run_id}?waitForFinish=60")).await;
-        if ["SUCCEEDED", "FAILED", "TIMED-OUT", "ABORTED"]
-            .contains(&run["status"].as_str().unwrap())
-        {
-            return run;
-        }
-    }
-    panic!("run {run_id} did not finish");
-}
-
+/// Starts a run of `actor` with `{"mode": mode}` as input; returns its id.
 async fn start_actor(server: &TestServer, actor: &str, mode: &str) -> String {
-    let run = data_of(
-        send(
-            server,
-            Method::POST,
-            &format!("/acts/{actor}/runs"),
-            Some(json!({ "mode": mode })),
-        )
-        .await,
-        201,
+    let run = start_run(
+        server,
+        &format!("/acts/{actor}/runs"),
+        json!({ "mode": mode }),
     )
     .await;
     run["id"].as_str().unwrap().to_string()
-}
-
-/// Waits until a run is RUNNING.
-async fn wait_running(server: &TestServer, run_id: &str) {
-    for _ in 0..100 {
-        let run = get_data(server, &format!("/actor-runs/{run_id}")).await;
-        if run["status"] == "RUNNING" {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("run {run_id} never ran");
 }
 
 /// What is compared of one answer.
@@ -723,6 +637,8 @@ async fn last_run_selection_by_status_and_origin() {
     );
     let running = start_actor(&server, &actor, "sleep").await;
     wait_running(&server, &running).await;
+    // The program has written its storages and reached its sleep.
+    wait_for_log(&server, &running, "mode sleep").await;
 
     for prefix in ["acts", "actors"] {
         let p = format!("/{prefix}/{actor}/runs/last");
@@ -1176,28 +1092,10 @@ async fn tasks_crud_input_and_runs() {
     );
 }
 
-fn troupe_cli(args: &[&str], data_dir: &std::path::Path) -> String {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_troupe"))
-        .args(args)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run troupe");
-    assert!(output.status.success());
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
 #[tokio::test]
 async fn other_users_reach_neither_tasks_nor_last_runs() {
     let server = TestServer::start();
-    let out = troupe_cli(&["users", "add", "bob"], &server.data_dir);
-    let bob = out
-        .lines()
-        .find_map(|l| l.strip_prefix("token: "))
-        .expect("token line")
-        .trim()
-        .to_string();
+    let bob = server.add_user("bob");
     let as_bob = |method: Method, path: String, body: Option<Value>| {
         let mut request = client()
             .request(method, format!("{}{path}", server.api()))

@@ -2,34 +2,11 @@
 
 mod common;
 
-use std::process::Command;
-use std::time::Duration;
-
-use common::{assert_error, client, TestServer};
+use common::actors::{
+    build, built_actor_from, create_actor, shell_actor, start_run, wait_for_log, wait_run, Gate,
+};
+use common::{assert_error, client, eventually, token_from, troupe, TestServer};
 use serde_json::Value;
-
-fn troupe(args: &[&str], data_dir: &std::path::Path) -> (bool, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_troupe"))
-        .args(args)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run troupe");
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-    )
-}
-
-fn token_from(stdout: &str) -> String {
-    stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("token: "))
-        .expect("token line")
-        .trim()
-        .to_string()
-}
 
 #[tokio::test]
 async fn users_and_tokens_cli() {
@@ -85,17 +62,23 @@ async fn users_and_tokens_cli() {
     assert_eq!(ok_before.status(), 200);
     let (ok, _) = troupe(&["tokens", "revoke", &id], &server.data_dir);
     assert!(ok);
-    tokio::time::sleep(std::time::Duration::from_millis(5500)).await;
-    assert_error(
-        http.get(format!("{}/users/me", server.api()))
+    // Servers cache tokens for up to 5 s: the revoked one stops working by then.
+    let revoked_at = std::time::Instant::now();
+    let refused = eventually("the revoked token refused", || async {
+        let response = http
+            .get(format!("{}/users/me", server.api()))
             .bearer_auth(&second)
             .send()
             .await
-            .unwrap(),
-        401,
-        "invalid-token",
-    )
+            .unwrap();
+        (response.status() != 200).then_some(response)
+    })
     .await;
+    assert_error(refused, 401, "invalid-token").await;
+    assert!(
+        revoked_at.elapsed() < std::time::Duration::from_secs(30),
+        "refused within the cache window (plus slack for a slow machine)"
+    );
 
     let (ok, _) = troupe(&["users", "remove", "bob"], &server.data_dir);
     assert!(ok);
@@ -107,8 +90,7 @@ async fn users_and_tokens_cli() {
 async fn other_users_storages_are_off_limits() {
     let server = TestServer::start();
     let http = client();
-    let (_, out) = troupe(&["users", "add", "bob"], &server.data_dir);
-    let bob = token_from(&out);
+    let bob = server.add_user("bob");
     let api = server.api();
 
     for collection in ["datasets", "key-value-stores", "request-queues"] {
@@ -297,8 +279,7 @@ async fn other_users_storages_are_off_limits() {
 async fn other_users_actors_are_off_limits() {
     let server = TestServer::start();
     let http = client();
-    let (_, out) = troupe(&["users", "add", "bob"], &server.data_dir);
-    let bob = token_from(&out);
+    let bob = server.add_user("bob");
     let api = server.api();
     let created = http
         .post(format!("{api}/acts"))
@@ -375,61 +356,17 @@ async fn other_users_actors_are_off_limits() {
 async fn a_run_token_works_during_the_run_only() {
     let server = TestServer::start();
     let http = client();
-    let actor = serde_json::json!({
-        "name": "token-echo",
-        "versions": [{
-            "versionNumber": "0.1",
-            "sourceType": "SOURCE_FILES",
-            "sourceFiles": [
-                {"name": ".actor/actor.json", "format": "TEXT", "content": "{\"actorSpecification\":1,\"startCommand\":\"sh main.sh\"}"},
-                {"name": "main.sh", "format": "TEXT", "content": "echo \"token=$APIFY_TOKEN\"\nsleep 3\n"},
-            ],
-        }],
-    });
-    let created: Value = http
-        .post(server.url("/acts"))
-        .json(&actor)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = created["data"]["id"].as_str().unwrap().to_string();
-    let build: Value = http
-        .post(server.url(&format!("/acts/{id}/builds?version=0.1&waitForFinish=60")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(build["data"]["status"], "SUCCEEDED");
-    let run: Value = http
-        .post(server.url(&format!("/acts/{id}/runs")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let run_id = run["data"]["id"].as_str().unwrap().to_string();
-    let mut token = None;
-    for _ in 0..100 {
-        let log = http
-            .get(server.url(&format!("/logs/{run_id}")))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if let Some(line) = log.lines().find(|l| l.contains("token=")) {
-            token = Some(line.split("token=").nth(1).unwrap().trim().to_string());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Prints its token and goes on until the gate opens.
+    let gate = Gate::new();
+    let script = format!("echo \"token=$APIFY_TOKEN\"\n{}\n", gate.wait());
+    let id = built_actor_from(&server, shell_actor("token-echo", &script)).await;
+    let run = start_run(&server, &format!("/acts/{id}/runs"), serde_json::json!({})).await;
+    let run_id = run["id"].as_str().unwrap().to_string();
+    let log = wait_for_log(&server, &run_id, "token=").await;
+    let token = log
+        .lines()
+        .find_map(|l| l.split("token=").nth(1))
+        .map(|t| t.trim().to_string());
     let token = token.expect("run printed its token");
     assert!(!token.is_empty());
     assert_ne!(
@@ -449,15 +386,8 @@ async fn a_run_token_works_during_the_run_only() {
         me["data"]["username"], "troupe",
         "the run token acts for the owner"
     );
-    let finished: Value = http
-        .get(server.url(&format!("/actor-runs/{run_id}?waitForFinish=30")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(finished["data"]["status"], "SUCCEEDED");
+    gate.open();
+    assert_eq!(wait_run(&server, &run_id).await["status"], "SUCCEEDED");
     // Revoked the moment the run ended (no cache grace).
     assert_error(
         http.get(format!("{}/users/me", server.api()))
@@ -475,49 +405,21 @@ async fn a_run_token_works_during_the_run_only() {
 async fn other_users_builds_runs_and_logs_are_off_limits() {
     let server = TestServer::start();
     let http = client();
-    let (_, out) = troupe(&["users", "add", "bob"], &server.data_dir);
-    let bob = token_from(&out);
+    let bob = server.add_user("bob");
     let api = server.api();
-    let actor = serde_json::json!({
-        "name": "bobs-job",
-        "versions": [{"versionNumber": "0.1", "sourceType": "SOURCE_FILES", "sourceFiles": [
-            {"name": ".actor/actor.json", "format": "TEXT", "content": "{\"actorSpecification\":1,\"startCommand\":\"sh main.sh\"}"},
-            {"name": "main.sh", "format": "TEXT", "content": "echo secret-output"}]}],
-    });
-    let created: Value = http
-        .post(format!("{api}/acts"))
-        .bearer_auth(&bob)
-        .json(&actor)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let actor_id = created["data"]["id"].as_str().unwrap().to_string();
-    let build: Value = http
-        .post(format!(
-            "{api}/acts/{actor_id}/builds?version=0.1&waitForFinish=60"
-        ))
-        .bearer_auth(&bob)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let build_id = build["data"]["id"].as_str().unwrap().to_string();
-    let run: Value = http
-        .post(format!("{api}/acts/{actor_id}/runs?waitForFinish=30"))
-        .bearer_auth(&bob)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(run["data"]["status"], "SUCCEEDED");
-    let run_id = run["data"]["id"].as_str().unwrap().to_string();
+    let as_bob = server.as_user(&bob);
+    let actor_id = create_actor(&as_bob, shell_actor("bobs-job", "echo secret-output")).await;
+    let build = build(&as_bob, &actor_id).await;
+    assert_eq!(build["status"], "SUCCEEDED", "{build}");
+    let build_id = build["id"].as_str().unwrap().to_string();
+    let run = start_run(
+        &as_bob,
+        &format!("/acts/{actor_id}/runs"),
+        serde_json::json!({}),
+    )
+    .await;
+    let run_id = run["id"].as_str().unwrap().to_string();
+    assert_eq!(wait_run(&as_bob, &run_id).await["status"], "SUCCEEDED");
 
     // With the default user's token: nothing of bob's is readable or writable.
     for path in [
