@@ -5,10 +5,8 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { startServer } from './harness.mjs';
+import { createAndBuild, finished, shellFiles, startServer, unique, waitForLog, ROOT } from './harness.mjs';
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 const ACTORS = path.join(ROOT, 'tests', 'actors');
 const CACHE = path.join(ROOT, 'target', 'troupe-test-cache');
 const SKIP = new Set(['node_modules', '.venv', '__pycache__', 'storage']);
@@ -19,8 +17,6 @@ before(async () => {
     server = await startServer({ TROUPE_CACHE_DIR: CACHE });
 });
 after(async () => { await server.stop(); });
-
-const unique = (prefix) => `${prefix}-${Date.now().toString(36)}-${Math.floor(Math.random() * 1e6)}`;
 
 function sourceFiles(folder, rel = '') {
     const out = [];
@@ -35,23 +31,6 @@ function sourceFiles(folder, rel = '') {
     }
     return out;
 }
-
-async function createAndBuild(client, files, memory = 1024) {
-    const actor = await client.actors().create({
-        name: unique('js-actor'),
-        versions: [{ versionNumber: '0.1', sourceType: 'SOURCE_FILES', sourceFiles: files }],
-        defaultRunOptions: { build: 'latest', memoryMbytes: memory, timeoutSecs: 600 },
-    });
-    const started = await client.actor(actor.id).build('0.1', { waitForFinish: 60 });
-    const build = await client.build(started.id).waitForFinish();
-    assert.equal(build.status, 'SUCCEEDED', await client.build(build.id).log().get());
-    return actor;
-}
-
-const shellFiles = (script) => [
-    { name: '.actor/actor.json', format: 'TEXT', content: '{"startCommand": "sh main.sh"}' },
-    { name: 'main.sh', format: 'TEXT', content: script },
-];
 
 test('the JS SDK Actor runs unchanged (call, dataset, OUTPUT, named dataset, queue, status)', async () => {
     const client = server.client();
@@ -92,27 +71,29 @@ test('the Python SDK Actor runs unchanged', async () => {
 
 test('start, waitForFinish, abort, log, resurrect, lastRun', async () => {
     const client = server.client();
-    const actor = await createAndBuild(client, shellFiles('echo started; while true; do echo tick; sleep 0.2; done'), 128);
+    const actor = await createAndBuild(client, shellFiles('echo started; while true; do echo tick; sleep 0.2; done'), { memory: 128 });
     const run = await client.actor(actor.id).start(undefined, { memory: 128 });
     assert.ok(['READY', 'RUNNING'].includes(run.status));
+    await waitForLog(client, run.id, 'tick');
+    // A short wait returns the run still going (it never ends by itself).
     const t = Date.now();
     const still = await client.run(run.id).waitForFinish({ waitSecs: 1 });
     assert.equal(still.status, 'RUNNING');
-    assert.ok(Date.now() - t < 5000);
+    assert.ok(Date.now() - t < 30_000);
     const aborted = await client.run(run.id).abort();
     assert.ok(['ABORTING', 'ABORTED'].includes(aborted.status));
-    const done = await client.run(run.id).waitForFinish();
+    const done = await finished(client, run);
     assert.equal(done.status, 'ABORTED');
     assert.match(await client.run(run.id).log().get(), /started/);
     assert.equal((await client.actor(actor.id).lastRun({ status: 'ABORTED' }).get()).id, run.id);
     const runs = await client.actor(actor.id).runs().list({ desc: true });
     assert.equal(runs.items[0].id, run.id);
 
-    const once = await createAndBuild(client, shellFiles('echo once'), 128);
+    const once = await createAndBuild(client, shellFiles('echo once'), { memory: 128 });
     const first = await client.actor(once.id).call(undefined, { log: null });
     assert.equal(first.status, 'SUCCEEDED');
     await client.run(first.id).resurrect();
-    const again = await client.run(first.id).waitForFinish();
+    const again = await finished(client, first);
     assert.equal(again.status, 'SUCCEEDED');
     assert.equal((await client.run(first.id).log().get()).match(/ once/g).length, 2);
 });
@@ -127,7 +108,7 @@ test('bad input is refused and starts nothing', async () => {
         (err) => err.statusCode === 400 && err.type === 'invalid-input',
     );
     assert.equal(await client.actor('no-such-actor').get(), undefined);
-    const actor = await createAndBuild(client, shellFiles('exit 0'), 128);
+    const actor = await createAndBuild(client, shellFiles('exit 0'), { memory: 128 });
     await assert.rejects(client.actor(actor.id).start(undefined, { build: 'nope' }), (err) => err.type === 'unknown-build-tag');
     await assert.rejects(client.actor(actor.id).start(undefined, { memory: 100 }), (err) => err.statusCode === 400);
     assert.equal((await client.actor(actor.id).runs().list()).total, 0);

@@ -7,13 +7,12 @@ import { parse as parseCsv } from 'csv-parse/sync';
 import { XMLParser } from 'fast-xml-parser';
 import { readSheet } from 'read-excel-file/node';
 import { ApifyClient } from 'apify-client';
-import { startServer } from './harness.mjs';
+import { startServer, unique } from './harness.mjs';
 
 let server;
 before(async () => { server = await startServer(); });
 after(async () => { await server.stop(); });
 
-const unique = (prefix) => `${prefix}-${Math.random().toString(36).slice(2, 10)}`;
 
 // Nested objects and arrays, hidden fields, empty items, null, booleans, numbers, characters that
 // CSV/XML/HTML must escape, and a failed page.

@@ -1,33 +1,11 @@
 // The "last run" groups and Actor tasks through the official JavaScript apify-client.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startServer } from './harness.mjs';
+import { createAndBuild, finished as finishedRun, sharedFile, shellFiles, startServer } from './harness.mjs';
 
 // A tiny Actor: reads its INPUT (`mode`), writes items, an OUTPUT record and a request into its
-// default storages, then succeeds or fails as told.
-const PROGRAM = `python3 - <<'EOF'
-import json, os, sys, urllib.request, urllib.error
-base = os.environ["APIFY_API_BASE_URL"] + "/v2"
-auth = {"authorization": "Bearer " + os.environ["APIFY_TOKEN"], "content-type": "application/json"}
-def call(method, path, body=None):
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(base + path, data=data, method=method, headers=auth)
-    return urllib.request.urlopen(req).read()
-kv = os.environ["ACTOR_DEFAULT_KEY_VALUE_STORE_ID"]
-try:
-    inp = json.loads(call("GET", "/key-value-stores/%s/records/INPUT" % kv))
-except urllib.error.HTTPError:
-    inp = {}
-task = os.environ.get("ACTOR_TASK_ID")
-mode = inp.get("mode", "ok")
-call("POST", "/datasets/%s/items" % os.environ["ACTOR_DEFAULT_DATASET_ID"],
-     [{"n": i, "mode": mode, "task": task} for i in range(3)])
-call("PUT", "/key-value-stores/%s/records/OUTPUT" % kv, {"input": inp, "task": task})
-call("POST", "/request-queues/%s/requests" % os.environ["ACTOR_DEFAULT_REQUEST_QUEUE_ID"],
-     {"url": "https://example.com/" + mode, "uniqueKey": mode})
-print("mode", mode, "task", task, flush=True)
-sys.exit(2 if mode == "fail" else 0)
-EOF`;
+// default storages, then succeeds or fails as told (shared with the Python suite).
+const PROGRAM = sharedFile('last_run.sh');
 
 let server;
 let client;
@@ -36,25 +14,12 @@ let actorId;
 before(async () => {
     server = await startServer();
     client = server.client();
-    const actor = await client.actors().create({
-        name: `js-last-${Date.now()}`,
-        versions: [{
-            versionNumber: '0.1',
-            sourceType: 'SOURCE_FILES',
-            sourceFiles: [
-                { name: '.actor/actor.json', format: 'TEXT', content: JSON.stringify({ actorSpecification: 1, startCommand: 'sh main.sh' }) },
-                { name: 'main.sh', format: 'TEXT', content: PROGRAM },
-            ],
-        }],
-        defaultRunOptions: { build: 'latest', memoryMbytes: 128, timeoutSecs: 120 },
-    });
+    const actor = await createAndBuild(client, shellFiles(PROGRAM), { name: 'js-last', memory: 128, timeoutSecs: 120 });
     actorId = actor.id;
-    const build = await client.actor(actorId).build('0.1', { waitForFinish: 60 });
-    assert.equal(build.status, 'SUCCEEDED');
 });
 after(async () => { await server.stop(); });
 
-const finished = (run) => client.run(run.id).waitForFinish({ waitSecs: 60 });
+const finished = (run) => finishedRun(client, run);
 
 test('actor(id).lastRun({status}) and its storages and log', async () => {
     const actor = client.actor(actorId);
@@ -121,7 +86,7 @@ test('tasks: create, get, update, input, start/call, runs, lastRun', async () =>
     const output = await client.run(run.id).keyValueStore().getRecord('OUTPUT');
     assert.deepEqual(output.value, { input: { mode: 'ok', keep: 1, extra: true, note: 'override' }, task: task.id });
 
-    const called = await tc.call({ mode: 'fail' }, { waitSecs: 60 });
+    const called = await finished(await tc.call({ mode: 'fail' }));
     assert.equal(called.status, 'FAILED');
 
     const runs = await tc.runs().list();

@@ -11,13 +11,12 @@ import http.server
 import os
 import threading
 import time
-import uuid
 from datetime import timedelta
 
 import pytest
 from apify_client.errors import ApifyApiError
 
-from conftest import ROOT, Server
+from conftest import ROOT, Gate, Server, create_and_build, finished, shell_actor, unique, wait_for_log
 
 ACTORS = os.path.join(ROOT, "tests", "actors")
 CACHE = os.path.join(ROOT, "target", "troupe-test-cache")
@@ -40,37 +39,10 @@ def source_files(folder):
     return files
 
 
-def unique(prefix):
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def create_and_build(client, folder, memory=1024):
-    actor = client.actors().create(
-        name=unique(os.path.basename(folder)),
-        versions=[{"versionNumber": "0.1", "sourceType": "SOURCE_FILES", "sourceFiles": source_files(folder)}],
-        default_run_memory_mbytes=memory,
-        default_run_timeout=timedelta(seconds=600),
-    )
-    build = client.actor(actor.id).build(version_number="0.1", wait_for_finish=60)
-    build = client.build(build.id).wait_for_finish()
-    log = client.build(build.id).log().get()
-    assert build.status == "SUCCEEDED", log
-    return actor
-
-
-def shell_actor(client, script, name="sh"):
-    files = [
-        {"name": ".actor/actor.json", "format": "TEXT", "content": '{"startCommand": "sh main.sh"}'},
-        {"name": "main.sh", "format": "TEXT", "content": script},
-    ]
-    actor = client.actors().create(
-        name=unique(name),
-        versions=[{"versionNumber": "0.1", "sourceType": "SOURCE_FILES", "sourceFiles": files}],
-        default_run_memory_mbytes=128,
-    )
-    build = client.actor(actor.id).build(version_number="0.1", wait_for_finish=60)
-    assert build.status == "SUCCEEDED"
-    return actor
+def build_project(client, folder, memory=1024):
+    """Creates and builds an Actor from the project in `folder`."""
+    return create_and_build(client, source_files(folder), name=os.path.basename(folder), memory=memory,
+                            default_run_timeout=timedelta(seconds=600))
 
 
 @pytest.fixture(scope="module")
@@ -88,12 +60,12 @@ def client(server):
 
 @pytest.fixture(scope="module")
 def python_actor(client):
-    return create_and_build(client, os.path.join(ACTORS, "python-sdk"))
+    return build_project(client, os.path.join(ACTORS, "python-sdk"))
 
 
 @pytest.fixture(scope="module")
 def node_actor(client):
-    return create_and_build(client, os.path.join(ACTORS, "node-sdk"))
+    return build_project(client, os.path.join(ACTORS, "node-sdk"))
 
 
 def check_sdk_run(client, run, named_dataset, count):
@@ -169,7 +141,7 @@ def test_crawlee_crawler(client):
     site = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Site)
     threading.Thread(target=site.serve_forever, daemon=True).start()
     try:
-        actor = create_and_build(client, os.path.join(ACTORS, "crawlee"))
+        actor = build_project(client, os.path.join(ACTORS, "crawlee"))
         start_url = f"http://127.0.0.1:{site.server_address[1]}/"
         run = client.actor(actor.id).call(run_input={"startUrl": start_url}, logger=None)
         log = client.run(run.id).log().get()
@@ -187,12 +159,13 @@ def test_start_wait_abort_log_through_client(client):
     run = client.actor(actor.id).start(memory_mbytes=128)
     assert run.status in ("READY", "RUNNING")
     assert run.meta.origin == "API" and run.options.disk_mbytes == 256
-    # wait_for_finish with a short wait returns the run still going.
+    wait_for_log(client, run.id, "tick 1")
+    # wait_for_finish with a short wait returns the run still going (it never ends by itself).
     waited = client.run(run.id).wait_for_finish(wait_duration=timedelta(seconds=1))
     assert waited.status == "RUNNING"
     aborted = client.run(run.id).abort()
     assert aborted.status in ("ABORTING", "ABORTED")
-    done = client.run(run.id).wait_for_finish()
+    done = finished(client, run)
     assert done.status == "ABORTED"
     log = client.run(run.id).log().get()
     assert "started" in log and "tick 1" in log
@@ -209,7 +182,7 @@ def test_resurrect_and_run_sync_through_http(client, server):
     run = client.actor(actor.id).call(logger=None)
     assert run.status == "SUCCEEDED"
     client.run(run.id).resurrect()
-    again = client.run(run.id).wait_for_finish()
+    again = finished(client, run)
     assert again.status == "SUCCEEDED" and again.id == run.id
     assert client.run(run.id).log().get().count("once") == 2
     # Builds and Actor objects validate strictly.
@@ -247,7 +220,7 @@ def test_graceful_abort_reaches_the_sdk(client, node_actor):
     time.sleep(1)
     started = time.time()
     client.run(run.id).abort(gracefully=True)
-    done = client.run(run.id).wait_for_finish()
+    done = finished(client, run)
     assert done.status == "ABORTED"
     assert time.time() - started < 25, client.run(run.id).log().get()
 
@@ -260,14 +233,16 @@ def test_events_websocket_sends_system_info(client, server):
 
     import websockets
 
-    actor = shell_actor(client, "sleep 4")
+    # The run goes on until the gate opens: surely still running while the socket is read.
+    gate = Gate()
+    actor = shell_actor(client, gate.wait())
     run = client.actor(actor.id).start(memory_mbytes=128)
     url = server.origin.replace("http://", "ws://") + f"/v2/actor-runs/{run.id}/events-websocket?token={server.token}"
 
     async def first_system_info():
         async with websockets.connect(url) as socket:
             while True:
-                message = json.loads(await asyncio.wait_for(socket.recv(), timeout=10))
+                message = json.loads(await asyncio.wait_for(socket.recv(), timeout=60))
                 if message["name"] == "systemInfo":
                     return message["data"]
 
@@ -286,4 +261,6 @@ def test_events_websocket_sends_system_info(client, server):
             return err.response.status_code == 401
 
     assert asyncio.run(refused())
-    assert client.run(run.id).wait_for_finish().status == "SUCCEEDED"
+    gate.open()
+    assert finished(client, run).status == "SUCCEEDED"
+    gate.close()

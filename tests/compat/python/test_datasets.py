@@ -8,7 +8,6 @@ import io
 import json
 import urllib.error
 import urllib.request
-import uuid
 from datetime import timedelta
 import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
@@ -17,7 +16,7 @@ import openpyxl
 import pytest
 from apify_client import ApifyClient
 
-from conftest import Server
+from conftest import Server, unique
 
 # Items covering nested objects and arrays, hidden fields, empty items, null, booleans, numbers,
 # characters that CSV/XML/HTML must escape, and a failed page.
@@ -30,10 +29,6 @@ ITEMS = [
     {},
     {"id": 5, "title": "Ünïcødé ✓", "tags": ["z"], "errorInfo": "failed"},
 ]
-
-
-def unique(prefix):
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture(scope="module")

@@ -1,75 +1,20 @@
 """The "last run" groups and Actor tasks through the official Python apify-client."""
 
-import json
-import uuid
+import os
 from datetime import timedelta
 
 import pytest
 from apify_client.errors import NotFoundError
 
+from conftest import SHARED, finished, shell_actor, status_of, unique
+
 # A tiny Actor: reads its INPUT (`mode`), writes items, an OUTPUT record and a request into its
-# default storages, then succeeds or fails as told.
-PROGRAM = r"""python3 - <<'EOF'
-import json, os, sys, urllib.request, urllib.error
-base = os.environ["APIFY_API_BASE_URL"] + "/v2"
-auth = {"authorization": "Bearer " + os.environ["APIFY_TOKEN"], "content-type": "application/json"}
-def call(method, path, body=None):
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(base + path, data=data, method=method, headers=auth)
-    return urllib.request.urlopen(req).read()
-kv = os.environ["ACTOR_DEFAULT_KEY_VALUE_STORE_ID"]
-try:
-    inp = json.loads(call("GET", "/key-value-stores/%s/records/INPUT" % kv))
-except urllib.error.HTTPError:
-    inp = {}
-task = os.environ.get("ACTOR_TASK_ID")
-mode = inp.get("mode", "ok")
-call("POST", "/datasets/%s/items" % os.environ["ACTOR_DEFAULT_DATASET_ID"],
-     [{"n": i, "mode": mode, "task": task} for i in range(3)])
-call("PUT", "/key-value-stores/%s/records/OUTPUT" % kv, {"input": inp, "task": task})
-call("POST", "/request-queues/%s/requests" % os.environ["ACTOR_DEFAULT_REQUEST_QUEUE_ID"],
-     {"url": "https://example.com/" + mode, "uniqueKey": mode})
-print("mode", mode, "task", task, flush=True)
-sys.exit(2 if mode == "fail" else 0)
-EOF"""
-
-
-def unique(prefix):
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+# default storages, then succeeds or fails as told (shared with the JavaScript suite).
+PROGRAM = open(os.path.join(SHARED, "last_run.sh")).read()
 
 
 def built_actor(client):
-    actor = client.actors().create(
-        name=unique("py-last"),
-        versions=[
-            {
-                "versionNumber": "0.1",
-                "sourceType": "SOURCE_FILES",
-                "sourceFiles": [
-                    {
-                        "name": ".actor/actor.json",
-                        "format": "TEXT",
-                        "content": json.dumps({"actorSpecification": 1, "startCommand": "sh main.sh"}),
-                    },
-                    {"name": "main.sh", "format": "TEXT", "content": PROGRAM},
-                ],
-            }
-        ],
-        default_run_memory_mbytes=128,
-        default_run_build="latest",
-    )
-    build = client.actor(actor.id).build(version_number="0.1", wait_for_finish=60)
-    assert status_of(build) == "SUCCEEDED"
-    return actor.id
-
-
-def finished(client, run):
-    run = client.run(run.id).wait_for_finish(wait_duration=timedelta(seconds=60))
-    return run
-
-
-def status_of(run):
-    return run.status.value if hasattr(run.status, "value") else run.status
+    return shell_actor(client, PROGRAM, name="py-last", default_run_build="latest").id
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +97,7 @@ def test_tasks_through_the_client(client, actor_id):
     output = client.run(run.id).key_value_store().get_record("OUTPUT")["value"]
     assert output == {"input": {"mode": "ok", "keep": 1, "extra": True, "note": "override"}, "task": task.id}
 
-    called = tc.call(task_input={"mode": "fail"}, wait_duration=timedelta(seconds=60))
+    called = finished(client, tc.call(task_input={"mode": "fail"}))
     assert status_of(called) == "FAILED"
 
     runs = tc.runs().list()

@@ -7,16 +7,13 @@ import re
 import subprocess
 import sys
 import threading
-import uuid
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from apify_client.errors import ApifyApiError
 
-
-def unique(prefix):
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+from conftest import unique
 
 
 def req(key):
@@ -216,7 +213,7 @@ def test_crawlee_python_crawls_every_page_exactly_once(server, client, site, tmp
         cwd=tmp_path,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,  # only a guard against a hang; a loaded machine may be slow
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     items = list(client.dataset(ds_id).iterate_items())
