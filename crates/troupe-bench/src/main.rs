@@ -254,7 +254,8 @@ fn any_selected(cli: &Cli, prefix: &str) -> bool {
 }
 
 async fn wait_ready(ctx: &Ctx) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // Generous: a loaded machine starts slowly; the wait ends as soon as troupe answers.
+    let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         if let Ok((StatusCode::OK, _)) = ctx.api(Method::GET, "/v2/users/me", Bytes::new()).await {
             return Ok(());
