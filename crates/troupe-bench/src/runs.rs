@@ -407,6 +407,7 @@ async fn log_get(ctx: &Ctx) -> anyhow::Result<Sample> {
     let mut hist = new_hist();
     let mut sample = Sample::default();
     let start = Instant::now();
+    let cpu_before = crate::sys::cpu_sample(ctx.troupe_pid);
     let mut bytes = 0u64;
     while sample.ops < 10 && start.elapsed() < ctx.settings.point * 2 {
         let t = Instant::now();
@@ -423,6 +424,12 @@ async fn log_get(ctx: &Ctx) -> anyhow::Result<Sample> {
         sample.ops += 1;
     }
     sample.secs = start.elapsed().as_secs_f64();
+    if let (Some(a), Some(b)) = (cpu_before, crate::sys::cpu_sample(ctx.troupe_pid)) {
+        if sample.ops > 0 {
+            sample.cpu_us_per_op =
+                Some(crate::sys::cpu_delta_ns(&a, &b) as f64 / 1000.0 / sample.ops as f64);
+        }
+    }
     sample.rate = bytes as f64 / (1 << 20) as f64 / sample.secs.max(1e-9);
     sample.p50_us = hist.value_at_quantile(0.5) as f64;
     sample.p99_us = hist.value_at_quantile(0.99) as f64;

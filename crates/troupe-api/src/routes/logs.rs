@@ -97,16 +97,20 @@ fn log_response(state: &AppState, job: Job, id: &str, params: &Params) -> ApiRes
         Body::from_stream(follow(state.clone(), job, id.to_string(), path))
     } else {
         match std::fs::File::open(&path) {
-            // Streamed in large chunks, never read whole into memory.
-            Ok(file) => Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
-                tokio::fs::File::from_std(file),
-                256 * 1024,
-            )),
+            // Streamed in large chunks (one blocking-pool read per MiB), never read whole.
+            Ok(file) => {
+                let mut file = tokio::fs::File::from_std(file);
+                file.set_max_buf_size(LOG_CHUNK);
+                Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, LOG_CHUNK))
+            }
             Err(_) => Body::empty(),
         }
     };
     builder.body(body).map_err(ApiError::internal)
 }
+
+/// Bytes per read when serving a log.
+const LOG_CHUNK: usize = 1 << 20;
 
 struct Follow {
     state: AppState,
