@@ -1,12 +1,14 @@
 //! SQLite backend: one file `troupe.db` in WAL mode inside the data dir.
 //!
 //! One writer connection (serialised by a mutex, so every write transaction sees the latest
-//! counters) and a small pool of reader connections. All calls leave the async runtime through
-//! `spawn_blocking`. Large blobs live as files under `blobs/` next to the database.
+//! counters) and a small pool of reader connections. Writes of concurrent callers are committed
+//! together (group commit, see `group`). Calls leave the async runtime through
+//! `spawn_blocking`, except single-row primary-key reads. Large blobs live as files under `blobs/` next to the database.
 
 mod actors;
 mod catalog;
 mod datasets;
+mod group;
 mod hooks;
 mod kv;
 mod queues;
@@ -87,6 +89,8 @@ struct Inner {
     options: SqliteOptions,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
+    /// Writes waiting for the next group commit (see `group`).
+    writes: Mutex<group::WriteQueue>,
     kv: kv::KvState,
     /// Bumped on every token revocation, so caches in front of token lookups can tell.
     token_generation: std::sync::atomic::AtomicU64,
@@ -109,6 +113,7 @@ impl SqliteStorage {
                 options,
                 writer: Mutex::new(writer),
                 readers: Mutex::new(Vec::new()),
+                writes: Mutex::new(group::WriteQueue::default()),
                 kv: kv::KvState::default(),
                 token_generation: std::sync::atomic::AtomicU64::new(0),
             }),
@@ -143,17 +148,6 @@ impl SqliteStorage {
     {
         let this = self.clone();
         run_blocking(move || this.read_blocking(f)).await
-    }
-
-    /// Runs `f` inside a write transaction on the writer connection, off the async runtime.
-    /// The transaction commits when `f` returns `Ok`, and rolls back otherwise.
-    pub(crate) async fn write<T, F>(&self, f: F) -> Result<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Transaction<'_>) -> Result<T> + Send + 'static,
-    {
-        let this = self.clone();
-        run_blocking(move || this.write_blocking(f)).await
     }
 
     /// Blocking form of `read` (also used by troupe-bench's raw-engine yardsticks, so they run
@@ -274,6 +268,77 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let storage = SqliteStorage::open(dir.path(), SqliteOptions::default()).unwrap();
         (dir, storage)
+    }
+
+    /// Group commit: writes queued while the writer is busy share one transaction, a write
+    /// that fails or panics is rolled back alone, and every caller gets its own result.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn group_commit_isolates_failing_writes() {
+        let (_dir, storage) = open_temp();
+        storage
+            .write_blocking(|tx| Ok(tx.execute_batch("CREATE TABLE gc (v INTEGER NOT NULL)")?))
+            .unwrap();
+        let (batches_before, writes_before) = storage.group_stats();
+        // Holding the writer connection makes the writes below queue up behind the leader.
+        let held = storage.inner.writer.lock();
+        let mut tasks = Vec::new();
+        for i in 0..30i64 {
+            let storage = storage.clone();
+            tasks.push(tokio::spawn(async move {
+                storage
+                    .write(move |tx| {
+                        tx.execute("INSERT INTO gc (v) VALUES (?1)", [i])?;
+                        match i % 5 {
+                            1 => Err(Error::Invalid(format!("refused {i}"))),
+                            2 => panic!("write {i} panicked (expected by the test)"),
+                            3 => {
+                                // A statement error after a change: the change goes too.
+                                tx.execute("INSERT INTO gc (v) VALUES (NULL)", [])?;
+                                Ok(i)
+                            }
+                            _ => Ok(i),
+                        }
+                    })
+                    .await
+            }));
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if storage.writes_submitted() - writes_before == 30 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "writes did not queue");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        drop(held);
+        let mut committed = Vec::new();
+        for (i, task) in tasks.into_iter().enumerate() {
+            let result = task.await.unwrap();
+            match i % 5 {
+                1 => assert!(matches!(result, Err(Error::Invalid(_))), "{i}: {result:?}"),
+                2 | 3 => assert!(matches!(result, Err(Error::Internal(_))), "{i}: {result:?}"),
+                _ => {
+                    assert_eq!(result.unwrap(), i as i64);
+                    committed.push(i as i64);
+                }
+            }
+        }
+        let stored: Vec<i64> = storage
+            .read_blocking(|c| {
+                let mut stmt = c.prepare("SELECT v FROM gc ORDER BY v")?;
+                let rows = stmt.query_map([], |r| r.get(0))?;
+                Ok(rows.collect::<rusqlite::Result<Vec<i64>>>()?)
+            })
+            .unwrap();
+        assert_eq!(stored, committed);
+        let (batches, writes) = storage.group_stats();
+        assert_eq!(writes - writes_before, 30);
+        // The leader took what was queued when it started, then everything else at once.
+        assert!(
+            batches - batches_before <= 2,
+            "{} batches",
+            batches - batches_before
+        );
     }
 
     #[tokio::test]

@@ -29,7 +29,7 @@ impl DatasetStore for SqliteStorage {
     async fn push_items(&self, dataset_id: &str, items: Vec<NewItem>) -> Result<StorageInfo> {
         let dataset_id = dataset_id.to_string();
         self.write(move |tx| {
-            let info = require_storage(tx, StorageKind::Dataset, &dataset_id)?;
+            let mut info = require_storage(tx, StorageKind::Dataset, &dataset_id)?;
             if info.item_count + items.len() as u64 >= (1u64 << INDEX_BITS) {
                 return Err(Error::Invalid("Dataset is full".into()));
             }
@@ -43,13 +43,22 @@ impl DatasetStore for SqliteStorage {
                     clean += u64::from(item.clean);
                 }
             }
-            tx.execute(
+            let now = troupe_model::now_ms();
+            let count = items.len() as u64;
+            tx.prepare_cached(
                 "UPDATE storages SET item_count = item_count + ?1, clean_item_count = clean_item_count + ?2,
                  storage_bytes = storage_bytes + ?3, write_count = write_count + ?1, modified_at = ?4, accessed_at = ?4
                  WHERE num = ?5",
-                params![items.len() as i64, clean as i64, bytes as i64, troupe_model::now_ms(), info.num],
-            )?;
-            require_storage(tx, StorageKind::Dataset, &dataset_id)
+            )?
+            .execute(params![count as i64, clean as i64, bytes as i64, now, info.num])?;
+            // The row as it now reads, without reading it again.
+            info.item_count += count;
+            info.clean_item_count += clean;
+            info.storage_bytes += bytes;
+            info.write_count += count;
+            info.modified_at = now;
+            info.accessed_at = now;
+            Ok(info)
         })
         .await
     }

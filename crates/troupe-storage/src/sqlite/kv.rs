@@ -40,30 +40,7 @@ pub(crate) struct KvState {
     /// Blobs of deleted stores: removed once no row references them (the deleting transaction
     /// may still be open when they are queued). `(blob, attempts)`.
     doomed: Mutex<Vec<(String, u32)>>,
-    /// Record writes waiting for the next group commit.
-    puts: Mutex<PutQueue>,
 }
-
-/// Group commit: concurrent record writes share one transaction (each in its own savepoint, so
-/// one failing write does not affect the others). The first writer to find no batch in flight
-/// becomes the leader and commits batches until the queue is empty.
-#[derive(Default)]
-struct PutQueue {
-    ops: Vec<PutOp>,
-    leader_active: bool,
-}
-
-struct PutOp {
-    num: i64,
-    key: String,
-    record: NewRecord,
-    size: u64,
-    stored: Stored,
-    reply: tokio::sync::oneshot::Sender<Result<Option<String>>>,
-}
-
-/// Most writes one group commit takes.
-const MAX_BATCH: usize = 256;
 
 #[derive(Default, Clone, Copy)]
 struct Pending {
@@ -207,67 +184,6 @@ impl SqliteStorage {
             }
         }
         Ok(())
-    }
-
-    /// Commits queued record writes in batches until none is left (run by the leader).
-    fn commit_puts(&self) {
-        /// Hands leadership back if the leader unwinds, so later writes are not stranded.
-        struct Guard<'a>(&'a SqliteStorage);
-        impl Drop for Guard<'_> {
-            fn drop(&mut self) {
-                if std::thread::panicking() {
-                    self.0.inner.kv.puts.lock().leader_active = false;
-                }
-            }
-        }
-        let _guard = Guard(self);
-        loop {
-            let ops: Vec<PutOp> = {
-                let mut queue = self.inner.kv.puts.lock();
-                if queue.ops.is_empty() {
-                    queue.leader_active = false;
-                    return;
-                }
-                let take = queue.ops.len().min(MAX_BATCH);
-                queue.ops.drain(..take).collect()
-            };
-            let mut results: Vec<Result<Option<String>>> = Vec::with_capacity(ops.len());
-            let outcome = (|| -> Result<()> {
-                let mut conn = self.inner.writer.lock();
-                let mut tx =
-                    conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-                for op in &ops {
-                    let sp = tx.savepoint()?;
-                    match upsert_record(&sp, op.num, &op.key, &op.record, op.size, &op.stored) {
-                        Ok(old) => {
-                            sp.commit()?;
-                            results.push(Ok(old));
-                        }
-                        Err(err) => {
-                            drop(sp); // rolls this write back
-                            results.push(Err(err));
-                        }
-                    }
-                }
-                tx.commit()?;
-                Ok(())
-            })();
-            match outcome {
-                Ok(()) => {
-                    for (op, result) in ops.into_iter().zip(results) {
-                        let _ = op.reply.send(result);
-                    }
-                }
-                Err(err) => {
-                    let message = format!("{err:#}");
-                    for op in ops {
-                        let _ = op.reply.send(Err(Error::Internal(anyhow::anyhow!(
-                            "record write failed: {message}"
-                        ))));
-                    }
-                }
-            }
-        }
     }
 
     /// Streams `source` into a new blob file; returns (blob id, size). Nothing is left behind on
@@ -609,26 +525,10 @@ impl KvStore for SqliteStorage {
             Stored::Blob(blob) => Some(blob.clone()),
             Stored::Inline(_) => None,
         };
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let lead = {
-            let mut queue = self.inner.kv.puts.lock();
-            queue.ops.push(PutOp {
-                num,
-                key,
-                record,
-                size,
-                stored,
-                reply,
-            });
-            !std::mem::replace(&mut queue.leader_active, true)
-        };
-        if lead {
-            let this = self.clone();
-            tokio::task::spawn_blocking(move || this.commit_puts());
-        }
-        let result = answer
-            .await
-            .unwrap_or_else(|_| Err(Error::Internal(anyhow::anyhow!("record write was dropped"))));
+        // Concurrent record writes share one transaction (group commit, see `super::group`).
+        let result = self
+            .write(move |tx| upsert_record(tx, num, &key, &record, size, &stored))
+            .await;
         match result {
             Ok(old_blob) => {
                 if let Some(old) = old_blob {
