@@ -135,6 +135,18 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         .map_err(|err| ApiError::invalid_input(format!("Invalid JSON in request body: {err}")))
 }
 
+/// Checks that `bytes` are one JSON value and returns it as raw text (for handlers that read
+/// a few fields and keep the rest as received); errors as [`parse_json`].
+pub fn parse_json_raw(bytes: &[u8]) -> Result<&serde_json::value::RawValue, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::invalid_input(
+            "Request body is empty; a JSON body is required",
+        ));
+    }
+    serde_json::from_slice(bytes)
+        .map_err(|err| ApiError::invalid_input(format!("Invalid JSON in request body: {err}")))
+}
+
 /// A decoded request body, read with the default limit.
 pub struct DecodedBody(pub Bytes);
 

@@ -2,7 +2,12 @@
 //! (SDK-CONTRACT.md §3.3) and the validation of request bodies the clients send.
 
 use base64::Engine;
-use serde_json::{Map, Value};
+use std::borrow::Cow;
+
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::time::{format_ts, parse_ts};
@@ -77,17 +82,39 @@ fn invalid(message: impl Into<String>) -> RequestError {
 /// Validates one request body. `path_id` is the id in the URL (`PUT …/requests/{id}`); a body
 /// `id`, when present, and the path id must both equal the id derived from `uniqueKey`.
 pub fn parse_request(value: Value, path_id: Option<&str>) -> Result<QueueRequest, RequestError> {
-    let Value::Object(mut map) = value else {
+    if !value.is_object() {
+        return Err(invalid("Request must be a JSON object"));
+    }
+    let text = value.to_string();
+    let raw: &RawValue = serde_json::from_str(&text)
+        .map_err(|err| invalid(format!("Request cannot be stored: {err}")))?;
+    parse_request_raw(raw, path_id)
+}
+
+/// [`parse_request`] on the request's JSON text as received (already known to be valid JSON):
+/// the known fields are read from their raw text and the other fields are copied through
+/// byte for byte, without building a tree of the whole request.
+pub fn parse_request_raw(
+    raw: &RawValue,
+    path_id: Option<&str>,
+) -> Result<QueueRequest, RequestError> {
+    let Ok(Fields(fields)) = serde_json::from_str::<Fields<'_>>(raw.get()) else {
         return Err(invalid("Request must be a JSON object"));
     };
-    let unique_key = match map.get("uniqueKey") {
-        Some(Value::String(key)) => key.clone(),
-        None | Some(Value::Null) => return Err(invalid("Request field \"uniqueKey\" is required")),
+    let field = |name: &str| -> Option<&str> {
+        fields
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.get())
+    };
+    let unique_key = match field("uniqueKey").map(Raw::of) {
+        Some(Raw::String(key)) => key.into_owned(),
+        None | Some(Raw::Null) => return Err(invalid("Request field \"uniqueKey\" is required")),
         Some(_) => return Err(invalid("Request field \"uniqueKey\" must be a string")),
     };
-    let url = match map.get("url") {
-        Some(Value::String(url)) => url.clone(),
-        None | Some(Value::Null) => return Err(invalid("Request field \"url\" is required")),
+    let url = match field("url").map(Raw::of) {
+        Some(Raw::String(url)) => url.into_owned(),
+        None | Some(Raw::Null) => return Err(invalid("Request field \"url\" is required")),
         Some(_) => return Err(invalid("Request field \"url\" must be a string")),
     };
     if !is_http_url(&url) {
@@ -96,10 +123,10 @@ pub fn parse_request(value: Value, path_id: Option<&str>) -> Result<QueueRequest
         )));
     }
     let id = request_id(&unique_key);
-    match map.get("id") {
-        None | Some(Value::Null) => {}
-        Some(Value::String(given)) if *given == id => {}
-        Some(Value::String(given)) => {
+    match field("id").map(Raw::of) {
+        None | Some(Raw::Null) => {}
+        Some(Raw::String(given)) if given == id => {}
+        Some(Raw::String(given)) => {
             return Err(RequestError::IdMismatch(format!(
                 "Request ID \"{given}\" does not match its uniqueKey (expected \"{id}\")"
             )))
@@ -113,9 +140,9 @@ pub fn parse_request(value: Value, path_id: Option<&str>) -> Result<QueueRequest
             )));
         }
     }
-    let method = match map.get("method") {
-        None | Some(Value::Null) => "GET".to_string(),
-        Some(Value::String(m)) if METHODS.contains(&m.as_str()) => m.clone(),
+    let method = match field("method").map(Raw::of) {
+        None | Some(Raw::Null) => "GET".to_string(),
+        Some(Raw::String(m)) if METHODS.contains(&m.as_ref()) => m.into_owned(),
         Some(_) => {
             return Err(invalid(format!(
                 "Request field \"method\" must be one of: {}",
@@ -123,37 +150,37 @@ pub fn parse_request(value: Value, path_id: Option<&str>) -> Result<QueueRequest
             )))
         }
     };
-    let retry_count = match map.get("retryCount") {
-        None | Some(Value::Null) => 0,
-        Some(Value::Number(n)) if n.as_u64().is_some_and(|n| n <= i64::MAX as u64) => {
-            n.as_u64().unwrap_or(0) as i64
-        }
-        Some(_) => {
-            return Err(invalid(
-                "Request field \"retryCount\" must be a non-negative integer",
-            ))
-        }
+    let retry_count = match field("retryCount") {
+        None | Some("null") => 0,
+        Some(text) => match serde_json::from_str::<u64>(text) {
+            Ok(n) if n <= i64::MAX as u64 => n as i64,
+            _ => {
+                return Err(invalid(
+                    "Request field \"retryCount\" must be a non-negative integer",
+                ))
+            }
+        },
     };
-    for field in ["userData", "headers"] {
+    for name in ["userData", "headers"] {
         if !matches!(
-            map.get(field),
-            None | Some(Value::Null) | Some(Value::Object(_))
+            field(name).map(Raw::of),
+            None | Some(Raw::Null | Raw::Object)
         ) {
             return Err(invalid(format!(
-                "Request field \"{field}\" must be an object"
+                "Request field \"{name}\" must be an object"
             )));
         }
     }
     if !matches!(
-        map.get("payload"),
-        None | Some(Value::Null) | Some(Value::String(_)) | Some(Value::Object(_))
+        field("payload").map(Raw::of),
+        None | Some(Raw::Null | Raw::String(_) | Raw::Object)
     ) {
         return Err(invalid("Request field \"payload\" must be a string"));
     }
-    let handled_at = match map.get("handledAt") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) if s.trim().is_empty() => None,
-        Some(Value::String(s)) => Some(parse_ts(s).ok_or_else(|| {
+    let handled_at = match field("handledAt").map(Raw::of) {
+        None | Some(Raw::Null) => None,
+        Some(Raw::String(s)) if s.trim().is_empty() => None,
+        Some(Raw::String(s)) => Some(parse_ts(&s).ok_or_else(|| {
             invalid(format!(
                 "Request field \"handledAt\" is not a valid timestamp: \"{s}\""
             ))
@@ -164,16 +191,32 @@ pub fn parse_request(value: Value, path_id: Option<&str>) -> Result<QueueRequest
             ))
         }
     };
-    set_id_first(&mut map, &id);
-    match handled_at {
-        Some(ms) => {
-            map.insert("handledAt".into(), Value::String(format_ts(ms)));
-        }
-        None => {
-            map.remove("handledAt");
-        }
+    // `id` first, then the other fields in their order with their text as received;
+    // `handledAt` normalized in place (dropped when empty).
+    let mut out = Vec::with_capacity(raw.get().len() + 32);
+    out.extend_from_slice(b"{\"id\":");
+    write_json_str(&mut out, &id);
+    for (key, value) in &fields {
+        let value = match key.as_ref() {
+            "id" => continue,
+            "handledAt" => match handled_at {
+                Some(ms) => {
+                    out.extend_from_slice(b",\"handledAt\":\"");
+                    out.extend_from_slice(format_ts(ms).as_bytes());
+                    out.push(b'"');
+                    continue;
+                }
+                None => continue,
+            },
+            _ => value.get(),
+        };
+        out.push(b',');
+        write_json_str(&mut out, key);
+        out.push(b':');
+        out.extend_from_slice(value.as_bytes());
     }
-    let json = serde_json::to_string(&Value::Object(map))
+    out.push(b'}');
+    let json = String::from_utf8(out)
         .map_err(|err| invalid(format!("Request cannot be stored: {err}")))?;
     Ok(QueueRequest {
         id,
@@ -186,12 +229,80 @@ pub fn parse_request(value: Value, path_id: Option<&str>) -> Result<QueueRequest
     })
 }
 
-/// Puts `id` as the first field (stable, readable output).
-fn set_id_first(map: &mut Map<String, Value>, id: &str) {
-    map.remove("id");
-    let rest = std::mem::take(map);
-    map.insert("id".into(), Value::String(id.to_string()));
-    map.extend(rest);
+fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    serde_json::to_writer(out, s).expect("writing to a Vec cannot fail");
+}
+
+/// A JSON object's fields in order, values as raw text; a repeated key keeps its first position
+/// and its last value (as `serde_json::Map` with `preserve_order` does).
+struct Fields<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for Fields<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> Visitor<'de> for Visit {
+            type Value = Fields<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields<'de>, A::Error> {
+                let mut fields: Vec<(Cow<'de, str>, &'de RawValue)> = Vec::new();
+                while let Some(Key(key)) = map.next_key()? {
+                    let value: &'de RawValue = map.next_value()?;
+                    match fields.iter_mut().find(|(k, _)| *k == key) {
+                        Some(slot) => slot.1 = value,
+                        None => fields.push((key, value)),
+                    }
+                }
+                Ok(Fields(fields))
+            }
+        }
+        deserializer.deserialize_map(Visit)
+    }
+}
+
+/// An object key, borrowed from the input unless it had escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> Visitor<'de> for Visit {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_string())))
+            }
+        }
+        deserializer.deserialize_str(Visit)
+    }
+}
+
+/// The kind of a raw JSON value (strings decoded), enough to validate a field.
+enum Raw<'a> {
+    Null,
+    String(Cow<'a, str>),
+    Object,
+    Other,
+}
+
+impl<'a> Raw<'a> {
+    fn of(text: &'a str) -> Raw<'a> {
+        match text.as_bytes().first() {
+            Some(b'n') => Raw::Null,
+            Some(b'{') => Raw::Object,
+            Some(b'"') => match serde_json::from_str::<Key<'a>>(text) {
+                Ok(Key(s)) => Raw::String(s),
+                Err(_) => Raw::Other,
+            },
+            _ => Raw::Other,
+        }
+    }
 }
 
 fn is_http_url(url: &str) -> bool {
@@ -317,6 +428,51 @@ mod tests {
             Some(&id)
         )
         .is_ok());
+    }
+
+    #[test]
+    fn raw_parse_copies_fields_through() {
+        let body = r#"{ "custom" : [1, 2.50, {"a": "\u00e9"}], "url":"https://a.example/x",
+            "id": null, "uniqueKey": "k\"q", "handledAt": "2026-08-21 10:23:31.607000+00:00",
+            "we\u0069rd": 1, "custom": {"last": true}, "userData": {} }"#;
+        let raw: &RawValue = serde_json::from_str(body).unwrap();
+        let r = parse_request_raw(raw, None).unwrap();
+        assert_eq!(r.unique_key, "k\"q");
+        assert_eq!(r.id, request_id("k\"q"));
+        assert_eq!(r.handled_at, parse_ts("2026-08-21T10:23:31.607Z"));
+        // id first; a repeated key keeps its first place and its last value; values verbatim.
+        assert_eq!(
+            r.json,
+            format!(
+                r#"{{"id":"{}","custom":{{"last": true}},"url":"https://a.example/x","uniqueKey":"k\"q","handledAt":"2026-08-21T10:23:31.607Z","weird":1,"userData":{{}}}}"#,
+                r.id
+            )
+        );
+        let back: Value = serde_json::from_str(&r.json).unwrap();
+        assert_eq!(back["custom"], json!({"last": true}));
+        // Not an object, or not a request.
+        for body in [
+            "[]",
+            "5",
+            "\"x\"",
+            "null",
+            r#"{"url": "http://a.example", "uniqueKey": 5}"#,
+        ] {
+            let raw: &RawValue = serde_json::from_str(body).unwrap();
+            assert!(
+                matches!(parse_request_raw(raw, None), Err(RequestError::Invalid(_))),
+                "{body}"
+            );
+        }
+        let raw: &RawValue = serde_json::from_str(
+            r#"{"url": "http://a.example", "uniqueKey": "k", "retryCount": 2.0}"#,
+        )
+        .unwrap();
+        assert!(parse_request_raw(raw, None).is_err());
+        let raw: &RawValue =
+            serde_json::from_str(r#"{"url": "http://a.example", "uniqueKey": "k", "payload": {"a": 1}, "retryCount": 3, "method": "POST"}"#).unwrap();
+        let r = parse_request_raw(raw, None).unwrap();
+        assert_eq!((r.retry_count, r.method.as_str()), (3, "POST"));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use troupe_model::queue::{
-    parse_request, request_id, validate_client_key, QueueRequest, RequestError, MAX_BATCH,
+    parse_request_raw, request_id, validate_client_key, QueueRequest, RequestError, MAX_BATCH,
     MAX_HEAD_LIMIT, MAX_LIST_LIMIT, MAX_LOCK_LIMIT, MAX_LOCK_SECS,
 };
 use troupe_model::storage::StorageKind;
@@ -21,7 +21,7 @@ use troupe_model::{format_ts, now_ms};
 use troupe_storage::{DeleteTarget, Head, LockOutcome, RequestFilter, RequestOutcome};
 
 use super::{data, no_content, storages};
-use crate::body::ApifyJson;
+use crate::body::{parse_json_raw, ApifyJson, DecodedBody};
 use crate::error::{ApiError, ApiResult};
 use crate::params::Params;
 use crate::resolve::{QueueKind, QueueTarget};
@@ -99,12 +99,21 @@ fn request_error(err: RequestError) -> ApiError {
     }
 }
 
-fn outcome_json(outcome: &RequestOutcome) -> Value {
-    json!({
-        "requestId": outcome.request_id,
-        "wasAlreadyPresent": outcome.was_already_present,
-        "wasAlreadyHandled": outcome.was_already_handled,
-    })
+/// A single add/update's answer.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct OutcomeJson<'a> {
+    request_id: &'a str,
+    was_already_present: bool,
+    was_already_handled: bool,
+}
+
+fn outcome_json(outcome: &RequestOutcome) -> OutcomeJson<'_> {
+    OutcomeJson {
+        request_id: &outcome.request_id,
+        was_already_present: outcome.was_already_present,
+        was_already_handled: outcome.was_already_handled,
+    }
 }
 
 /// `{"data": …}` serialized without converting raw JSON parts to `Value`.
@@ -121,11 +130,11 @@ async fn add_request(
     State(state): State<AppState>,
     target: QueueTarget,
     params: Params,
-    ApifyJson(body): ApifyJson<Value>,
+    DecodedBody(body): DecodedBody,
 ) -> ApiResult<Response> {
     let client = client_key(&params)?;
     let forefront = params.bool("forefront", false)?;
-    let request = parse_request(body, None).map_err(request_error)?;
+    let request = parse_request_raw(parse_json_raw(&body)?, None).map_err(request_error)?;
     let outcomes = state
         .storage
         .add_requests(
@@ -155,20 +164,34 @@ fn batch_body(body: Value) -> ApiResult<Vec<Value>> {
     Ok(entries)
 }
 
+/// The entries of a batch-add body: a JSON array of at most 25 requests, each kept as its text.
+fn batch_entries(body: &[u8]) -> ApiResult<Vec<&RawValue>> {
+    let raw = parse_json_raw(body)?;
+    let entries: Vec<&RawValue> = serde_json::from_str(raw.get())
+        .map_err(|_| ApiError::invalid_input("Request body must be a JSON array of requests"))?;
+    if entries.len() > MAX_BATCH {
+        return Err(ApiError::invalid_input(format!(
+            "A batch may contain at most {MAX_BATCH} requests, got {}",
+            entries.len()
+        )));
+    }
+    Ok(entries)
+}
+
 /// POST …/requests/batch — add up to 25 requests in one transaction.
 async fn batch_add_requests(
     State(state): State<AppState>,
     target: QueueTarget,
     params: Params,
-    ApifyJson(body): ApifyJson<Value>,
+    DecodedBody(body): DecodedBody,
 ) -> ApiResult<Response> {
     let client = client_key(&params)?;
     let forefront = params.bool("forefront", false)?;
-    let requests = batch_body(body)?
+    let requests = batch_entries(&body)?
         .into_iter()
         .enumerate()
         .map(|(index, entry)| {
-            parse_request(entry, None).map_err(|err| {
+            parse_request_raw(entry, None).map_err(|err| {
                 let message = format!("Request at index {index}: {}", err.message());
                 request_error(match err {
                     RequestError::Invalid(_) => RequestError::Invalid(message),
@@ -185,20 +208,35 @@ async fn batch_add_requests(
             .add_requests(&target.info().id, requests, forefront, client, now_ms())
             .await?
     };
-    let processed: Vec<Value> = outcomes
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Processed<'a> {
+        request_id: &'a str,
+        unique_key: &'a str,
+        was_already_present: bool,
+        was_already_handled: bool,
+    }
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct BatchResult<'a> {
+        processed_requests: Vec<Processed<'a>>,
+        unprocessed_requests: [(); 0],
+    }
+    let processed = outcomes
         .iter()
-        .map(|o| {
-            json!({
-                "requestId": o.request_id,
-                "uniqueKey": o.unique_key,
-                "wasAlreadyPresent": o.was_already_present,
-                "wasAlreadyHandled": o.was_already_handled,
-            })
+        .map(|o| Processed {
+            request_id: &o.request_id,
+            unique_key: &o.unique_key,
+            was_already_present: o.was_already_present,
+            was_already_handled: o.was_already_handled,
         })
         .collect();
     Ok(data(
         StatusCode::CREATED,
-        json!({ "processedRequests": processed, "unprocessedRequests": [] }),
+        BatchResult {
+            processed_requests: processed,
+            unprocessed_requests: [],
+        },
     ))
 }
 
@@ -297,11 +335,11 @@ async fn update_request(
     target: QueueTarget,
     RequestIdPath(id): RequestIdPath,
     params: Params,
-    ApifyJson(body): ApifyJson<Value>,
+    DecodedBody(body): DecodedBody,
 ) -> ApiResult<Response> {
     let client = client_key(&params)?;
     let forefront = params.bool("forefront", false)?;
-    let request = parse_request(body, Some(&id)).map_err(request_error)?;
+    let request = parse_request_raw(parse_json_raw(&body)?, Some(&id)).map_err(request_error)?;
     let outcome = state
         .storage
         .update_request(&target.info().id, request, forefront, client, now_ms())

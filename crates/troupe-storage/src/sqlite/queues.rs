@@ -133,6 +133,15 @@ impl QueueRow {
         }
     }
 
+    /// Takes back the position [`Self::next_ord`] just handed out.
+    fn undo_ord(&mut self, forefront: bool) {
+        if forefront {
+            self.front += 1;
+        } else {
+            self.back -= 1;
+        }
+    }
+
     fn save(&self, tx: &Transaction<'_>, now: i64) -> Result<()> {
         let modified_at = if self.modified { now } else { self.modified_at };
         tx.prepare_cached(
@@ -188,22 +197,44 @@ fn find(tx: &Connection, num: i64, id: &str) -> Result<Option<Existing>> {
 }
 
 fn insert(tx: &Transaction<'_>, q: &mut QueueRow, r: &QueueRequest, forefront: bool) -> Result<()> {
+    if !insert_new(tx, q, r, forefront)? {
+        return Err(Error::Internal(anyhow::anyhow!(
+            "request {} is already in the queue",
+            r.id
+        )));
+    }
+    Ok(())
+}
+
+/// Inserts `r` unless the queue already has a request with its id (one index descent for
+/// both the check and the insert). Returns whether it was inserted.
+fn insert_new(
+    tx: &Transaction<'_>,
+    q: &mut QueueRow,
+    r: &QueueRequest,
+    forefront: bool,
+) -> Result<bool> {
     let ord = q.next_ord(forefront);
-    tx.prepare_cached(
-        "INSERT INTO rq_requests (queue, id, ord, handled_at, unique_key, url, method, retry_count, data)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    )?
-    .execute(params![
-        q.num,
-        r.id,
-        ord,
-        r.handled_at,
-        r.unique_key,
-        r.url,
-        r.method,
-        r.retry_count,
-        r.json
-    ])?;
+    let inserted = tx
+        .prepare_cached(
+            "INSERT INTO rq_requests (queue, id, ord, handled_at, unique_key, url, method, retry_count, data)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (queue, id) DO NOTHING",
+        )?
+        .execute(params![
+            q.num,
+            r.id,
+            ord,
+            r.handled_at,
+            r.unique_key,
+            r.url,
+            r.method,
+            r.retry_count,
+            r.json
+        ])?;
+    if inserted == 0 {
+        q.undo_ord(forefront);
+        return Ok(false);
+    }
     q.total += 1;
     if r.handled_at.is_some() {
         q.handled += 1;
@@ -211,7 +242,7 @@ fn insert(tx: &Transaction<'_>, q: &mut QueueRow, r: &QueueRequest, forefront: b
     q.writes += 1;
     q.bytes += r.json.len() as i64;
     q.modified = true;
-    Ok(())
+    Ok(true)
 }
 
 /// Clears locks that expired by `now`, putting each request where its lock said.
@@ -341,12 +372,13 @@ impl QueueStore for SqliteStorage {
             q.track(&client_key);
             let mut outcomes = Vec::with_capacity(requests.len());
             for r in &requests {
-                let (present, handled) = match find(tx, q.num, &r.id)? {
-                    Some(existing) => (true, existing.handled),
-                    None => {
-                        insert(tx, &mut q, r, forefront)?;
-                        (false, false)
-                    }
+                let (present, handled) = if insert_new(tx, &mut q, r, forefront)? {
+                    (false, false)
+                } else {
+                    let existing = find(tx, q.num, &r.id)?.ok_or_else(|| {
+                        Error::Internal(anyhow::anyhow!("request {} vanished", r.id))
+                    })?;
+                    (true, existing.handled)
                 };
                 outcomes.push(RequestOutcome {
                     request_id: r.id.clone(),
