@@ -308,7 +308,8 @@ mod tests {
                 break;
             }
             assert!(std::time::Instant::now() < deadline, "writes did not queue");
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            // (A plain sleep: the writer lock is held, and the writes run on the workers.)
+            std::thread::sleep(std::time::Duration::from_millis(5));
         }
         drop(held);
         let mut committed = Vec::new();
