@@ -813,6 +813,31 @@ async fn failed_calls_are_retried_with_backoff() {
     let message = d["calls"][0]["errorMessage"].as_str().unwrap();
     assert!(!message.contains("hunter2"), "{message}");
     assert!(d["calls"][0]["responseStatus"].is_null());
+
+    // https: a TLS handshake is attempted (here with a plain-HTTP receiver, so it fails).
+    let tls = post_data(
+        &server,
+        "/webhooks",
+        json!({
+            "eventTypes": ["ACTOR.RUN.SUCCEEDED"],
+            "condition": {"actorId": actor},
+            "requestUrl": receiver.url("/tls").replace("http://", "https://"),
+            "doNotRetry": true,
+        }),
+        201,
+    )
+    .await;
+    let dispatch = post_data(
+        &server,
+        &format!("/webhooks/{}/test", tls["id"].as_str().unwrap()),
+        json!({}),
+        201,
+    )
+    .await;
+    let d = wait_dispatch(&server, dispatch["id"].as_str().unwrap(), "FAILED").await;
+    let message = d["calls"][0]["errorMessage"].as_str().unwrap();
+    assert!(!message.contains("scheme"), "{message}");
+    assert!(receiver.on("/tls").is_empty());
 }
 
 fn chrono_ms(ts: &str) -> i64 {

@@ -64,6 +64,8 @@ struct Inner {
     events: mpsc::UnboundedSender<JobEvent>,
     receiver: Mutex<Option<mpsc::UnboundedReceiver<JobEvent>>>,
     client: reqwest::Client,
+    /// For webhooks with `ignoreSslErrors`: accepts any certificate.
+    insecure_client: reqwest::Client,
     slots: Semaphore,
     /// Woken when schedules change (the scheduler recomputes when to wake up).
     schedules_changed: Notify,
@@ -72,17 +74,21 @@ struct Inner {
 impl Hooks {
     pub fn new(config: HooksConfig) -> Self {
         let (events, receiver) = mpsc::unbounded_channel();
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("troupe-webhooks/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .expect("HTTP client");
+        let client = |accept_invalid_certs: bool| {
+            reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .user_agent(concat!("troupe-webhooks/", env!("CARGO_PKG_VERSION")))
+                .danger_accept_invalid_certs(accept_invalid_certs)
+                .build()
+                .expect("HTTP client")
+        };
         Self {
             inner: Arc::new(Inner {
                 config,
                 events,
                 receiver: Mutex::new(Some(receiver)),
-                client,
+                client: client(false),
+                insecure_client: client(true),
                 slots: Semaphore::new(CONCURRENT_CALLS),
                 schedules_changed: Notify::new(),
             }),
@@ -291,7 +297,13 @@ async fn deliver(state: AppState, mut dispatch: WebhookDispatch) {
         }
         let call = {
             let _slot = state.hooks.inner.slots.acquire().await;
-            attempt(&state.hooks.inner.client, &dispatch.request, &config).await
+            let inner = &state.hooks.inner;
+            let client = if dispatch.request.ignore_ssl_errors {
+                &inner.insecure_client
+            } else {
+                &inner.client
+            };
+            attempt(client, &dispatch.request, &config).await
         };
         let attempts = dispatch.calls.len() as u32 + 1;
         let succeeded = call
