@@ -153,10 +153,19 @@ struct EventFacts {
     task_id: Option<String>,
     run_id: Option<String>,
     event_data: Value,
-    resource: Value,
 }
 
-fn facts(state: &AppState, event: &JobEvent) -> EventFacts {
+/// The `resource` of an event: the run or build as its owner sees it.
+fn resource(state: &AppState, event: &JobEvent) -> Value {
+    match event {
+        JobEvent::Run { run, .. } => crate::routes::runs::run_json(state, run, Some(&run.user_id)),
+        JobEvent::Build { build, .. } => {
+            crate::routes::builds::build_json(build, Some(&build.user_id))
+        }
+    }
+}
+
+fn facts(event: &JobEvent) -> EventFacts {
     match event {
         JobEvent::Run { event_type, run } => EventFacts {
             event_type,
@@ -169,7 +178,6 @@ fn facts(state: &AppState, event: &JobEvent) -> EventFacts {
                 "actorTaskId": run.actor_task_id,
                 "actorRunId": run.id,
             }),
-            resource: crate::routes::runs::run_json(state, run, Some(&run.user_id)),
         },
         JobEvent::Build { event_type, build } => EventFacts {
             event_type,
@@ -178,13 +186,12 @@ fn facts(state: &AppState, event: &JobEvent) -> EventFacts {
             task_id: None,
             run_id: None,
             event_data: json!({ "actorId": build.act_id, "actorBuildId": build.id }),
-            resource: crate::routes::builds::build_json(build, Some(&build.user_id)),
         },
     }
 }
 
 async fn handle_event(state: &AppState, event: JobEvent) -> crate::error::ApiResult<()> {
-    let facts = facts(state, &event);
+    let facts = facts(&event);
     // Builds have no run; their webhooks are the Actor's.
     let webhooks = state
         .storage
@@ -195,15 +202,20 @@ async fn handle_event(state: &AppState, event: JobEvent) -> crate::error::ApiRes
             facts.run_id.as_deref(),
         )
         .await?;
+    let mut resource_json = None;
     for webhook in webhooks {
         if !webhook.event_types.iter().any(|t| t == facts.event_type) {
             continue;
         }
+        // Built once, and only when some webhook listens.
+        let resource = resource_json
+            .get_or_insert_with(|| resource(state, &event))
+            .clone();
         let dispatch = new_dispatch(
             &webhook,
             facts.event_type,
             Some(facts.event_data.clone()),
-            facts.resource.clone(),
+            resource,
         );
         state.storage.create_dispatch(dispatch.clone()).await?;
         spawn_delivery(state, dispatch);

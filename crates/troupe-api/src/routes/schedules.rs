@@ -309,6 +309,12 @@ async fn apply_body(
         Some(_) => return Err(bad("actions", "must be an array")),
     }
     schedule.next_run_at = next_run(&schedule.cron_expression, &schedule.timezone, now_ms());
+    if schedule.next_run_at.is_none() {
+        return Err(ApiError::cron_expression_invalid(format!(
+            "Cron expression \"{}\" never matches a future time",
+            schedule.cron_expression
+        )));
+    }
     Ok(())
 }
 
