@@ -4,7 +4,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
-import { startServer } from './harness.mjs';
+import { createAndBuild, eventually, shellFiles, startServer, unique } from './harness.mjs';
 
 let server;
 let receiver;
@@ -28,38 +28,10 @@ after(async () => {
     await new Promise((resolve) => receiver.close(resolve));
 });
 
-const unique = (prefix) => `${prefix}-${Date.now().toString(36)}-${Math.floor(Math.random() * 1e6)}`;
 const receiverUrl = (p) => `http://127.0.0.1:${receiver.address().port}${p}`;
 const on = (p) => received.filter((r) => r.path === p);
-
-async function poll(check, timeoutMs = 90_000) {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-        const value = await check();
-        if (value) return value;
-        assert.ok(Date.now() < deadline, 'gave up waiting');
-        await new Promise((r) => setTimeout(r, 100));
-    }
-}
-
-async function shellActor(client, script) {
-    const actor = await client.actors().create({
-        name: unique('js-hooks'),
-        versions: [{
-            versionNumber: '0.1',
-            sourceType: 'SOURCE_FILES',
-            sourceFiles: [
-                { name: '.actor/actor.json', format: 'TEXT', content: '{"startCommand": "sh main.sh"}' },
-                { name: 'main.sh', format: 'TEXT', content: script },
-            ],
-        }],
-        defaultRunOptions: { build: 'latest', memoryMbytes: 128, timeoutSecs: 120 },
-    });
-    const started = await client.actor(actor.id).build('0.1', { waitForFinish: 60 });
-    const build = await client.build(started.id).waitForFinish();
-    assert.equal(build.status, 'SUCCEEDED');
-    return actor;
-}
+const poll = (probe) => eventually('a webhook call', probe);
+const shellActor = (client, script) => createAndBuild(client, shellFiles(script), { name: 'js-hooks', memory: 128, timeoutSecs: 120 });
 
 test('webhooks: create, get, update, list, dispatches, test, delete', async () => {
     const client = server.client();

@@ -5,44 +5,16 @@ polling with a deadline."""
 
 import json
 import threading
-import time
-import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from apify_client.errors import ApifyApiError
 
-from conftest import Server
+from conftest import Server, eventually, shell_actor, status_of, unique
 
 
-def unique(prefix):
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def shell_actor(client, script):
-    files = [
-        {"name": ".actor/actor.json", "format": "TEXT", "content": '{"startCommand": "sh main.sh"}'},
-        {"name": "main.sh", "format": "TEXT", "content": script},
-    ]
-    actor = client.actors().create(
-        name=unique("hooks"),
-        versions=[{"versionNumber": "0.1", "sourceType": "SOURCE_FILES", "sourceFiles": files}],
-        default_run_memory_mbytes=128,
-    )
-    build = client.actor(actor.id).build(version_number="0.1", wait_for_finish=60)
-    build = client.build(build.id).wait_for_finish()
-    assert build.status == "SUCCEEDED"
-    return actor
-
-
-def poll(check, timeout=90):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "gave up waiting"
-        time.sleep(0.1)
+def poll(probe):
+    return eventually("a webhook call or a scheduled run", probe)
 
 
 class Receiver:
@@ -83,7 +55,7 @@ def receiver():
 
 
 def test_webhook_crud_and_dispatches(client, receiver):
-    actor = shell_actor(client, "exit 0")
+    actor = shell_actor(client, "exit 0", name="hooks")
     webhooks = client.webhooks()
     created = webhooks.create(
         event_types=["ACTOR.RUN.SUCCEEDED", "ACTOR.RUN.FAILED"],
@@ -108,12 +80,12 @@ def test_webhook_crud_and_dispatches(client, receiver):
 
     # A run fires it; the dispatch is listed and succeeds.
     run = client.actor(actor.id).call()
-    assert run.status == "SUCCEEDED"
+    assert status_of(run) == "SUCCEEDED"
     got = poll(lambda: receiver.on("/py"))
     assert got[0][2] == {"run": run.id, "event": "ACTOR.RUN.SUCCEEDED"}
     dispatch_id = got[0][1]["x-apify-webhook-dispatch-id"]
     dispatch = poll(
-        lambda: (d := client.webhook_dispatch(dispatch_id).get()) and d.status == "SUCCEEDED" and d
+        lambda: (d := client.webhook_dispatch(dispatch_id).get()) and status_of(d) == "SUCCEEDED" and d
     )
     assert dispatch.webhook_id == created.id
     assert dispatch.event_type == "ACTOR.RUN.SUCCEEDED"
@@ -138,7 +110,7 @@ def test_webhook_crud_and_dispatches(client, receiver):
 
 
 def test_ad_hoc_webhooks_of_a_run(client, receiver):
-    actor = shell_actor(client, "exit 0")
+    actor = shell_actor(client, "exit 0", name="hooks")
     run = client.actor(actor.id).call(
         webhooks=[{"event_types": ["ACTOR.RUN.SUCCEEDED"], "request_url": receiver.url + "/adhoc"}]
     )
@@ -148,7 +120,7 @@ def test_ad_hoc_webhooks_of_a_run(client, receiver):
 
 
 def test_schedule_crud_and_log(client):
-    actor = shell_actor(client, "exit 0")
+    actor = shell_actor(client, "exit 0", name="hooks")
     schedules = client.schedules()
     created = schedules.create(
         cron_expression="@daily",
@@ -182,7 +154,7 @@ def test_schedule_fires_and_logs():
     server = Server()
     try:
         client = server.client()
-        actor = shell_actor(client, "exit 0")
+        actor = shell_actor(client, "exit 0", name="hooks")
         created = client.schedules().create(
             cron_expression="* * * * * *",
             is_enabled=True,
