@@ -3,8 +3,10 @@
 
 pub mod export;
 pub mod formats;
+pub mod node;
 pub mod push;
 pub mod query;
+pub mod table;
 pub mod transform;
 
 pub use export::items_response;

@@ -9,16 +9,15 @@ use axum::body::Body;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
-use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use troupe_model::storage::StorageInfo;
 use troupe_storage::Storage;
 
-use super::formats::{Columns, TextEncoder, MAX_COLUMNS};
+use super::formats::TextEncoder;
 use super::query::{ItemFormat, ItemsQuery};
+use super::table::{CellKind, Columns, Rows, CACHE_BYTES, MAX_COLUMNS};
 use super::transform::transform;
-use super::transform::Cell;
 use crate::error::{ApiError, ApiResult};
 
 /// Items read from storage per page.
@@ -27,6 +26,8 @@ const PAGE: u64 = 1000;
 const CHUNK: usize = 64 * 1024;
 /// Rows an XLSX sheet can hold (one is the header).
 const XLSX_MAX_ROWS: u64 = 1_048_575;
+/// Exports of up to this many items build the XLSX file in memory (~60 B per item).
+const XLSX_IN_MEMORY_ITEMS: u64 = 100_000;
 
 type Chunk = Result<Bytes, std::io::Error>;
 
@@ -48,8 +49,9 @@ pub async fn items_response(
     };
     let query = Arc::new(query);
 
-    // Tabular formats need the column set before the first row: one pass over the selection.
-    let columns = if query.format.is_tabular() && count > 0 {
+    // Tabular formats need the column set before the first row: one pass over the selection,
+    // which keeps the rows of the first items.
+    let table = if query.format.is_tabular() && count > 0 {
         let (storage, dataset_id, q) = (storage.clone(), info.id.clone(), query.clone());
         let handle = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
@@ -58,7 +60,7 @@ pub async fn items_response(
         .await
         .map_err(ApiError::internal)??
     } else {
-        Columns::default()
+        Table::default()
     };
 
     let mut builder = Response::builder()
@@ -105,7 +107,7 @@ pub async fn items_response(
                 &query,
                 start,
                 count,
-                columns,
+                table,
                 &temp_dir,
                 &tx,
             )
@@ -117,7 +119,7 @@ pub async fn items_response(
                 &query,
                 start,
                 count,
-                columns,
+                table,
                 &title,
                 &public_items_url,
                 &tx,
@@ -160,20 +162,31 @@ fn for_each_page(
     Ok(())
 }
 
+/// The columns of a tabular export, with the rows of its first `cached_items` items.
+#[derive(Default)]
+struct Table {
+    columns: Columns,
+    rows: Rows,
+    cached_items: u64,
+}
+
 fn collect_columns(
     handle: &tokio::runtime::Handle,
     storage: &dyn Storage,
     dataset_id: &str,
     query: &ItemsQuery,
     count: u64,
-) -> ApiResult<Columns> {
+) -> ApiResult<Table> {
     let order = if query.output_fields.is_empty() {
         query.fields.clone()
     } else {
         query.output_fields.clone()
     };
-    let mut columns = Columns::new(order);
-    let mut records = Vec::new();
+    let mut table = Table {
+        columns: Columns::new(order),
+        ..Table::default()
+    };
+    let mut caching = true;
     let mut too_many = false;
     for_each_page(
         handle,
@@ -184,13 +197,16 @@ fn collect_columns(
         count,
         |items| {
             for raw in items {
-                records.clear();
-                transform(raw, query, &mut records);
-                for record in &records {
-                    if !columns.add_record(record) {
-                        too_many = true;
-                        return Ok(false);
-                    }
+                transform(raw, query, |record| {
+                    let rows = caching.then_some(&mut table.rows);
+                    too_many = too_many || table.columns.add_record(record, rows).is_err();
+                });
+                if too_many {
+                    return Ok(false);
+                }
+                if caching {
+                    table.cached_items += 1;
+                    caching = table.rows.bytes() < CACHE_BYTES;
                 }
             }
             Ok(true)
@@ -202,8 +218,8 @@ fn collect_columns(
             "The items have more than {MAX_COLUMNS} columns; select fewer with \"fields\" or \"omit\""
         )));
     }
-    columns.finish();
-    Ok(columns)
+    table.columns.finish();
+    Ok(table)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -214,26 +230,30 @@ fn produce_text(
     query: &ItemsQuery,
     start: u64,
     count: u64,
-    columns: Columns,
+    table: Table,
     title: &str,
     link: &str,
     tx: &mpsc::Sender<Chunk>,
 ) -> anyhow::Result<()> {
+    let Table {
+        columns,
+        rows,
+        cached_items,
+    } = table;
     let mut encoder = TextEncoder::new(query, columns);
     let mut out = Vec::with_capacity(CHUNK * 2);
     encoder.start(query, title, link, &mut out);
+    // Rows kept by the column pass are written as one block: chunks may exceed CHUNK here.
+    encoder.rows(&rows, &mut out);
+    drop(rows);
     let passthrough = query.is_passthrough();
-    let mut records: Vec<Map<String, Value>> = Vec::new();
+    let (start, count) = (start + cached_items, count - cached_items);
     for_each_page(handle, storage, dataset_id, query, start, count, |items| {
         for raw in items {
             if passthrough {
                 encoder.raw_item(raw, &mut out);
             } else {
-                records.clear();
-                transform(raw, query, &mut records);
-                for record in &records {
-                    encoder.record(record, &mut out);
-                }
+                transform(raw, query, |record| encoder.record(record, &mut out));
             }
             if out.len() >= CHUNK {
                 let chunk = Bytes::from(std::mem::replace(&mut out, Vec::with_capacity(CHUNK * 2)));
@@ -259,53 +279,60 @@ fn produce_xlsx(
     query: &ItemsQuery,
     start: u64,
     count: u64,
-    columns: Columns,
+    table: Table,
     temp_dir: &std::path::Path,
     tx: &mpsc::Sender<Chunk>,
 ) -> anyhow::Result<()> {
     use rust_xlsxwriter::Workbook;
 
+    let Table {
+        mut columns,
+        mut rows,
+        cached_items,
+    } = table;
     std::fs::create_dir_all(temp_dir)?;
     let mut workbook = Workbook::new();
     workbook.set_tempdir(temp_dir)?;
     let sheet = workbook.add_worksheet_with_constant_memory();
-    for (col, name) in columns.names.iter().enumerate() {
+    for (col, name) in columns.names().iter().enumerate() {
         sheet.write_string(0, col as u16, truncate_cell(name))?;
     }
     let mut row_index: u32 = 1;
-    let mut records = Vec::new();
-    let mut scratch = Vec::new();
-    for_each_page(handle, storage, dataset_id, query, start, count, |items| {
-        for raw in items {
-            records.clear();
-            transform(raw, query, &mut records);
-            for record in &records {
-                if u64::from(row_index) > XLSX_MAX_ROWS {
-                    return Ok(false);
+    let mut slots = Vec::new();
+    let mut more = write_xlsx_rows(sheet, &rows, &columns, &mut slots, &mut row_index)?;
+    let (rest_start, rest_count) = (start + cached_items, count - cached_items);
+    if more {
+        for_each_page(
+            handle,
+            storage,
+            dataset_id,
+            query,
+            rest_start,
+            rest_count,
+            |items| {
+                rows.clear();
+                for raw in items {
+                    transform(raw, query, |record| columns.add_row(record, &mut rows));
                 }
-                for (col, cell) in columns.row(record, &mut scratch).iter().enumerate() {
-                    let col = col as u16;
-                    match cell {
-                        Cell::Empty => {}
-                        Cell::Text(text) => {
-                            sheet.write_string(row_index, col, truncate_cell(text))?;
-                        }
-                        Cell::Number(_, value) if value.is_finite() => {
-                            sheet.write_number(row_index, col, *value)?;
-                        }
-                        Cell::Number(text, _) => {
-                            sheet.write_string(row_index, col, truncate_cell(text))?;
-                        }
-                        Cell::Bool(value) => {
-                            sheet.write_boolean(row_index, col, *value)?;
-                        }
-                    }
-                }
-                row_index += 1;
+                more = write_xlsx_rows(sheet, &rows, &columns, &mut slots, &mut row_index)?;
+                Ok(more)
+            },
+        )?;
+    }
+    drop(rows);
+    // A small workbook is assembled in memory; a big one in a file (constant memory).
+    if count <= XLSX_IN_MEMORY_ITEMS {
+        let file = Bytes::from(workbook.save_to_buffer()?);
+        let mut sent = 0;
+        while sent < file.len() {
+            let end = file.len().min(sent + CHUNK);
+            if tx.blocking_send(Ok(file.slice(sent..end))).is_err() {
+                break;
             }
+            sent = end;
         }
-        Ok(true)
-    })?;
+        return Ok(());
+    }
     let file = tempfile::NamedTempFile::new_in(temp_dir)?;
     workbook.save(file.path())?;
     let mut reader = std::fs::File::open(file.path())?;
@@ -323,6 +350,41 @@ fn produce_xlsx(
         }
     }
     Ok(())
+}
+
+/// Writes rows below `row_index` (typed cells); false once the sheet is full.
+fn write_xlsx_rows(
+    sheet: &mut rust_xlsxwriter::Worksheet,
+    rows: &Rows,
+    columns: &Columns,
+    slots: &mut Vec<u32>,
+    row_index: &mut u32,
+) -> Result<bool, rust_xlsxwriter::XlsxError> {
+    for row in 0..rows.len() {
+        if u64::from(*row_index) > XLSX_MAX_ROWS {
+            return Ok(false);
+        }
+        rows.layout(row, columns, slots);
+        for (col, &slot) in slots.iter().enumerate() {
+            let Some(cell) = rows.cell(slot) else {
+                continue;
+            };
+            let col = col as u16;
+            match cell.kind {
+                CellKind::Number(value) if value.is_finite() => {
+                    sheet.write_number(*row_index, col, value)?;
+                }
+                CellKind::Bool(value) => {
+                    sheet.write_boolean(*row_index, col, value)?;
+                }
+                CellKind::Text | CellKind::Number(_) => {
+                    sheet.write_string(*row_index, col, truncate_cell(cell.text))?;
+                }
+            }
+        }
+        *row_index += 1;
+    }
+    Ok(true)
 }
 
 /// XLSX cells hold at most 32,767 characters.

@@ -1,127 +1,75 @@
 //! Encoders of every export format. Text formats write into a byte buffer batch by batch; XLSX
 //! goes through rust_xlsxwriter in constant-memory mode (see `export.rs`).
 
-use std::collections::HashMap;
+use std::borrow::Cow;
+use std::io::Write as _;
 
-use serde_json::{Map, Value};
-
+use super::node::{Node, Object};
 use super::query::{ItemFormat, ItemsQuery};
-use super::transform::{table_cells, table_leaves, Cell};
+use super::table::{Columns, Rows};
 
-/// Tabular exports allow at most this many columns (Apify's limit).
-pub const MAX_COLUMNS: usize = 2000;
-
-/// The ordered column set of a tabular export: first appearance order, or with `fields` the
-/// order of the fields (their nested columns in first appearance order within each field).
-#[derive(Debug, Default, Clone)]
-pub struct Columns {
-    pub names: Vec<String>,
-    index: HashMap<String, usize>,
-    /// Position in `order` of the top-level field each column comes from.
-    ranks: Vec<usize>,
-    /// Output names of the requested `fields` (empty: first appearance order).
-    order: Vec<String>,
-}
-
-impl Columns {
-    /// An empty column set; `order` = the output names of `fields`, if any.
-    pub fn new(order: Vec<String>) -> Self {
-        Self {
-            order,
-            ..Self::default()
-        }
+/// Bytes that need work when escaped for XML: markup characters and the control characters
+/// XML 1.0 cannot carry at all (tab, line feed and carriage return pass).
+const XML_SPECIAL: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 0x20 {
+        table[byte] = !matches!(byte, 0x09 | 0x0A | 0x0D);
+        byte += 1;
     }
-
-    fn rank(&self, top: &str) -> usize {
-        self.order
-            .iter()
-            .position(|field| {
-                field == top
-                    || (top.len() > field.len()
-                        && top.starts_with(field.as_str())
-                        && top.as_bytes()[field.len()] == b'.')
-            })
-            .unwrap_or(usize::MAX)
-    }
-
-    /// Adds the columns of one record; false when the limit is exceeded.
-    pub fn add_record(&mut self, record: &Map<String, Value>) -> bool {
-        let mut ok = true;
-        table_leaves(record, |top, path, _| {
-            if !ok || self.index.contains_key(&path) {
-                return;
-            }
-            if self.names.len() >= MAX_COLUMNS {
-                ok = false;
-                return;
-            }
-            let rank = self.rank(top);
-            self.index.insert(path.clone(), self.names.len());
-            self.names.push(path);
-            self.ranks.push(rank);
-        });
-        ok
-    }
-
-    /// Fixes the final order once every record was seen: requested fields that never appeared
-    /// get an (empty) column of their own, and columns follow the order of `fields`.
-    pub fn finish(&mut self) {
-        if self.order.is_empty() {
-            return;
-        }
-        for (rank, field) in self.order.clone().into_iter().enumerate() {
-            if !self.ranks.contains(&rank) && !self.index.contains_key(&field) {
-                self.index.insert(field.clone(), self.names.len());
-                self.names.push(field);
-                self.ranks.push(rank);
-            }
-        }
-        let mut columns: Vec<(usize, String)> =
-            self.ranks.drain(..).zip(self.names.drain(..)).collect();
-        columns.sort_by_key(|(rank, _)| *rank); // stable: first appearance within a field
-        self.index.clear();
-        for (position, (rank, name)) in columns.into_iter().enumerate() {
-            self.index.insert(name.clone(), position);
-            self.names.push(name);
-            self.ranks.push(rank);
-        }
-    }
-
-    /// The record laid out as one row of cells in column order.
-    pub fn row(&self, record: &Map<String, Value>, scratch: &mut Vec<(String, Cell)>) -> Vec<Cell> {
-        scratch.clear();
-        table_cells(record, scratch);
-        let mut row = vec![Cell::Empty; self.names.len()];
-        for (name, value) in scratch.drain(..) {
-            if let Some(&index) = self.index.get(&name) {
-                row[index] = value;
-            }
-        }
-        row
-    }
-}
+    table[b'&' as usize] = true;
+    table[b'<' as usize] = true;
+    table[b'>' as usize] = true;
+    table[b'"' as usize] = true;
+    table[b'\'' as usize] = true;
+    table
+};
 
 /// Escapes text for XML and HTML.
 pub fn escape_xml(text: &str, out: &mut Vec<u8>) {
-    for ch in text.chars() {
-        match ch {
-            '&' => out.extend_from_slice(b"&amp;"),
-            '<' => out.extend_from_slice(b"&lt;"),
-            '>' => out.extend_from_slice(b"&gt;"),
-            '"' => out.extend_from_slice(b"&quot;"),
-            '\'' => out.extend_from_slice(b"&apos;"),
-            // Characters XML 1.0 cannot carry at all.
-            c if (c as u32) < 0x20 && !matches!(c, '\t' | '\n' | '\r') => {}
-            c => {
-                let mut buf = [0u8; 4];
-                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
-            }
+    let bytes = text.as_bytes();
+    let mut done = 0;
+    for (index, &byte) in bytes.iter().enumerate() {
+        if !XML_SPECIAL[byte as usize] {
+            continue;
         }
+        out.extend_from_slice(&bytes[done..index]);
+        done = index + 1;
+        out.extend_from_slice(match byte {
+            b'&' => b"&amp;",
+            b'<' => b"&lt;",
+            b'>' => b"&gt;",
+            b'"' => b"&quot;",
+            b'\'' => b"&apos;",
+            _ => b"", // a control character: dropped
+        });
+    }
+    out.extend_from_slice(&bytes[done..]);
+}
+
+/// The text of a scalar, escaped for XML (null and containers have none).
+fn escape_scalar(value: &Node, out: &mut Vec<u8>) {
+    match value {
+        Node::Null | Node::Array(_) | Node::Object(_) => {}
+        Node::Bool(true) => out.extend_from_slice(b"true"),
+        Node::Bool(false) => out.extend_from_slice(b"false"),
+        // Digits, sign, point and exponent: nothing to escape.
+        Node::Number(number) => {
+            let _ = write!(out, "{number}");
+        }
+        Node::String(text) => escape_xml(text, out),
     }
 }
 
 /// A property name turned into a valid XML element name.
-pub fn xml_name(name: &str) -> String {
+pub fn xml_name(name: &str) -> Cow<'_, str> {
+    let valid = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        && name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_');
+    if valid {
+        return Cow::Borrowed(name);
+    }
     let mut out: String = name
         .chars()
         .map(|c| {
@@ -135,43 +83,20 @@ pub fn xml_name(name: &str) -> String {
     if out.is_empty() || !out.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
         out.insert(0, '_');
     }
-    out
+    Cow::Owned(out)
 }
 
 /// Writes `value` as the element `name` (arrays repeat the element; `@` holds attributes and `#`
 /// the text of an object).
-pub fn write_xml_value(name: &str, value: &Value, out: &mut Vec<u8>) {
+pub fn write_xml_value(name: &str, value: &Node, out: &mut Vec<u8>) {
     match value {
-        Value::Array(elements) => {
+        Node::Array(elements) => {
             for element in elements {
                 write_xml_value(name, element, out);
             }
         }
-        Value::Object(fields) => {
-            out.push(b'<');
-            out.extend_from_slice(name.as_bytes());
-            if let Some(Value::Object(attributes)) = fields.get("@") {
-                for (key, attr) in attributes {
-                    out.push(b' ');
-                    out.extend_from_slice(xml_name(key).as_bytes());
-                    out.extend_from_slice(b"=\"");
-                    escape_xml(&super::transform::scalar_text(attr), out);
-                    out.push(b'"');
-                }
-            }
-            out.push(b'>');
-            for (key, child) in fields {
-                match key.as_str() {
-                    "@" => {}
-                    "#" => escape_xml(&super::transform::scalar_text(child), out),
-                    _ => write_xml_value(&xml_name(key), child, out),
-                }
-            }
-            out.extend_from_slice(b"</");
-            out.extend_from_slice(name.as_bytes());
-            out.push(b'>');
-        }
-        Value::Null => {
+        Node::Object(fields) => write_xml_object(name, fields, out),
+        Node::Null => {
             out.push(b'<');
             out.extend_from_slice(name.as_bytes());
             out.extend_from_slice(b"/>");
@@ -180,7 +105,7 @@ pub fn write_xml_value(name: &str, value: &Value, out: &mut Vec<u8>) {
             out.push(b'<');
             out.extend_from_slice(name.as_bytes());
             out.push(b'>');
-            escape_xml(&super::transform::scalar_text(scalar), out);
+            escape_scalar(scalar, out);
             out.extend_from_slice(b"</");
             out.extend_from_slice(name.as_bytes());
             out.push(b'>');
@@ -188,25 +113,96 @@ pub fn write_xml_value(name: &str, value: &Value, out: &mut Vec<u8>) {
     }
 }
 
+/// Writes an object as the element `name`.
+pub fn write_xml_object(name: &str, fields: &Object, out: &mut Vec<u8>) {
+    out.push(b'<');
+    out.extend_from_slice(name.as_bytes());
+    if let Some(Node::Object(attributes)) = fields.get("@") {
+        for (key, attr) in attributes.iter() {
+            out.push(b' ');
+            out.extend_from_slice(xml_name(key).as_bytes());
+            out.extend_from_slice(b"=\"");
+            escape_scalar(attr, out);
+            out.push(b'"');
+        }
+    }
+    out.push(b'>');
+    for (key, child) in fields.iter() {
+        match key {
+            "@" => {}
+            "#" => escape_scalar(child, out),
+            _ => write_xml_value(&xml_name(key), child, out),
+        }
+    }
+    out.extend_from_slice(b"</");
+    out.extend_from_slice(name.as_bytes());
+    out.push(b'>');
+}
+
+/// Writes one CSV record (the `csv` crate's rules: quotes only where needed, doubled inside).
+fn write_csv_record<'f>(
+    writer: &mut csv_core::Writer,
+    fields: impl Iterator<Item = &'f [u8]>,
+    out: &mut Vec<u8>,
+) {
+    fn run(out: &mut Vec<u8>, room: usize, step: impl FnMut(&mut [u8]) -> (bool, usize)) {
+        let mut step = step;
+        loop {
+            let len = out.len();
+            out.resize(len + room, 0);
+            let (done, written) = step(&mut out[len..]);
+            out.truncate(len + written);
+            if done {
+                return;
+            }
+        }
+    }
+    use csv_core::WriteResult::InputEmpty;
+    for (index, field) in fields.enumerate() {
+        if index > 0 {
+            run(out, 4, |buf| {
+                let (result, n) = writer.delimiter(buf);
+                (result == InputEmpty, n)
+            });
+        }
+        let mut rest = field;
+        run(out, field.len() * 2 + 4, |buf| {
+            let (result, read, n) = writer.field(rest, buf);
+            rest = &rest[read..];
+            (result == InputEmpty, n)
+        });
+    }
+    run(out, 8, |buf| {
+        let (result, n) = writer.terminator(buf);
+        (result == InputEmpty, n)
+    });
+}
+
 /// Streaming encoder of one text format.
 pub struct TextEncoder {
     format: ItemFormat,
     first: bool,
-    delimiter: u8,
     xml_row: String,
     columns: Columns,
-    scratch: Vec<(String, Cell)>,
+    csv: csv_core::Writer,
+    /// One record's row (CSV, HTML).
+    row: Rows,
+    slots: Vec<u32>,
 }
 
 impl TextEncoder {
+    /// `columns`: the finished column set of a tabular format.
     pub fn new(query: &ItemsQuery, columns: Columns) -> Self {
         Self {
             format: query.format,
             first: true,
-            delimiter: query.delimiter,
             xml_row: query.xml_row.clone(),
             columns,
-            scratch: Vec::new(),
+            csv: csv_core::WriterBuilder::new()
+                .delimiter(query.delimiter)
+                .build(),
+            row: Rows::default(),
+            slots: Vec::new(),
         }
     }
 
@@ -219,9 +215,9 @@ impl TextEncoder {
             ItemFormat::Json => out.push(b'['),
             ItemFormat::Jsonl | ItemFormat::Xlsx => {}
             ItemFormat::Csv => {
-                if !query.skip_header_row && !self.columns.names.is_empty() {
-                    let names = self.columns.names.clone();
-                    self.write_csv_row(&names, out);
+                if !query.skip_header_row && !self.columns.names().is_empty() {
+                    let names = self.columns.names().iter().map(|name| name.as_bytes());
+                    write_csv_record(&mut self.csv, names, out);
                 }
             }
             ItemFormat::Html => {
@@ -230,7 +226,7 @@ impl TextEncoder {
                 );
                 escape_xml(title, out);
                 out.extend_from_slice(b"</title></head><body><table border=\"1\">\n<thead><tr>");
-                for name in &self.columns.names {
+                for name in self.columns.names() {
                     out.extend_from_slice(b"<th>");
                     escape_xml(name, out);
                     out.extend_from_slice(b"</th>");
@@ -277,26 +273,27 @@ impl TextEncoder {
     }
 
     /// One transformed record.
-    pub fn record(&mut self, record: &Map<String, Value>, out: &mut Vec<u8>) {
+    pub fn record(&mut self, record: &Object, out: &mut Vec<u8>) {
         match self.format {
             ItemFormat::Json | ItemFormat::Jsonl => {
-                let text = serde_json::to_vec(record).expect("serialisable");
-                self.raw_item(&text, out);
-            }
-            ItemFormat::Csv => {
-                let row = self.columns.row(record, &mut self.scratch);
-                let row: Vec<&str> = row.iter().map(Cell::text).collect();
-                self.write_csv_row(&row, out);
-            }
-            ItemFormat::Html => {
-                let row = self.columns.row(record, &mut self.scratch);
-                out.extend_from_slice(b"<tr>");
-                for cell in row {
-                    out.extend_from_slice(b"<td>");
-                    escape_xml(cell.text(), out);
-                    out.extend_from_slice(b"</td>");
+                if self.format == ItemFormat::Json {
+                    if !self.first {
+                        out.push(b',');
+                    }
+                    out.push(b'\n');
                 }
-                out.extend_from_slice(b"</tr>\n");
+                serde_json::to_writer(&mut *out, record).expect("serialisable");
+                if self.format == ItemFormat::Jsonl {
+                    out.push(b'\n');
+                }
+                self.first = false;
+            }
+            ItemFormat::Csv | ItemFormat::Html => {
+                let mut row = std::mem::take(&mut self.row);
+                row.clear();
+                self.columns.add_row(record, &mut row);
+                self.rows(&row, out);
+                self.row = row;
             }
             ItemFormat::Xml | ItemFormat::Rss => {
                 let row_name = if self.format == ItemFormat::Rss {
@@ -304,10 +301,32 @@ impl TextEncoder {
                 } else {
                     self.xml_row.as_str()
                 };
-                write_xml_value(row_name, &Value::Object(record.clone()), out);
+                write_xml_object(row_name, record, out);
                 out.push(b'\n');
             }
             ItemFormat::Xlsx => {}
+        }
+    }
+
+    /// Rows laid out already (CSV, HTML): the column pass keeps those of the first items.
+    pub fn rows(&mut self, rows: &Rows, out: &mut Vec<u8>) {
+        for row in 0..rows.len() {
+            rows.layout(row, &self.columns, &mut self.slots);
+            let cells = self
+                .slots
+                .iter()
+                .map(|&slot| rows.cell(slot).map_or("", |cell| cell.text));
+            if self.format == ItemFormat::Csv {
+                write_csv_record(&mut self.csv, cells.map(str::as_bytes), out);
+            } else {
+                out.extend_from_slice(b"<tr>");
+                for text in cells {
+                    out.extend_from_slice(b"<td>");
+                    escape_xml(text, out);
+                    out.extend_from_slice(b"</td>");
+                }
+                out.extend_from_slice(b"</tr>\n");
+            }
         }
     }
 
@@ -330,15 +349,6 @@ impl TextEncoder {
             _ => {}
         }
     }
-
-    fn write_csv_row<T: AsRef<[u8]>>(&self, row: &[T], out: &mut Vec<u8>) {
-        let mut writer = csv::WriterBuilder::new()
-            .delimiter(self.delimiter)
-            .from_writer(&mut *out);
-        // Writing into a Vec cannot fail.
-        let _ = writer.write_record(row);
-        let _ = writer.flush();
-    }
 }
 
 #[cfg(test)]
@@ -349,11 +359,8 @@ mod tests {
     #[test]
     fn xml_values() {
         let mut out = Vec::new();
-        write_xml_value(
-            "item",
-            &json!({"a": [1, 2], "b": {"@": {"x": "1"}, "#": "t<"}, "9z": null}),
-            &mut out,
-        );
+        let text = json!({"a": [1, 2], "b": {"@": {"x": "1"}, "#": "t<"}, "9z": null}).to_string();
+        write_xml_value("item", &Node::parse(text.as_bytes()).unwrap(), &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "<item><a>1</a><a>2</a><b x=\"1\">t&lt;</b><_9z/></item>"
