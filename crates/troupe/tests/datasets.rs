@@ -781,3 +781,92 @@ async fn delete_removes_dataset_and_items() {
     assert_ne!(again, id);
     assert_eq!(items(&server, &again).await, json!([]));
 }
+
+/// A tabular export longer than what the column pass keeps in memory (16 MiB of rows): the
+/// first items' rows come from that pass, the rest are read and laid out again while writing.
+/// Columns that first appear late still get their place, in every row, in both directions.
+#[tokio::test]
+async fn long_tabular_exports_keep_every_row_and_late_columns() {
+    let server = TestServer::start();
+    let id = create(&server, "long-table").await;
+    let pad = "p,\"q\"".repeat(20_000); // 100 kB of cell text that needs quoting
+    for batch in 0..4 {
+        let items: Vec<Value> = (batch * 50..batch * 50 + 50)
+            .map(|i| {
+                let mut item = json!({"i": i, "pad": pad});
+                if i == 5 {
+                    item["n"] = json!({"a": [1, null]});
+                }
+                if i >= 190 {
+                    item["late"] = json!(format!("yes{i}"));
+                }
+                item
+            })
+            .collect();
+        let response = push(&server, &id, serde_json::to_vec(&items).unwrap()).await;
+        assert_eq!(response.status(), 201);
+    }
+    let http = client();
+    let get = |query: &str| {
+        http.get(server.url(&format!("/datasets/{id}/items?bom=0&{query}")))
+            .send()
+    };
+    let table = |text: String| -> Vec<Vec<String>> {
+        csv::Reader::from_reader(text.as_bytes())
+            .records()
+            .map(|record| record.unwrap().iter().map(str::to_string).collect())
+            .collect()
+    };
+
+    for desc in [false, true] {
+        let text = get(&format!("format=csv&desc={desc}"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        // Columns in order of first appearance in the exported order.
+        let header = if desc {
+            "i,pad,late,n/a/0,n/a/1\n"
+        } else {
+            "i,pad,n/a/0,n/a/1,late\n"
+        };
+        assert!(text.starts_with(header), "{desc}");
+        let rows = table(text);
+        assert_eq!(rows.len(), 200);
+        let mut order: Vec<usize> = (0..200).collect();
+        if desc {
+            order.reverse();
+        }
+        let (n, late) = if desc { (3, 2) } else { (2, 4) };
+        for (row, i) in rows.iter().zip(order) {
+            assert_eq!(row[0], i.to_string());
+            assert_eq!(row[1], pad);
+            assert_eq!(row[n], if i == 5 { "1" } else { "" });
+            assert_eq!(row[n + 1], "");
+            let expected = if i >= 190 {
+                format!("yes{i}")
+            } else {
+                String::new()
+            };
+            assert_eq!(row[late], expected);
+        }
+    }
+
+    // `fields` orders the columns; a window that starts inside the dataset.
+    let text = get("format=csv&fields=late,i&offset=150")
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let rows = table(text);
+    assert_eq!(rows.len(), 50);
+    assert_eq!(rows[0], ["", "150"]);
+    assert_eq!(rows[49], ["yes199", "199"]);
+
+    let html = get("format=html").await.unwrap().text().await.unwrap();
+    assert_eq!(html.matches("<tr>").count(), 201); // header + 200 rows
+    assert_eq!(html.matches("<td>yes199</td></tr>").count(), 1);
+    assert!(html.ends_with("</tbody></table></body></html>\n"));
+}

@@ -282,7 +282,7 @@ impl TextEncoder {
                     }
                     out.push(b'\n');
                 }
-                serde_json::to_writer(&mut *out, record).expect("serialisable");
+                record.write_json(out);
                 if self.format == ItemFormat::Jsonl {
                     out.push(b'\n');
                 }

@@ -9,6 +9,7 @@
 use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
+use std::io::Write as _;
 
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::ser::{SerializeMap, SerializeSeq, Serializer};
@@ -37,6 +38,45 @@ impl<'a> Node<'a> {
     pub fn parse(raw: &'a [u8]) -> serde_json::Result<Self> {
         serde_json::from_slice(raw)
     }
+
+    /// Appends the value as compact JSON: the bytes `serde_json::to_vec` gives.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        match self {
+            Node::Null => out.extend_from_slice(b"null"),
+            Node::Bool(true) => out.extend_from_slice(b"true"),
+            Node::Bool(false) => out.extend_from_slice(b"false"),
+            Node::Number(number) => {
+                let _ = write!(out, "{number}");
+            }
+            Node::String(text) => write_json_str(text, out),
+            Node::Array(elements) => {
+                out.push(b'[');
+                for (index, element) in elements.iter().enumerate() {
+                    if index > 0 {
+                        out.push(b',');
+                    }
+                    element.write_json(out);
+                }
+                out.push(b']');
+            }
+            Node::Object(object) => object.write_json(out),
+        }
+    }
+}
+
+/// A string as JSON. One borrowed from the parsed text had no escapes there, so it holds no
+/// quote, backslash or control character (JSON forbids them raw) and is copied as is.
+fn write_json_str(text: &Cow<'_, str>, out: &mut Vec<u8>) {
+    match text {
+        Cow::Borrowed(text) => {
+            out.push(b'"');
+            out.extend_from_slice(text.as_bytes());
+            out.push(b'"');
+        }
+        Cow::Owned(text) => {
+            let _ = serde_json::to_writer(&mut *out, text);
+        }
+    }
 }
 
 impl<'a> Object<'a> {
@@ -46,6 +86,20 @@ impl<'a> Object<'a> {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// Appends the object as compact JSON: the bytes `serde_json::to_vec` gives.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        out.push(b'{');
+        for (index, (key, value)) in self.entries.iter().enumerate() {
+            if index > 0 {
+                out.push(b',');
+            }
+            write_json_str(key, out);
+            out.push(b':');
+            value.write_json(out);
+        }
+        out.push(b'}');
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Node<'a>)> {
@@ -290,10 +344,13 @@ mod tests {
     fn same_as_value(text: &str) {
         let node = Node::parse(text.as_bytes()).unwrap();
         let value: Value = serde_json::from_str(text).unwrap();
+        let expected = serde_json::to_vec(&value).unwrap();
+        assert_eq!(serde_json::to_vec(&node).unwrap(), expected, "{text}");
+        let mut written = Vec::new();
+        node.write_json(&mut written);
         assert_eq!(
-            serde_json::to_string(&node).unwrap(),
-            serde_json::to_string(&value).unwrap(),
-            "{text}"
+            String::from_utf8(written).unwrap(),
+            String::from_utf8(expected).unwrap()
         );
     }
 
@@ -307,6 +364,7 @@ mod tests {
             r#"{"a":{},"b":[],"c":[{}],"d":""}"#,
             r#"[1,"two",{"3":3}]"#,
             r#""just a string""#,
+            "{\"raw\":\"é\u{7f}\u{2028}🐎 </script>\",\"ctl\":\"\\u001f\\u007f\"}",
         ] {
             same_as_value(text);
         }
@@ -354,6 +412,9 @@ mod tests {
             serde_json::to_string(&object).unwrap(),
             serde_json::to_string(&map).unwrap()
         );
+        let mut written = Vec::new();
+        object.write_json(&mut written);
+        assert_eq!(written, serde_json::to_vec(&map).unwrap());
         assert!(Node::parse(b"{\"a\":1} x").is_err());
         assert!(Node::parse(b"{\"a\":1e400}").is_err());
     }

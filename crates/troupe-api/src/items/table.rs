@@ -8,7 +8,7 @@
 //! rest a second time while it writes, in constant memory.
 
 use std::collections::HashMap;
-use std::io::Write as _;
+use std::fmt::Write as _;
 
 use super::node::{Node, Object};
 
@@ -208,7 +208,7 @@ struct StoredCell {
 /// cells, which take no room.
 #[derive(Debug, Default)]
 pub struct Rows {
-    text: Vec<u8>,
+    text: String,
     cells: Vec<StoredCell>,
     /// End of each row in `cells`.
     ends: Vec<u32>,
@@ -246,8 +246,7 @@ impl Rows {
         let kind = match node {
             Node::Null | Node::Array(_) | Node::Object(_) => return,
             Node::Bool(value) => {
-                self.text
-                    .extend_from_slice(if *value { b"true" } else { b"false" });
+                self.text.push_str(if *value { "true" } else { "false" });
                 CellKind::Bool(*value)
             }
             Node::Number(number) => {
@@ -261,7 +260,7 @@ impl Rows {
                 })
             }
             Node::String(text) => {
-                self.text.extend_from_slice(text.as_bytes());
+                self.text.push_str(text);
                 CellKind::Text
             }
         };
@@ -292,10 +291,8 @@ impl Rows {
     /// The cell of a slot filled by `layout`.
     pub fn cell(&self, slot: u32) -> Option<Cell<'_>> {
         let cell = self.cells.get((slot as usize).checked_sub(1)?)?;
-        let text = &self.text[cell.start as usize..cell.end as usize];
         Some(Cell {
-            // Cell text is whole `str`s copied in.
-            text: std::str::from_utf8(text).unwrap_or_default(),
+            text: &self.text[cell.start as usize..cell.end as usize],
             kind: cell.kind,
         })
     }
