@@ -66,6 +66,7 @@ impl<'a> Node<'a> {
 
 /// A string as JSON. One borrowed from the parsed text had no escapes there, so it holds no
 /// quote, backslash or control character (JSON forbids them raw) and is copied as is.
+#[allow(clippy::ptr_arg)] // the variant is what matters here, not the text
 fn write_json_str(text: &Cow<'_, str>, out: &mut Vec<u8>) {
     match text {
         Cow::Borrowed(text) => {
