@@ -159,6 +159,13 @@ async fn post_data(server: &TestServer, path: &str, body: Value, status: u16) ->
 
 /// Creates and builds a shell Actor running `script`; returns its id.
 async fn shell_actor(server: &TestServer, name: &str, script: &str) -> String {
+    let id = create_actor(server, name, script).await;
+    build_actor(server, &id).await;
+    id
+}
+
+/// Creates a shell Actor running `script` (not built yet); returns its id.
+async fn create_actor(server: &TestServer, name: &str, script: &str) -> String {
     let body = json!({
         "name": name,
         "versions": [{
@@ -172,7 +179,11 @@ async fn shell_actor(server: &TestServer, name: &str, script: &str) -> String {
         "defaultRunOptions": {"build": "latest", "timeoutSecs": 120, "memoryMbytes": 128},
     });
     let actor = post_data(server, "/acts", body, 201).await;
-    let id = actor["id"].as_str().unwrap().to_string();
+    actor["id"].as_str().unwrap().to_string()
+}
+
+/// Builds version 0.1 of an Actor and waits until the build succeeded; returns the build.
+async fn build_actor(server: &TestServer, id: &str) -> Value {
     let build = post_data(
         server,
         &format!("/acts/{id}/builds?version=0.1&waitForFinish=60"),
@@ -195,7 +206,7 @@ async fn shell_actor(server: &TestServer, name: &str, script: &str) -> String {
         .await
     };
     assert_eq!(build["status"], "SUCCEEDED", "{build}");
-    id
+    build
 }
 
 async fn wait_finished(server: &TestServer, run_id: &str) -> Value {
@@ -1306,7 +1317,7 @@ async fn schedules_start_runs_and_respect_exclusivity() {
 async fn build_timeout_abort_and_resurrect_events() {
     let receiver = Receiver::start().await;
     let server = TestServer::start();
-    let actor = shell_actor(&server, "sleepy", "sleep 600").await;
+    let actor = create_actor(&server, "sleepy", "sleep 600").await;
     post_data(
         &server,
         "/webhooks",
@@ -1330,13 +1341,7 @@ async fn build_timeout_abort_and_resurrect_events() {
     )
     .await;
 
-    let build = post_data(
-        &server,
-        &format!("/acts/{actor}/builds?version=0.1"),
-        json!({}),
-        201,
-    )
-    .await;
+    let build = build_actor(&server, &actor).await;
     let got = receiver.wait_for("/builds", 2).await;
     let types: Vec<&str> = got
         .iter()
@@ -1391,4 +1396,85 @@ async fn build_timeout_abort_and_resurrect_events() {
     let got = receiver.wait_for("/runs", 3).await;
     assert_eq!(got[2].body["eventType"], "ACTOR.RUN.ABORTED");
     assert_eq!(wait_finished(&server, &run_id).await["status"], "ABORTED");
+}
+
+/// Times missed while the server was down start the schedule once, not once per missed time.
+#[tokio::test]
+async fn missed_schedule_times_start_once_after_a_restart() {
+    use troupe_storage::sqlite::{SqliteOptions, SqliteStorage};
+    use troupe_storage::ScheduleStore;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = TestServer::start_in(dir.path(), &[]);
+    let actor = shell_actor(&server, "catch-up", "exit 0").await;
+    let schedule = post_data(
+        &server,
+        "/schedules",
+        json!({
+            "name": "every-minute",
+            "cronExpression": "* * * * *",
+            "actions": [{"type": "RUN_ACTOR", "actorId": actor}],
+        }),
+        201,
+    )
+    .await;
+    let id = schedule["id"].as_str().unwrap().to_string();
+    assert!(server.stop());
+
+    // As if the server had been down for an hour: sixty times were missed.
+    let hour_ago = troupe_model::now_ms() - 3_600_000;
+    let due = hour_ago - hour_ago % 60_000;
+    {
+        let storage = SqliteStorage::open(dir.path(), SqliteOptions::default()).unwrap();
+        storage
+            .update_schedule(
+                &id,
+                Box::new(move |s: &mut troupe_model::hooks::Schedule| {
+                    s.next_run_at = Some(due);
+                    Ok(())
+                }),
+            )
+            .await
+            .unwrap();
+    }
+
+    let server = TestServer::start_in(dir.path(), &[]);
+    let log = poll(|| async {
+        let log = get_data(&server, &format!("/schedules/{id}/log")).await;
+        let started = log
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["message"].as_str().unwrap().starts_with("Started Actor"));
+        started.then_some(log)
+    })
+    .await;
+    let warnings: Vec<&Value> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["level"] == "WARNING")
+        .collect();
+    assert_eq!(warnings.len(), 1, "{log}");
+    assert!(
+        warnings[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not replayed"),
+        "{log}"
+    );
+    let now_schedule = get_data(&server, &format!("/schedules/{id}")).await;
+    let next = chrono_ms(now_schedule["nextRunAt"].as_str().unwrap());
+    // Moved on to a time after the restart, not to the next of the missed ones.
+    assert!(next > troupe_model::now_ms() - 120_000, "{now_schedule}");
+    // One catch-up start (a second one only if a new minute began meanwhile), not sixty.
+    let runs = get_data(&server, &format!("/acts/{actor}/runs")).await;
+    assert!(runs["total"].as_u64().unwrap() <= 2, "{runs}");
+    let first_id = runs["items"][0]["id"].as_str().unwrap().to_string();
+    let first = get_data(&server, &format!("/actor-runs/{first_id}")).await;
+    assert_eq!(
+        first["meta"]["scheduledAt"].as_str().map(chrono_ms),
+        Some(due),
+        "{first}"
+    );
 }

@@ -61,8 +61,9 @@ pub struct Hooks {
 
 struct Inner {
     config: HooksConfig,
-    events: mpsc::UnboundedSender<JobEvent>,
-    receiver: Mutex<Option<mpsc::UnboundedReceiver<JobEvent>>>,
+    /// Events with the time they happened (ms).
+    events: mpsc::UnboundedSender<(i64, JobEvent)>,
+    receiver: Mutex<Option<mpsc::UnboundedReceiver<(i64, JobEvent)>>>,
     client: reqwest::Client,
     /// For webhooks with `ignoreSslErrors`: accepts any certificate.
     insecure_client: reqwest::Client,
@@ -99,9 +100,9 @@ impl Hooks {
         &self.inner.config
     }
 
-    /// Queues a job event (never blocks).
+    /// Queues a job event that happens now (never blocks).
     pub fn submit(&self, event: JobEvent) {
-        let _ = self.inner.events.send(event);
+        let _ = self.inner.events.send((now_ms(), event));
     }
 
     /// Tells the scheduler that schedules changed.
@@ -127,8 +128,8 @@ pub async fn start(state: &AppState) -> anyhow::Result<()> {
     if let Some(mut receiver) = receiver {
         let state = state.clone();
         tokio::spawn(async move {
-            while let Some(event) = receiver.recv().await {
-                if let Err(err) = handle_event(&state, event).await {
+            while let Some((at, event)) = receiver.recv().await {
+                if let Err(err) = handle_event(&state, at, event).await {
                     tracing::warn!(error = %err, "cannot create webhook dispatches");
                 }
             }
@@ -190,8 +191,14 @@ fn facts(event: &JobEvent) -> EventFacts {
     }
 }
 
-async fn handle_event(state: &AppState, event: JobEvent) -> crate::error::ApiResult<()> {
+async fn handle_event(state: &AppState, at: i64, event: JobEvent) -> crate::error::ApiResult<()> {
     let facts = facts(&event);
+    // A terminal event happened when the job finished (the runner reports it a moment later).
+    let finished_at = match &event {
+        JobEvent::Run { run, .. } => run.finished_at,
+        JobEvent::Build { build, .. } => build.finished_at,
+    };
+    let at = finished_at.map_or(at, |f| f.min(at));
     // Builds have no run; their webhooks are the Actor's.
     let webhooks = state
         .storage
@@ -204,7 +211,8 @@ async fn handle_event(state: &AppState, event: JobEvent) -> crate::error::ApiRes
         .await?;
     let mut resource_json = None;
     for webhook in webhooks {
-        if !webhook.event_types.iter().any(|t| t == facts.event_type) {
+        // Webhooks created after the event (it is handled a moment later) do not hear it.
+        if webhook.created_at > at || !webhook.event_types.iter().any(|t| t == facts.event_type) {
             continue;
         }
         // Built once, and only when some webhook listens.
