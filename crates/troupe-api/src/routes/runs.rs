@@ -533,12 +533,12 @@ async fn resurrect_run(
             }),
         )
         .await?;
-    state.runner.start_run(&run).map_err(runner_error)?;
-    state.runner.notify();
     state.runner.emit(Some(troupe_runner::JobEvent::Run {
         event_type: "ACTOR.RUN.RESURRECTED",
         run: run.clone(),
     }));
+    state.runner.start_run(&run).map_err(runner_error)?;
+    state.runner.notify();
     Ok(data(
         StatusCode::OK,
         run_json(&state, &run, caller.user_id()),
@@ -827,11 +827,12 @@ pub async fn start_run(state: &AppState, user: &User, request: StartRun) -> ApiR
         webhook.is_ad_hoc = true;
         state.storage.create_webhook(webhook).await?;
     }
-    state.runner.start_run(&run).map_err(runner_error)?;
+    // Reported before the runner can report the run's end.
     state.runner.emit(Some(troupe_runner::JobEvent::Run {
         event_type: "ACTOR.RUN.CREATED",
         run: run.clone(),
     }));
+    state.runner.start_run(&run).map_err(runner_error)?;
     Ok(run)
 }
 
