@@ -28,6 +28,18 @@ pub trait DatasetStore {
         limit: u64,
         desc: bool,
     ) -> Result<ItemsPage>;
+    /// Blocking form of [`DatasetStore::read_items`] without the copy: one read transaction
+    /// that hands each item's raw JSON to `visit` straight from storage. `visit` returns false
+    /// to stop after that item. Returns the dataset's total and how many items were visited.
+    /// Call it off the async runtime (`spawn_blocking`).
+    fn visit_items(
+        &self,
+        dataset_id: &str,
+        offset: u64,
+        limit: u64,
+        desc: bool,
+        visit: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> Result<(u64, u64)>;
     /// Notes a read of the items: `accessedAt` becomes `now_ms` and `readCount` grows by one.
     /// Unknown ids are ignored.
     async fn record_dataset_read(&self, dataset_id: &str, now_ms: i64) -> Result<()>;

@@ -870,3 +870,115 @@ async fn long_tabular_exports_keep_every_row_and_late_columns() {
     assert_eq!(html.matches("<td>yes199</td></tr>").count(), 1);
     assert!(html.ends_with("</tbody></table></body></html>\n"));
 }
+
+/// Exports larger than one page and one buffer stream in order, in every text format; a small
+/// selection is one body with a length; huge items end a page early without losing any.
+#[tokio::test]
+async fn large_exports_stream_every_item_in_order() {
+    let server = TestServer::start();
+    let id = create(&server, "streamed").await;
+    let pad = "p".repeat(300);
+    for chunk in 0..3 {
+        let batch: Vec<Value> = (0..1000)
+            .map(|n| json!({"n": chunk * 1000 + n, "pad": pad}))
+            .collect();
+        assert_eq!(
+            push(&server, &id, serde_json::to_vec(&batch).unwrap())
+                .await
+                .status(),
+            201
+        );
+    }
+    // Three items of 700 KB: one page of them is more than the export's buffer.
+    let huge = "h".repeat(700_000);
+    for n in 3000..3003 {
+        let body = serde_json::to_vec(&json!({"n": n, "pad": huge})).unwrap();
+        assert_eq!(push(&server, &id, body).await.status(), 201);
+    }
+    let total = 3003u64;
+    let http = client();
+    let get = |query: &str| {
+        http.get(server.url(&format!("/datasets/{id}/items?{query}")))
+            .send()
+    };
+    let numbers = |items: Vec<Value>| -> Vec<u64> {
+        items
+            .iter()
+            .map(|item| item["n"].as_u64().unwrap())
+            .collect()
+    };
+
+    let response = get("").await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "x-apify-pagination-count"), "3003");
+    let all: Vec<Value> = response.json().await.unwrap();
+    assert_eq!(numbers(all.clone()), (0..total).collect::<Vec<_>>());
+    assert_eq!(all[3001]["pad"].as_str().unwrap().len(), 700_000);
+
+    let response = get("desc=1&offset=1&limit=2500").await.unwrap();
+    let page: Vec<Value> = response.json().await.unwrap();
+    assert_eq!(numbers(page), (502..3002).rev().collect::<Vec<_>>());
+
+    let response = get("format=jsonl&offset=2990").await.unwrap();
+    let text = response.text().await.unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(numbers(lines), (2990..total).collect::<Vec<_>>());
+
+    let response = get("format=csv&fields=n&bom=0").await.unwrap();
+    let text = response.text().await.unwrap();
+    let rows: Vec<&str> = text.lines().collect();
+    assert_eq!(rows[0], "n");
+    let expected: Vec<String> = (0..total).map(|n| n.to_string()).collect();
+    assert_eq!(rows[1..], expected[..]);
+
+    // Transformed JSON across pages (every item re-encoded).
+    let response = get("fields=n&offset=500").await.unwrap();
+    let page: Vec<Value> = response.json().await.unwrap();
+    assert_eq!(page.len(), 2503);
+    assert_eq!(page[0], json!({"n": 500}));
+    assert_eq!(page[2502], json!({"n": 3002}));
+
+    // A small selection is one body with its length; a whole large export streams.
+    let response = get("limit=10").await.unwrap();
+    let length: u64 = header(&response, "content-length").parse().unwrap();
+    let body = response.bytes().await.unwrap();
+    assert_eq!(body.len() as u64, length);
+    let response = get("format=jsonl").await.unwrap();
+    assert!(response.headers().get("content-length").is_none());
+    assert_eq!(response.text().await.unwrap().lines().count(), 3003);
+}
+
+/// A tabular export over the column limit is a 400 (found before the first byte is sent).
+#[tokio::test]
+async fn tabular_export_over_the_column_limit_is_rejected() {
+    let server = TestServer::start();
+    let id = create(&server, "wide").await;
+    let wide: serde_json::Map<String, Value> =
+        (0..2001).map(|i| (format!("c{i}"), json!(i))).collect();
+    assert_eq!(
+        push(&server, &id, serde_json::to_vec(&wide).unwrap())
+            .await
+            .status(),
+        201
+    );
+    for format in ["csv", "html", "xlsx"] {
+        let response = client()
+            .get(server.url(&format!("/datasets/{id}/items?format={format}")))
+            .send()
+            .await
+            .unwrap();
+        assert_error(response, 400, "invalid-parameter").await;
+    }
+    let response = client()
+        .get(server.url(&format!(
+            "/datasets/{id}/items?format=csv&fields=c0,c2000&bom=0"
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "c0,c2000\n0,2000\n");
+}

@@ -1,6 +1,8 @@
-//! Streams an items export: status and headers are fixed first, then a producer on the
-//! blocking pool reads pages of 1000 items, transforms and encodes them, and feeds a bounded
-//! channel (backpressure keeps memory constant whatever the export size).
+//! An items export, produced on the blocking pool in one go: status and headers are fixed
+//! first, then pages of items are read straight from storage (one read transaction each, no
+//! copy of the page), transformed and encoded. A selection that fits in one buffer is answered
+//! as one body with a length; a larger one streams through a bounded channel (backpressure keeps
+//! memory constant whatever the export size).
 
 use std::io::Read;
 use std::sync::Arc;
@@ -9,7 +11,7 @@ use axum::body::Body;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use troupe_model::storage::StorageInfo;
 use troupe_storage::Storage;
@@ -20,10 +22,14 @@ use super::table::{CellKind, Columns, Rows, CACHE_BYTES, MAX_COLUMNS};
 use super::transform::transform;
 use crate::error::{ApiError, ApiResult};
 
-/// Items read from storage per page.
+/// Items read from storage per read transaction (at most).
 const PAGE: u64 = 1000;
-/// Encoded bytes gathered before a chunk is sent.
-const CHUNK: usize = 64 * 1024;
+/// Encoded bytes gathered before a chunk is sent (checked between pages).
+const CHUNK: usize = 256 * 1024;
+/// A page ends early once this much is buffered (pages of very large items).
+const BUFFER_MAX: usize = 1024 * 1024;
+/// Chunks queued between the producer and the connection.
+const QUEUE: usize = 2;
 /// Rows an XLSX sheet can hold (one is the header).
 const XLSX_MAX_ROWS: u64 = 1_048_575;
 /// Exports of up to this many items build the XLSX file in memory (~60 B per item).
@@ -31,8 +37,82 @@ const XLSX_IN_MEMORY_ITEMS: u64 = 100_000;
 
 type Chunk = Result<Bytes, std::io::Error>;
 
-/// The items of `info` as a streamed response in the query's format, with Apify's pagination
-/// headers. `temp_dir` holds the XLSX file while it is built.
+/// How the producer's output starts: the whole body, or a stream of chunks.
+enum First {
+    Whole(Bytes),
+    Stream(mpsc::Receiver<Chunk>),
+}
+
+/// Where the producer's bytes go. Nothing is committed until the first chunk is sent, so an
+/// error found before (e.g. too many columns) still becomes a proper error response.
+enum Sink {
+    Pending(Option<oneshot::Sender<ApiResult<First>>>),
+    Streaming(mpsc::Sender<Chunk>),
+}
+
+impl Sink {
+    /// Sends one chunk of a streamed body; false when the client went away.
+    fn send(&mut self, bytes: Bytes) -> bool {
+        if let Sink::Pending(first) = self {
+            let (tx, rx) = mpsc::channel(QUEUE);
+            let Some(first) = first.take() else {
+                return false;
+            };
+            if first.send(Ok(First::Stream(rx))).is_err() {
+                return false;
+            }
+            *self = Sink::Streaming(tx);
+        }
+        match self {
+            Sink::Streaming(tx) => tx.blocking_send(Ok(bytes)).is_ok(),
+            Sink::Pending(_) => false,
+        }
+    }
+
+    /// The last bytes: the whole body if nothing was sent yet.
+    fn finish(self, bytes: Bytes) {
+        match self {
+            Sink::Pending(Some(first)) => {
+                let _ = first.send(Ok(First::Whole(bytes)));
+            }
+            Sink::Pending(None) => {}
+            Sink::Streaming(tx) => {
+                if !bytes.is_empty() {
+                    let _ = tx.blocking_send(Ok(bytes));
+                }
+            }
+        }
+    }
+
+    fn fail(self, err: ApiError) {
+        match self {
+            Sink::Pending(Some(first)) => {
+                let _ = first.send(Err(err));
+            }
+            Sink::Pending(None) => {}
+            Sink::Streaming(tx) => {
+                // Headers are gone already: the only way to signal is to cut the stream.
+                tracing::warn!(error = %err.message, "items export aborted");
+                let _ = tx.blocking_send(Err(std::io::Error::other(err.message)));
+            }
+        }
+    }
+}
+
+/// Everything the producer needs, moved to the blocking pool.
+struct Job {
+    storage: Arc<dyn Storage>,
+    dataset_id: String,
+    query: ItemsQuery,
+    start: u64,
+    count: u64,
+    title: String,
+    link: String,
+    temp_dir: std::path::PathBuf,
+}
+
+/// The items of `info` as a response in the query's format, with Apify's pagination headers.
+/// `temp_dir` holds the XLSX file while it is built.
 pub async fn items_response(
     storage: Arc<dyn Storage>,
     info: &StorageInfo,
@@ -46,21 +126,6 @@ pub async fn items_response(
     let title = match &info.name {
         Some(name) => format!("Dataset {name}"),
         None => format!("Dataset {}", info.id),
-    };
-    let query = Arc::new(query);
-
-    // Tabular formats need the column set before the first row: one pass over the selection,
-    // which keeps the rows of the first items.
-    let table = if query.format.is_tabular() && count > 0 {
-        let (storage, dataset_id, q) = (storage.clone(), info.id.clone(), query.clone());
-        let handle = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || {
-            collect_columns(&handle, storage.as_ref(), &dataset_id, &q, count)
-        })
-        .await
-        .map_err(ApiError::internal)??
-    } else {
-        Table::default()
     };
 
     let mut builder = Response::builder()
@@ -95,67 +160,103 @@ pub async fn items_response(
         );
     }
 
-    let (tx, rx) = mpsc::channel::<Chunk>(4);
-    let dataset_id = info.id.clone();
-    let handle = tokio::runtime::Handle::current();
+    let job = Job {
+        storage,
+        dataset_id: info.id.clone(),
+        query,
+        start,
+        count,
+        title,
+        link: public_items_url,
+        temp_dir,
+    };
+    let (first_tx, first_rx) = oneshot::channel();
     tokio::task::spawn_blocking(move || {
-        let result = if query.format == ItemFormat::Xlsx {
-            produce_xlsx(
-                &handle,
-                storage.as_ref(),
-                &dataset_id,
-                &query,
-                start,
-                count,
-                table,
-                &temp_dir,
-                &tx,
-            )
-        } else {
-            produce_text(
-                &handle,
-                storage.as_ref(),
-                &dataset_id,
-                &query,
-                start,
-                count,
-                table,
-                &title,
-                &public_items_url,
-                &tx,
-            )
-        };
-        if let Err(err) = result {
-            // Headers are gone already: the only way to signal is to cut the stream.
-            tracing::warn!(error = %err, "items export aborted");
-            let _ = tx.blocking_send(Err(std::io::Error::other(err.to_string())));
+        let mut sink = Sink::Pending(Some(first_tx));
+        match produce(&job, &mut sink) {
+            Ok(last) => sink.finish(last),
+            Err(err) => sink.fail(err),
         }
     });
-    builder
-        .body(Body::from_stream(ReceiverStream::new(rx)))
-        .map_err(ApiError::internal)
+    let body = match first_rx.await {
+        Ok(Ok(First::Whole(bytes))) => Body::from(bytes),
+        Ok(Ok(First::Stream(rx))) => Body::from_stream(ReceiverStream::new(rx)),
+        Ok(Err(err)) => return Err(err),
+        Err(_) => return Err(ApiError::internal("items export failed")),
+    };
+    builder.body(body).map_err(ApiError::internal)
 }
 
-/// Reads the selection page by page, calling `f` with each page's raw items.
-fn for_each_page(
-    handle: &tokio::runtime::Handle,
-    storage: &dyn Storage,
-    dataset_id: &str,
-    query: &ItemsQuery,
+/// Produces the export; returns the bytes not sent yet.
+fn produce(job: &Job, sink: &mut Sink) -> ApiResult<Bytes> {
+    let query = &job.query;
+    // Tabular formats need the column set before the first row: one pass over the selection,
+    // which keeps the rows of the first items.
+    let table = if query.format.is_tabular() && job.count > 0 {
+        collect_columns(job)?
+    } else {
+        Table::default()
+    };
+    let result = if query.format == ItemFormat::Xlsx {
+        produce_xlsx(job, table, sink)
+    } else {
+        produce_text(job, table, sink)
+    };
+    result.map_err(|err| ApiError::internal(format!("{err:#}")))
+}
+
+/// What to do after an item.
+enum Flow {
+    /// Go on with the next item.
+    Next,
+    /// End the read transaction here (the buffer is full); go on with a new page.
+    EndPage,
+    /// Stop the whole export.
+    Stop,
+}
+
+/// Reads `count` items from `start` page by page (one read transaction each), calling `item`
+/// with each item's raw JSON straight from storage and `page_done` between pages, outside the
+/// transaction (with whether the selection is finished; false stops).
+fn for_each_item<S>(
+    job: &Job,
     start: u64,
     count: u64,
-    mut f: impl FnMut(&[Bytes]) -> anyhow::Result<bool>,
+    state: &mut S,
+    mut item: impl FnMut(&mut S, &[u8]) -> anyhow::Result<Flow>,
+    mut page_done: impl FnMut(&mut S, bool) -> anyhow::Result<bool>,
 ) -> anyhow::Result<()> {
     let mut done = 0;
     while done < count {
         let want = PAGE.min(count - done);
-        let page =
-            handle.block_on(storage.read_items(dataset_id, start + done, want, query.desc))?;
-        if page.items.is_empty() {
+        let mut stop = false;
+        let mut error = None;
+        let (_, visited) = job.storage.visit_items(
+            &job.dataset_id,
+            start + done,
+            want,
+            job.query.desc,
+            &mut |raw| match item(state, raw) {
+                Ok(Flow::Next) => true,
+                Ok(Flow::EndPage) => false,
+                Ok(Flow::Stop) => {
+                    stop = true;
+                    false
+                }
+                Err(err) => {
+                    error = Some(err);
+                    false
+                }
+            },
+        )?;
+        if let Some(err) = error {
+            return Err(err);
+        }
+        if visited == 0 || stop {
             break;
         }
-        done += page.items.len() as u64;
-        if !f(&page.items)? {
+        done += visited;
+        if !page_done(state, done >= count)? {
             break;
         }
     }
@@ -170,49 +271,44 @@ struct Table {
     cached_items: u64,
 }
 
-fn collect_columns(
-    handle: &tokio::runtime::Handle,
-    storage: &dyn Storage,
-    dataset_id: &str,
-    query: &ItemsQuery,
-    count: u64,
-) -> ApiResult<Table> {
+fn collect_columns(job: &Job) -> ApiResult<Table> {
+    let query = &job.query;
     let order = if query.output_fields.is_empty() {
         query.fields.clone()
     } else {
         query.output_fields.clone()
     };
-    let mut table = Table {
-        columns: Columns::new(order),
-        ..Table::default()
-    };
-    let mut caching = true;
-    let mut too_many = false;
-    for_each_page(
-        handle,
-        storage,
-        dataset_id,
-        query,
-        query.offset,
-        count,
-        |items| {
-            for raw in items {
-                transform(raw, query, |record| {
-                    let rows = caching.then_some(&mut table.rows);
-                    too_many = too_many || table.columns.add_record(record, rows).is_err();
-                });
-                if too_many {
-                    return Ok(false);
-                }
-                if caching {
-                    table.cached_items += 1;
-                    caching = table.rows.bytes() < CACHE_BYTES;
-                }
-            }
-            Ok(true)
+    let mut state = (
+        Table {
+            columns: Columns::new(order),
+            ..Table::default()
         },
+        true,  // caching
+        false, // too many columns
+    );
+    for_each_item(
+        job,
+        query.offset,
+        job.count,
+        &mut state,
+        |(table, caching, too_many), raw| {
+            transform(raw, query, |record| {
+                let rows = caching.then_some(&mut table.rows);
+                *too_many = *too_many || table.columns.add_record(record, rows).is_err();
+            });
+            if *too_many {
+                return Ok(Flow::Stop);
+            }
+            if *caching {
+                table.cached_items += 1;
+                *caching = table.rows.bytes() < CACHE_BYTES;
+            }
+            Ok(Flow::Next)
+        },
+        |_, _| Ok(true),
     )
     .map_err(|err| ApiError::internal(format!("{err:#}")))?;
+    let (mut table, _, too_many) = state;
     if too_many {
         return Err(ApiError::invalid_parameter(format!(
             "The items have more than {MAX_COLUMNS} columns; select fewer with \"fields\" or \"omit\""
@@ -222,134 +318,130 @@ fn collect_columns(
     Ok(table)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn produce_text(
-    handle: &tokio::runtime::Handle,
-    storage: &dyn Storage,
-    dataset_id: &str,
-    query: &ItemsQuery,
-    start: u64,
-    count: u64,
-    table: Table,
-    title: &str,
-    link: &str,
-    tx: &mpsc::Sender<Chunk>,
-) -> anyhow::Result<()> {
+struct TextState<'a> {
+    encoder: TextEncoder,
+    out: Vec<u8>,
+    sink: &'a mut Sink,
+}
+
+fn produce_text(job: &Job, table: Table, sink: &mut Sink) -> anyhow::Result<Bytes> {
+    let query = &job.query;
     let Table {
         columns,
         rows,
         cached_items,
     } = table;
-    let mut encoder = TextEncoder::new(query, columns);
-    let mut out = Vec::with_capacity(CHUNK * 2);
-    encoder.start(query, title, link, &mut out);
+    let mut state = TextState {
+        encoder: TextEncoder::new(query, columns),
+        out: Vec::with_capacity(CHUNK + CHUNK / 2),
+        sink,
+    };
+    state
+        .encoder
+        .start(query, &job.title, &job.link, &mut state.out);
     // Rows kept by the column pass are written as one block: chunks may exceed CHUNK here.
-    encoder.rows(&rows, &mut out);
+    state.encoder.rows(&rows, &mut state.out);
     drop(rows);
     let passthrough = query.is_passthrough();
-    let (start, count) = (start + cached_items, count - cached_items);
-    for_each_page(handle, storage, dataset_id, query, start, count, |items| {
-        for raw in items {
+    let mut gone = false;
+    for_each_item(
+        job,
+        job.start + cached_items,
+        job.count - cached_items,
+        &mut state,
+        |s, raw| {
             if passthrough {
-                encoder.raw_item(raw, &mut out);
+                s.encoder.raw_item(raw, &mut s.out);
             } else {
-                transform(raw, query, |record| encoder.record(record, &mut out));
+                let TextState { encoder, out, .. } = s;
+                transform(raw, query, |record| encoder.record(record, out));
             }
-            if out.len() >= CHUNK {
-                let chunk = Bytes::from(std::mem::replace(&mut out, Vec::with_capacity(CHUNK * 2)));
-                if tx.blocking_send(Ok(chunk)).is_err() {
-                    return Ok(false); // client went away
-                }
+            Ok(if s.out.len() >= BUFFER_MAX {
+                Flow::EndPage
+            } else {
+                Flow::Next
+            })
+        },
+        |s, finished| {
+            if finished || s.out.len() < CHUNK {
+                return Ok(true);
             }
-        }
-        Ok(true)
-    })?;
-    encoder.finish(query, &mut out);
-    if !out.is_empty() {
-        let _ = tx.blocking_send(Ok(Bytes::from(out)));
+            let chunk = std::mem::replace(&mut s.out, Vec::with_capacity(CHUNK + CHUNK / 2));
+            if !s.sink.send(Bytes::from(chunk)) {
+                gone = true; // client went away
+                return Ok(false);
+            }
+            Ok(true)
+        },
+    )?;
+    if gone {
+        return Ok(Bytes::new());
     }
-    Ok(())
+    state.encoder.finish(query, &mut state.out);
+    Ok(Bytes::from(state.out))
 }
 
-#[allow(clippy::too_many_arguments)]
-fn produce_xlsx(
-    handle: &tokio::runtime::Handle,
-    storage: &dyn Storage,
-    dataset_id: &str,
-    query: &ItemsQuery,
-    start: u64,
-    count: u64,
-    table: Table,
-    temp_dir: &std::path::Path,
-    tx: &mpsc::Sender<Chunk>,
-) -> anyhow::Result<()> {
+fn produce_xlsx(job: &Job, table: Table, sink: &mut Sink) -> anyhow::Result<Bytes> {
     use rust_xlsxwriter::Workbook;
 
+    let query = &job.query;
     let Table {
-        mut columns,
-        mut rows,
+        columns,
+        rows,
         cached_items,
     } = table;
-    std::fs::create_dir_all(temp_dir)?;
+    std::fs::create_dir_all(&job.temp_dir)?;
     let mut workbook = Workbook::new();
-    workbook.set_tempdir(temp_dir)?;
+    workbook.set_tempdir(&job.temp_dir)?;
     let sheet = workbook.add_worksheet_with_constant_memory();
     for (col, name) in columns.names().iter().enumerate() {
         sheet.write_string(0, col as u16, truncate_cell(name))?;
     }
-    let mut row_index: u32 = 1;
-    let mut slots = Vec::new();
-    let mut more = write_xlsx_rows(sheet, &rows, &columns, &mut slots, &mut row_index)?;
-    let (rest_start, rest_count) = (start + cached_items, count - cached_items);
+    let mut state = (columns, rows, Vec::new(), 1u32);
+    let (columns, rows, slots, row_index) = &mut state;
+    let more = write_xlsx_rows(sheet, rows, columns, slots, row_index)?;
     if more {
-        for_each_page(
-            handle,
-            storage,
-            dataset_id,
-            query,
-            rest_start,
-            rest_count,
-            |items| {
+        rows.clear();
+        for_each_item(
+            job,
+            job.start + cached_items,
+            job.count - cached_items,
+            &mut state,
+            |(columns, rows, _, _), raw| {
+                transform(raw, query, |record| columns.add_row(record, rows));
+                Ok(Flow::Next)
+            },
+            |(columns, rows, slots, row_index), _| {
+                let more = write_xlsx_rows(sheet, rows, columns, slots, row_index)?;
                 rows.clear();
-                for raw in items {
-                    transform(raw, query, |record| columns.add_row(record, &mut rows));
-                }
-                more = write_xlsx_rows(sheet, &rows, &columns, &mut slots, &mut row_index)?;
                 Ok(more)
             },
         )?;
     }
-    drop(rows);
-    // A small workbook is assembled in memory; a big one in a file (constant memory).
-    if count <= XLSX_IN_MEMORY_ITEMS {
-        let file = Bytes::from(workbook.save_to_buffer()?);
-        let mut sent = 0;
-        while sent < file.len() {
-            let end = file.len().min(sent + CHUNK);
-            if tx.blocking_send(Ok(file.slice(sent..end))).is_err() {
-                break;
-            }
-            sent = end;
-        }
-        return Ok(());
+    drop(state);
+    // A small workbook is assembled in memory (and sent as one body); a big one in a file,
+    // streamed (constant memory).
+    if job.count <= XLSX_IN_MEMORY_ITEMS {
+        return Ok(Bytes::from(workbook.save_to_buffer()?));
     }
-    let file = tempfile::NamedTempFile::new_in(temp_dir)?;
+    let file = tempfile::NamedTempFile::new_in(&job.temp_dir)?;
     workbook.save(file.path())?;
     let mut reader = std::fs::File::open(file.path())?;
-    let mut buf = vec![0u8; CHUNK];
+    // Read one chunk ahead so the last one goes out with `finish`.
+    let mut pending: Option<Bytes> = None;
     loop {
-        let n = reader.read(&mut buf)?;
+        let mut buf = Vec::with_capacity(CHUNK);
+        let n = (&mut reader).take(CHUNK as u64).read_to_end(&mut buf)?;
         if n == 0 {
             break;
         }
-        if tx
-            .blocking_send(Ok(Bytes::copy_from_slice(&buf[..n])))
-            .is_err()
-        {
-            break;
+        if let Some(previous) = pending.replace(Bytes::from(buf)) {
+            if !sink.send(previous) {
+                return Ok(Bytes::new());
+            }
         }
     }
-    Ok(())
+    Ok(pending.unwrap_or_default())
 }
 
 /// Writes rows below `row_index` (typed cells); false once the sheet is full.

@@ -81,6 +81,38 @@ pub async fn run(storage: &dyn Storage) {
     let page = storage.read_items(&other.id, 0, 100, false).await.unwrap();
     assert_eq!(page.items, vec![&b"{\"i\":100}"[..]]);
 
+    // The blocking visitor sees the same items without a copy, and can stop early.
+    let visit = |offset: u64, limit: u64, desc: bool, stop_after: usize| {
+        let mut seen: Vec<Vec<u8>> = Vec::new();
+        let (total, visited) = storage
+            .visit_items(&ds.id, offset, limit, desc, &mut |raw| {
+                seen.push(raw.to_vec());
+                seen.len() < stop_after
+            })
+            .unwrap();
+        assert_eq!(visited, seen.len() as u64);
+        (total, seen)
+    };
+    let as_items = |ids: &[u64]| -> Vec<Vec<u8>> {
+        ids.iter()
+            .map(|i| format!("{{\"i\":{i}}}").into_bytes())
+            .collect()
+    };
+    assert_eq!(visit(0, 3, false, usize::MAX), (25, as_items(&[0, 1, 2])));
+    assert_eq!(
+        visit(22, 100, false, usize::MAX),
+        (25, as_items(&[22, 23, 24]))
+    );
+    assert_eq!(visit(1, 3, true, usize::MAX), (25, as_items(&[23, 22, 21])));
+    assert_eq!(visit(5, 100, false, 2), (25, as_items(&[5, 6])));
+    assert_eq!(visit(0, 100, true, 1), (25, as_items(&[24])));
+    assert_eq!(visit(25, 10, false, usize::MAX), (25, Vec::new()));
+    assert_eq!(visit(3, 0, false, usize::MAX), (25, Vec::new()));
+    assert!(matches!(
+        storage.visit_items("missing", 0, 1, false, &mut |_| true),
+        Err(Error::NotFound(_))
+    ));
+
     assert!(matches!(
         storage.push_items("missing", vec![item(1)]).await,
         Err(Error::NotFound(_))

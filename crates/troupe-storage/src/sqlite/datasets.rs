@@ -3,8 +3,8 @@ use bytes::Bytes;
 use rusqlite::{params, Transaction};
 use troupe_model::storage::{NewItem, StorageInfo, StorageKind};
 
-use super::catalog::{load_storage, require_storage};
-use super::SqliteStorage;
+use super::catalog::require_storage;
+use super::{optional, SqliteStorage};
 use crate::datasets::ItemsPage;
 use crate::{DatasetStore, Error, Result};
 
@@ -70,37 +70,62 @@ impl DatasetStore for SqliteStorage {
         limit: u64,
         desc: bool,
     ) -> Result<ItemsPage> {
-        let dataset_id = dataset_id.to_string();
-        self.read(move |conn| {
-            let info = load_storage(conn, StorageKind::Dataset, &dataset_id)?
-                .ok_or_else(|| Error::NotFound("Dataset was not found".into()))?;
-            let total = info.item_count;
-            if offset >= total || limit == 0 {
-                return Ok(ItemsPage {
-                    total,
-                    items: Vec::new(),
-                });
-            }
-            let count = limit.min(total - offset);
-            let (first, last, order) = if desc {
-                (total - offset - count, total - offset, "DESC")
-            } else {
-                (offset, offset + count, "ASC")
-            };
-            let sql = format!(
-                "SELECT data FROM dataset_items WHERE k >= ?1 AND k < ?2 ORDER BY k {order}"
-            );
-            let mut stmt = conn.prepare_cached(&sql)?;
-            let mut rows =
-                stmt.query(params![item_key(info.num, first), item_key(info.num, last)])?;
-            let mut items = Vec::with_capacity(count as usize);
-            while let Some(row) = rows.next()? {
-                let data = row.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?;
-                items.push(Bytes::copy_from_slice(data));
-            }
+        let (this, dataset_id) = (self.clone(), dataset_id.to_string());
+        super::run_blocking(move || {
+            let mut items = Vec::new();
+            let (total, _) = this.visit_items(&dataset_id, offset, limit, desc, &mut |raw| {
+                items.push(Bytes::copy_from_slice(raw));
+                true
+            })?;
             Ok(ItemsPage { total, items })
         })
         .await
+    }
+
+    fn visit_items(
+        &self,
+        dataset_id: &str,
+        offset: u64,
+        limit: u64,
+        desc: bool,
+        visit: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> Result<(u64, u64)> {
+        self.read_blocking(|conn| {
+            let (num, total): (i64, i64) = optional(
+                conn.prepare_cached(
+                    "SELECT num, item_count FROM storages WHERE id = ?1 AND kind = ?2",
+                )?
+                .query_row(params![dataset_id, StorageKind::Dataset.code()], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                }),
+            )?
+            .ok_or_else(|| Error::NotFound("Dataset was not found".into()))?;
+            let total = total as u64;
+            if offset >= total || limit == 0 {
+                return Ok((total, 0));
+            }
+            let count = limit.min(total - offset);
+            let (first, last) = if desc {
+                (total - offset - count, total - offset)
+            } else {
+                (offset, offset + count)
+            };
+            let mut stmt = conn.prepare_cached(if desc {
+                "SELECT data FROM dataset_items WHERE k >= ?1 AND k < ?2 ORDER BY k DESC"
+            } else {
+                "SELECT data FROM dataset_items WHERE k >= ?1 AND k < ?2 ORDER BY k ASC"
+            })?;
+            let mut rows = stmt.query(params![item_key(num, first), item_key(num, last)])?;
+            let mut visited = 0;
+            while let Some(row) = rows.next()? {
+                let data = row.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?;
+                visited += 1;
+                if !visit(data) {
+                    break;
+                }
+            }
+            Ok((total, visited))
+        })
     }
 
     async fn record_dataset_read(&self, dataset_id: &str, now_ms: i64) -> Result<()> {
