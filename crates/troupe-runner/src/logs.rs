@@ -59,32 +59,61 @@ impl LogWriter {
         })
     }
 
-    /// Writes one line (a trailing newline is added; `\r` and `\n` inside are kept as spaces).
+    /// Writes one line (a trailing newline is added; trailing `\r`/`\n` are dropped).
     pub fn line(&self, text: &str) {
-        let text = text.trim_end_matches(['\n', '\r']);
-        let line = format!(
-            "{} {}\n",
-            troupe_model::format_ts(troupe_model::now_ms()),
-            text
+        self.lines(text.as_bytes(), true);
+    }
+
+    /// Writes every line of `chunk` (output read in one go, so all get the same timestamp);
+    /// `last_complete`: whether the text after the last `\n` is a whole line too (else it is
+    /// not written). Invalid UTF-8 becomes U+FFFD. Returns the bytes consumed.
+    pub fn lines(&self, chunk: &[u8], last_complete: bool) -> usize {
+        let mut stamp = [0u8; 25];
+        stamp[..24].copy_from_slice(
+            troupe_model::format_ts(troupe_model::now_ms())
+                .as_bytes()
+                .get(..24)
+                .unwrap_or(b"1970-01-01T00:00:00.000Z"),
         );
+        stamp[24] = b' ';
         let mut guard = self.inner.lock();
         let (file, written, full) = &mut *guard;
-        if *full {
-            return;
+        let mut consumed = 0;
+        while consumed < chunk.len() {
+            let rest = &chunk[consumed..];
+            let (line, next) = match memchr::memchr(b'\n', rest) {
+                Some(at) => (&rest[..at], consumed + at + 1),
+                None if last_complete => (rest, chunk.len()),
+                None => break,
+            };
+            consumed = next;
+            if *full {
+                continue;
+            }
+            let mut end = line.len();
+            while end > 0 && matches!(line[end - 1], b'\r' | b'\n') {
+                end -= 1;
+            }
+            let text = String::from_utf8_lossy(&line[..end]);
+            let size = (stamp.len() + text.len() + 1) as u64;
+            if *written + size > LOG_LIMIT {
+                *full = true;
+                let note = format!(
+                    "{} [troupe] {NOTE} of {LOG_LIMIT} characters; further output is not kept.\n",
+                    troupe_model::format_ts(troupe_model::now_ms())
+                );
+                let _ = file.write_all(note.as_bytes());
+                let _ = file.flush();
+                continue;
+            }
+            if file.write_all(&stamp).is_ok()
+                && file.write_all(text.as_bytes()).is_ok()
+                && file.write_all(b"\n").is_ok()
+            {
+                *written += size;
+            }
         }
-        if *written + line.len() as u64 > LOG_LIMIT {
-            *full = true;
-            let note = format!(
-                "{} [troupe] {NOTE} of {LOG_LIMIT} characters; further output is not kept.\n",
-                troupe_model::format_ts(troupe_model::now_ms())
-            );
-            let _ = file.write_all(note.as_bytes());
-            let _ = file.flush();
-            return;
-        }
-        if file.write_all(line.as_bytes()).is_ok() {
-            *written += line.len() as u64;
-        }
+        consumed
     }
 
     /// A line from troupe itself (not the program); written through at once.

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::{Child, Command};
 use troupe_model::actor::ProcessMark;
 
@@ -51,23 +51,59 @@ pub fn spawn(
     Ok((child, pump))
 }
 
-async fn pump_lines(stream: impl AsyncRead + Unpin, log: Arc<LogWriter>) {
-    let mut reader = BufReader::new(stream);
-    let mut buf = Vec::new();
+/// Longest line kept whole; a longer one is cut into lines of this size.
+const MAX_LINE: usize = 64 * 1024;
+
+/// Copies a child's output into its log: reads as much as the pipe holds (up to 128 KiB) and
+/// writes all complete lines of it at once, with one timestamp. Lines are written through as
+/// soon as the program pauses (a read that did not fill the buffer); while it writes fast they
+/// are batched.
+async fn pump_lines(mut stream: impl AsyncRead + Unpin, log: Arc<LogWriter>) {
+    let mut buf = vec![0u8; 2 * MAX_LINE];
+    let mut filled = 0;
     loop {
-        buf.clear();
-        match reader.read_until(b'\n', &mut buf).await {
+        let n = match stream.read(&mut buf[filled..]).await {
             Ok(0) | Err(_) => break,
-            Ok(_) => {
-                log.line(&String::from_utf8_lossy(&buf));
-                // Batch lines while the program writes fast; write through once it pauses.
-                if reader.buffer().is_empty() {
-                    log.flush();
-                }
-            }
+            Ok(n) => n,
+        };
+        let drained = filled + n < buf.len();
+        filled += n;
+        let mut consumed = log.lines(&buf[..filled], false);
+        if filled - consumed >= MAX_LINE {
+            // No newline in sight: cut the line (at a character boundary).
+            let cut = char_boundary(&buf[consumed..consumed + MAX_LINE]) + consumed;
+            log.lines(&buf[consumed..cut], true);
+            consumed = cut;
+        }
+        buf.copy_within(consumed..filled, 0);
+        filled -= consumed;
+        if drained {
+            log.flush();
         }
     }
+    if filled > 0 {
+        log.lines(&buf[..filled], true);
+    }
     log.flush();
+}
+
+/// Length of `text` without a UTF-8 sequence cut short at its end.
+fn char_boundary(text: &[u8]) -> usize {
+    let len = text.len();
+    for back in 1..=3.min(len) {
+        let byte = text[len - back];
+        if byte & 0xC0 == 0x80 {
+            continue; // continuation byte: look further back for the lead byte
+        }
+        let width = match byte {
+            b if b >= 0xF0 => 4,
+            b if b >= 0xE0 => 3,
+            b if b >= 0xC0 => 2,
+            _ => 1,
+        };
+        return if width > back { len - back } else { len };
+    }
+    len
 }
 
 /// Sends `signal` to every process of the group led by `pgid`.
@@ -207,4 +243,73 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .unwrap_or(4321)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// Pumps `pieces` (written one by one through a pipe) into a fresh log; returns its lines
+    /// without the timestamps.
+    async fn pumped(pieces: Vec<Vec<u8>>) -> Vec<String> {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(LogWriter::open(dir.path(), "job").unwrap());
+        let (mut tx, rx) = tokio::io::duplex(4096);
+        let writer = tokio::spawn(async move {
+            for piece in pieces {
+                tx.write_all(&piece).await.unwrap();
+                tx.flush().await.unwrap();
+            }
+        });
+        pump_lines(rx, log).await;
+        writer.await.unwrap();
+        let text = std::fs::read_to_string(crate::logs::log_path(dir.path(), "job")).unwrap();
+        text.lines()
+            .map(|line| {
+                assert_eq!(line.as_bytes()[23], b'Z', "{line}");
+                line[25..].to_string()
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn lines_split_across_reads_are_joined() {
+        let lines = pumped(vec![
+            b"hel".to_vec(),
+            b"lo\r\nwor".to_vec(),
+            b"ld\n\nlast".to_vec(),
+        ])
+        .await;
+        assert_eq!(lines, vec!["hello", "world", "", "last"]);
+    }
+
+    #[tokio::test]
+    async fn invalid_utf8_is_replaced() {
+        let lines = pumped(vec![b"a\xffb\n".to_vec()]).await;
+        assert_eq!(lines, vec!["a\u{fffd}b"]);
+    }
+
+    #[tokio::test]
+    async fn endless_lines_are_cut_at_character_boundaries() {
+        // 150,001 two-byte characters with no newline, then a short line.
+        let long = "é".repeat(150_001);
+        let lines = pumped(vec![long.as_bytes().to_vec(), b"\nshort\n".to_vec()]).await;
+        assert!(lines.len() >= 4, "{}", lines.len());
+        assert!(lines.iter().all(|line| line.len() <= MAX_LINE));
+        assert!(!lines.iter().any(|line| line.contains('\u{fffd}')));
+        assert_eq!(lines[..lines.len() - 1].concat(), long);
+        assert_eq!(lines.last().unwrap(), "short");
+    }
+
+    #[test]
+    fn char_boundary_drops_only_a_cut_sequence() {
+        assert_eq!(char_boundary(b"abc"), 3);
+        assert_eq!(char_boundary("aé".as_bytes()), 3);
+        assert_eq!(char_boundary(&"aé".as_bytes()[..2]), 1);
+        assert_eq!(char_boundary(&"a€".as_bytes()[..3]), 1);
+        assert_eq!(char_boundary(&"a😀".as_bytes()[..4]), 1);
+        assert_eq!(char_boundary("a😀".as_bytes()), 5);
+        assert_eq!(char_boundary(b"\x80\x80\x80\x80"), 4);
+    }
 }

@@ -90,7 +90,7 @@ impl DatasetStore for SqliteStorage {
         desc: bool,
         visit: &mut dyn FnMut(&[u8]) -> bool,
     ) -> Result<(u64, u64)> {
-        self.read_blocking(|conn| {
+        self.scan_blocking(|conn| {
             let (num, total): (i64, i64) = optional(
                 conn.prepare_cached(
                     "SELECT num, item_count FROM storages WHERE id = ?1 AND kind = ?2",
