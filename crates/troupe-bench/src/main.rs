@@ -183,6 +183,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         .arg("127.0.0.1:0")
         .arg("--data-dir")
         .arg(&data_dir)
+        .arg("--max-log-bytes")
+        .arg(runs::LOG_CAP.to_string())
         .env("TROUPE_TOKEN", &token)
         .env_remove("RUST_LOG");
     let mut troupe = sys::Server::start(

@@ -56,6 +56,8 @@ pub struct RunnerConfig {
     pub graceful_abort_secs: u64,
     /// How long `run-sync` endpoints wait for a run before answering 408 (Apify: 300 s).
     pub sync_run_wait: Duration,
+    /// Largest build or run log kept, in bytes (further output is dropped).
+    pub log_limit: u64,
 }
 
 /// Something that happened to a job, for webhooks: the job as it is after the change, and
@@ -231,9 +233,13 @@ impl Runner {
             } else {
                 "The server restarted while the run was going"
             };
-            LogWriter::open(&self.inner.config.data_dir, &run.id)
-                .map(|log| log.system(message))
-                .ok();
+            LogWriter::open(
+                &self.inner.config.data_dir,
+                &run.id,
+                self.inner.config.log_limit,
+            )
+            .map(|log| log.system(message))
+            .ok();
             let ended = storage
                 .update_run(
                     &run.id,
@@ -506,7 +512,7 @@ impl Runner {
                 }
             }
             let message = "The server was stopped while the run was going";
-            LogWriter::open(&self.inner.config.data_dir, id)
+            LogWriter::open(&self.inner.config.data_dir, id, self.inner.config.log_limit)
                 .map(|log| log.system(message))
                 .ok();
             let _ = self

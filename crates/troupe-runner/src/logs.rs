@@ -1,7 +1,7 @@
 //! Job logs: one text file per build or run under `DATA/logs/`, every line prefixed with an
 //! ISO-8601 timestamp (`2026-08-21T10:23:31.607Z `), as both clients expect when they re-emit a
-//! child's log. A log is capped at [`LOG_LIMIT`] bytes; past that one note is written and the
-//! rest dropped.
+//! child's log. A log is capped (by default at [`LOG_LIMIT`] bytes, `--max-log-bytes`); past
+//! that one note is written and the rest dropped.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use parking_lot::Mutex;
 
-/// Largest log kept (10 M characters).
+/// Largest log kept by default (10 M characters).
 pub const LOG_LIMIT: u64 = 10_000_000;
 
 /// Path of the log of job `id`.
@@ -42,20 +42,22 @@ fn ends_with_note(path: &Path) -> bool {
 /// Appends timestamped lines to a job's log.
 pub struct LogWriter {
     inner: Mutex<(BufWriter<File>, u64, bool)>,
+    limit: u64,
 }
 
 impl LogWriter {
-    /// Opens (appending) the log of job `id`.
-    pub fn open(data_dir: &Path, id: &str) -> std::io::Result<Self> {
+    /// Opens (appending) the log of job `id`, capped at `limit` bytes.
+    pub fn open(data_dir: &Path, id: &str, limit: u64) -> std::io::Result<Self> {
         let path = log_path(data_dir, id);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
         }
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
         let len = file.metadata()?.len();
-        let full = len >= LOG_LIMIT || (len > LOG_LIMIT / 2 && ends_with_note(&path));
+        let full = len >= limit || (len > limit / 2 && ends_with_note(&path));
         Ok(Self {
             inner: Mutex::new((BufWriter::with_capacity(64 * 1024, file), len, full)),
+            limit,
         })
     }
 
@@ -96,11 +98,12 @@ impl LogWriter {
             }
             let text = String::from_utf8_lossy(&line[..end]);
             let size = (stamp.len() + text.len() + 1) as u64;
-            if *written + size > LOG_LIMIT {
+            if *written + size > self.limit {
                 *full = true;
                 let note = format!(
-                    "{} [troupe] {NOTE} of {LOG_LIMIT} characters; further output is not kept.\n",
-                    troupe_model::format_ts(troupe_model::now_ms())
+                    "{} [troupe] {NOTE} of {} characters; further output is not kept.\n",
+                    troupe_model::format_ts(troupe_model::now_ms()),
+                    self.limit
                 );
                 let _ = file.write_all(note.as_bytes());
                 let _ = file.flush();
@@ -135,7 +138,7 @@ mod tests {
     #[test]
     fn lines_are_timestamped_and_the_log_is_capped() {
         let dir = tempfile::tempdir().unwrap();
-        let log = LogWriter::open(dir.path(), "job").unwrap();
+        let log = LogWriter::open(dir.path(), "job", LOG_LIMIT).unwrap();
         log.line("hello\r\n");
         let line = "x".repeat(1000);
         for _ in 0..(LOG_LIMIT / 1000 + 10) {
@@ -151,7 +154,7 @@ mod tests {
         assert!(last.contains("reached its limit"), "{last}");
         assert!(!text.contains("after the cut"));
         // Reopening a full log keeps it full.
-        let again = LogWriter::open(dir.path(), "job").unwrap();
+        let again = LogWriter::open(dir.path(), "job", LOG_LIMIT).unwrap();
         again.line("more");
         again.flush();
         assert!(!std::fs::read_to_string(log_path(dir.path(), "job"))

@@ -254,7 +254,7 @@ mod tests {
     /// without the timestamps.
     async fn pumped(pieces: Vec<Vec<u8>>) -> Vec<String> {
         let dir = tempfile::tempdir().unwrap();
-        let log = Arc::new(LogWriter::open(dir.path(), "job").unwrap());
+        let log = Arc::new(LogWriter::open(dir.path(), "job", crate::LOG_LIMIT).unwrap());
         let (mut tx, rx) = tokio::io::duplex(4096);
         let writer = tokio::spawn(async move {
             for piece in pieces {

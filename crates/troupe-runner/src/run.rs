@@ -30,7 +30,7 @@ pub(crate) async fn build_task(runner: Runner, id: String) {
     let inner = &runner.inner;
     let storage = &inner.storage;
     let data_dir = inner.config.data_dir.clone();
-    let log = match LogWriter::open(&data_dir, &id) {
+    let log = match LogWriter::open(&data_dir, &id, inner.config.log_limit) {
         Ok(log) => Arc::new(log),
         Err(err) => {
             tracing::error!(build = %id, error = %err, "cannot open build log");
@@ -184,7 +184,7 @@ pub(crate) async fn run_task(runner: Runner, id: String, mut rx: mpsc::Unbounded
     let inner = runner.inner.clone();
     let storage = inner.storage.clone();
     let data_dir = inner.config.data_dir.clone();
-    let log = match LogWriter::open(&data_dir, &id) {
+    let log = match LogWriter::open(&data_dir, &id, inner.config.log_limit) {
         Ok(log) => Arc::new(log),
         Err(err) => {
             tracing::error!(run = %id, error = %err, "cannot open run log");

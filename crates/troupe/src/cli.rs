@@ -130,6 +130,9 @@ pub struct ServeArgs {
     /// Seconds `run-sync` endpoints wait for the run before answering 408 (the run goes on).
     #[arg(long, env = "TROUPE_SYNC_RUN_WAIT_SECS", default_value_t = 300)]
     pub sync_run_wait_secs: u64,
+    /// Largest build or run log kept, in bytes; further output is dropped after one note.
+    #[arg(long, env = "TROUPE_MAX_LOG_BYTES", default_value_t = troupe_runner::LOG_LIMIT)]
+    pub max_log_bytes: u64,
     /// Largest key-value store record accepted, in bytes (default 1 GiB).
     #[arg(long, env = "TROUPE_MAX_RECORD_BYTES", default_value_t = troupe_api::DEFAULT_MAX_RECORD_BYTES)]
     pub max_record_bytes: u64,
@@ -189,6 +192,7 @@ pub fn main() -> anyhow::Result<()> {
                 cache_dir: args.cache_dir,
                 max_memory_mbytes: args.max_memory_mbytes,
                 sync_run_wait_secs: args.sync_run_wait_secs,
+                max_log_bytes: args.max_log_bytes,
                 max_record_bytes: args.max_record_bytes,
                 hooks: troupe_api::hooks::HooksConfig {
                     retry_base: args.webhook_retry_delay,

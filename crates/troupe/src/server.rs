@@ -33,6 +33,7 @@ pub struct ServeOptions {
     pub cache_dir: Option<PathBuf>,
     pub max_memory_mbytes: Option<u64>,
     pub sync_run_wait_secs: u64,
+    pub max_log_bytes: u64,
     pub max_record_bytes: u64,
     pub hooks: troupe_api::hooks::HooksConfig,
 }
@@ -129,6 +130,7 @@ pub async fn run(options: ServeOptions) -> anyhow::Result<()> {
             persist_state_interval: Duration::from_secs(60),
             graceful_abort_secs: 30,
             sync_run_wait: Duration::from_secs(options.sync_run_wait_secs),
+            log_limit: options.max_log_bytes,
         },
     );
     let state = AppState::new(

@@ -1190,3 +1190,35 @@ async fn build_abort_stops_the_installer() {
         .unwrap();
     assert_error(r, 400, "unknown-build-tag").await;
 }
+
+/// Output of a fast writer lands in the log line by line, in order, each line timestamped;
+/// `--max-log-bytes` caps the log with one note and the run still succeeds.
+#[tokio::test]
+async fn fast_output_is_logged_in_order_up_to_the_log_limit() {
+    let temp = tempfile::tempdir().unwrap();
+    let server = TestServer::start_in(temp.path(), &["--max-log-bytes", "200000"]);
+    // 3000 numbered lines of ~100 characters (~300 KB), printed by one awk process.
+    let script = "awk 'BEGIN { for (i = 0; i < 3000; i++) printf \"line %05d %s\\n\", i, sprintf(\"%090d\", 0) }'";
+    let id = built_actor(&server, "chatty", script).await;
+    let run = start(&server, &id, "").await;
+    let run = wait_run(&server, run["id"].as_str().unwrap()).await;
+    assert_eq!(run["status"], "SUCCEEDED", "{run}");
+    let log = log_of(&server, run["id"].as_str().unwrap()).await;
+    assert!(log.len() <= 200_000 + 200, "{}", log.len());
+    let numbers: Vec<u32> = log
+        .lines()
+        .filter_map(|line| {
+            assert_eq!(line.as_bytes()[23], b'Z', "{line}");
+            line[25..].strip_prefix("line ")
+        })
+        .map(|rest| rest[..5].parse().unwrap())
+        .collect();
+    // Every kept line, in order, with nothing skipped before the cut.
+    assert!(numbers.len() > 1500, "{}", numbers.len());
+    assert_eq!(numbers, (0..numbers.len() as u32).collect::<Vec<_>>());
+    assert!(
+        log.contains("The log reached its limit of 200000 characters"),
+        "{}",
+        &log[log.len().saturating_sub(500)..]
+    );
+}
