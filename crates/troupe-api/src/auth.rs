@@ -1,6 +1,9 @@
 //! Authentication: the token comes from `Authorization: Bearer` (wins when both are present)
 //! or `?token=`.
 
+use std::borrow::Cow;
+use std::sync::Arc;
+
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use troupe_model::user::User;
@@ -12,13 +15,16 @@ use crate::state::AppState;
 /// unknown is rejected here (401 `invalid-token`) even on endpoints that work anonymously.
 #[derive(Debug, Clone)]
 pub struct Caller {
-    pub user: Option<User>,
+    /// Shared with the token cache (a request clones a pointer, not the user).
+    pub user: Option<Arc<User>>,
 }
 
 impl Caller {
     /// The user, or 401 `token-not-provided`.
     pub fn require(&self) -> Result<&User, ApiError> {
-        self.user.as_ref().ok_or_else(ApiError::token_not_provided)
+        self.user
+            .as_deref()
+            .ok_or_else(ApiError::token_not_provided)
     }
 
     pub fn user_id(&self) -> Option<&str> {
@@ -28,9 +34,9 @@ impl Caller {
 
 /// A caller that must be authenticated.
 #[derive(Debug, Clone)]
-pub struct Auth(pub User);
+pub struct Auth(pub Arc<User>);
 
-fn token_from_parts(parts: &Parts) -> Option<String> {
+fn token_from_parts(parts: &Parts) -> Option<Cow<'_, str>> {
     if let Some(value) = parts.headers.get(axum::http::header::AUTHORIZATION) {
         if let Ok(value) = value.to_str() {
             let value = value.trim();
@@ -40,13 +46,13 @@ fn token_from_parts(parts: &Parts) -> Option<String> {
             {
                 let token = token.trim();
                 if !token.is_empty() {
-                    return Some(token.to_string());
+                    return Some(Cow::Borrowed(token));
                 }
             }
         }
     }
     let query = parts.uri.query()?;
-    form_urlencoded_token(query)
+    form_urlencoded_token(query).map(Cow::Owned)
 }
 
 fn form_urlencoded_token(query: &str) -> Option<String> {
@@ -87,6 +93,9 @@ impl FromRequestParts<AppState> for Auth {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let caller = Caller::from_request_parts(parts, state).await?;
-        Ok(Auth(caller.require()?.clone()))
+        caller
+            .user
+            .map(Auth)
+            .ok_or_else(ApiError::token_not_provided)
     }
 }

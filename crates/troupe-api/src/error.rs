@@ -4,7 +4,7 @@
 
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 /// An API failure: HTTP status, Apify error type, message and optional extra data.
 #[derive(Debug)]
@@ -315,11 +315,33 @@ impl IntoResponse for ApiError {
                 "request rejected"
             );
         }
-        let mut error = json!({ "type": self.error_type, "message": self.message });
-        if let Some(data) = self.data {
-            error["data"] = *data;
+        /// `{"error":{"type":…,"message":…[,"data":…]}}`, serialised straight from the fields.
+        #[derive(serde::Serialize)]
+        struct Envelope<'a> {
+            error: Fields<'a>,
         }
-        let mut response = (self.status, axum::Json(json!({ "error": error }))).into_response();
+        #[derive(serde::Serialize)]
+        struct Fields<'a> {
+            r#type: &'a str,
+            message: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            data: Option<&'a Value>,
+        }
+        let envelope = Envelope {
+            error: Fields {
+                r#type: self.error_type,
+                message: &self.message,
+                data: self.data.as_deref(),
+            },
+        };
+        let mut body = Vec::with_capacity(48 + self.error_type.len() + self.message.len());
+        serde_json::to_writer(&mut body, &envelope).expect("serialisable");
+        let mut response = Response::new(axum::body::Body::from(body));
+        *response.status_mut() = self.status;
+        response.headers_mut().insert(
+            axum::http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         if let Some(header) = self.header {
             let (name, value) = *header;
             if let Ok(value) = HeaderValue::from_str(&value) {

@@ -55,7 +55,8 @@ fn check(limiter: &DefaultKeyedRateLimiter<String>, key: String) -> bool {
 /// Middleware applying [`RateLimits`] (a no-op when none is configured).
 pub async fn rate_limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let limits: Arc<RateLimits> = state.rate_limits.clone();
-    if !limits.enabled() {
+    // CORS preflights are answered without counting them.
+    if !limits.enabled() || request.method() == axum::http::Method::OPTIONS {
         return next.run(request).await;
     }
     let (mut parts, body) = request.into_parts();
@@ -64,7 +65,7 @@ pub async fn rate_limit(State(state): State<AppState>, request: Request, next: N
         let key = match Caller::from_request_parts(&mut parts, &state).await {
             Ok(caller) => caller
                 .user
-                .map(|u| u.id)
+                .map(|u| u.id.clone())
                 .unwrap_or_else(|| "anonymous".into()),
             Err(err) => return err.into_response(),
         };

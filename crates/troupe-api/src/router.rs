@@ -2,13 +2,18 @@
 //! endpoint: CORS, tracing by route template (never the raw URI, which may carry `?token=`),
 //! `?method=` override, and the error envelope for 404/405.
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
 use axum::body::Body;
-use axum::extract::{MatchedPath, Request};
-use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
-use axum::middleware::{self, Next};
+use axum::extract::MatchedPath;
+use axum::http::{header, HeaderValue, Method, Request, StatusCode};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
+use axum::routing::future::RouteFuture;
 use axum::Router;
-use tower_http::cors::{Any, CorsLayer};
 use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
@@ -76,55 +81,128 @@ pub fn app(state: AppState) -> Router {
             crate::ratelimit::rate_limit,
         ));
     }
-    router
-        .layer(
-            // A span per request, by route template. DEBUG level: with the default filter it is
-            // never built (building and formatting it cost ~2 µs a request).
-            TraceLayer::new_for_http().make_span_with(|request: &Request| {
-                let route = request
-                    .extensions()
-                    .get::<MatchedPath>()
-                    .map(MatchedPath::as_str)
-                    .unwrap_or("<unmatched>");
-                tracing::debug_span!("request", method = %request.method(), route)
-            }),
-        )
-        .layer(cors())
-        .with_state(state)
+    // A span per request, by route template, with `RUST_LOG=troupe_api=debug`. A layer costs a
+    // boxed service per route and request, so it is only mounted when the span can be recorded.
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        router = router.layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &Request<Body>| {
+                    let route = request
+                        .extensions()
+                        .get::<MatchedPath>()
+                        .map(MatchedPath::as_str)
+                        .unwrap_or("<unmatched>");
+                    tracing::debug_span!("request", method = %request.method(), route)
+                })
+                // Server errors are logged by `ApiService` for every request.
+                .on_failure(()),
+        );
+    }
+    router.with_state(state)
 }
 
-/// The router actually served: [`app`] behind the `?method=` override (which must run before
-/// routing) and the envelope for axum's bare 405s.
-pub fn service_router(state: AppState) -> Router {
-    Router::new()
-        .fallback_service(app(state))
-        .layer(middleware::from_fn(envelope_for_bare_errors))
-        .layer(middleware::from_fn(method_override))
+/// The service actually served: [`app`] behind the conventions every endpoint shares, applied
+/// once around the whole router (a `Router::layer` would box each of them again per route and
+/// request): the `?method=` override (before routing), CORS, and Apify's envelope for axum's bare
+/// 405s (which get `Allow` only after the route's own layers ran).
+pub fn service_router(state: AppState) -> ApiService {
+    ApiService { router: app(state) }
 }
 
-fn cors() -> CorsLayer {
-    let exposed: Vec<HeaderName> = [
-        "x-apify-pagination-offset",
-        "x-apify-pagination-limit",
-        "x-apify-pagination-count",
-        "x-apify-pagination-total",
-        "x-apify-pagination-desc",
-        "x-ratelimit-limit",
-        "content-disposition",
-        "location",
-    ]
-    .into_iter()
-    .map(HeaderName::from_static)
-    .collect();
-    CorsLayer::new()
-        .allow_origin(Any)
-        .allow_methods(Any)
-        .allow_headers(Any)
-        .expose_headers(exposed)
+/// See [`service_router`].
+#[derive(Clone)]
+pub struct ApiService {
+    router: Router,
+}
+
+impl<B> tower::Service<Request<B>> for ApiService
+where
+    B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = ApiFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        method_override(&mut request);
+        // Every OPTIONS request is answered as a CORS preflight. It still goes through routing,
+        // which tells (in `Allow`) what the path supports.
+        let preflight = request.method() == Method::OPTIONS;
+        ApiFuture {
+            inner: tower::Service::call(&mut self.router, request),
+            preflight,
+        }
+    }
+}
+
+/// Response future of [`ApiService`].
+pub struct ApiFuture {
+    inner: RouteFuture<Infallible>,
+    preflight: bool,
+}
+
+impl Future for ApiFuture {
+    type Output = Result<Response, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Ok(response) = ready!(Pin::new(&mut self.inner).poll(cx));
+        if self.preflight {
+            return Poll::Ready(Ok(preflight_response(&response)));
+        }
+        let mut response = envelope_for_bare_errors(response);
+        if response.status().is_server_error() {
+            tracing::error!(status = response.status().as_u16(), "response failed");
+        }
+        let headers = response.headers_mut();
+        headers.append(header::VARY, HeaderValue::from_static(CORS_VARY));
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            HeaderValue::from_static("*"),
+        );
+        headers.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static(CORS_EXPOSE),
+        );
+        Poll::Ready(Ok(response))
+    }
+}
+
+/// `Vary` of every response (CORS answers depend on these request headers).
+const CORS_VARY: &str = "origin, access-control-request-method, access-control-request-headers";
+
+/// Response headers browser code may read.
+const CORS_EXPOSE: &str = "x-apify-pagination-offset,x-apify-pagination-limit,x-apify-pagination-count,x-apify-pagination-total,x-apify-pagination-desc,x-ratelimit-limit,content-disposition,location";
+
+/// The answer to a preflight: any origin, method and header; `Allow` as routing found it.
+fn preflight_response(routed: &Response) -> Response {
+    let mut response = Response::new(Body::empty());
+    let headers = response.headers_mut();
+    headers.insert(header::VARY, HeaderValue::from_static(CORS_VARY));
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("*"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("*"),
+    );
+    if let Some(allow) = routed.headers().get(header::ALLOW) {
+        headers.insert(header::ALLOW, allow.clone());
+    }
+    response
 }
 
 /// `?method=PUT` (etc.) turns the request into that method, for clients that can only GET/POST.
-async fn method_override(mut request: Request, next: Next) -> Response {
+fn method_override<B>(request: &mut Request<B>) {
     if let Some(query) = request.uri().query() {
         if let Some(method) = query
             .split('&')
@@ -134,13 +212,10 @@ async fn method_override(mut request: Request, next: Next) -> Response {
             *request.method_mut() = method;
         }
     }
-    next.run(request).await
 }
 
-/// axum answers a wrong method with a bare 405 (and `Allow`, added after route layers ran, so
-/// this must wrap the whole router); give it Apify's envelope.
-async fn envelope_for_bare_errors(request: Request, next: Next) -> Response {
-    let response = next.run(request).await;
+/// axum answers a wrong method with a bare 405 (and `Allow`); give it Apify's envelope.
+fn envelope_for_bare_errors(response: Response) -> Response {
     if response.status() == StatusCode::METHOD_NOT_ALLOWED
         && !response.headers().contains_key(header::CONTENT_TYPE)
     {
@@ -148,9 +223,8 @@ async fn envelope_for_bare_errors(request: Request, next: Next) -> Response {
             .headers()
             .get(header::ALLOW)
             .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        return ApiError::method_not_allowed(&allow).into_response();
+            .unwrap_or("");
+        return ApiError::method_not_allowed(allow).into_response();
     }
     response
 }

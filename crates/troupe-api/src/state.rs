@@ -75,12 +75,12 @@ impl AppState {
     }
 
     /// The user owning `token`, with a short-lived in-memory cache in front of storage.
-    pub async fn user_for_token(&self, token: &str) -> Result<Option<User>, ApiError> {
+    pub async fn user_for_token(&self, token: &str) -> Result<Option<Arc<User>>, ApiError> {
         let generation = self.storage.token_generation();
         if let Some(user) = self.tokens.get(token, generation) {
             return Ok(Some(user));
         }
-        let user = self.storage.user_by_token(token).await?;
+        let user = self.storage.user_by_token(token).await?.map(Arc::new);
         if let Some(user) = &user {
             self.tokens.put(token, user.clone(), generation);
         }
@@ -103,18 +103,18 @@ const TOKEN_TTL: Duration = Duration::from_secs(5);
 
 #[derive(Default)]
 struct TokenCache {
-    entries: Mutex<HashMap<String, (User, Instant, u64)>>,
+    entries: Mutex<HashMap<String, (Arc<User>, Instant, u64)>>,
 }
 
 impl TokenCache {
     /// A cached user, if cached less than `TOKEN_TTL` ago and no revocation happened since.
-    fn get(&self, token: &str, generation: u64) -> Option<User> {
+    fn get(&self, token: &str, generation: u64) -> Option<Arc<User>> {
         let entries = self.entries.lock();
         let (user, at, seen) = entries.get(token)?;
         (*seen == generation && at.elapsed() < TOKEN_TTL).then(|| user.clone())
     }
 
-    fn put(&self, token: &str, user: User, generation: u64) {
+    fn put(&self, token: &str, user: Arc<User>, generation: u64) {
         let mut entries = self.entries.lock();
         if entries.len() > 10_000 {
             entries.clear();

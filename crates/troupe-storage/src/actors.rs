@@ -26,6 +26,14 @@ pub trait ActorStore {
     async fn create_actor(&self, actor: Actor) -> Result<Actor>;
     async fn get_actor(&self, id: &str) -> Result<Option<Actor>>;
     async fn get_actor_by_name(&self, user_id: &str, name: &str) -> Result<Option<Actor>>;
+    /// Whether an Actor with this id exists (without loading it).
+    async fn actor_exists(&self, id: &str) -> Result<bool> {
+        Ok(self.get_actor(id).await?.is_some())
+    }
+    /// The id of `user_id`'s Actor named `name` (without loading it).
+    async fn actor_id_by_name(&self, user_id: &str, name: &str) -> Result<Option<String>> {
+        Ok(self.get_actor_by_name(user_id, name).await?.map(|a| a.id))
+    }
     /// The owner's Actors, oldest first (or newest with `desc`).
     async fn list_actors(&self, user_id: &str, params: ListParams) -> Result<Page<Actor>>;
     /// Changes an Actor; `NotFound` for an unknown id, `Conflict` on a name clash.

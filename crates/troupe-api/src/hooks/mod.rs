@@ -159,7 +159,12 @@ struct EventFacts {
 /// The `resource` of an event: the run or build as its owner sees it.
 fn resource(state: &AppState, event: &JobEvent) -> Value {
     match event {
-        JobEvent::Run { run, .. } => crate::routes::runs::run_json(state, run, Some(&run.user_id)),
+        JobEvent::Run { run, .. } => serde_json::to_value(crate::routes::runs::run_json(
+            state,
+            run,
+            Some(&run.user_id),
+        ))
+        .expect("serialisable"),
         JobEvent::Build { build, .. } => {
             crate::routes::builds::build_json(build, Some(&build.user_id))
         }

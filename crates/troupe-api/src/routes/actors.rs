@@ -97,6 +97,28 @@ pub async fn find_actor(
     Ok(None)
 }
 
+/// Like [`find_actor`], but only the id (the Actor is not loaded).
+pub async fn find_actor_id(
+    state: &AppState,
+    caller: &Caller,
+    reference: &str,
+) -> ApiResult<Option<String>> {
+    let reference = reference.replacen('/', "~", 1);
+    if let Some((username, name)) = split_name_ref(&reference) {
+        let Some(owner_id) = name_ref_owner(state, caller, username).await? else {
+            return Ok(None);
+        };
+        return Ok(state.storage.actor_id_by_name(&owner_id, name).await?);
+    }
+    if state.storage.actor_exists(&reference).await? {
+        return Ok(Some(reference));
+    }
+    if let Some(user_id) = caller.user_id() {
+        return Ok(state.storage.actor_id_by_name(user_id, &reference).await?);
+    }
+    Ok(None)
+}
+
 /// The Actor a request path names, access checked: its owner may do anything; others may read
 /// a public Actor.
 pub struct ActorTarget(pub Actor, pub Caller);

@@ -374,23 +374,54 @@ async fn delete_request(
     }
 }
 
-fn head_items(head: &Head, locked: bool) -> Vec<Value> {
+/// One entry of a head, serialised straight from storage's row (no JSON tree per entry).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct HeadItemJson<'a> {
+    id: &'a str,
+    unique_key: &'a str,
+    url: &'a str,
+    method: &'a str,
+    retry_count: i64,
+    /// Only in `head/lock` answers (`null` when unset).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lock_expires_at: Option<Option<String>>,
+}
+
+fn head_items(head: &Head, locked: bool) -> Vec<HeadItemJson<'_>> {
     head.items
         .iter()
-        .map(|item| {
-            let mut value = json!({
-                "id": item.id,
-                "uniqueKey": item.unique_key,
-                "url": item.url,
-                "method": item.method,
-                "retryCount": item.retry_count,
-            });
-            if locked {
-                value["lockExpiresAt"] = json!(item.lock_expires_at.map(format_ts));
-            }
-            value
+        .map(|item| HeadItemJson {
+            id: &item.id,
+            unique_key: &item.unique_key,
+            url: &item.url,
+            method: &item.method,
+            retry_count: item.retry_count,
+            lock_expires_at: locked.then(|| item.lock_expires_at.map(format_ts)),
         })
         .collect()
+}
+
+/// `{"data": head}` serialised into a buffer sized for the entries (no regrowth on the way).
+fn head_response<T: Serialize>(status: StatusCode, head: &Head, value: T) -> Response {
+    #[derive(Serialize)]
+    struct Envelope<T> {
+        data: T,
+    }
+    let estimate = 256
+        + head
+            .items
+            .iter()
+            .map(|i| 96 + i.id.len() + i.unique_key.len() + i.url.len() + i.method.len())
+            .sum::<usize>();
+    let mut body = Vec::with_capacity(estimate);
+    serde_json::to_writer(&mut body, &Envelope { data: value }).expect("serialisable");
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        axum::body::Bytes::from(body),
+    )
+        .into_response()
 }
 
 /// GET …/head — the first pending requests, without locking (available ones first).
@@ -405,15 +436,21 @@ async fn get_head(
         .storage
         .list_head(&target.info().id, limit, client, now_ms())
         .await?;
-    Ok(data(
-        StatusCode::OK,
-        json!({
-            "limit": limit,
-            "queueModifiedAt": format_ts(head.queue_modified_at),
-            "hadMultipleClients": head.had_multiple_clients,
-            "items": head_items(&head, false),
-        }),
-    ))
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct HeadJson<'a> {
+        limit: u64,
+        queue_modified_at: String,
+        had_multiple_clients: bool,
+        items: Vec<HeadItemJson<'a>>,
+    }
+    let value = HeadJson {
+        limit,
+        queue_modified_at: format_ts(head.queue_modified_at),
+        had_multiple_clients: head.had_multiple_clients,
+        items: head_items(&head, false),
+    };
+    Ok(head_response(StatusCode::OK, &head, value))
 }
 
 /// POST …/head/lock — lock the first available requests for `lockSecs`.
@@ -443,18 +480,27 @@ async fn lock_head(
             now_ms(),
         )
         .await?;
-    Ok(data(
-        StatusCode::CREATED,
-        json!({
-            "limit": limit,
-            "lockSecs": secs,
-            "queueModifiedAt": format_ts(head.queue_modified_at),
-            "hadMultipleClients": head.had_multiple_clients,
-            "queueHasLockedRequests": head.queue_has_locked_requests,
-            "clientKey": client,
-            "items": head_items(&head, true),
-        }),
-    ))
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct LockedHeadJson<'a> {
+        limit: u64,
+        lock_secs: u64,
+        queue_modified_at: String,
+        had_multiple_clients: bool,
+        queue_has_locked_requests: bool,
+        client_key: Option<String>,
+        items: Vec<HeadItemJson<'a>>,
+    }
+    let value = LockedHeadJson {
+        limit,
+        lock_secs: secs,
+        queue_modified_at: format_ts(head.queue_modified_at),
+        had_multiple_clients: head.had_multiple_clients,
+        queue_has_locked_requests: head.queue_has_locked_requests,
+        client_key: client,
+        items: head_items(&head, true),
+    };
+    Ok(head_response(StatusCode::CREATED, &head, value))
 }
 
 fn lock_error(outcome: LockOutcome) -> ApiError {

@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use bytes::Bytes;
+use serde::Serialize;
 use serde_json::{json, Value};
 use troupe_model::actor::{Actor, Build, JobStatus, Run, RunCounters, RUN_ORIGINS};
 use troupe_model::storage::{StorageKind, StorageOrigin};
@@ -22,7 +23,7 @@ use troupe_model::user::User;
 use troupe_model::{format_ts, now_ms, DEFAULT_GENERAL_ACCESS, GENERAL_ACCESS_VALUES};
 use troupe_storage::RunFilter;
 
-use super::actors::{find_actor, resolve_build};
+use super::actors::{find_actor, find_actor_id, resolve_build};
 use super::{data, no_content};
 use crate::auth::{Auth, Caller};
 use crate::body::{read_decoded, ApifyJson, DEFAULT_BODY_LIMIT};
@@ -67,10 +68,10 @@ pub async fn resolve_run(
     if let (Some(run_id), false) = (run_id, run_id == Some("last") && actor_ref.is_some()) {
         let run = state.storage.get_run(run_id).await?.ok_or_else(not_found)?;
         if let Some(actor_ref) = actor_ref {
-            let actor = find_actor(state, caller, actor_ref)
+            let actor_id = find_actor_id(state, caller, actor_ref)
                 .await?
                 .ok_or_else(|| ApiError::not_found("Actor was not found"))?;
-            if actor.id != run.act_id {
+            if actor_id != run.act_id {
                 return Err(not_found());
             }
         }
@@ -93,12 +94,12 @@ pub async fn resolve_run(
     // "Last run" is always resolved for the token's owner.
     let user = caller.require()?;
     let (status, origin) = last_run_filters(params)?;
-    let actor = find_actor(state, caller, actor_ref)
+    let actor_id = find_actor_id(state, caller, actor_ref)
         .await?
         .ok_or_else(|| ApiError::not_found("Actor was not found"))?;
     state
         .storage
-        .last_run(&user.id, &actor.id, status, origin)
+        .last_run(&user.id, &actor_id, status, origin)
         .await?
         .ok_or_else(not_found)
 }
@@ -165,81 +166,191 @@ pub fn collection_routes() -> Router<AppState> {
     Router::new().route("/v2/actor-runs", get(list_all_runs))
 }
 
-/// The run object in Apify's shape (every field the strict Python client requires).
-pub fn run_json(state: &AppState, run: &Run, caller: Option<&str>) -> Value {
+/// The run object in Apify's shape (every field the strict Python client requires), serialised
+/// straight from the run (no JSON tree on the way).
+pub fn run_json<'a>(state: &AppState, run: &'a Run, caller: Option<&str>) -> RunJson<'a> {
     let owner = caller == Some(run.user_id.as_str());
     let end = run.finished_at.unwrap_or_else(now_ms);
     let duration = (end - run.started_at).max(0);
     let c = &run.counters;
-    let mut object = json!({
-        "id": run.id,
-        "actId": run.act_id,
-        "userId": run.user_id,
-        "actorTaskId": run.actor_task_id,
-        "startedAt": format_ts(run.started_at),
-        "finishedAt": run.finished_at.map(format_ts),
-        "status": run.status.as_str(),
-        "statusMessage": run.status_message,
-        "isStatusMessageTerminal": run.is_status_message_terminal,
-        "meta": {
-            "origin": run.origin,
-            "clientIp": run.client_ip,
-            "userAgent": run.user_agent,
-            "scheduleId": run.schedule_id,
-            "scheduledAt": run.scheduled_at.map(format_ts),
-        },
-        "stats": {
-            "inputBodyLen": c.input_body_len,
-            "migrationCount": 0,
-            "rebootCount": c.reboot_count,
-            "restartCount": c.restart_count,
-            "resurrectCount": c.resurrect_count,
-            "memAvgBytes": c.mem_max_bytes,
-            "memMaxBytes": c.mem_max_bytes,
-            "memCurrentBytes": c.mem_current_bytes,
-            "cpuAvgUsage": c.cpu_max_usage,
-            "cpuMaxUsage": c.cpu_max_usage,
-            "cpuCurrentUsage": c.cpu_current_usage,
-            "netRxBytes": 0,
-            "netTxBytes": 0,
-            "durationMillis": duration,
-            "runTimeSecs": duration as f64 / 1000.0,
-            "metamorph": c.metamorph_count,
-            "computeUnits": 0,
-        },
-        "options": {
-            "build": run.build_option,
-            "timeoutSecs": run.timeout_secs,
-            "memoryMbytes": run.memory_mbytes,
-            "diskMbytes": run.memory_mbytes * 2,
-            "maxItems": run.max_items,
-        },
-        "buildId": run.build_id,
-        "buildNumber": run.build_number,
-        "buildNumberInt": troupe_model::actor::build_number_int(&run.build_number),
-        "exitCode": run.exit_code,
-        "generalAccess": run.general_access,
-        "defaultKeyValueStoreId": run.default_key_value_store_id,
-        "defaultDatasetId": run.default_dataset_id,
-        "defaultRequestQueueId": run.default_request_queue_id,
-        "storageIds": {
-            "datasets": { "default": run.default_dataset_id },
-            "keyValueStores": { "default": run.default_key_value_store_id },
-            "requestQueues": { "default": run.default_request_queue_id },
-        },
-        "isContainerServerReady": false,
-        "chargedEventCounts": {},
-        "metamorphs": run.metamorphs,
-        "platformUsageBillingModel": "USER",
-        "consoleUrl": format!("{}/actor-runs/{}", state.api_base(), run.id),
+    let usage = owner.then_some(ComputeUnits {
+        actor_compute_units: 0,
     });
-    if owner {
-        let fields = object.as_object_mut().expect("object");
-        fields.insert("usage".into(), json!({ "ACTOR_COMPUTE_UNITS": 0 }));
-        fields.insert("usageTotalUsd".into(), json!(0));
-        fields.insert("usageUsd".into(), json!({ "ACTOR_COMPUTE_UNITS": 0 }));
+    RunJson {
+        id: &run.id,
+        act_id: &run.act_id,
+        user_id: &run.user_id,
+        actor_task_id: run.actor_task_id.as_deref(),
+        started_at: format_ts(run.started_at),
+        finished_at: run.finished_at.map(format_ts),
+        status: run.status.as_str(),
+        status_message: run.status_message.as_deref(),
+        is_status_message_terminal: run.is_status_message_terminal,
+        meta: RunMeta {
+            origin: &run.origin,
+            client_ip: run.client_ip.as_deref(),
+            user_agent: run.user_agent.as_deref(),
+            schedule_id: run.schedule_id.as_deref(),
+            scheduled_at: run.scheduled_at.map(format_ts),
+        },
+        stats: RunStats {
+            input_body_len: c.input_body_len,
+            migration_count: 0,
+            reboot_count: c.reboot_count,
+            restart_count: c.restart_count,
+            resurrect_count: c.resurrect_count,
+            mem_avg_bytes: c.mem_max_bytes,
+            mem_max_bytes: c.mem_max_bytes,
+            mem_current_bytes: c.mem_current_bytes,
+            cpu_avg_usage: c.cpu_max_usage,
+            cpu_max_usage: c.cpu_max_usage,
+            cpu_current_usage: c.cpu_current_usage,
+            net_rx_bytes: 0,
+            net_tx_bytes: 0,
+            duration_millis: duration,
+            run_time_secs: duration as f64 / 1000.0,
+            metamorph: c.metamorph_count,
+            compute_units: 0,
+        },
+        options: RunOptionsJson {
+            build: &run.build_option,
+            timeout_secs: run.timeout_secs,
+            memory_mbytes: run.memory_mbytes,
+            disk_mbytes: run.memory_mbytes * 2,
+            max_items: run.max_items,
+        },
+        build_id: &run.build_id,
+        build_number: &run.build_number,
+        build_number_int: troupe_model::actor::build_number_int(&run.build_number),
+        exit_code: run.exit_code,
+        general_access: &run.general_access,
+        default_key_value_store_id: &run.default_key_value_store_id,
+        default_dataset_id: &run.default_dataset_id,
+        default_request_queue_id: &run.default_request_queue_id,
+        storage_ids: StorageIds {
+            datasets: DefaultId {
+                default: &run.default_dataset_id,
+            },
+            key_value_stores: DefaultId {
+                default: &run.default_key_value_store_id,
+            },
+            request_queues: DefaultId {
+                default: &run.default_request_queue_id,
+            },
+        },
+        is_container_server_ready: false,
+        charged_event_counts: Empty {},
+        metamorphs: &run.metamorphs,
+        platform_usage_billing_model: "USER",
+        console_url: format!("{}/actor-runs/{}", state.api_base(), run.id),
+        usage,
+        usage_total_usd: owner.then_some(0),
+        usage_usd: usage,
     }
-    object
+}
+
+/// See [`run_json`]; fields in Apify's order.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunJson<'a> {
+    id: &'a str,
+    act_id: &'a str,
+    user_id: &'a str,
+    actor_task_id: Option<&'a str>,
+    started_at: String,
+    finished_at: Option<String>,
+    status: &'a str,
+    status_message: Option<&'a str>,
+    is_status_message_terminal: Option<bool>,
+    meta: RunMeta<'a>,
+    stats: RunStats,
+    options: RunOptionsJson<'a>,
+    build_id: &'a str,
+    build_number: &'a str,
+    build_number_int: u64,
+    exit_code: Option<i32>,
+    general_access: &'a str,
+    default_key_value_store_id: &'a str,
+    default_dataset_id: &'a str,
+    default_request_queue_id: &'a str,
+    storage_ids: StorageIds<'a>,
+    is_container_server_ready: bool,
+    charged_event_counts: Empty,
+    metamorphs: &'a [Value],
+    platform_usage_billing_model: &'static str,
+    console_url: String,
+    /// The three usage fields only for the run's owner.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<ComputeUnits>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage_total_usd: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage_usd: Option<ComputeUnits>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RunMeta<'a> {
+    origin: &'a str,
+    client_ip: Option<&'a str>,
+    user_agent: Option<&'a str>,
+    schedule_id: Option<&'a str>,
+    scheduled_at: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RunStats {
+    input_body_len: u64,
+    migration_count: u64,
+    reboot_count: u64,
+    restart_count: u64,
+    resurrect_count: u64,
+    mem_avg_bytes: u64,
+    mem_max_bytes: u64,
+    mem_current_bytes: u64,
+    cpu_avg_usage: f64,
+    cpu_max_usage: f64,
+    cpu_current_usage: f64,
+    net_rx_bytes: u64,
+    net_tx_bytes: u64,
+    duration_millis: i64,
+    run_time_secs: f64,
+    metamorph: u64,
+    compute_units: u64,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RunOptionsJson<'a> {
+    build: &'a str,
+    timeout_secs: u64,
+    memory_mbytes: u64,
+    disk_mbytes: u64,
+    max_items: Option<u64>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StorageIds<'a> {
+    datasets: DefaultId<'a>,
+    key_value_stores: DefaultId<'a>,
+    request_queues: DefaultId<'a>,
+}
+
+#[derive(Serialize)]
+struct DefaultId<'a> {
+    default: &'a str,
+}
+
+/// `{}`.
+#[derive(Serialize)]
+struct Empty {}
+
+#[derive(Serialize, Clone, Copy)]
+struct ComputeUnits {
+    #[serde(rename = "ACTOR_COMPUTE_UNITS")]
+    actor_compute_units: u64,
 }
 
 /// `waitForFinish` in seconds, capped at [`MAX_WAIT_SECS`].

@@ -145,6 +145,22 @@ impl ActorStore for SqliteStorage {
         self.read(move |conn| load(conn, "actors", &id)).await
     }
 
+    // Index seeks on a pooled reader right here: less than a hop to the blocking pool and back.
+    async fn actor_exists(&self, id: &str) -> Result<bool> {
+        self.read_blocking(|conn| {
+            let mut stmt = conn.prepare_cached("SELECT 1 FROM actors WHERE id = ?1")?;
+            Ok(stmt.exists([id])?)
+        })
+    }
+
+    async fn actor_id_by_name(&self, user_id: &str, name: &str) -> Result<Option<String>> {
+        self.read_blocking(|conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT id FROM actors WHERE user_id = ?1 AND name = ?2")?;
+            Ok(optional(stmt.query_row([user_id, name], |row| row.get(0)))?)
+        })
+    }
+
     async fn get_actor_by_name(&self, user_id: &str, name: &str) -> Result<Option<Actor>> {
         let (user_id, name) = (user_id.to_string(), name.to_string());
         self.read(move |conn| {
@@ -254,8 +270,8 @@ impl RunStore for SqliteStorage {
     }
 
     async fn get_run(&self, id: &str) -> Result<Option<Run>> {
-        let id = id.to_string();
-        self.read(move |conn| load(conn, "runs", &id)).await
+        // A unique-index seek: on a pooled reader right here, no blocking-pool hop.
+        self.read_blocking(|conn| load(conn, "runs", id))
     }
 
     async fn list_runs(
@@ -299,7 +315,8 @@ impl RunStore for SqliteStorage {
             args.push(origin.to_string());
             where_sql.push_str(&format!(" AND origin = ?{}", args.len()));
         }
-        self.read(move |conn| {
+        // One index seek (`runs_by_actor*`, LIMIT 1): on a pooled reader right here.
+        self.read_blocking(|conn| {
             let sql = format!(
                 "SELECT data FROM runs WHERE {where_sql} ORDER BY started_at DESC, num DESC LIMIT 1"
             );
@@ -308,7 +325,6 @@ impl RunStore for SqliteStorage {
                 optional(stmt.query_row(params_from_iter(args.iter()), |row| row.get(0)))?;
             text.map(|t| from_json(&t)).transpose()
         })
-        .await
     }
 
     async fn update_run(&self, id: &str, change: Mutator<Run>) -> Result<Run> {
