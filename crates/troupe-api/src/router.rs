@@ -13,6 +13,7 @@ use axum::http::{header, HeaderValue, Method, Request, StatusCode};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::future::RouteFuture;
+use axum::routing::MethodRouter;
 use axum::Router;
 use tower_http::trace::TraceLayer;
 
@@ -35,14 +36,9 @@ const RUN_PREFIXES: &[&str] = &[
 
 /// The whole API as an axum router.
 pub fn app(state: AppState) -> Router {
-    // Built once, nested under both prefixes.
-    let actor_routes = actors::routes();
     let mut router = Router::new()
         .merge(users::routes())
-        .nest("/v2/acts", actor_routes.clone())
-        .nest("/v2/actors", actor_routes)
         .merge(builds::collection_routes())
-        .nest("/v2/actor-builds/{buildId}", builds::build_routes())
         .merge(runs::collection_routes())
         .merge(tasks::routes())
         .merge(webhooks::routes())
@@ -50,28 +46,21 @@ pub fn app(state: AppState) -> Router {
         .merge(logs::routes())
         .merge(datasets::collection_routes())
         .merge(key_value_stores::collection_routes())
-        .merge(request_queues::collection_routes())
-        .nest("/v2/datasets/{datasetId}", datasets::dataset_routes())
-        .nest(
-            "/v2/key-value-stores/{storeId}",
-            key_value_stores::store_routes(),
-        )
-        .nest(
-            "/v2/request-queues/{queueId}",
-            request_queues::queue_routes(),
-        );
+        .merge(request_queues::collection_routes());
+    // Built once, mounted under both prefixes.
+    let actor_routes = actors::routes();
+    router = actor_routes.clone().mount(router, "/v2/acts");
+    router = actor_routes.mount(router, "/v2/actors");
+    router = builds::build_routes().mount(router, "/v2/actor-builds/{buildId}");
+    router = datasets::dataset_routes().mount(router, "/v2/datasets/{datasetId}");
+    router = key_value_stores::store_routes().mount(router, "/v2/key-value-stores/{storeId}");
+    router = request_queues::queue_routes().mount(router, "/v2/request-queues/{queueId}");
     for prefix in RUN_PREFIXES {
-        router = router
-            .nest(prefix, runs::run_routes())
-            .nest(&format!("{prefix}/dataset"), datasets::dataset_routes())
-            .nest(
-                &format!("{prefix}/key-value-store"),
-                key_value_stores::store_routes(),
-            )
-            .nest(
-                &format!("{prefix}/request-queue"),
-                request_queues::queue_routes(),
-            );
+        router = runs::run_routes().mount(router, prefix);
+        router = datasets::dataset_routes().mount(router, &format!("{prefix}/dataset"));
+        router =
+            key_value_stores::store_routes().mount(router, &format!("{prefix}/key-value-store"));
+        router = request_queues::queue_routes().mount(router, &format!("{prefix}/request-queue"));
     }
     router = router.fallback(|| async { ApiError::page_not_found() });
     // Rate limiting costs a layer on every request: only mount it when configured.
@@ -99,6 +88,49 @@ pub fn app(state: AppState) -> Router {
         );
     }
     router.with_state(state)
+}
+
+/// Routes relative to a mount point. [`Routes::mount`] adds them to a router under their full
+/// paths: unlike `Router::nest`, nothing strips the prefix off each request's URI (a layer, a
+/// boxed service and a rebuilt URI per request and nesting level).
+#[derive(Clone, Default)]
+pub struct Routes(Vec<(String, MethodRouter<AppState>)>);
+
+impl Routes {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds `path` (relative; `/` is the mount point itself).
+    pub fn route(mut self, path: &str, method_router: MethodRouter<AppState>) -> Self {
+        self.0.push((path.to_string(), method_router));
+        self
+    }
+
+    /// Adds `routes` under `prefix` (relative).
+    pub fn nest(mut self, prefix: &str, routes: Routes) -> Self {
+        for (path, method_router) in routes.0 {
+            self.0.push((join_path(prefix, &path), method_router));
+        }
+        self
+    }
+
+    /// Adds the routes to `router` under `prefix`.
+    pub fn mount(self, mut router: Router<AppState>, prefix: &str) -> Router<AppState> {
+        for (path, method_router) in self.0 {
+            router = router.route(&join_path(prefix, &path), method_router);
+        }
+        router
+    }
+}
+
+/// `prefix` + `path`, where the path `/` is the prefix itself (as `Router::nest` does it).
+fn join_path(prefix: &str, path: &str) -> String {
+    if path == "/" {
+        prefix.to_string()
+    } else {
+        format!("{prefix}{path}")
+    }
 }
 
 /// The service actually served: [`app`] behind the conventions every endpoint shares, applied

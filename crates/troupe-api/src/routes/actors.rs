@@ -9,7 +9,6 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
 use serde_json::{json, Map, Value};
 use troupe_model::actor::{
     Actor, Build, DefaultRunOptions, EnvVar, JobStatus, TaggedBuild, Version,
@@ -30,11 +29,12 @@ use crate::error::{ApiError, ApiResult};
 use crate::items::{items_response, ItemsQuery};
 use crate::params::Params;
 use crate::resolve::{check_access, name_ref_owner, path_map, split_name_ref, Access, AddressedBy};
+use crate::router::Routes;
 use crate::state::AppState;
 
 /// The Actor router, relative to `/v2/acts` or `/v2/actors`.
-pub fn routes() -> Router<AppState> {
-    Router::new()
+pub fn routes() -> Routes {
+    Routes::new()
         .route("/", get(list_actors).post(create_actor))
         .route(
             "/{actorId}",

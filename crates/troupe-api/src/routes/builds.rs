@@ -19,6 +19,7 @@ use crate::auth::{Auth, Caller};
 use crate::error::{ApiError, ApiResult};
 use crate::params::Params;
 use crate::resolve::{check_access, path_map, Access, AddressedBy};
+use crate::router::Routes;
 use crate::state::AppState;
 
 /// The build a request path names. Reading needs only the id (Apify serves builds without a
@@ -62,8 +63,8 @@ impl FromRequestParts<AppState> for BuildTarget {
 }
 
 /// Routes of one build, relative to it.
-pub fn build_routes() -> Router<AppState> {
-    Router::new()
+pub fn build_routes() -> Routes {
+    Routes::new()
         .route("/", get(get_build).delete(delete_build))
         .route("/abort", post(abort_build))
         .route("/log", get(super::logs::get_build_log))

@@ -16,6 +16,7 @@ use crate::error::ApiResult;
 use crate::items::{items_response, parse_push_body, ItemsQuery};
 use crate::params::Params;
 use crate::resolve::{DatasetKind, DatasetTarget};
+use crate::router::Routes;
 use crate::state::AppState;
 
 /// `/v2/datasets` (list, create).
@@ -24,7 +25,7 @@ pub fn collection_routes() -> Router<AppState> {
 }
 
 /// Routes of one dataset, relative to it.
-pub fn dataset_routes() -> Router<AppState> {
+pub fn dataset_routes() -> Routes {
     storages::object_routes::<DatasetKind>()
         .route("/items", get(get_items).post(push_items))
         .route("/statistics", get(get_statistics))

@@ -35,6 +35,7 @@ use crate::params::Params;
 use crate::resolve::{
     check_access, signature_opens, Access, AddressedBy, KvStoreKind, KvStoreTarget,
 };
+use crate::router::Routes;
 use crate::state::AppState;
 
 /// A PUT body up to this size is read into memory and handed to storage whole (storage keeps
@@ -56,7 +57,7 @@ pub fn collection_routes() -> Router<AppState> {
 }
 
 /// Routes of one store, relative to the store (`/`, `/keys`, `/records`, `/records/{recordKey}`).
-pub fn store_routes() -> Router<AppState> {
+pub fn store_routes() -> Routes {
     storages::object_routes::<KvStoreKind>()
         .route("/keys", get(list_keys))
         .route("/records", get(download_records))

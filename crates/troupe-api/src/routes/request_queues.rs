@@ -25,6 +25,7 @@ use crate::body::{parse_json_raw, ApifyJson, DecodedBody};
 use crate::error::{ApiError, ApiResult};
 use crate::params::Params;
 use crate::resolve::{QueueKind, QueueTarget};
+use crate::router::Routes;
 use crate::state::AppState;
 
 /// Collection routes (`/v2/request-queues`).
@@ -33,7 +34,7 @@ pub fn collection_routes() -> Router<AppState> {
 }
 
 /// Routes of one queue, relative to the queue (`/`, `/requests`, `/head`...).
-pub fn queue_routes() -> Router<AppState> {
+pub fn queue_routes() -> Routes {
     storages::object_routes::<QueueKind>()
         .route("/requests", get(list_requests).post(add_request))
         .route(

@@ -30,6 +30,7 @@ use crate::body::{read_decoded, ApifyJson, DEFAULT_BODY_LIMIT};
 use crate::error::{ApiError, ApiResult};
 use crate::params::Params;
 use crate::resolve::{check_access, path_map, Access, AddressedBy};
+use crate::router::Routes;
 use crate::state::AppState;
 
 /// Longest `waitForFinish` honoured (seconds).
@@ -150,8 +151,8 @@ impl FromRequestParts<AppState> for RunTarget {
 }
 
 /// Routes of one run, relative to it.
-pub fn run_routes() -> Router<AppState> {
-    Router::new()
+pub fn run_routes() -> Routes {
+    Routes::new()
         .route("/", get(get_run).put(update_run).delete(delete_run))
         .route("/abort", post(abort_run))
         .route("/metamorph", post(metamorph_run))

@@ -19,6 +19,7 @@ use crate::body::ApifyJson;
 use crate::error::{ApiError, ApiResult};
 use crate::params::Params;
 use crate::resolve::{KindMarker, StorageTarget};
+use crate::router::Routes;
 use crate::state::AppState;
 
 /// `GET` and `POST` on `/v2/{collection}`.
@@ -31,8 +32,8 @@ pub fn collection_routes(kind: StorageKind) -> Router<AppState> {
 }
 
 /// `GET`, `PUT` and `DELETE` on the storage itself (mounted at every prefix naming it).
-pub fn object_routes<K: KindMarker>() -> Router<AppState> {
-    Router::new().route(
+pub fn object_routes<K: KindMarker>() -> Routes {
+    Routes::new().route(
         "/",
         get(get_storage::<K>)
             .put(update_storage::<K>)

@@ -8,8 +8,8 @@ use axum::Router;
 use std::sync::OnceLock;
 
 use serde::Serialize;
+use serde_json::json;
 use serde_json::value::RawValue;
-use serde_json::{json, Value};
 use troupe_model::user::User;
 
 use super::data;
@@ -23,8 +23,36 @@ pub fn routes() -> Router<AppState> {
         .route("/v2/users/{userId}", get(get_user))
 }
 
-fn public_profile(user: &User) -> serde_json::Value {
-    json!({ "name": user.username, "pictureUrl": null, "bio": null, "githubUsername": null, "websiteUrl": null, "twitterUsername": null })
+/// A user's public profile (troupe keeps only the name).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PublicProfile<'a> {
+    name: &'a str,
+    picture_url: Option<&'a str>,
+    bio: Option<&'a str>,
+    github_username: Option<&'a str>,
+    website_url: Option<&'a str>,
+    twitter_username: Option<&'a str>,
+}
+
+fn public_profile(user: &User) -> PublicProfile<'_> {
+    PublicProfile {
+        name: &user.username,
+        picture_url: None,
+        bio: None,
+        github_username: None,
+        website_url: None,
+        twitter_username: None,
+    }
+}
+
+/// `{username}@troupe.local`, written straight into the output.
+struct Email<'a>(&'a str);
+
+impl Serialize for Email<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&format_args!("{}@troupe.local", self.0))
+    }
 }
 
 /// The parts of `users/me` that are the same for every user (troupe has no plans or proxy),
@@ -69,29 +97,30 @@ async fn get_me(Auth(user): Auth) -> Response {
     struct Me<'a> {
         id: &'a str,
         username: &'a str,
-        profile: Value,
-        email: String,
+        profile: PublicProfile<'a>,
+        email: Email<'a>,
         created_at: String,
     }
     let me = Me {
         id: &user.id,
         username: &user.username,
         profile: public_profile(&user),
-        email: format!("{}@troupe.local", user.username),
+        email: Email(&user.username),
         created_at: troupe_model::format_ts(user.created_at),
     };
     // `{"data":{…per-user fields…,…constant fields…}}` without building a tree for the rest.
-    let mut body = String::with_capacity(1024);
-    body.push_str("{\"data\":");
-    body.push_str(&serde_json::to_string(&me).expect("serialisable"));
+    let constant = constant_account_fields().get();
+    let mut body = Vec::with_capacity(256 + constant.len());
+    body.extend_from_slice(b"{\"data\":");
+    serde_json::to_writer(&mut body, &me).expect("serialisable");
     body.pop(); // the closing brace of `me`
-    body.push(',');
-    body.push_str(&constant_account_fields().get()[1..]);
-    body.push('}');
+    body.push(b',');
+    body.extend_from_slice(&constant.as_bytes()[1..]);
+    body.push(b'}');
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/json")],
-        body,
+        axum::body::Bytes::from(body),
     )
         .into_response()
 }
@@ -106,8 +135,18 @@ async fn get_user(
         .find_user(&user_id)
         .await?
         .ok_or_else(|| ApiError::not_found("User was not found"))?;
+    #[derive(Serialize)]
+    struct PublicUser<'a> {
+        id: &'a str,
+        username: &'a str,
+        profile: PublicProfile<'a>,
+    }
     Ok(data(
         StatusCode::OK,
-        json!({ "id": user.id, "username": user.username, "profile": public_profile(&user) }),
+        PublicUser {
+            id: &user.id,
+            username: &user.username,
+            profile: public_profile(&user),
+        },
     ))
 }
