@@ -164,7 +164,7 @@ impl StorageCatalog for SqliteStorage {
             let order = if params.desc { "DESC" } else { "ASC" };
             let sql = format!(
                 "SELECT {INFO_COLUMNS} FROM storages s LEFT JOIN users u ON u.id = s.user_id
-                 WHERE s.user_id = ?1 AND s.kind = ?2{named_only} ORDER BY s.created_at {order}, s.num {order} LIMIT ?3 OFFSET ?4"
+                 WHERE s.user_id = ?1 AND s.kind = ?2{named_only} ORDER BY s.created_at {order}, s.num {order} LIMIT ?3 + 0 OFFSET ?4"
             );
             let mut stmt = conn.prepare_cached(&sql)?;
             let items = stmt

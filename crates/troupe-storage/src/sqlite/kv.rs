@@ -609,11 +609,11 @@ impl KvStore for SqliteStorage {
                 };
                 let (sql, lower) = match query.exclusive_start_key {
                     Some(start) if start.as_str() >= prefix.as_str() => (
-                        "SELECT key, size FROM kv_records WHERE store_num = ?1 AND key > ?2 AND key < ?3 ORDER BY key LIMIT ?4",
+                        "SELECT key, size FROM kv_records WHERE store_num = ?1 AND key > ?2 AND key < ?3 ORDER BY key LIMIT ?4 + 0",
                         start,
                     ),
                     _ => (
-                        "SELECT key, size FROM kv_records WHERE store_num = ?1 AND key >= ?2 AND key < ?3 ORDER BY key LIMIT ?4",
+                        "SELECT key, size FROM kv_records WHERE store_num = ?1 AND key >= ?2 AND key < ?3 ORDER BY key LIMIT ?4 + 0",
                         prefix,
                     ),
                 };

@@ -16,9 +16,13 @@ use crate::queues::{
 };
 use crate::{Error, QueueStore, Result};
 
+// `LIMIT ?n + 0`, never a bare `LIMIT ?n`: SQLite plans with the value bound to a bare LIMIT
+// parameter, so every new binding would re-prepare the statement (~100k instructions, more than
+// the query itself).
+
 /// The first available requests in queue order, for locking.
 const SQL_LOCKABLE: &str = "SELECT id, unique_key, url, method, retry_count, rid FROM rq_requests
-     WHERE queue = ?1 AND handled_at IS NULL AND locked_until = 0 ORDER BY ord LIMIT ?2";
+     WHERE queue = ?1 AND handled_at IS NULL AND locked_until = 0 ORDER BY ord LIMIT ?2 + 0";
 /// Locks that expired by ?2.
 const SQL_EXPIRED: &str = "SELECT rid, lapse_to FROM rq_requests
      WHERE queue = ?1 AND handled_at IS NULL AND locked_until > 0 AND locked_until <= ?2";
@@ -27,10 +31,10 @@ const SQL_HAS_LOCKED: &str = "SELECT EXISTS (SELECT 1 FROM rq_requests
      WHERE queue = ?1 AND handled_at IS NULL AND locked_until > ?2)";
 /// The first available requests in queue order, for the non-locking head.
 const SQL_AVAILABLE: &str = "SELECT id, unique_key, url, method, retry_count, ord FROM rq_requests
-     WHERE queue = ?1 AND handled_at IS NULL AND locked_until = 0 ORDER BY ord LIMIT ?2";
+     WHERE queue = ?1 AND handled_at IS NULL AND locked_until = 0 ORDER BY ord LIMIT ?2 + 0";
 /// Locked requests, soonest expiry first.
 const SQL_LOCKED: &str = "SELECT id, unique_key, url, method, retry_count, locked_until FROM rq_requests
-     WHERE queue = ?1 AND handled_at IS NULL AND locked_until > ?2 ORDER BY locked_until, ord LIMIT ?3";
+     WHERE queue = ?1 AND handled_at IS NULL AND locked_until > ?2 ORDER BY locked_until, ord LIMIT ?3 + 0";
 
 /// Query plans of the head queries (tests assert they are index range scans).
 #[cfg(test)]
@@ -698,7 +702,7 @@ impl QueueStore for SqliteStorage {
                 };
                 let sql = format!(
                     "SELECT id, data FROM rq_requests INDEXED BY {index}
-                     WHERE queue = ?1 AND id > ?2{condition} ORDER BY id LIMIT ?3"
+                     WHERE queue = ?1 AND id > ?2{condition} ORDER BY id LIMIT ?3 + 0"
                 );
                 let mut stmt = conn.prepare_cached(&sql)?;
                 let after = after.unwrap_or_default();
