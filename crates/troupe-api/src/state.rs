@@ -101,9 +101,12 @@ impl AppState {
 /// How long a token lookup is cached: a token revoked from another process stops working within this.
 const TOKEN_TTL: Duration = Duration::from_secs(5);
 
+/// A cached lookup: the user, when it was cached, and the revocation generation it saw.
+type CachedUser = (Arc<User>, Instant, u64);
+
 #[derive(Default)]
 struct TokenCache {
-    entries: Mutex<HashMap<String, (Arc<User>, Instant, u64)>>,
+    entries: Mutex<HashMap<String, CachedUser>>,
 }
 
 impl TokenCache {
