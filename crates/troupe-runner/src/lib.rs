@@ -506,11 +506,12 @@ impl Runner {
     pub async fn shutdown(&self) {
         let ids: Vec<String> = self.inner.live.lock().keys().cloned().collect();
         for id in &ids {
-            if let Ok(Some(run)) = self.inner.storage.get_run(id).await {
-                if let Some(mark) = &run.process {
-                    process::kill_group(mark.pid, libc::SIGKILL);
-                }
-            }
+            let mark = match self.inner.storage.get_run(id).await {
+                Ok(Some(run)) => run.process,
+                _ => None,
+            };
+            // The run is ended before its process is killed: killed first, its supervisor could
+            // record a plain FAILED first, and this message would never be set.
             let message = "The server was stopped while the run was going";
             LogWriter::open(&self.inner.config.data_dir, id, self.inner.config.log_limit)
                 .map(|log| log.system(message))
@@ -532,6 +533,9 @@ impl Runner {
                     }),
                 )
                 .await;
+            if let Some(mark) = &mark {
+                process::kill_group(mark.pid, libc::SIGKILL);
+            }
             let _ = self.inner.storage.revoke_run_tokens(id).await;
         }
         for pid in self.inner.build_pids.lock().values() {
