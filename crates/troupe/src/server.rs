@@ -151,22 +151,29 @@ pub async fn run(options: ServeOptions) -> anyhow::Result<()> {
     troupe_api::hooks::start(&state).await?;
     // Runs a previous server process left behind end now (or are queued again if not started).
     runner.recover().await?;
+    // Signal handlers are in place before anyone is told the server listens (a future that
+    // installs them when first polled could miss a SIGTERM sent right after the first requests).
+    let shutdown = shutdown_signal();
     // One stdout line tests and scripts can parse.
     println!("troupe listening on http://{bound} (API base {public_base_url}/v2)");
     tracing::info!(%bound, "listening");
-    troupe_api::serve(listener, state, shutdown_signal()).await?;
+    troupe_api::serve(listener, state, shutdown).await?;
     // Nothing started by this server outlives it.
     runner.shutdown().await;
     tracing::info!("stopped");
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Completes on SIGTERM or SIGINT; the handlers are installed when this is called.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
     }
-    tracing::info!("shutting down");
 }
