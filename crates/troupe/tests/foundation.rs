@@ -97,6 +97,8 @@ async fn unknown_route_and_wrong_method() {
         .unwrap()
         .to_string();
     assert!(allow.contains("GET") && allow.contains("POST"), "{allow}");
+    // Errors carry the CORS headers like every other response.
+    assert_eq!(response.headers()["access-control-allow-origin"], "*");
     let body = assert_error(response, 405, "method-not-allowed").await;
     assert!(body["error"]["message"].as_str().unwrap().contains("POST"));
 }
@@ -128,6 +130,19 @@ async fn method_override_and_cors() {
         .unwrap();
     assert!(preflight.status().is_success());
     assert_eq!(preflight.headers()["access-control-allow-origin"], "*");
+    assert_eq!(preflight.headers()["access-control-allow-methods"], "*");
+    assert_eq!(preflight.headers()["access-control-allow-headers"], "*");
+    // Any OPTIONS request is a preflight, on an unknown path too; it changes nothing.
+    let unknown = http
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/no-such-thing", server.api()),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 200);
+    assert_eq!(unknown.headers()["access-control-allow-origin"], "*");
     let items = http
         .get(server.url("/datasets/~via-get/items"))
         .header("origin", "http://example.test")
