@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, Transaction};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use troupe_model::storage::{StorageInfo, StorageKind};
 
 use super::{optional, Durability, Inner, SqliteStorage};
@@ -29,6 +29,9 @@ use crate::{Error, KvStore, Result};
 /// Records up to this size are kept inline in the database (one B-tree lookup to read);
 /// larger ones go to files.
 pub const INLINE_MAX: usize = 128 * 1024;
+
+/// Bytes of a streamed record body gathered before each write to its file.
+const BLOB_BLOCK: usize = 1 << 20;
 
 /// How often buffered counters are written and doomed blobs removed.
 const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
@@ -100,6 +103,16 @@ fn background(weak: Weak<Inner>) {
 fn blob_referenced(conn: &Connection, blob: &str) -> Result<bool> {
     let mut stmt = conn.prepare_cached("SELECT 1 FROM kv_records WHERE blob = ?1")?;
     Ok(optional(stmt.query_row([blob], |_| Ok(())))?.is_some())
+}
+
+/// Runs file I/O on the blocking pool.
+async fn run_io<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|err| Error::Internal(anyhow::anyhow!("file task failed: {err}")))?
+        .map_err(Error::from)
 }
 
 fn remove_quietly(path: &Path) {
@@ -187,59 +200,78 @@ impl SqliteStorage {
     }
 
     /// Streams `source` into a new blob file; returns (blob id, size). Nothing is left behind on
-    /// error.
+    /// error. The body is gathered in blocks of [`BLOB_BLOCK`] bytes, each written by one call
+    /// on the blocking pool (no further copies, no hop per chunk).
     async fn write_blob(&self, source: RecordSource) -> Result<(String, u64)> {
         let dir = kv_dir(self.blobs_dir());
         let tmp_path = dir
             .join("tmp")
             .join(format!("{}.tmp", troupe_model::new_id()));
+        let full = self.inner.options.durability == Durability::Full;
+        let blob = troupe_model::new_id();
+        let final_path = blob_path(self.blobs_dir(), &blob);
         let result = async {
-            let file = tokio::fs::File::create(&tmp_path).await?;
-            let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
+            let mut file: Option<std::fs::File> = None;
             let mut size = 0u64;
+            let mut write = |file: Option<std::fs::File>, block: Bytes| {
+                let tmp_path = tmp_path.clone();
+                size += block.len() as u64;
+                run_io(move || {
+                    let mut file = match file {
+                        Some(file) => file,
+                        None => std::fs::File::create(&tmp_path)?,
+                    };
+                    std::io::Write::write_all(&mut file, &block)?;
+                    Ok(file)
+                })
+            };
             match source {
-                RecordSource::Bytes(bytes) => {
-                    out.write_all(&bytes).await?;
-                    size = bytes.len() as u64;
-                }
-                RecordSource::Stream(mut reader) => {
-                    let mut buf = vec![0u8; 256 * 1024];
-                    loop {
-                        let n = reader.read(&mut buf).await?;
-                        if n == 0 {
+                RecordSource::Bytes(bytes) => file = Some(write(None, bytes).await?),
+                RecordSource::Stream(mut reader) => loop {
+                    let mut block = Vec::with_capacity(BLOB_BLOCK);
+                    while block.len() < BLOB_BLOCK {
+                        if reader.read_buf(&mut block).await? == 0 {
                             break;
                         }
-                        out.write_all(&buf[..n]).await?;
-                        size += n as u64;
                     }
+                    let last = block.len() < BLOB_BLOCK;
+                    if !block.is_empty() || file.is_none() {
+                        file = Some(write(file.take(), Bytes::from(block)).await?);
+                    }
+                    if last {
+                        break;
+                    }
+                },
+            }
+            let file = file.expect("the first block creates the file");
+            let (tmp, dest) = (tmp_path.clone(), final_path.clone());
+            run_io(move || {
+                // Synced before it is referenced when commits are synced too (`--fsync`); by
+                // default, like the database, it survives a crash or kill -9 but not a power
+                // loss.
+                if full {
+                    file.sync_data()?;
                 }
-            }
-            out.flush().await?;
-            let file = out.into_inner();
-            // Synced before it is referenced when commits are synced too (`--fsync`); by default,
-            // like the database, it survives a crash or kill -9 but not a power loss.
-            if self.inner.options.durability == Durability::Full {
-                file.sync_data().await?;
-            }
-            drop(file);
-            let blob = troupe_model::new_id();
-            let final_path = blob_path(self.blobs_dir(), &blob);
-            let shard = final_path.parent().expect("shard dir");
-            tokio::fs::create_dir_all(shard).await?;
-            tokio::fs::rename(&tmp_path, &final_path).await?;
-            if self.inner.options.durability == Durability::Full {
-                let shard = shard.to_path_buf();
-                tokio::task::spawn_blocking(move || std::fs::File::open(shard)?.sync_all())
-                    .await
-                    .map_err(|err| Error::Internal(anyhow::anyhow!("sync task failed: {err}")))??;
-            }
-            Ok::<_, Error>((blob, size))
+                drop(file);
+                let shard = dest.parent().expect("shard dir");
+                std::fs::create_dir_all(shard)?;
+                std::fs::rename(&tmp, &dest)?;
+                if full {
+                    std::fs::File::open(shard)?.sync_all()?;
+                }
+                Ok(())
+            })
+            .await?;
+            Ok::<_, Error>(size)
         }
         .await;
-        if result.is_err() {
-            let _ = tokio::fs::remove_file(&tmp_path).await;
+        match result {
+            Ok(size) => Ok((blob, size)),
+            Err(err) => {
+                let _ = tokio::fs::remove_file(&tmp_path).await;
+                Err(err)
+            }
         }
-        result
     }
 }
 
