@@ -339,8 +339,18 @@ fn produce_text(job: &Job, table: Table, sink: &mut Sink) -> anyhow::Result<Byte
     state
         .encoder
         .start(query, &job.title, &job.link, &mut state.out);
-    // Rows kept by the column pass are written as one block: chunks may exceed CHUNK here.
-    state.encoder.rows(&rows, &mut state.out);
+    // Rows kept by the column pass, sent on whenever a buffer is full.
+    let mut next = 0;
+    loop {
+        next = state.encoder.rows(&rows, next, BUFFER_MAX, &mut state.out);
+        if next == rows.len() {
+            break;
+        }
+        let chunk = std::mem::replace(&mut state.out, Vec::with_capacity(CHUNK + CHUNK / 2));
+        if !state.sink.send(Bytes::from(chunk)) {
+            return Ok(Bytes::new()); // client went away
+        }
+    }
     drop(rows);
     let passthrough = query.is_passthrough();
     let mut gone = false;

@@ -292,7 +292,7 @@ impl TextEncoder {
                 let mut row = std::mem::take(&mut self.row);
                 row.clear();
                 self.columns.add_row(record, &mut row);
-                self.rows(&row, out);
+                self.rows(&row, 0, usize::MAX, out);
                 self.row = row;
             }
             ItemFormat::Xml | ItemFormat::Rss => {
@@ -308,9 +308,13 @@ impl TextEncoder {
         }
     }
 
-    /// Rows laid out already (CSV, HTML): the column pass keeps those of the first items.
-    pub fn rows(&mut self, rows: &Rows, out: &mut Vec<u8>) {
-        for row in 0..rows.len() {
+    /// Rows laid out already (CSV, HTML; the column pass keeps those of the first items), from
+    /// row `from` until `out` holds `max_out` bytes; returns the next row to write.
+    pub fn rows(&mut self, rows: &Rows, from: usize, max_out: usize, out: &mut Vec<u8>) -> usize {
+        for row in from..rows.len() {
+            if out.len() >= max_out {
+                return row;
+            }
             rows.layout(row, &self.columns, &mut self.slots);
             let cells = self
                 .slots
@@ -328,6 +332,7 @@ impl TextEncoder {
                 out.extend_from_slice(b"</tr>\n");
             }
         }
+        rows.len()
     }
 
     /// Everything after the last item.
