@@ -1,10 +1,9 @@
-//! Validates a push body without building a tree: the body is split into raw items, each must
-//! be a JSON object; hidden-field emptiness is found with a key-only scan.
+//! Validates a push body without building a tree, in one pass: each item must be a JSON object;
+//! its raw text is kept as sent and hidden-field emptiness is found while it is validated.
 
 use std::fmt;
 
 use serde::de::{IgnoredAny, MapAccess, Visitor};
-use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use troupe_model::storage::NewItem;
 
@@ -98,43 +97,61 @@ fn invalid_item(position: usize) -> Value {
     })
 }
 
-/// Turns a push body (one object or an array of objects) into items. Nothing is accepted unless
-/// every item is an object.
+/// JSON whitespace.
+fn skip_ws(bytes: &[u8], mut pos: usize) -> usize {
+    while pos < bytes.len() && matches!(bytes[pos], b' ' | b'\t' | b'\n' | b'\r') {
+        pos += 1;
+    }
+    pos
+}
+
+/// One item, walked by [`VisibleKeys`]: its count of visible top-level keys.
+struct Visible(usize);
+
+impl<'de> serde::Deserialize<'de> for Visible {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(VisibleKeys).map(Visible)
+    }
+}
+
+/// Parses the JSON value at the start of `text` as `T`; returns it and its length in bytes.
+fn parse_prefix<'a, T: serde::Deserialize<'a>>(
+    text: &'a str,
+) -> Result<(T, usize), serde_json::Error> {
+    let mut stream = serde_json::Deserializer::from_str(text).into_iter::<T>();
+    match stream.next() {
+        Some(Ok(value)) => Ok((value, stream.byte_offset())),
+        Some(Err(err)) => Err(err),
+        None => Err(serde::de::Error::custom("EOF while parsing a value")),
+    }
+}
+
+/// Turns a push body (one object or an array of objects) into items, in one pass over the
+/// bytes: each element is validated (and its visible keys counted) where it lies, and its raw
+/// text kept. Nothing is accepted unless every item is an object.
 pub fn parse_push_body(body: &[u8]) -> ApiResult<Vec<NewItem>> {
     let text = std::str::from_utf8(body)
         .map_err(|_| ApiError::invalid_input("Request body is not valid UTF-8"))?;
     // A UTF-8 BOM (some tools write one) is not part of the JSON.
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let trimmed = text.trim_start();
-    if trimmed.is_empty() {
+    let bytes = text.as_bytes();
+    let start = skip_ws(bytes, 0);
+    if start == bytes.len() {
         return Err(ApiError::invalid_input(
             "Request body is empty; send a JSON object or an array of objects",
         ));
     }
-    let raws: Vec<&RawValue> = if trimmed.starts_with('[') {
-        serde_json::from_str(text).map_err(|err| {
-            ApiError::invalid_input(format!("Invalid JSON in request body: {err}"))
-        })?
-    } else {
-        vec![serde_json::from_str(text).map_err(|err| {
-            ApiError::invalid_input(format!("Invalid JSON in request body: {err}"))
-        })?]
-    };
-    let mut items = Vec::with_capacity(raws.len());
-    let mut invalid = Vec::new();
-    for (position, raw) in raws.into_iter().enumerate() {
-        let json = raw.get();
-        if !json.starts_with('{') {
-            invalid.push(invalid_item(position));
-            continue;
+    let syntax = |position: Option<usize>, err: &dyn fmt::Display| match position {
+        Some(position) => {
+            ApiError::invalid_input(format!("Invalid JSON in item {position}: {err}"))
         }
-        let mut de = serde_json::Deserializer::from_str(json);
-        let visible =
-            serde::Deserializer::deserialize_map(&mut de, VisibleKeys).map_err(|err| {
-                ApiError::invalid_input(format!("Invalid JSON in item {position}: {err}"))
-            })?;
+        None => ApiError::invalid_input(format!("Invalid JSON in request body: {err}")),
+    };
+    let mut items = Vec::new();
+    let mut invalid = Vec::new();
+    let mut accept = |json: &str, visible: usize| {
         // Stored items must be single-line so JSONL exports stay one item per line.
-        let json: Box<str> = if json.contains('\n') || json.contains('\r') {
+        let json: Box<str> = if memchr::memchr2(b'\n', b'\r', json.as_bytes()).is_some() {
             let value: Value = serde_json::from_str(json).map_err(ApiError::internal)?;
             value.to_string().into()
         } else {
@@ -144,6 +161,65 @@ pub fn parse_push_body(body: &[u8]) -> ApiResult<Vec<NewItem>> {
             json,
             clean: visible > 0,
         });
+        Ok::<(), ApiError>(())
+    };
+    if bytes[start] != b'[' {
+        // One value: an object, or anything else (a schema error, if it is valid JSON).
+        if bytes[start] == b'{' {
+            let rest = &text[start..];
+            let (Visible(visible), len) =
+                parse_prefix(rest).map_err(|err| syntax(Some(0), &err))?;
+            if skip_ws(bytes, start + len) != bytes.len() {
+                return Err(syntax(None, &"trailing characters after the object"));
+            }
+            accept(&rest[..len], visible)?;
+        } else {
+            serde_json::from_str::<IgnoredAny>(text).map_err(|err| syntax(None, &err))?;
+            invalid.push(invalid_item(0));
+        }
+    } else {
+        let mut pos = skip_ws(bytes, start + 1);
+        let mut position = 0;
+        if bytes.get(pos) == Some(&b']') {
+            pos += 1;
+        } else {
+            loop {
+                pos = skip_ws(bytes, pos);
+                if pos == bytes.len() {
+                    return Err(syntax(None, &"EOF while parsing a list"));
+                }
+                let rest = &text[pos..];
+                if bytes[pos] == b'{' {
+                    let (Visible(visible), len) =
+                        parse_prefix(rest).map_err(|err| syntax(Some(position), &err))?;
+                    accept(&rest[..len], visible)?;
+                    pos += len;
+                } else {
+                    let (_, len) = parse_prefix::<IgnoredAny>(rest)
+                        .map_err(|err| syntax(Some(position), &err))?;
+                    invalid.push(invalid_item(position));
+                    pos += len;
+                }
+                position += 1;
+                pos = skip_ws(bytes, pos);
+                match bytes.get(pos) {
+                    Some(b',') => pos += 1,
+                    Some(b']') => {
+                        pos += 1;
+                        break;
+                    }
+                    _ => {
+                        return Err(syntax(
+                            Some(position - 1),
+                            &"expected `,` or `]` after the item",
+                        ))
+                    }
+                }
+            }
+        }
+        if skip_ws(bytes, pos) != bytes.len() {
+            return Err(syntax(None, &"trailing characters after the array"));
+        }
     }
     if !invalid.is_empty() {
         return Err(ApiError::schema_validation(
@@ -188,6 +264,41 @@ mod tests {
         assert!(
             parse_push_body(b"[{\"big\":123456789012345678901234567890,\"f\":1.5e300}]").is_ok()
         );
+    }
+
+    #[test]
+    fn items_keep_their_exact_text() {
+        let items = parse_push_body(b" [ {\"a\": [1, {\"b\":\"]\"}]} ,{\"#x\":\"}\"}\t] ").unwrap();
+        let texts: Vec<&str> = items.iter().map(|i| &*i.json).collect();
+        assert_eq!(texts, vec![r#"{"a": [1, {"b":"]"}]}"#, r##"{"#x":"}"}"##]);
+        assert!(items[0].clean && !items[1].clean);
+        assert!(parse_push_body(b"[]").unwrap().is_empty());
+        assert!(parse_push_body(b" [ ] ").unwrap().is_empty());
+        let one = parse_push_body(b" {\"a\":1} \n").unwrap();
+        assert_eq!(&*one[0].json, r#"{"a":1}"#);
+    }
+
+    #[test]
+    fn malformed_arrays_are_invalid_input() {
+        for body in [
+            &b"[{\"a\":1},]"[..],
+            b"[{\"a\":1} {\"b\":2}]",
+            b"[{\"a\":1}",
+            b"[{\"a\":1}] x",
+            b"{\"a\":1} {}",
+            b"[{\"a\":1},",
+            b"[,]",
+            b"[{\"a\":}]",
+            b"[{\"a\":1}, [1,]]",
+            b"[\"x]",
+        ] {
+            assert_eq!(
+                parse_push_body(body).unwrap_err().error_type,
+                "invalid-input",
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
     }
 
     #[test]
