@@ -1222,3 +1222,87 @@ async fn fast_output_is_logged_in_order_up_to_the_log_limit() {
         &log[log.len().saturating_sub(500)..]
     );
 }
+
+/// Fields missing from a run's input take the `default` of the build's input schema (never
+/// `prefill`); an absent input becomes the defaults; non-object inputs stay as sent.
+#[tokio::test]
+async fn input_schema_defaults_fill_missing_fields() {
+    let server = TestServer::start();
+    let schema = json!({
+        "title": "Input", "type": "object", "schemaVersion": 1,
+        "properties": {
+            "startUrls": {"title": "URLs", "type": "array", "editor": "requestListSources",
+                          "default": [{"url": "https://example.com"}]},
+            "maxPages": {"title": "Max", "type": "integer", "default": 10},
+            "query": {"title": "Query", "type": "string", "editor": "textfield", "prefill": "apify"},
+        },
+    });
+    let actor = json!({
+        "name": "with-schema",
+        "versions": [{
+            "versionNumber": "0.1",
+            "sourceType": "SOURCE_FILES",
+            "sourceFiles": [
+                {"name": ".actor/actor.json", "format": "TEXT",
+                 "content": "{\"actorSpecification\":1,\"startCommand\":\"sh main.sh\",\"input\":\"./input_schema.json\"}"},
+                {"name": ".actor/input_schema.json", "format": "TEXT", "content": schema.to_string()},
+                {"name": "main.sh", "format": "TEXT", "content": "true"},
+            ],
+        }],
+        "defaultRunOptions": {"build": "latest", "timeoutSecs": 120, "memoryMbytes": 128},
+    });
+    let id = common::actors::built_actor_from(&server, actor).await;
+    let input_of = |run: &Value| {
+        let store = run["defaultKeyValueStoreId"].as_str().unwrap().to_string();
+        let url = server.url(&format!("/key-value-stores/{store}/records/INPUT"));
+        async move { client().get(url).send().await.unwrap() }
+    };
+
+    // Partial input: the given field wins, missing ones take their defaults, prefill is not used.
+    let run = start_run(
+        &server,
+        &format!("/acts/{id}/runs"),
+        json!({"maxPages": 3, "other": true}),
+    )
+    .await;
+    let input: Value = input_of(&run).await.json().await.unwrap();
+    assert_eq!(
+        input,
+        json!({"maxPages": 3, "other": true, "startUrls": [{"url": "https://example.com"}]})
+    );
+    assert_eq!(
+        wait_run(&server, run["id"].as_str().unwrap()).await["status"],
+        "SUCCEEDED"
+    );
+
+    // No input at all: the defaults are the input.
+    let response = client()
+        .post(server.url(&format!("/acts/{id}/runs")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let run: Value = response.json().await.unwrap();
+    let input: Value = input_of(&run["data"]).await.json().await.unwrap();
+    assert_eq!(
+        input,
+        json!({"maxPages": 10, "startUrls": [{"url": "https://example.com"}]})
+    );
+
+    // A text input is not touched.
+    let response = client()
+        .post(server.url(&format!("/acts/{id}/runs")))
+        .header("content-type", "text/plain")
+        .body("just text")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let run: Value = response.json().await.unwrap();
+    let record = input_of(&run["data"]).await;
+    assert!(record.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    assert_eq!(record.text().await.unwrap(), "just text");
+}

@@ -833,6 +833,55 @@ pub async fn put_input_record(
     crate::routes::run_input::put(state, store_id, key, bytes, content_type).await
 }
 
+/// Fills the fields an input lacks with the `default` values of the build's input schema, as
+/// Apify does when a run starts (`prefill` is only for forms and is not applied). Applies when the
+/// input is a JSON object or absent; any other input (text, binary, a JSON array) and a missing or
+/// unreadable schema leave it untouched. An input that lacks nothing is kept byte for byte.
+pub fn with_schema_defaults(
+    input: Option<(Bytes, String)>,
+    schema: Option<&str>,
+) -> Option<(Bytes, String)> {
+    let Some(defaults) = schema.and_then(schema_defaults) else {
+        return input;
+    };
+    let mut object = match &input {
+        None => serde_json::Map::new(),
+        Some((bytes, content_type)) if content_type.starts_with("application/json") => {
+            match serde_json::from_slice::<Value>(bytes) {
+                Ok(Value::Object(object)) => object,
+                _ => return input,
+            }
+        }
+        Some(_) => return input,
+    };
+    let mut added = false;
+    for (key, value) in defaults {
+        if !object.contains_key(&key) {
+            object.insert(key, value);
+            added = true;
+        }
+    }
+    if !added {
+        return input;
+    }
+    let content_type = input
+        .map(|(_, content_type)| content_type)
+        .unwrap_or_else(|| "application/json; charset=utf-8".to_string());
+    let bytes = serde_json::to_vec(&Value::Object(object)).ok()?;
+    Some((Bytes::from(bytes), content_type))
+}
+
+/// `(property, default)` pairs of an input schema's top-level `properties`.
+fn schema_defaults(schema: &str) -> Option<Vec<(String, Value)>> {
+    let schema: Value = serde_json::from_str(schema).ok()?;
+    let properties = schema.get("properties")?.as_object()?;
+    let defaults: Vec<(String, Value)> = properties
+        .iter()
+        .filter_map(|(key, property)| Some((key.clone(), property.get("default")?.clone())))
+        .collect();
+    (!defaults.is_empty()).then_some(defaults)
+}
+
 /// What starting a run needs.
 pub struct StartRun {
     pub actor: Actor,
@@ -885,8 +934,9 @@ pub async fn start_run(state: &AppState, user: &User, request: StartRun) -> ApiR
             .await?;
         ids.push(info.id);
     }
-    let input_len = request.input.as_ref().map(|(b, _)| b.len()).unwrap_or(0);
-    if let Some((bytes, content_type)) = request.input {
+    let input = with_schema_defaults(request.input, build.input_schema.as_deref());
+    let input_len = input.as_ref().map(|(b, _)| b.len()).unwrap_or(0);
+    if let Some((bytes, content_type)) = input {
         put_input_record(state, user, &ids[1], "INPUT", bytes, &content_type).await?;
     }
     let now = now_ms();
