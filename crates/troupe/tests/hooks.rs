@@ -6,13 +6,13 @@ mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use base64::Engine;
-use common::{assert_error, client, TestServer};
+use common::actors::{built_actor as shell_actor, create_actor, wait_run as wait_finished};
+use common::{assert_error, client, data_of, eventually, get_data, post_data, send, TestServer};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -79,7 +79,7 @@ impl Receiver {
 
     /// Waits until `path` received at least `n` requests.
     async fn wait_for(&self, path: &str, n: usize) -> Vec<Received> {
-        poll(|| async {
+        eventually(&format!("{n} requests to {path}"), || async {
             let got = self.on(path);
             (got.len() >= n).then_some(got)
         })
@@ -110,117 +110,11 @@ async fn record(
     }
 }
 
-/// Polls `check` (every 100 ms) until it gives a value; fails after 90 s.
-async fn poll<T, F, Fut>(mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "gave up waiting");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // API helpers
 
-async fn send(
-    server: &TestServer,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> reqwest::Response {
-    let mut request = client().request(method, server.url(path));
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    request.send().await.unwrap()
-}
-
-async fn data_of(response: reqwest::Response, status: u16) -> Value {
-    let got = response.status().as_u16();
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(got, status, "{body}");
-    body["data"].clone()
-}
-
-async fn get_data(server: &TestServer, path: &str) -> Value {
-    data_of(send(server, Method::GET, path, None).await, 200).await
-}
-
-async fn post_data(server: &TestServer, path: &str, body: Value, status: u16) -> Value {
-    data_of(send(server, Method::POST, path, Some(body)).await, status).await
-}
-
-/// Creates and builds a shell Actor running `script`; returns its id.
-async fn shell_actor(server: &TestServer, name: &str, script: &str) -> String {
-    let id = create_actor(server, name, script).await;
-    build_actor(server, &id).await;
-    id
-}
-
-/// Creates a shell Actor running `script` (not built yet); returns its id.
-async fn create_actor(server: &TestServer, name: &str, script: &str) -> String {
-    let body = json!({
-        "name": name,
-        "versions": [{
-            "versionNumber": "0.1",
-            "sourceType": "SOURCE_FILES",
-            "sourceFiles": [
-                {"name": ".actor/actor.json", "format": "TEXT", "content": "{\"actorSpecification\":1,\"startCommand\":\"sh main.sh\"}"},
-                {"name": "main.sh", "format": "TEXT", "content": script},
-            ],
-        }],
-        "defaultRunOptions": {"build": "latest", "timeoutSecs": 120, "memoryMbytes": 128},
-    });
-    let actor = post_data(server, "/acts", body, 201).await;
-    actor["id"].as_str().unwrap().to_string()
-}
-
-/// Builds version 0.1 of an Actor and waits until the build succeeded; returns the build.
-async fn build_actor(server: &TestServer, id: &str) -> Value {
-    let build = post_data(
-        server,
-        &format!("/acts/{id}/builds?version=0.1&waitForFinish=60"),
-        json!({}),
-        201,
-    )
-    .await;
-    let build = if build["status"] == "SUCCEEDED" {
-        build
-    } else {
-        let build_id = build["id"].as_str().unwrap().to_string();
-        poll(|| async {
-            let b = get_data(
-                server,
-                &format!("/actor-builds/{build_id}?waitForFinish=30"),
-            )
-            .await;
-            (b["status"] != "RUNNING" && b["status"] != "READY").then_some(b)
-        })
-        .await
-    };
-    assert_eq!(build["status"], "SUCCEEDED", "{build}");
-    build
-}
-
-async fn wait_finished(server: &TestServer, run_id: &str) -> Value {
-    poll(|| async {
-        let run = get_data(server, &format!("/actor-runs/{run_id}?waitForFinish=30")).await;
-        ["SUCCEEDED", "FAILED", "TIMED-OUT", "ABORTED"]
-            .contains(&run["status"].as_str().unwrap())
-            .then_some(run)
-    })
-    .await
-}
-
 async fn wait_dispatch(server: &TestServer, id: &str, status: &str) -> Value {
-    poll(|| async {
+    eventually(&format!("dispatch {id} {status}"), || async {
         let d = get_data(server, &format!("/webhook-dispatches/{id}")).await;
         (d["status"] == status).then_some(d)
     })
@@ -239,18 +133,6 @@ fn start_with(args: &[&str]) -> (tempfile::TempDir, TestServer) {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start_in(dir.path(), args);
     (dir, server)
-}
-
-fn troupe_cli(args: &[&str], data_dir: &std::path::Path) -> String {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_troupe"))
-        .args(args)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run troupe");
-    assert!(output.status.success());
-    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 async fn count(server: &TestServer, path: &str) -> u64 {
@@ -437,13 +319,7 @@ async fn webhook_crud_validation_and_access() {
     assert_eq!(count(&server, "/webhooks").await, 2);
 
     // Other users see nothing of it; anonymous callers are asked for a token.
-    let out = troupe_cli(&["users", "add", "eve"], &server.data_dir);
-    let eve = out
-        .lines()
-        .find_map(|l| l.strip_prefix("token: "))
-        .expect("token line")
-        .trim()
-        .to_string();
+    let eve = server.add_user("eve");
     let as_eve = |method: Method, path: String| {
         client()
             .request(method, format!("{}{path}", server.api()))
@@ -601,7 +477,7 @@ async fn run_events_are_delivered_with_their_payloads() {
     assert!(calls[0]["finishedAt"].as_str().unwrap().ends_with('Z'));
     assert!(d.get("request").is_none(), "rendered requests stay private");
     let plain_id = plain["id"].as_str().unwrap().to_string();
-    let of_plain = poll(|| async {
+    let of_plain = eventually("the plain webhook's dispatches", || async {
         let page = get_data(&server, &format!("/webhooks/{plain_id}/dispatches")).await;
         (page["total"] == 2).then_some(page)
     })
@@ -611,7 +487,7 @@ async fn run_events_are_delivered_with_their_payloads() {
         .unwrap()
         .iter()
         .all(|d| d["webhookId"] == plain_id.as_str()));
-    let hook = poll(|| async {
+    let hook = eventually("the webhook's last dispatch", || async {
         let w = get_data(&server, &format!("/webhooks/{plain_id}")).await;
         (w["stats"]["totalDispatches"] == 2 && w["lastDispatch"]["status"] == "SUCCEEDED")
             .then_some(w)
@@ -889,7 +765,7 @@ async fn active_dispatches_resume_after_a_restart() {
     let dispatch_id = dispatch["id"].as_str().unwrap().to_string();
     receiver.wait_for("/resume", 1).await;
     // The failed call is recorded before the server stops.
-    poll(|| async {
+    eventually("the failed call recorded", || async {
         let d = get_data(&server, &format!("/webhook-dispatches/{dispatch_id}")).await;
         (!d["calls"].as_array().unwrap().is_empty()).then_some(())
     })
@@ -1104,13 +980,7 @@ async fn schedule_crud_and_validation() {
     .await;
     assert!(unnamed["name"].as_str().unwrap().starts_with("schedule-"));
     assert_eq!(unnamed["actions"], json!([]));
-    let out = troupe_cli(&["users", "add", "mallory"], &server.data_dir);
-    let other = out
-        .lines()
-        .find_map(|l| l.strip_prefix("token: "))
-        .expect("token line")
-        .trim()
-        .to_string();
+    let other = server.add_user("mallory");
     for (method, path) in [
         (Method::GET, format!("/schedules/{id}")),
         (Method::PUT, format!("/schedules/{id}")),
@@ -1175,7 +1045,7 @@ async fn schedules_start_runs_and_respect_exclusivity() {
     )
     .await;
     let id = schedule["id"].as_str().unwrap().to_string();
-    let runs = poll(|| async {
+    let runs = eventually("runs started by the schedule", || async {
         let page = get_data(&server, &format!("/acts/{quick}/runs")).await;
         let items = page["items"].as_array().unwrap().clone();
         let from_task = items.iter().any(|r| r["actorTaskId"] == task_id.as_str());
@@ -1246,22 +1116,21 @@ async fn schedules_start_runs_and_respect_exclusivity() {
     assert_eq!(input, json!({"from": "task", "extra": 1}));
     let after = get_data(&server, &format!("/schedules/{id}")).await;
     assert!(after["lastRunAt"].is_string());
-    let log = get_data(&server, &format!("/schedules/{id}/log")).await;
-    let messages: Vec<&str> = log
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["message"].as_str().unwrap())
-        .collect();
-    assert!(messages.contains(&"Schedule invoked"), "{log}");
-    assert!(
-        messages.iter().any(|m| m.starts_with("Started Actor")),
-        "{log}"
-    );
-    assert!(
-        messages.iter().any(|m| m.starts_with("Started task")),
-        "{log}"
-    );
+    // A run is listed as soon as it exists; the log line about it follows a moment later.
+    let log = eventually("the schedule's log of what it started", || async {
+        let log = get_data(&server, &format!("/schedules/{id}/log")).await;
+        let messages: Vec<String> = log
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["message"].as_str().unwrap().to_string())
+            .collect();
+        let complete = messages.iter().any(|m| m == "Schedule invoked")
+            && messages.iter().any(|m| m.starts_with("Started Actor"))
+            && messages.iter().any(|m| m.starts_with("Started task"));
+        complete.then_some(log)
+    })
+    .await;
     assert!(log[0]["createdAt"].as_str().unwrap().ends_with('Z'));
     assert_eq!(log[0]["level"], "INFO");
 
@@ -1280,7 +1149,7 @@ async fn schedules_start_runs_and_respect_exclusivity() {
     )
     .await;
     let ex_id = exclusive["id"].as_str().unwrap().to_string();
-    poll(|| async {
+    eventually("the exclusive schedule's log", || async {
         let log = get_data(&server, &format!("/schedules/{ex_id}/log")).await;
         log.as_array()
             .unwrap()
@@ -1317,7 +1186,7 @@ async fn schedules_start_runs_and_respect_exclusivity() {
 async fn build_timeout_abort_and_resurrect_events() {
     let receiver = Receiver::start().await;
     let server = TestServer::start();
-    let actor = create_actor(&server, "sleepy", "sleep 600").await;
+    let actor = create_actor(&server, common::actors::shell_actor("sleepy", "sleep 600")).await;
     post_data(
         &server,
         "/webhooks",
@@ -1341,7 +1210,8 @@ async fn build_timeout_abort_and_resurrect_events() {
     )
     .await;
 
-    let build = build_actor(&server, &actor).await;
+    let build = common::actors::build(&server, &actor).await;
+    assert_eq!(build["status"], "SUCCEEDED", "{build}");
     let got = receiver.wait_for("/builds", 2).await;
     let types: Vec<&str> = got
         .iter()
@@ -1439,7 +1309,7 @@ async fn missed_schedule_times_start_once_after_a_restart() {
     }
 
     let server = TestServer::start_in(dir.path(), &[]);
-    let log = poll(|| async {
+    let log = eventually("the catch-up run started", || async {
         let log = get_data(&server, &format!("/schedules/{id}/log")).await;
         let started = log
             .as_array()
