@@ -3,8 +3,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use troupe_api::items::formats::{Columns, TextEncoder};
+use troupe_api::items::formats::TextEncoder;
+use troupe_api::items::node::Object;
 use troupe_api::items::query::ItemFormat;
+use troupe_api::items::table::Columns;
 use troupe_api::items::transform::transform;
 use troupe_api::items::ItemsQuery;
 use troupe_api::params::Params;
@@ -18,12 +20,12 @@ fuzz_target!(|data: &[u8]| {
     for format in ["json", "jsonl", "csv", "html", "xml", "rss"] {
         let Ok(mut q) = ItemsQuery::from_params(&params) else { return };
         q.format = ItemFormat::parse(format).unwrap();
-        let mut records = Vec::new();
-        transform(item, &q, &mut records);
+        let mut records: Vec<Object> = Vec::new();
+        transform(item, &q, |record| records.push(record.clone()));
         let order = if q.output_fields.is_empty() { q.fields.clone() } else { q.output_fields.clone() };
         let mut columns = Columns::new(order);
         for record in &records {
-            if !columns.add_record(record) {
+            if columns.add_record(record, None).is_err() {
                 return;
             }
         }
