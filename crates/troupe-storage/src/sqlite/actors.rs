@@ -19,6 +19,21 @@ pub(super) fn from_json<T: DeserializeOwned>(text: &str) -> Result<T> {
     serde_json::from_str(text).map_err(|err| Error::Internal(err.into()))
 }
 
+/// Every row of `sql` (whose first column is an object's JSON), parsed.
+pub(super) fn json_rows<T: DeserializeOwned>(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<T>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt.query_map(params, |row| row.get::<_, String>(0))?;
+    let mut out = Vec::new();
+    for row in rows {
+        out.push(from_json(&row?)?);
+    }
+    Ok(out)
+}
+
 pub(super) fn load<T: DeserializeOwned>(
     conn: &Connection,
     table: &str,
@@ -249,15 +264,11 @@ impl BuildStore for SqliteStorage {
 
     async fn unfinished_builds(&self) -> Result<Vec<Build>> {
         self.read(|conn| {
-            let mut stmt = conn.prepare_cached(
+            json_rows(
+                conn,
                 "SELECT data FROM builds WHERE status IN ('READY', 'RUNNING') ORDER BY num",
-            )?;
-            let rows = stmt.query_map([], |row| row.get::<_, String>(0))?;
-            let mut out = Vec::new();
-            for row in rows {
-                out.push(from_json(&row?)?);
-            }
-            Ok(out)
+                [],
+            )
         })
         .await
     }
@@ -361,15 +372,7 @@ impl RunStore for SqliteStorage {
 
     async fn unfinished_runs(&self) -> Result<Vec<Run>> {
         self.read(|conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT data FROM runs WHERE status NOT IN ('SUCCEEDED', 'FAILED', 'TIMED-OUT', 'ABORTED') ORDER BY num",
-            )?;
-            let rows = stmt.query_map([], |row| row.get::<_, String>(0))?;
-            let mut out = Vec::new();
-            for row in rows {
-                out.push(from_json(&row?)?);
-            }
-            Ok(out)
+            json_rows(conn, "SELECT data FROM runs WHERE status NOT IN ('SUCCEEDED', 'FAILED', 'TIMED-OUT', 'ABORTED') ORDER BY num", [])
         })
         .await
     }

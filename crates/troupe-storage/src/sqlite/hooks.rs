@@ -7,7 +7,7 @@ use troupe_model::hooks::{
 };
 use troupe_model::list::{ListParams, Page};
 
-use super::actors::{from_json, load, page, to_json};
+use super::actors::{from_json, json_rows, load, page, to_json};
 use super::{optional, SqliteStorage};
 use crate::hooks::{WebhookFilter, SCHEDULE_LOG_LIMIT};
 use crate::{Error, Mutator, Result, ScheduleStore, WebhookStore};
@@ -261,15 +261,11 @@ impl WebhookStore for SqliteStorage {
 
     async fn active_dispatches(&self) -> Result<Vec<WebhookDispatch>> {
         self.read(|conn| {
-            let mut stmt = conn.prepare_cached(
+            json_rows(
+                conn,
                 "SELECT data FROM webhook_dispatches WHERE status = 'ACTIVE' ORDER BY created_at",
-            )?;
-            let rows = stmt.query_map([], |row| row.get::<_, String>(0))?;
-            let mut out = Vec::new();
-            for row in rows {
-                out.push(from_json(&row?)?);
-            }
-            Ok(out)
+                [],
+            )
         })
         .await
     }
@@ -342,15 +338,7 @@ impl ScheduleStore for SqliteStorage {
 
     async fn due_schedules(&self, now_ms: i64) -> Result<Vec<Schedule>> {
         self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT data FROM schedules WHERE next_run_at IS NOT NULL AND next_run_at <= ?1 ORDER BY next_run_at",
-            )?;
-            let rows = stmt.query_map([now_ms], |row| row.get::<_, String>(0))?;
-            let mut out = Vec::new();
-            for row in rows {
-                out.push(from_json(&row?)?);
-            }
-            Ok(out)
+            json_rows(conn, "SELECT data FROM schedules WHERE next_run_at IS NOT NULL AND next_run_at <= ?1 ORDER BY next_run_at", [now_ms])
         })
         .await
     }
