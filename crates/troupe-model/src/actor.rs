@@ -209,6 +209,9 @@ pub struct Build {
     pub tag: String,
     pub origin: String,
     pub use_cache: bool,
+    /// Time limit in seconds (0 = none); over it the build ends `TIMED-OUT`.
+    #[serde(default)]
+    pub timeout_secs: u64,
     /// Snapshot of the version that was built.
     pub version: Version,
     /// Decided once the sources are prepared.

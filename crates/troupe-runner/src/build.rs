@@ -1,4 +1,5 @@
-//! Builds: write a version's files into the build's own folder and prepare them.
+//! Builds: put a version's sources into the build's own folder ([`crate::source`]) and prepare
+//! them.
 //!
 //! Rules, in order:
 //! 1. `.actor/actor.json` with a `startCommand` string: no preparation; runs start
@@ -24,10 +25,11 @@ use troupe_model::actor::{StartCommand, Version};
 use crate::logs::LogWriter;
 use crate::process;
 
-/// Source types troupe can build.
-pub const BUILDABLE_SOURCE_TYPES: &[&str] = &["SOURCE_FILES"];
+/// Source types troupe can build (fetched by [`crate::source`]).
+pub const BUILDABLE_SOURCE_TYPES: &[&str] = &["SOURCE_FILES", "GIT_REPO", "TARBALL", "GITHUB_GIST"];
 
-/// Every source type Apify knows (others are stored but fail to build).
+/// Every source type Apify knows (`SOURCE_CODE`, the legacy single file, is stored but cannot be
+/// built).
 pub const SOURCE_TYPES: &[&str] = &[
     "SOURCE_FILES",
     "GIT_REPO",
@@ -100,7 +102,7 @@ pub fn validate_version(version: &Version) -> Result<(), String> {
     for var in &version.env_vars {
         validate_env_var_name(&var.name)?;
     }
-    Ok(())
+    crate::source::validate(version)
 }
 
 /// Env var names: letters, digits and `_`, not starting with a digit.

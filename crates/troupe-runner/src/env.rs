@@ -222,6 +222,7 @@ mod tests {
             tag: "latest".into(),
             origin: "API".into(),
             use_cache: true,
+            timeout_secs: 0,
             version,
             start: Some(StartCommand {
                 argv: vec!["x".into()],

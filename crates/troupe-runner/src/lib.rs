@@ -8,11 +8,13 @@
 //! server shutdown kill the whole group. On start, [`Runner::recover`] ends runs a previous
 //! server process left behind.
 
+pub mod archive;
 pub mod build;
 pub mod env;
 pub mod logs;
 pub mod process;
 mod run;
+pub mod source;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
@@ -58,7 +60,18 @@ pub struct RunnerConfig {
     pub sync_run_wait: Duration,
     /// Largest build or run log kept, in bytes (further output is dropped).
     pub log_limit: u64,
+    /// Time limit of a build when the request names none (`None` = no limit).
+    pub build_timeout: Option<Duration>,
+    /// Largest download and largest unpacked/cloned sources of a build, in bytes.
+    pub max_source_bytes: u64,
 }
+
+/// Default of [`RunnerConfig::build_timeout`]: 30 minutes.
+pub const DEFAULT_BUILD_TIMEOUT: Duration = Duration::from_secs(1800);
+/// Default of [`RunnerConfig::max_source_bytes`]: 512 MiB.
+pub const DEFAULT_MAX_SOURCE_BYTES: u64 = 512 * 1024 * 1024;
+/// Most files, folders and symlinks a build's fetched sources may hold.
+pub const MAX_SOURCE_ENTRIES: u64 = 200_000;
 
 /// Something that happened to a job, for webhooks: the job as it is after the change, and
 /// the webhook event type (`ACTOR.RUN.SUCCEEDED`...).

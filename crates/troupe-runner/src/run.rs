@@ -1,6 +1,7 @@
 //! The owner tasks: one per build, one per run.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,10 +11,12 @@ use tokio::time::Instant;
 use troupe_model::actor::{Actor, Build, JobStatus, Run, TaggedBuild};
 use troupe_model::now_ms;
 
+use crate::archive::Limits;
 use crate::build::{self, PrepareContext};
 use crate::env::{run_env, RunEnv};
 use crate::logs::LogWriter;
 use crate::process;
+use crate::source::FetchContext;
 use crate::{Control, Runner};
 
 /// Folder holding the prepared sources of a build.
@@ -58,49 +61,108 @@ pub(crate) async fn build_task(runner: Runner, id: String) {
         build.version_number, build.build_number
     ));
     let dir = build_dir(&data_dir, &id);
+    let staging = staging_dir(&data_dir, &id);
     let _ = std::fs::remove_dir_all(&dir);
-    let result = match build::write_files(&dir, &build.version) {
-        Err(err) => Err(err),
-        Ok(()) => {
-            let extra_env = if build.version.apply_env_vars_to_build {
-                build
-                    .version
-                    .env_vars
-                    .iter()
-                    .map(|v| (v.name.clone(), v.value.clone()))
-                    .collect()
-            } else {
-                Default::default()
-            };
-            let pid_runner = runner.clone();
-            let pid_id = id.clone();
-            let on_spawn = move |pid: i32| {
-                pid_runner
-                    .inner
-                    .build_pids
-                    .lock()
-                    .insert(pid_id.clone(), pid);
-                if pid_runner.inner.aborted_builds.lock().contains(&pid_id) {
-                    process::kill_group(pid, libc::SIGKILL);
-                }
-            };
-            build::prepare(PrepareContext {
-                dir: &dir,
-                cache_dir: &inner.config.cache_dir,
-                log: log.clone(),
-                extra_env,
-                on_spawn: &on_spawn,
-                use_cache: build.use_cache,
-            })
-            .await
+    let cancel = Arc::new(AtomicBool::new(false));
+    let pid_runner = runner.clone();
+    let pid_id = id.clone();
+    let on_spawn = move |pid: i32| {
+        pid_runner
+            .inner
+            .build_pids
+            .lock()
+            .insert(pid_id.clone(), pid);
+        if pid_runner.inner.aborted_builds.lock().contains(&pid_id) {
+            process::kill_group(pid, libc::SIGKILL);
         }
     };
+    let home = inner.config.cache_dir.join("home");
+    let work = async {
+        crate::source::fetch(
+            &FetchContext {
+                log: log.clone(),
+                home: &home,
+                on_spawn: &on_spawn,
+                limits: Limits {
+                    max_bytes: inner.config.max_source_bytes,
+                    max_entries: crate::MAX_SOURCE_ENTRIES,
+                },
+                cancel: cancel.clone(),
+            },
+            &build.version,
+            &dir,
+            &staging,
+        )
+        .await?;
+        let extra_env = if build.version.apply_env_vars_to_build {
+            build
+                .version
+                .env_vars
+                .iter()
+                .map(|v| (v.name.clone(), v.value.clone()))
+                .collect()
+        } else {
+            Default::default()
+        };
+        build::prepare(PrepareContext {
+            dir: &dir,
+            cache_dir: &inner.config.cache_dir,
+            log: log.clone(),
+            extra_env,
+            on_spawn: &on_spawn,
+            use_cache: build.use_cache,
+        })
+        .await
+    };
+    let limit = (build.timeout_secs > 0).then(|| Duration::from_secs(build.timeout_secs));
+    let ending = tokio::select! {
+        result = work => BuildEnding::Done(result),
+        () = sleep_or_never(limit) => BuildEnding::TimedOut,
+        () = until_build_aborted(&runner, &id) => BuildEnding::Aborted,
+    };
+    if !matches!(ending, BuildEnding::Done(_)) {
+        // The step going on was dropped: stop its processes and any unpack, drop the scratch.
+        cancel.store(true, Ordering::SeqCst);
+        if let Some(pid) = inner.build_pids.lock().get(&id) {
+            process::kill_group(*pid, libc::SIGKILL);
+        }
+        let _ = std::fs::remove_dir_all(&staging);
+    }
     inner.build_pids.lock().remove(&id);
     if inner.aborted_builds.lock().remove(&id) {
         log.system("The build was aborted");
         runner.notify();
         return;
     }
+    let result = match ending {
+        BuildEnding::Done(result) => result,
+        BuildEnding::Aborted => return,
+        BuildEnding::TimedOut => {
+            let message = format!(
+                "The build timed out after {} s; its processes were stopped",
+                build.timeout_secs
+            );
+            log.system(&message);
+            let _ = storage
+                .update_build(
+                    &id,
+                    Box::new(move |b: &mut Build| {
+                        if !b.status.is_terminal() {
+                            b.status = JobStatus::TimedOut;
+                            b.finished_at = Some(now_ms());
+                            b.status_message = Some(message);
+                        }
+                        Ok(())
+                    }),
+                )
+                .await;
+            runner.notify();
+            if let Ok(Some(build)) = storage.get_build(&id).await {
+                runner.emit(crate::JobEvent::build_finished(build));
+            }
+            return;
+        }
+    };
     match result {
         Ok(prepared) => {
             log.system("Build finished");
@@ -161,6 +223,39 @@ pub(crate) async fn build_task(runner: Runner, id: String) {
     runner.notify();
     if let Ok(Some(build)) = storage.get_build(&id).await {
         runner.emit(crate::JobEvent::build_finished(build));
+    }
+}
+
+/// Folder a build fetches its sources into before they move to [`build_dir`].
+pub fn staging_dir(data_dir: &Path, build_id: &str) -> PathBuf {
+    data_dir.join("builds").join(format!("{build_id}.fetch"))
+}
+
+/// How the work of a build ended.
+enum BuildEnding {
+    Done(Result<build::Prepared, String>),
+    TimedOut,
+    Aborted,
+}
+
+/// Sleeps for `limit`, or forever without one.
+async fn sleep_or_never(limit: Option<Duration>) {
+    match limit {
+        Some(limit) => tokio::time::sleep(limit).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Returns once build `id` was aborted ([`Runner::abort_build`] marks it, then notifies).
+async fn until_build_aborted(runner: &Runner, id: &str) {
+    let mut changes = runner.changes();
+    loop {
+        if runner.inner.aborted_builds.lock().contains(id) {
+            return;
+        }
+        if changes.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 }
 

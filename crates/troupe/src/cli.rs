@@ -133,6 +133,12 @@ pub struct ServeArgs {
     /// Largest build or run log kept, in bytes; further output is dropped after one note.
     #[arg(long, env = "TROUPE_MAX_LOG_BYTES", default_value_t = troupe_runner::LOG_LIMIT)]
     pub max_log_bytes: u64,
+    /// Time limit of a build when the request gives no `timeout` (e.g. `30m`, `2h`; `0` = none).
+    #[arg(long, env = "TROUPE_BUILD_TIMEOUT", value_parser = parse_duration_or_zero, default_value = "30m")]
+    pub build_timeout: std::time::Duration,
+    /// Largest tarball download, and largest unpacked or cloned sources of a build, in bytes.
+    #[arg(long, env = "TROUPE_MAX_SOURCE_BYTES", default_value_t = troupe_runner::DEFAULT_MAX_SOURCE_BYTES)]
+    pub max_source_bytes: u64,
     /// Largest key-value store record accepted, in bytes (default 1 GiB).
     #[arg(long, env = "TROUPE_MAX_RECORD_BYTES", default_value_t = troupe_api::DEFAULT_MAX_RECORD_BYTES)]
     pub max_record_bytes: u64,
@@ -145,6 +151,14 @@ pub struct ServeArgs {
     /// Time limit of one webhook call.
     #[arg(long, env = "TROUPE_WEBHOOK_TIMEOUT", value_parser = humantime::parse_duration, default_value = "30s")]
     pub webhook_timeout: std::time::Duration,
+}
+
+/// A duration (`30m`, `90s`, `2h`) or `0`.
+fn parse_duration_or_zero(text: &str) -> Result<std::time::Duration, String> {
+    if text.trim() == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    humantime::parse_duration(text).map_err(|e| e.to_string())
 }
 
 pub fn main() -> anyhow::Result<()> {
@@ -193,6 +207,8 @@ pub fn main() -> anyhow::Result<()> {
                 max_memory_mbytes: args.max_memory_mbytes,
                 sync_run_wait_secs: args.sync_run_wait_secs,
                 max_log_bytes: args.max_log_bytes,
+                build_timeout: (!args.build_timeout.is_zero()).then_some(args.build_timeout),
+                max_source_bytes: args.max_source_bytes.max(1),
                 max_record_bytes: args.max_record_bytes,
                 hooks: troupe_api::hooks::HooksConfig {
                     retry_base: args.webhook_retry_delay,

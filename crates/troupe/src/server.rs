@@ -34,6 +34,9 @@ pub struct ServeOptions {
     pub max_memory_mbytes: Option<u64>,
     pub sync_run_wait_secs: u64,
     pub max_log_bytes: u64,
+    /// Time limit of builds that name none (`None` = no limit).
+    pub build_timeout: Option<std::time::Duration>,
+    pub max_source_bytes: u64,
     pub max_record_bytes: u64,
     pub hooks: troupe_api::hooks::HooksConfig,
 }
@@ -131,6 +134,8 @@ pub async fn run(options: ServeOptions) -> anyhow::Result<()> {
             graceful_abort_secs: 30,
             sync_run_wait: Duration::from_secs(options.sync_run_wait_secs),
             log_limit: options.max_log_bytes,
+            build_timeout: options.build_timeout,
+            max_source_bytes: options.max_source_bytes,
         },
     );
     let state = AppState::new(

@@ -919,7 +919,7 @@ async fn list_builds(
     Ok(data(StatusCode::OK, page.map(|b| build_short_json(&b))))
 }
 
-/// POST /v2/acts/{actorId}/builds?version=X.Y[&tag=][&useCache=][&waitForFinish=]
+/// POST /v2/acts/{actorId}/builds?version=X.Y[&tag=][&useCache=][&timeout=][&waitForFinish=]
 async fn create_build(
     State(state): State<AppState>,
     ActorTarget(actor, caller): ActorTarget,
@@ -932,6 +932,15 @@ async fn create_build(
         .to_string();
     let use_cache = params.bool("useCache", true)?;
     params.bool("betaPackages", false)?;
+    // Seconds; 0 = no limit; absent = the server's --build-timeout.
+    let timeout_secs = match params.u64("timeout")? {
+        Some(secs) => secs,
+        None => state
+            .runner
+            .config()
+            .build_timeout
+            .map_or(0, |t| t.as_secs().max(1)),
+    };
     let version = actor
         .versions
         .iter()
@@ -942,7 +951,7 @@ async fn create_build(
         })?;
     if !troupe_runner::build::BUILDABLE_SOURCE_TYPES.contains(&version.source_type.as_str()) {
         return Err(ApiError::invalid_input(format!(
-            "Source type {} cannot be built by troupe (use SOURCE_FILES)",
+            "Source type {} cannot be built by troupe (use SOURCE_FILES, GIT_REPO, TARBALL or GITHUB_GIST)",
             version.source_type
         )));
     }
@@ -976,6 +985,7 @@ async fn create_build(
         tag,
         origin: "API".into(),
         use_cache,
+        timeout_secs,
         version,
         start: None,
         actor_definition: None,

@@ -82,6 +82,12 @@ pub fn build_json(build: &Build, caller: Option<&str>) -> Value {
     let mut version = version_json(&build.version, false);
     if let Some(fields) = version.as_object_mut() {
         fields.remove("sourceFiles");
+        // Anyone with the build id reads the build: credentials in source URLs stay out.
+        for key in ["gitRepoUrl", "tarballUrl", "gitHubGistUrl"] {
+            if let Some(Value::String(url)) = fields.get_mut(key) {
+                *url = troupe_runner::source::redact(url);
+            }
+        }
     }
     let mut object = json!({
         "id": build.id,
@@ -102,6 +108,7 @@ pub fn build_json(build: &Build, caller: Option<&str>) -> Value {
             "betaPackages": false,
             "memoryMbytes": 4096,
             "diskMbytes": 8192,
+            "timeoutSecs": build.timeout_secs,
         },
         "inputSchema": build.input_schema,
         "readme": build.readme,

@@ -188,6 +188,7 @@ pub async fn run(storage: &dyn Storage) {
         tag: "latest".into(),
         origin: "API".into(),
         use_cache: true,
+        timeout_secs: 0,
         version: version(),
         start: None,
         actor_definition: None,
