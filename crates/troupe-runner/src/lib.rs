@@ -215,6 +215,8 @@ impl Runner {
     pub async fn recover(&self) -> Result<()> {
         let storage = &self.inner.storage;
         for build in storage.unfinished_builds().await? {
+            let _ =
+                std::fs::remove_dir_all(run::staging_dir(&self.inner.config.data_dir, &build.id));
             let ended = storage
                 .update_build(
                     &build.id,

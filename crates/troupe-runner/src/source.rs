@@ -507,6 +507,11 @@ async fn run_git(
             "init.defaultBranch=main",
             "-c",
             "core.hooksPath=/dev/null",
+            // Like a stalled tarball download, a transfer stalled for 60 s fails.
+            "-c",
+            "http.lowSpeedLimit=1",
+            "-c",
+            "http.lowSpeedTime=60",
         ])
         .args(args)
         .current_dir(cwd)
