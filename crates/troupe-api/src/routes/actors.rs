@@ -296,14 +296,18 @@ async fn actor_json(state: &AppState, actor: &Actor, owner: bool) -> ApiResult<V
 }
 
 fn actor_short_json(actor: &Actor) -> Value {
-    json!({
+    let mut object = json!({
         "id": actor.id,
         "createdAt": format_ts(actor.created_at),
         "modifiedAt": format_ts(actor.modified_at),
         "name": actor.name,
         "username": actor.username,
-        "title": actor.extra.get("title"),
-    })
+    });
+    // `title` is a string when the Actor has one, absent otherwise (never null).
+    if let Some(title) = actor.extra.get("title").filter(|t| t.is_string()) {
+        object["title"] = title.clone();
+    }
+    object
 }
 
 fn parse_version(value: Value) -> ApiResult<Version> {

@@ -114,7 +114,7 @@ pub fn build_json(build: &Build, caller: Option<&str>) -> Value {
         "readme": build.readme,
         "buildNumber": build.build_number,
         "buildNumberInt": build.build_number_int(),
-        "actVersion": version,
+        "actVersion": without_nulls(version),
         "actorDefinition": build.actor_definition,
     });
     if caller == Some(build.user_id.as_str()) {
@@ -225,4 +225,15 @@ async fn list_all_builds(
 /// True when the build can be used by runs.
 pub fn usable(build: &Build) -> bool {
     build.status == JobStatus::Succeeded && build.start.is_some()
+}
+
+/// The build's snapshot of its version, with unset fields left out (the spec types them as
+/// strings/arrays, not nullable).
+fn without_nulls(value: Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            Value::Object(map.into_iter().filter(|(_, v)| !v.is_null()).collect())
+        }
+        other => other,
+    }
 }

@@ -658,8 +658,12 @@ async fn list_requests(
         items: Vec<Box<RawValue>>,
         count: usize,
         limit: u64,
+        // Absent rather than null when not given (the spec types them as strings).
+        #[serde(skip_serializing_if = "Option::is_none")]
         cursor: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
         next_cursor: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
         exclusive_start_id: Option<&'a str>,
     }
     Ok(raw_data(

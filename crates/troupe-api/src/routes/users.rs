@@ -8,8 +8,8 @@ use axum::Router;
 use std::sync::OnceLock;
 
 use serde::Serialize;
-use serde_json::json;
 use serde_json::value::RawValue;
+use serde_json::{json, Value};
 use troupe_model::user::User;
 
 use super::data;
@@ -83,7 +83,7 @@ fn constant_account_fields() -> &'static RawValue {
                 "supportLevel": "NONE",
                 "availableAddOns": []
             },
-            "effectivePlatformFeatures": {},
+            "effectivePlatformFeatures": effective_platform_features(),
             "isPaying": false
         });
         RawValue::from_string(value.to_string()).expect("valid JSON")
@@ -149,4 +149,32 @@ async fn get_user(
             profile: public_profile(&user),
         },
     ))
+}
+
+/// What the account can use, in the shape of Apify's `effectivePlatformFeatures`: everything
+/// troupe has is enabled; Apify Proxy and the public Actor store do not exist here.
+fn effective_platform_features() -> Value {
+    let feature = |enabled: bool, reason: &str| {
+        json!({
+            "isEnabled": enabled,
+            "disabledReason": if enabled { Value::Null } else { json!(reason) },
+            "disabledReasonType": if enabled { Value::Null } else { json!("DISABLED") },
+            "isTrial": false,
+            "trialExpirationAt": null,
+        })
+    };
+    let no_proxy = "troupe has no proxy";
+    let no_store = "troupe has no public Actor store";
+    json!({
+        "ACTORS": feature(true, ""),
+        "STORAGE": feature(true, ""),
+        "SCHEDULER": feature(true, ""),
+        "WEBHOOKS": feature(true, ""),
+        "PROXY": feature(false, no_proxy),
+        "PROXY_EXTERNAL_ACCESS": feature(false, no_proxy),
+        "PROXY_RESIDENTIAL": feature(false, no_proxy),
+        "PROXY_SERPS": feature(false, no_proxy),
+        "ACTORS_PUBLIC_ALL": feature(false, no_store),
+        "ACTORS_PUBLIC_DEVELOPER": feature(false, no_store),
+    })
 }
