@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use common::actors::{built_actor, start_run, wait_run};
-use common::{client, post_data, Api, TestServer};
+use common::{client, post_data, TestServer};
 use reqwest::Method;
 use serde_json::{json, Value};
 
