@@ -334,3 +334,404 @@ async fn read_answers_match_the_spec_schemas() {
         );
     }
 }
+
+/// Validates the JSON answer of one call against the spec's schema for `method template` and
+/// the answer's status; returns the answer's `data` (or the whole body).
+struct Checker {
+    spec: Value,
+    failures: Vec<String>,
+    checked: usize,
+}
+
+impl Checker {
+    async fn call(
+        &mut self,
+        server: &TestServer,
+        method: &str,
+        template: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Value {
+        let mut request = client().request(
+            Method::from_bytes(method.as_bytes()).unwrap(),
+            server.url(path),
+        );
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.unwrap();
+        if !(200..300).contains(&status) {
+            self.failures.push(format!(
+                "{method} {path}: {status} {}",
+                String::from_utf8_lossy(&bytes)
+            ));
+            return Value::Null;
+        }
+        if bytes.is_empty() {
+            return Value::Null;
+        }
+        let value: Value = serde_json::from_slice(&bytes).expect("JSON answer");
+        let schema = response_schema(&self.spec, &method.to_lowercase(), template, status)
+            .unwrap_or_else(|| {
+                panic!("the spec has no JSON schema for {method} {template} -> {status}")
+            });
+        let errors: Vec<String> = validator(&self.spec, schema)
+            .iter_errors(&value)
+            .take(5)
+            .map(|e| format!("{} at {}", e, e.instance_path()))
+            .collect();
+        if errors.is_empty() {
+            self.checked += 1;
+        } else {
+            self.failures.push(format!(
+                "{method} {template} -> {status}:\n    {}",
+                errors.join("\n    ")
+            ));
+        }
+        value.get("data").cloned().unwrap_or(value)
+    }
+}
+
+#[tokio::test]
+async fn write_answers_match_the_spec_schemas() {
+    let server = TestServer::start();
+    let mut c = Checker {
+        spec: spec(),
+        failures: Vec::new(),
+        checked: 0,
+    };
+    let id = |v: &Value| v["id"].as_str().unwrap_or_default().to_string();
+
+    // Datasets.
+    let ds = c
+        .call(
+            &server,
+            "POST",
+            "/v2/datasets",
+            "/datasets?name=spec-ds",
+            None,
+        )
+        .await;
+    let ds = id(&ds);
+    c.call(
+        &server,
+        "PUT",
+        "/v2/datasets/{datasetId}",
+        &format!("/datasets/{ds}"),
+        Some(json!({"name": "spec-ds-2"})),
+    )
+    .await;
+    c.call(
+        &server,
+        "POST",
+        "/v2/datasets/{datasetId}/items",
+        &format!("/datasets/{ds}/items"),
+        Some(json!([{"a": 1}, {"a": 2}])),
+    )
+    .await;
+
+    // Key-value stores.
+    let kv = c
+        .call(
+            &server,
+            "POST",
+            "/v2/key-value-stores",
+            "/key-value-stores?name=spec-kv",
+            None,
+        )
+        .await;
+    let kv = id(&kv);
+    c.call(
+        &server,
+        "PUT",
+        "/v2/key-value-stores/{storeId}",
+        &format!("/key-value-stores/{kv}"),
+        Some(json!({"name": "spec-kv-2"})),
+    )
+    .await;
+    c.call(
+        &server,
+        "PUT",
+        "/v2/key-value-stores/{storeId}/records/{recordKey}",
+        &format!("/key-value-stores/{kv}/records/k1"),
+        Some(json!({"v": 1})),
+    )
+    .await;
+
+    // Request queues.
+    let rq = c
+        .call(
+            &server,
+            "POST",
+            "/v2/request-queues",
+            "/request-queues?name=spec-rq",
+            None,
+        )
+        .await;
+    let rq = id(&rq);
+    c.call(
+        &server,
+        "PUT",
+        "/v2/request-queues/{queueId}",
+        &format!("/request-queues/{rq}"),
+        Some(json!({"name": "spec-rq-2"})),
+    )
+    .await;
+    let added = c
+        .call(
+            &server,
+            "POST",
+            "/v2/request-queues/{queueId}/requests",
+            &format!("/request-queues/{rq}/requests"),
+            Some(json!({"url": "https://example.com/1", "uniqueKey": "1"})),
+        )
+        .await;
+    let first = added["requestId"].as_str().unwrap_or_default().to_string();
+    c.call(
+        &server,
+        "POST",
+        "/v2/request-queues/{queueId}/requests/batch",
+        &format!("/request-queues/{rq}/requests/batch"),
+        Some(json!([{"url": "https://example.com/2", "uniqueKey": "2"},
+                    {"url": "https://example.com/3", "uniqueKey": "3"},
+                    {"url": "https://example.com/4", "uniqueKey": "4"}])),
+    )
+    .await;
+    let locked = c
+        .call(
+            &server,
+            "POST",
+            "/v2/request-queues/{queueId}/head/lock",
+            &format!("/request-queues/{rq}/head/lock?lockSecs=60&limit=2&clientKey=spec"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        locked["items"].as_array().map(Vec::len),
+        Some(2),
+        "{locked}"
+    );
+    let locked_id = id(&locked["items"][0]);
+    c.call(
+        &server,
+        "PUT",
+        "/v2/request-queues/{queueId}/requests/{requestId}/lock",
+        &format!("/request-queues/{rq}/requests/{locked_id}/lock?lockSecs=120&clientKey=spec"),
+        None,
+    )
+    .await;
+    let mut request = c
+        .call(
+            &server,
+            "GET",
+            "/v2/request-queues/{queueId}/requests/{requestId}",
+            &format!("/request-queues/{rq}/requests/{first}"),
+            None,
+        )
+        .await;
+    request["handledAt"] = json!("2026-01-01T00:00:00.000Z");
+    c.call(
+        &server,
+        "PUT",
+        "/v2/request-queues/{queueId}/requests/{requestId}",
+        &format!("/request-queues/{rq}/requests/{first}?clientKey=spec"),
+        Some(request),
+    )
+    .await;
+    c.call(
+        &server,
+        "POST",
+        "/v2/request-queues/{queueId}/requests/unlock",
+        &format!("/request-queues/{rq}/requests/unlock?clientKey=spec"),
+        None,
+    )
+    .await;
+    c.call(
+        &server,
+        "DELETE",
+        "/v2/request-queues/{queueId}/requests/batch",
+        &format!("/request-queues/{rq}/requests/batch"),
+        Some(json!([{"uniqueKey": "4"}])),
+    )
+    .await;
+
+    // Actors, versions, env vars, builds, runs.
+    let actor = c
+        .call(
+            &server,
+            "POST",
+            "/v2/actors",
+            "/acts",
+            Some(common::actors::shell_actor("spec-actor", "echo hello")),
+        )
+        .await;
+    let actor = id(&actor);
+    c.call(
+        &server,
+        "PUT",
+        "/v2/actors/{actorId}",
+        &format!("/acts/{actor}"),
+        Some(json!({"title": "Spec Actor", "description": "d"})),
+    )
+    .await;
+    c.call(
+        &server,
+        "POST",
+        "/v2/actors/{actorId}/versions",
+        &format!("/acts/{actor}/versions"),
+        Some(json!({"versionNumber": "0.2", "sourceType": "SOURCE_FILES",
+                    "sourceFiles": [{"name": "main.sh", "format": "TEXT", "content": "echo"}]})),
+    )
+    .await;
+    c.call(
+        &server,
+        "PUT",
+        "/v2/actors/{actorId}/versions/{versionNumber}",
+        &format!("/acts/{actor}/versions/0.2"),
+        Some(json!({"buildTag": "beta"})),
+    )
+    .await;
+    c.call(
+        &server,
+        "POST",
+        "/v2/actors/{actorId}/versions/{versionNumber}/env-vars",
+        &format!("/acts/{actor}/versions/0.1/env-vars"),
+        Some(json!({"name": "A", "value": "1"})),
+    )
+    .await;
+    c.call(
+        &server,
+        "PUT",
+        "/v2/actors/{actorId}/versions/{versionNumber}/env-vars/{envVarName}",
+        &format!("/acts/{actor}/versions/0.1/env-vars/A"),
+        Some(json!({"name": "A", "value": "2"})),
+    )
+    .await;
+    let build = c
+        .call(
+            &server,
+            "POST",
+            "/v2/actors/{actorId}/builds",
+            &format!("/acts/{actor}/builds?version=0.1&waitForFinish=60"),
+            None,
+        )
+        .await;
+    let build = common::actors::wait_build(&server, &id(&build)).await;
+    assert_eq!(build["status"], "SUCCEEDED", "{build}");
+    let run = c
+        .call(
+            &server,
+            "POST",
+            "/v2/actors/{actorId}/runs",
+            &format!("/acts/{actor}/runs"),
+            Some(json!({"x": 1})),
+        )
+        .await;
+    let run = wait_run(&server, &id(&run)).await;
+    let run_id = id(&run);
+    c.call(
+        &server,
+        "PUT",
+        "/v2/actor-runs/{runId}",
+        &format!("/actor-runs/{run_id}"),
+        Some(json!({"runId": run_id, "statusMessage": "all good"})),
+    )
+    .await;
+    c.call(
+        &server,
+        "POST",
+        "/v2/actor-runs/{runId}/dataset/items",
+        &format!("/actor-runs/{run_id}/dataset/items"),
+        Some(json!({"b": 1})),
+    )
+    .await;
+
+    // Tasks.
+    let task = c
+        .call(
+            &server,
+            "POST",
+            "/v2/actor-tasks",
+            "/actor-tasks",
+            Some(json!({"actId": actor, "name": "spec-task", "input": {"x": 1}})),
+        )
+        .await;
+    let task = id(&task);
+    c.call(
+        &server,
+        "PUT",
+        "/v2/actor-tasks/{actorTaskId}",
+        &format!("/actor-tasks/{task}"),
+        Some(json!({"title": "Spec task"})),
+    )
+    .await;
+    c.call(
+        &server,
+        "PUT",
+        "/v2/actor-tasks/{actorTaskId}/input",
+        &format!("/actor-tasks/{task}/input"),
+        Some(json!({"x": 2})),
+    )
+    .await;
+
+    // Webhooks and schedules.
+    let webhook = c
+        .call(
+            &server,
+            "POST",
+            "/v2/webhooks",
+            "/webhooks",
+            Some(
+                json!({"eventTypes": ["ACTOR.RUN.SUCCEEDED"], "condition": {"actorId": actor},
+                    "requestUrl": "http://127.0.0.1:9/hook"}),
+            ),
+        )
+        .await;
+    let webhook = id(&webhook);
+    c.call(
+        &server,
+        "PUT",
+        "/v2/webhooks/{webhookId}",
+        &format!("/webhooks/{webhook}"),
+        Some(json!({"description": "spec"})),
+    )
+    .await;
+    c.call(
+        &server,
+        "POST",
+        "/v2/webhooks/{webhookId}/test",
+        &format!("/webhooks/{webhook}/test"),
+        None,
+    )
+    .await;
+    let schedule = c
+        .call(
+            &server,
+            "POST",
+            "/v2/schedules",
+            "/schedules",
+            Some(
+                json!({"name": "spec-schedule", "cronExpression": "0 0 1 1 *", "isEnabled": false,
+                    "actions": [{"type": "RUN_ACTOR", "actorId": actor}]}),
+            ),
+        )
+        .await;
+    let schedule = id(&schedule);
+    c.call(
+        &server,
+        "PUT",
+        "/v2/schedules/{scheduleId}",
+        &format!("/schedules/{schedule}"),
+        Some(json!({"description": "spec"})),
+    )
+    .await;
+
+    assert!(
+        c.failures.is_empty(),
+        "write answers that do not match the spec:\n{}",
+        c.failures.join("\n")
+    );
+    assert!(c.checked >= 25, "only {} answers were validated", c.checked);
+}

@@ -273,7 +273,6 @@ async fn actor_json(state: &AppState, actor: &Actor, owner: bool) -> ApiResult<V
             "totalUsers30Days": 1,
             "totalUsers90Days": 1,
             "totalMetamorphs": 0,
-            "lastRunStartedAt": runs.items.first().map(|r| format_ts(r.started_at)),
         },
         "versions": actor.versions.iter().map(|v| version_json(v, owner)).collect::<Vec<_>>(),
         "defaultRunOptions": actor.default_run_options,
@@ -288,6 +287,10 @@ async fn actor_json(state: &AppState, actor: &Actor, owner: bool) -> ApiResult<V
         "isDeprecated": false,
         "deploymentKey": "",
     });
+    // Absent (not null) before the first run: the spec types it as a timestamp string.
+    if let Some(run) = runs.items.first() {
+        object["stats"]["lastRunStartedAt"] = json!(format_ts(run.started_at));
+    }
     let fields = object.as_object_mut().expect("object");
     for (k, v) in &actor.extra {
         fields.insert(k.clone(), v.clone());
