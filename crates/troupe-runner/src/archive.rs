@@ -156,7 +156,8 @@ fn unpack_zip(file: File, writer: &mut Writer<'_>) -> Result<(), String> {
         let mut entry = archive
             .by_index(i)
             .map_err(|e| format!("The zip archive cannot be read: {e}"))?;
-        let name = PathBuf::from(entry.name());
+        // Some Windows tools write `\` between folders.
+        let name = PathBuf::from(entry.name().replace('\\', "/"));
         if entry.is_dir() {
             writer.dir(&name)?;
         } else if entry.is_symlink() {
@@ -287,6 +288,10 @@ impl Writer<'_> {
     }
 
     fn dir(&mut self, name: &Path) -> Result<(), String> {
+        // `./` (archives made with `tar -C dir .`) is the root itself.
+        if name.components().all(|c| matches!(c, Component::CurDir)) {
+            return Ok(());
+        }
         let (rel, full) = self.prepare(name)?;
         match std::fs::symlink_metadata(&full) {
             Ok(meta) if meta.is_dir() => Ok(()),
@@ -488,6 +493,37 @@ mod tests {
             "echo hi\n"
         );
         assert_eq!(project_root(&out).unwrap(), out.join("p"));
+    }
+
+    #[test]
+    fn dot_slash_archives_and_backslash_zips() {
+        let bytes = tar_gz(|b| {
+            raw_entry(b, tar::EntryType::Directory, "./", None, b"");
+            raw_entry(b, tar::EntryType::Directory, "./src/", None, b"");
+            raw_entry(
+                b,
+                tar::EntryType::Regular,
+                "./src/main.py",
+                None,
+                b"print(1)\n",
+            );
+            raw_entry(b, tar::EntryType::Regular, "./main.py", None, b"print(2)\n");
+        });
+        let (temp, result) = unpack_bytes(&bytes);
+        assert_eq!(result.unwrap(), Format::TarGz);
+        let out = temp.path().join("box/out");
+        assert_eq!(project_root(&out).unwrap(), out);
+        assert!(out.join("src/main.py").is_file() && out.join("main.py").is_file());
+
+        let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        let options = zip::write::SimpleFileOptions::default();
+        zip.start_file("proj\\src\\main.py", options).unwrap();
+        zip.write_all(b"x").unwrap();
+        zip.start_file("..\\escaped", options).unwrap();
+        let bytes = zip.finish().unwrap().into_inner();
+        let (temp, result) = unpack_bytes(&bytes);
+        assert!(result.unwrap_err().contains("Unsafe path"));
+        assert!(!temp.path().join("box/escaped").exists());
     }
 
     #[test]

@@ -981,6 +981,8 @@ async fn build_timeout_kills_the_fetch_and_fires_the_webhook() {
     assert_eq!(build["options"]["timeoutSecs"], 1800);
     let id = start_build(&server, &ok, "0.1", "&timeout=0").await;
     assert_eq!(wait_build(&server, &id).await["options"]["timeoutSecs"], 0);
+    let id = start_build(&server, &ok, "0.1", &format!("&timeout={}", u64::MAX)).await;
+    assert_eq!(wait_build(&server, &id).await["status"], "SUCCEEDED");
     let response = send(
         &server,
         Method::POST,
