@@ -1,7 +1,7 @@
 //! Getting a version's sources into its build folder, for every source type:
 //!
 //! - `SOURCE_FILES`: the files of the version are written (see [`crate::build::write_files`]).
-//! - `GIT_REPO`: `gitRepoUrl` is `URL[#REF][:SUBDIR]` as on Apify (`REF` a branch, tag or commit;
+//! - `GIT_REPO`: `gitRepoUrl` is `URL[#REF[:SUBDIR]]` as on Apify (`REF` a branch, tag or commit;
 //!   `SUBDIR` the folder to build; `#:SUBDIR` keeps the default branch). The system `git` fetches
 //!   only that commit (`--depth 1`), falling back to a full fetch for abbreviated commit ids and
 //!   servers without shallow support.
@@ -39,7 +39,7 @@ pub struct GitSource {
 
 const SCHEMES: &[&str] = &["https", "http", "ssh", "git", "file"];
 
-/// Parses `URL[#REF][:SUBDIR]`.
+/// Parses `URL[#REF[:SUBDIR]]` (`URL#:SUBDIR` = default branch).
 pub fn parse_git_url(raw: &str, field: &str) -> Result<GitSource, String> {
     let raw = raw.trim();
     let invalid = |why: &str| format!("Invalid {field} \"{}\": {why}", redact(raw));
