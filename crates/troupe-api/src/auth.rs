@@ -17,6 +17,8 @@ use crate::state::AppState;
 pub struct Caller {
     /// Shared with the token cache (a request clones a pointer, not the user).
     pub user: Option<Arc<User>>,
+    /// Set when the token is a run's own token (`APIFY_TOKEN` inside a run).
+    pub run_id: Option<Arc<str>>,
 }
 
 impl Caller {
@@ -74,9 +76,15 @@ impl FromRequestParts<AppState> for Caller {
             return Ok(caller.clone());
         }
         let caller = match token_from_parts(parts) {
-            None => Caller { user: None },
+            None => Caller {
+                user: None,
+                run_id: None,
+            },
             Some(token) => match state.user_for_token(&token).await? {
-                Some(user) => Caller { user: Some(user) },
+                Some(owner) => Caller {
+                    user: Some(owner.user),
+                    run_id: owner.run_id,
+                },
                 None => return Err(ApiError::invalid_token()),
             },
         };

@@ -74,17 +74,25 @@ impl AppState {
         format!("{}/v2", self.config.public_base_url)
     }
 
-    /// The user owning `token`, with a short-lived in-memory cache in front of storage.
-    pub async fn user_for_token(&self, token: &str) -> Result<Option<Arc<User>>, ApiError> {
+    /// The user owning `token` (and the run, for a run's token), with a short-lived in-memory
+    /// cache in front of storage.
+    pub async fn user_for_token(&self, token: &str) -> Result<Option<TokenOwner>, ApiError> {
         let generation = self.storage.token_generation();
-        if let Some(user) = self.tokens.get(token, generation) {
-            return Ok(Some(user));
+        if let Some(owner) = self.tokens.get(token, generation) {
+            return Ok(Some(owner));
         }
-        let user = self.storage.user_by_token(token).await?.map(Arc::new);
-        if let Some(user) = &user {
-            self.tokens.put(token, user.clone(), generation);
+        let owner = self
+            .storage
+            .token_owner(token)
+            .await?
+            .map(|(user, run_id)| TokenOwner {
+                user: Arc::new(user),
+                run_id: run_id.map(Arc::from),
+            });
+        if let Some(owner) = &owner {
+            self.tokens.put(token, owner.clone(), generation);
         }
-        Ok(user)
+        Ok(owner)
     }
 
     /// Forgets one cached token (after it is revoked in this process).
@@ -101,8 +109,15 @@ impl AppState {
 /// How long a token lookup is cached: a token revoked from another process stops working within this.
 const TOKEN_TTL: Duration = Duration::from_secs(5);
 
-/// A cached lookup: the user, when it was cached, and the revocation generation it saw.
-type CachedUser = (Arc<User>, Instant, u64);
+/// Who a token belongs to: a user, and the run for a run's own token.
+#[derive(Debug, Clone)]
+pub struct TokenOwner {
+    pub user: Arc<User>,
+    pub run_id: Option<Arc<str>>,
+}
+
+/// A cached lookup: the owner, when it was cached, and the revocation generation it saw.
+type CachedUser = (TokenOwner, Instant, u64);
 
 #[derive(Default)]
 struct TokenCache {
@@ -111,13 +126,13 @@ struct TokenCache {
 
 impl TokenCache {
     /// A cached user, if cached less than `TOKEN_TTL` ago and no revocation happened since.
-    fn get(&self, token: &str, generation: u64) -> Option<Arc<User>> {
+    fn get(&self, token: &str, generation: u64) -> Option<TokenOwner> {
         let entries = self.entries.lock();
         let (user, at, seen) = entries.get(token)?;
         (*seen == generation && at.elapsed() < TOKEN_TTL).then(|| user.clone())
     }
 
-    fn put(&self, token: &str, user: Arc<User>, generation: u64) {
+    fn put(&self, token: &str, user: TokenOwner, generation: u64) {
         let mut entries = self.entries.lock();
         if entries.len() > 10_000 {
             entries.clear();

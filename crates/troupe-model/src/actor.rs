@@ -305,4 +305,33 @@ pub struct Run {
     pub schedule_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheduled_at: Option<i64>,
+    /// Options and environment facts added after the first stored format (all optional).
+    #[serde(default, skip_serializing_if = "RunExtras::is_empty")]
+    pub extras: RunExtras,
 }
+
+/// Parts of a run added later; every one defaults, so older stored runs still read.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunExtras {
+    /// `restartOnError`: a failed process is started again (up to [`MAX_RESTARTS_ON_ERROR`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub restart_on_error: bool,
+    /// Port of the run's web server (`ACTOR_WEB_SERVER_PORT`) of the current attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_port: Option<u16>,
+    /// Storages the Actor declares by alias in `actor.json` (`storages.datasets` etc.), besides
+    /// `default`: `(kind, alias, id)`, kind being `datasets`, `keyValueStores` or `requestQueues`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub storage_aliases: Vec<(String, String, String)>,
+}
+
+impl RunExtras {
+    pub fn is_empty(&self) -> bool {
+        self == &Self::default()
+    }
+}
+
+/// How often a run started with `restartOnError` is restarted after failing before it is left
+/// `FAILED`.
+pub const MAX_RESTARTS_ON_ERROR: u64 = 3;

@@ -120,6 +120,9 @@ pub fn run_env(input: &RunEnv<'_>) -> BTreeMap<String, String> {
         "APIFY_DEFAULT_REQUEST_QUEUE_ID",
         run.default_request_queue_id.clone(),
     );
+    if !run.extras.storage_aliases.is_empty() {
+        set("ACTOR_STORAGES_JSON", storages_json(run));
+    }
     both(
         &mut set,
         "ACTOR_INPUT_KEY",
@@ -184,6 +187,21 @@ pub fn run_env(input: &RunEnv<'_>) -> BTreeMap<String, String> {
         set("ACTOR_MAX_PAID_DATASET_ITEMS", max.to_string());
     }
     env
+}
+
+/// `ACTOR_STORAGES_JSON`: alias → ID per storage kind, each with its `default`.
+pub fn storages_json(run: &Run) -> String {
+    let mut value = serde_json::json!({
+        "datasets": { "default": run.default_dataset_id },
+        "keyValueStores": { "default": run.default_key_value_store_id },
+        "requestQueues": { "default": run.default_request_queue_id },
+    });
+    for (kind, alias, id) in &run.extras.storage_aliases {
+        if let Some(map) = value.get_mut(kind).and_then(|m| m.as_object_mut()) {
+            map.insert(alias.clone(), serde_json::Value::String(id.clone()));
+        }
+    }
+    value.to_string()
 }
 
 #[cfg(test)]
@@ -277,6 +295,7 @@ mod tests {
             attempt_started_at: 1_755_771_811_607,
             schedule_id: None,
             scheduled_at: None,
+            extras: Default::default(),
         };
         let make = |run: &Run| {
             run_env(&RunEnv {

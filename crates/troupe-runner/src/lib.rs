@@ -531,19 +531,20 @@ impl Runner {
             LogWriter::open(&self.inner.config.data_dir, id, self.inner.config.log_limit)
                 .map(|log| log.system(message))
                 .ok();
-            let _ = self
+            let ended = self
                 .inner
                 .storage
                 .update_run(
                     id,
                     Box::new(move |r: &mut Run| {
-                        if !r.status.is_terminal() {
-                            r.status = JobStatus::Failed;
-                            r.finished_at = Some(troupe_model::now_ms());
-                            r.status_message = Some(message.into());
-                            r.is_status_message_terminal = Some(true);
-                            r.process = None;
+                        if r.status.is_terminal() {
+                            return Err(troupe_storage::Error::Conflict("already ended".into()));
                         }
+                        r.status = JobStatus::Failed;
+                        r.finished_at = Some(troupe_model::now_ms());
+                        r.status_message = Some(message.into());
+                        r.is_status_message_terminal = Some(true);
+                        r.process = None;
                         Ok(())
                     }),
                 )
@@ -552,6 +553,11 @@ impl Runner {
                 process::kill_group(mark.pid, libc::SIGKILL);
             }
             let _ = self.inner.storage.revoke_run_tokens(id).await;
+            // Its webhooks (ACTOR.RUN.FAILED) are stored now and delivered now or on the next
+            // start (the server waits for the records: `Hooks::flush`).
+            if let Ok(run) = ended {
+                self.emit(JobEvent::run_finished(run));
+            }
         }
         for pid in self.inner.build_pids.lock().values() {
             process::kill_group(*pid, libc::SIGKILL);

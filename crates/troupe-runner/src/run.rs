@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
-use troupe_model::actor::{Actor, Build, JobStatus, Run, TaggedBuild};
+use troupe_model::actor::{Actor, Build, JobStatus, Run, TaggedBuild, MAX_RESTARTS_ON_ERROR};
 use troupe_model::now_ms;
 
 use crate::archive::Limits;
@@ -309,7 +309,7 @@ pub(crate) async fn run_task(runner: Runner, id: String, mut rx: mpsc::Unbounded
         let t0 = std::time::Instant::now();
         let setup = prepare_attempt(&runner, &run, &mut token).await;
         tracing::debug!(run = %id, elapsed_us = t0.elapsed().as_micros() as u64, "run prepared");
-        let (build, actor, env, cwd) = match setup {
+        let (build, actor, env, cwd, port) = match setup {
             Ok(parts) => parts,
             Err(message) => {
                 log.system(&message);
@@ -343,6 +343,7 @@ pub(crate) async fn run_task(runner: Runner, id: String, mut rx: mpsc::Unbounded
                 &id,
                 Box::new(move |r: &mut Run| {
                     r.process = Some(mark);
+                    r.extras.container_port = Some(port);
                     if r.status == JobStatus::Ready {
                         r.status = JobStatus::Running;
                     }
@@ -399,6 +400,9 @@ pub(crate) async fn run_task(runner: Runner, id: String, mut rx: mpsc::Unbounded
                     Some(JobStatus::TimingOut) => JobStatus::TimedOut,
                     _ => status,
                 };
+                if status == JobStatus::Failed && restart_on_error(&runner, &run, &log).await {
+                    continue;
+                }
                 break Outcome {
                     status,
                     exit_code: Some(code.unwrap_or(-1)),
@@ -423,6 +427,9 @@ pub(crate) async fn run_task(runner: Runner, id: String, mut rx: mpsc::Unbounded
                 }
             }
             Ending::MemoryExceeded(bytes) => {
+                if restart_on_error(&runner, &run, &log).await {
+                    continue;
+                }
                 break Outcome {
                     status: JobStatus::Failed,
                     exit_code: None,
@@ -431,7 +438,7 @@ pub(crate) async fn run_task(runner: Runner, id: String, mut rx: mpsc::Unbounded
                         bytes / (1024 * 1024),
                         run.memory_mbytes
                     )),
-                }
+                };
             }
         }
     };
@@ -445,6 +452,10 @@ pub(crate) async fn run_task(runner: Runner, id: String, mut rx: mpsc::Unbounded
         .update_run(
             &id,
             Box::new(move |r: &mut Run| {
+                // Already ended by the server's shutdown (which reported it).
+                if r.status.is_terminal() && r.finished_at.is_some() {
+                    return Err(troupe_storage::Error::Conflict("already ended".into()));
+                }
                 r.status = outcome.status;
                 r.finished_at = Some(finished);
                 r.exit_code = outcome.exit_code;
@@ -463,6 +474,7 @@ pub(crate) async fn run_task(runner: Runner, id: String, mut rx: mpsc::Unbounded
         .await;
     let ended = match result {
         Ok(run) => Some(run),
+        Err(troupe_storage::Error::Conflict(_)) => None,
         Err(err) => {
             tracing::error!(run = %id, error = %err, "cannot record run end");
             None
@@ -481,11 +493,45 @@ pub(crate) async fn run_task(runner: Runner, id: String, mut rx: mpsc::Unbounded
     }
 }
 
+/// With `restartOnError`, a failed attempt is followed by another one (as on Apify), at most
+/// [`MAX_RESTARTS_ON_ERROR`] times; `stats.restartCount` counts them. True when the run goes on.
+async fn restart_on_error(runner: &Runner, run: &Run, log: &LogWriter) -> bool {
+    if !run.extras.restart_on_error || run.counters.restart_count >= MAX_RESTARTS_ON_ERROR {
+        return false;
+    }
+    let restarted = runner
+        .inner
+        .storage
+        .update_run(
+            &run.id,
+            Box::new(|r: &mut Run| {
+                if r.status != JobStatus::Running {
+                    return Err(troupe_storage::Error::Conflict("not running".into()));
+                }
+                r.counters.restart_count += 1;
+                Ok(())
+            }),
+        )
+        .await;
+    match restarted {
+        Ok(r) => {
+            log.system(&format!(
+                "The Actor process failed; restarting it (restartOnError, restart {} of {MAX_RESTARTS_ON_ERROR})",
+                r.counters.restart_count
+            ));
+            runner.notify();
+            true
+        }
+        Err(_) => false,
+    }
+}
+
 type Attempt = (
     Build,
     Actor,
     std::collections::BTreeMap<String, String>,
     PathBuf,
+    u16,
 );
 
 /// Loads what a process attempt needs and lays out the run folder.
@@ -538,6 +584,7 @@ async fn prepare_attempt(
         "{ws_base}/v2/actor-runs/{}/events-websocket?token={token}",
         run.id
     );
+    let port = process::free_port();
     let env = run_env(&RunEnv {
         run,
         build: &build,
@@ -546,10 +593,10 @@ async fn prepare_attempt(
         api_base_url: &inner.config.api_base_url,
         public_base_url: &inner.config.public_base_url,
         events_url: Some(&events_url),
-        web_server_port: process::free_port(),
+        web_server_port: port,
         home: &home,
     });
-    Ok((build, actor, env, cwd))
+    Ok((build, actor, env, cwd, port))
 }
 
 /// Makes `run` a folder of symlinks to the top-level entries of the build folder, so a run has

@@ -11,6 +11,8 @@ pub trait UserStore {
     async fn ensure_default_user(&self, username: &str, token: &str) -> Result<User>;
     /// The user owning `token`, if the token is known.
     async fn user_by_token(&self, token: &str) -> Result<Option<User>>;
+    /// The user owning `token` and, for a run's token, that run's id.
+    async fn token_owner(&self, token: &str) -> Result<Option<(User, Option<String>)>>;
     /// A user by id or by username.
     async fn find_user(&self, id_or_username: &str) -> Result<Option<User>>;
     /// Adds a user; `Conflict` when the username is taken.

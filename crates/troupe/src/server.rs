@@ -162,9 +162,13 @@ pub async fn run(options: ServeOptions) -> anyhow::Result<()> {
     // One stdout line tests and scripts can parse.
     println!("troupe listening on http://{bound} (API base {public_base_url}/v2)");
     tracing::info!(%bound, "listening");
+    let hooks = state.hooks.clone();
     troupe_api::serve(listener, state, shutdown).await?;
     // Nothing started by this server outlives it.
     runner.shutdown().await;
+    // The webhooks of the runs it ended are stored before the process exits (delivered now if
+    // there is time, else when the server starts again).
+    hooks.flush(Duration::from_secs(10)).await;
     tracing::info!("stopped");
     Ok(())
 }

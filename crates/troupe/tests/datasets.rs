@@ -982,3 +982,74 @@ async fn tabular_export_over_the_column_limit_is_rejected() {
     assert_eq!(response.status(), 200);
     assert_eq!(response.text().await.unwrap(), "c0,c2000\n0,2000\n");
 }
+
+#[tokio::test]
+async fn statistics_per_field() {
+    let server = TestServer::start();
+    let c = client();
+    let created: Value = c
+        .post(server.url("/datasets?name=stats-fields"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["data"]["id"].as_str().unwrap().to_string();
+    let stats = |c: reqwest::Client| {
+        let url = server.url(&format!("/datasets/{id}/statistics"));
+        async move {
+            let response = c.get(url).send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            response.json::<Value>().await.unwrap()["data"].clone()
+        }
+    };
+    // Nothing to measure yet.
+    assert_eq!(stats(c.clone()).await, json!({"fieldStatistics": null}));
+    let pushed = c
+        .post(server.url(&format!("/datasets/{id}/items")))
+        .json(&json!([
+            {"price": 59, "name": "a", "tags": [1, 2, 3]},
+            {"price": 89.5, "name": null, "tags": []},
+            {"price": 70, "name": "longer", "extra": {"x": 1, "y": 2}},
+        ]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pushed.status(), 201);
+    let got = stats(c.clone()).await;
+    let fields = &got["fieldStatistics"];
+    assert_eq!(
+        fields["price"],
+        json!({"min": 59, "max": 89.5, "nullCount": 0, "emptyCount": 0})
+    );
+    assert_eq!(
+        fields["name"],
+        json!({"min": 1, "max": 6, "nullCount": 1, "emptyCount": 0})
+    );
+    assert_eq!(
+        fields["tags"],
+        json!({"min": 0, "max": 3, "nullCount": 0, "emptyCount": 1})
+    );
+    assert_eq!(
+        fields["extra"],
+        json!({"min": 2, "max": 2, "nullCount": 0, "emptyCount": 2})
+    );
+    // Reading statistics changes nothing.
+    let after: Value = c
+        .get(server.url(&format!("/datasets/{id}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(after["data"]["itemCount"], 3);
+    // A missing dataset: 404 record-not-found.
+    let response = c
+        .get(server.url("/datasets/nosuchdataset1234/statistics"))
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 404, "record-not-found").await;
+}

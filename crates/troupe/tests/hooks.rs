@@ -1348,3 +1348,40 @@ async fn missed_schedule_times_start_once_after_a_restart() {
         "{first}"
     );
 }
+
+#[tokio::test]
+async fn runs_ended_by_a_clean_shutdown_send_their_failed_webhook() {
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = TestServer::start_in(dir.path(), &[]);
+    let actor = shell_actor(&server, "long-runner", "echo started; sleep 300").await;
+    post_data(
+        &server,
+        "/webhooks",
+        json!({
+            "eventTypes": ["ACTOR.RUN.FAILED", "ACTOR.RUN.ABORTED"],
+            "condition": {"actorId": actor},
+            "requestUrl": receiver.url("/stopped"),
+        }),
+        201,
+    )
+    .await;
+    let run = post_data(&server, &format!("/acts/{actor}/runs"), json!({}), 201).await;
+    let run_id = run["id"].as_str().unwrap().to_string();
+    common::actors::wait_running(&server, &run_id).await;
+    assert!(server.stop(), "clean exit");
+    // The dispatch was stored before the server exited: delivered then, or by the next server.
+    let server = TestServer::start_in(dir.path(), &[]);
+    let got = receiver.wait_for("/stopped", 1).await;
+    assert_eq!(
+        got[0].body["eventType"], "ACTOR.RUN.FAILED",
+        "{:?}",
+        got[0].body
+    );
+    assert_eq!(got[0].body["resource"]["id"], run_id.as_str());
+    assert_eq!(got[0].body["resource"]["status"], "FAILED");
+    let dispatches = get_data(&server, "/webhook-dispatches").await;
+    assert!(dispatches["total"].as_u64().unwrap() >= 1, "{dispatches}");
+    let finished = get_data(&server, &format!("/actor-runs/{run_id}")).await;
+    assert_eq!(finished["status"], "FAILED");
+}

@@ -140,7 +140,10 @@ test('collection: create, getOrCreate, list with offset/limit/desc/unnamed, get,
         assert.deepEqual((await anonymous.dataset(named[0].id).listItems()).items, []);
         await assert.rejects(anonymous.dataset(named[0].id).pushItems({ a: 1 }));
 
-        assert.ok(await ds.getStatistics());
+        await ds.pushItems([{ price: 3, name: 'ab' }, { price: 5 }]);
+        const stats = await ds.getStatistics();
+        assert.deepEqual(stats.fieldStatistics.price, { min: 3, max: 5, nullCount: 0, emptyCount: 0 });
+        assert.equal(stats.fieldStatistics.name.emptyCount, 1);
         await ds.delete();
         assert.equal(await ds.get(), undefined);
         assert.equal((await client.datasets().list()).total, 3);

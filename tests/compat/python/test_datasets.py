@@ -179,8 +179,16 @@ def test_collection_operations_on_a_fresh_server():
             anonymous.dataset(ds.id).push_items([{"a": 1}])
 
         # statistics, delete
+        client.dataset(ds.id).push_items([{"price": 3, "name": "ab"}, {"price": 5}])
         stats = client.dataset(ds.id).get_statistics()
         assert stats is not None
+        fields = stats.field_statistics
+        price = fields["price"]
+        price = price if isinstance(price, dict) else price.model_dump(by_alias=True)
+        name = fields["name"]
+        name = name if isinstance(name, dict) else name.model_dump(by_alias=True)
+        assert (price["min"], price["max"]) == (3, 5)
+        assert name["emptyCount"] == 1 and name["min"] == 2
         client.dataset(ds.id).delete()
         assert client.dataset(ds.id).get() is None
         assert client.datasets().list().total == 3

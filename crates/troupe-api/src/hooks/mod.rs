@@ -70,6 +70,10 @@ struct Inner {
     slots: Semaphore,
     /// Woken when schedules change (the scheduler recomputes when to wake up).
     schedules_changed: Notify,
+    /// Events submitted and not yet turned into dispatch records.
+    unhandled: std::sync::atomic::AtomicU64,
+    /// Woken each time an event was handled.
+    handled: Notify,
 }
 
 impl Hooks {
@@ -92,6 +96,8 @@ impl Hooks {
                 insecure_client: client(true),
                 slots: Semaphore::new(CONCURRENT_CALLS),
                 schedules_changed: Notify::new(),
+                unhandled: std::sync::atomic::AtomicU64::new(0),
+                handled: Notify::new(),
             }),
         }
     }
@@ -102,7 +108,27 @@ impl Hooks {
 
     /// Queues a job event that happens now (never blocks).
     pub fn submit(&self, event: JobEvent) {
-        let _ = self.inner.events.send((now_ms(), event));
+        use std::sync::atomic::Ordering;
+        self.inner.unhandled.fetch_add(1, Ordering::SeqCst);
+        if self.inner.events.send((now_ms(), event)).is_err() {
+            self.inner.unhandled.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Waits (at most `limit`) until every submitted event has its dispatch records stored, so
+    /// that events of a shutdown (runs it ended) are delivered on the next start if not before.
+    pub async fn flush(&self, limit: Duration) {
+        use std::sync::atomic::Ordering;
+        let _ = tokio::time::timeout(limit, async {
+            loop {
+                let handled = self.inner.handled.notified();
+                if self.inner.unhandled.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
+                handled.await;
+            }
+        })
+        .await;
     }
 
     /// Tells the scheduler that schedules changed.
@@ -132,6 +158,11 @@ pub async fn start(state: &AppState) -> anyhow::Result<()> {
                 if let Err(err) = handle_event(&state, at, event).await {
                     tracing::warn!(error = %err, "cannot create webhook dispatches");
                 }
+                let inner = &state.hooks.inner;
+                inner
+                    .unhandled
+                    .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                inner.handled.notify_waiters();
             }
         });
     }

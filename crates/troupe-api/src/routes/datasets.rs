@@ -116,7 +116,112 @@ async fn push_items(
     Ok(response)
 }
 
-/// GET .../statistics — per-field statistics (troupe keeps no field schema, so none).
-async fn get_statistics(_target: DatasetTarget) -> Response {
-    super::data(StatusCode::OK, json!({ "fieldStatistics": null }))
+/// GET .../statistics — `fieldStatistics` of every top-level field the items have (troupe keeps
+/// no dataset fields schema, so every field counts): `min`/`max` (numbers: the value; strings and
+/// arrays: the length; objects: the number of keys), `nullCount` (items where it is `null`) and
+/// `emptyCount` (items without it). One pass over the items, off the async runtime; `null` for
+/// an empty dataset.
+async fn get_statistics(
+    State(state): State<AppState>,
+    target: DatasetTarget,
+) -> ApiResult<Response> {
+    let id = target.info().id.clone();
+    let storage = state.storage.clone();
+    let stats = tokio::task::spawn_blocking(move || {
+        let mut stats = FieldStats::default();
+        storage
+            .visit_items(&id, 0, u64::MAX, false, &mut |raw| {
+                stats.add(raw);
+                true
+            })
+            .map(|_| stats)
+    })
+    .await
+    .map_err(crate::error::ApiError::internal)??;
+    Ok(super::data(
+        StatusCode::OK,
+        json!({ "fieldStatistics": stats.into_json() }),
+    ))
+}
+
+/// A whole number as an integer (`3`, not `3.0`).
+fn number(value: f64) -> serde_json::Value {
+    if value.fract() == 0.0 && value.abs() < 9.0e15 {
+        json!(value as i64)
+    } else {
+        json!(value)
+    }
+}
+
+/// Most fields [`get_statistics`] reports (the tabular exports' column limit).
+const MAX_STATISTICS_FIELDS: usize = 2000;
+
+#[derive(Default)]
+struct FieldStats {
+    items: u64,
+    fields: std::collections::BTreeMap<String, FieldStat>,
+}
+
+#[derive(Default)]
+struct FieldStat {
+    present: u64,
+    nulls: u64,
+    min: Option<f64>,
+    max: Option<f64>,
+}
+
+impl FieldStats {
+    fn add(&mut self, raw: &[u8]) {
+        self.items += 1;
+        let Ok(serde_json::Value::Object(item)) = serde_json::from_slice(raw) else {
+            return;
+        };
+        for (key, value) in item {
+            let full = self.fields.len() >= MAX_STATISTICS_FIELDS;
+            let stat = match self.fields.get_mut(&key) {
+                Some(stat) => stat,
+                None if full => continue,
+                None => self.fields.entry(key).or_default(),
+            };
+            stat.present += 1;
+            let measure = match &value {
+                serde_json::Value::Null => {
+                    stat.nulls += 1;
+                    None
+                }
+                serde_json::Value::Number(n) => n.as_f64(),
+                serde_json::Value::String(s) => Some(s.chars().count() as f64),
+                serde_json::Value::Array(a) => Some(a.len() as f64),
+                serde_json::Value::Object(o) => Some(o.len() as f64),
+                serde_json::Value::Bool(_) => None,
+            };
+            if let Some(m) = measure {
+                stat.min = Some(stat.min.map_or(m, |x| x.min(m)));
+                stat.max = Some(stat.max.map_or(m, |x| x.max(m)));
+            }
+        }
+    }
+
+    fn into_json(self) -> serde_json::Value {
+        if self.items == 0 {
+            return serde_json::Value::Null;
+        }
+        let items = self.items;
+        serde_json::Value::Object(
+            self.fields
+                .into_iter()
+                .map(|(key, stat)| {
+                    (
+                        key,
+                        json!({
+                            "min": stat.min.map(number),
+                            "max": stat.max.map(number),
+                            "nullCount": stat.nulls,
+                            "emptyCount": items - stat.present,
+                        }),
+                    )
+                })
+                .collect(),
+        )
+    }
 }

@@ -17,7 +17,7 @@ use axum::Router;
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::{json, Value};
-use troupe_model::actor::{Actor, Build, JobStatus, Run, RunCounters, RUN_ORIGINS};
+use troupe_model::actor::{Actor, Build, JobStatus, Run, RunCounters, RunExtras, RUN_ORIGINS};
 use troupe_model::storage::{StorageKind, StorageOrigin};
 use troupe_model::user::User;
 use troupe_model::{format_ts, now_ms, DEFAULT_GENERAL_ACCESS, GENERAL_ACCESS_VALUES};
@@ -229,16 +229,14 @@ pub fn run_json<'a>(state: &AppState, run: &'a Run, caller: Option<&str>) -> Run
         default_dataset_id: &run.default_dataset_id,
         default_request_queue_id: &run.default_request_queue_id,
         storage_ids: StorageIds {
-            datasets: DefaultId {
-                default: &run.default_dataset_id,
-            },
-            key_value_stores: DefaultId {
-                default: &run.default_key_value_store_id,
-            },
-            request_queues: DefaultId {
-                default: &run.default_request_queue_id,
-            },
+            datasets: AliasIds::new(run, "datasets", &run.default_dataset_id),
+            key_value_stores: AliasIds::new(run, "keyValueStores", &run.default_key_value_store_id),
+            request_queues: AliasIds::new(run, "requestQueues", &run.default_request_queue_id),
         },
+        container_url: run
+            .extras
+            .container_port
+            .map(|port| format!("http://127.0.0.1:{port}")),
         is_container_server_ready: false,
         charged_event_counts: Empty {},
         metamorphs: &run.metamorphs,
@@ -275,6 +273,9 @@ pub struct RunJson<'a> {
     default_dataset_id: &'a str,
     default_request_queue_id: &'a str,
     storage_ids: StorageIds<'a>,
+    /// The run's web server (`ACTOR_WEB_SERVER_URL`), once a process was started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    container_url: Option<String>,
     is_container_server_ready: bool,
     charged_event_counts: Empty,
     metamorphs: &'a [Value],
@@ -334,14 +335,36 @@ struct RunOptionsJson<'a> {
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct StorageIds<'a> {
-    datasets: DefaultId<'a>,
-    key_value_stores: DefaultId<'a>,
-    request_queues: DefaultId<'a>,
+    datasets: AliasIds<'a>,
+    key_value_stores: AliasIds<'a>,
+    request_queues: AliasIds<'a>,
 }
 
-#[derive(Serialize)]
-struct DefaultId<'a> {
+/// `{"default": id, alias: id, ...}` of one storage kind.
+struct AliasIds<'a> {
     default: &'a str,
+    run: &'a Run,
+    kind: &'static str,
+}
+
+impl<'a> AliasIds<'a> {
+    fn new(run: &'a Run, kind: &'static str, default: &'a str) -> Self {
+        Self { default, run, kind }
+    }
+}
+
+impl Serialize for AliasIds<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("default", self.default)?;
+        for (kind, alias, id) in &self.run.extras.storage_aliases {
+            if kind == self.kind {
+                map.serialize_entry(alias, id)?;
+            }
+        }
+        map.end()
+    }
 }
 
 /// `{}`.
@@ -763,6 +786,7 @@ pub struct RunOptions {
     pub timeout_secs: Option<u64>,
     pub memory_mbytes: Option<u64>,
     pub max_items: Option<u64>,
+    pub restart_on_error: Option<bool>,
     /// Ad-hoc webhooks of the run (checked, created with it).
     pub webhooks: Vec<crate::hooks::webhook::WebhookInput>,
 }
@@ -778,6 +802,10 @@ impl RunOptions {
             timeout_secs: params.u64("timeout")?,
             memory_mbytes: memory,
             max_items: params.u64("maxItems")?,
+            restart_on_error: match params.str("restartOnError") {
+                Some(_) => Some(params.bool("restartOnError", false)?),
+                None => None,
+            },
             webhooks: match params.str("webhooks") {
                 Some(value) => crate::hooks::webhook::parse_ad_hoc(value)?,
                 None => vec![],
@@ -882,6 +910,29 @@ fn schema_defaults(schema: &str) -> Option<Vec<(String, Value)>> {
     (!defaults.is_empty()).then_some(defaults)
 }
 
+/// The storages an Actor declares by alias in `actor.json` (`storages.datasets`,
+/// `storages.keyValueStores`, `storages.requestQueues`: objects of alias → schema), except
+/// `default` (the run's default storage): `(collection key, alias)` pairs, in a stable order.
+pub fn declared_storage_aliases(definition: Option<&Value>) -> Vec<(&'static str, String)> {
+    let Some(storages) = definition
+        .and_then(|d| d.get("storages"))
+        .and_then(Value::as_object)
+    else {
+        return vec![];
+    };
+    let mut aliases = Vec::new();
+    for key in ["datasets", "keyValueStores", "requestQueues"] {
+        if let Some(declared) = storages.get(key).and_then(Value::as_object) {
+            for alias in declared.keys() {
+                if alias != "default" && !alias.is_empty() && alias.len() <= 63 {
+                    aliases.push((key, alias.clone()));
+                }
+            }
+        }
+    }
+    aliases
+}
+
 /// What starting a run needs.
 pub struct StartRun {
     pub actor: Actor,
@@ -934,6 +985,19 @@ pub async fn start_run(state: &AppState, user: &User, request: StartRun) -> ApiR
             .await?;
         ids.push(info.id);
     }
+    let mut storage_aliases = Vec::new();
+    for (kind_key, alias) in declared_storage_aliases(build.actor_definition.as_ref()) {
+        let kind = match kind_key {
+            "datasets" => StorageKind::Dataset,
+            "keyValueStores" => StorageKind::KeyValueStore,
+            _ => StorageKind::RequestQueue,
+        };
+        let (info, _) = state
+            .storage
+            .create_storage(kind, user, None, origin.clone())
+            .await?;
+        storage_aliases.push((kind_key.to_string(), alias, info.id));
+    }
     let input = with_schema_defaults(request.input, build.input_schema.as_deref());
     let input_len = input.as_ref().map(|(b, _)| b.len()).unwrap_or(0);
     if let Some((bytes, content_type)) = input {
@@ -977,6 +1041,14 @@ pub async fn start_run(state: &AppState, user: &User, request: StartRun) -> ApiR
         attempt_started_at: 0,
         schedule_id: request.schedule.as_ref().map(|(id, _)| id.clone()),
         scheduled_at: request.schedule.map(|(_, at)| at),
+        extras: RunExtras {
+            restart_on_error: request
+                .options
+                .restart_on_error
+                .unwrap_or(defaults.restart_on_error),
+            container_port: None,
+            storage_aliases,
+        },
     };
     state.storage.create_run(run.clone()).await?;
     // Ad-hoc webhooks exist before the run can emit anything.

@@ -620,6 +620,7 @@ async fn start_task(
     options.timeout_secs = options.timeout_secs.or(defaults.timeout_secs);
     options.memory_mbytes = options.memory_mbytes.or(defaults.memory_mbytes);
     options.max_items = options.max_items.or(defaults.max_items);
+    options.restart_on_error = options.restart_on_error.or(defaults.restart_on_error);
     start_run(
         state,
         &user,

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use troupe_model::user::User;
 
 use super::data;
-use crate::auth::Auth;
+use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
@@ -90,8 +90,23 @@ fn constant_account_fields() -> &'static RawValue {
     })
 }
 
-/// GET /v2/users/me — private account info of the token owner.
-async fn get_me(Auth(user): Auth) -> Response {
+/// GET /v2/users/me — private account info of the token owner. A run's own token (the one in
+/// its `APIFY_TOKEN`) gets what Apify gives run-scoped tokens: no `profile`, `email` or `plan`.
+async fn get_me(caller: Caller) -> ApiResult<Response> {
+    let user = caller.require()?;
+    if caller.run_id.is_some() {
+        return Ok(data(
+            StatusCode::OK,
+            json!({
+                "id": user.id,
+                "username": user.username,
+                "proxy": { "password": "", "groups": [] },
+                "effectivePlatformFeatures": {},
+                "createdAt": troupe_model::format_ts(user.created_at),
+                "isPaying": false,
+            }),
+        ));
+    }
     #[derive(Serialize)]
     #[serde(rename_all = "camelCase")]
     struct Me<'a> {
@@ -117,12 +132,12 @@ async fn get_me(Auth(user): Auth) -> Response {
     body.push(b',');
     body.extend_from_slice(&constant.as_bytes()[1..]);
     body.push(b'}');
-    (
+    Ok((
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/json")],
         axum::body::Bytes::from(body),
     )
-        .into_response()
+        .into_response())
 }
 
 /// GET /v2/users/{userId} — public profile by id or username; no token needed.

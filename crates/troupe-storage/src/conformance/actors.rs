@@ -74,6 +74,7 @@ pub fn run_object(
         attempt_started_at: started_at,
         schedule_id: None,
         scheduled_at: None,
+        extras: Default::default(),
     }
 }
 

@@ -70,8 +70,19 @@ pub async fn run_tokens(storage: &dyn Storage) {
         storage.user_by_token(&run_secret).await.unwrap(),
         Some(bob.clone())
     );
+    // The owner of a run's token names the run; other tokens name none.
+    assert_eq!(
+        storage.token_owner(&run_secret).await.unwrap(),
+        Some((bob.clone(), Some("RUN123".to_string())))
+    );
+    assert_eq!(
+        storage.token_owner("admin-token").await.unwrap(),
+        Some((admin.clone(), None))
+    );
+    assert_eq!(storage.token_owner("no-such-token").await.unwrap(), None);
     assert_eq!(storage.revoke_run_tokens("RUN123").await.unwrap(), 1);
     assert_eq!(storage.user_by_token(&run_secret).await.unwrap(), None);
+    assert_eq!(storage.token_owner(&run_secret).await.unwrap(), None);
     assert!(matches!(
         storage.create_token("nobody", "x", None).await,
         Err(crate::Error::NotFound(_))

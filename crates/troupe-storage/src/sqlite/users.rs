@@ -73,6 +73,19 @@ impl UserStore for SqliteStorage {
         .await
     }
 
+    async fn token_owner(&self, token: &str) -> Result<Option<(User, Option<String>)>> {
+        let token_hash = hash_token(token);
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT u.id, u.username, u.created_at, t.run_id FROM tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash = ?1",
+            )?;
+            Ok(optional(stmt.query_row([token_hash], |row| {
+                Ok((user_from_row(row)?, row.get(3)?))
+            }))?)
+        })
+        .await
+    }
+
     async fn find_user(&self, id_or_username: &str) -> Result<Option<User>> {
         let key = id_or_username.to_string();
         self.read(move |conn| {
