@@ -119,7 +119,7 @@ async fn get_me(caller: Caller) -> ApiResult<Response> {
     let me = Me {
         id: &user.id,
         username: &user.username,
-        profile: public_profile(&user),
+        profile: public_profile(user),
         email: Email(&user.username),
         created_at: troupe_model::format_ts(user.created_at),
     };
