@@ -201,6 +201,30 @@ pub async fn resolve_storage(
     })
 }
 
+/// The path parameters and the caller of a request.
+pub async fn path_and_caller(
+    parts: &mut Parts,
+    state: &AppState,
+) -> ApiResult<(HashMap<String, String>, Caller)> {
+    let raw = RawPathParams::from_request_parts(parts, state)
+        .await
+        .map_err(|err| ApiError::invalid_parameter(err.to_string()))?;
+    let path = path_map(&raw);
+    let caller = Caller::from_request_parts(parts, state).await?;
+    Ok((path, caller))
+}
+
+/// [`path_and_caller`] for a private resource (task, webhook, schedule): a token is required
+/// (401 `token-not-provided` without one).
+pub async fn private_path_and_caller(
+    parts: &mut Parts,
+    state: &AppState,
+) -> ApiResult<(HashMap<String, String>, Caller)> {
+    let (path, caller) = path_and_caller(parts, state).await?;
+    caller.require()?;
+    Ok((path, caller))
+}
+
 /// Raw path parameters as a map (percent-decoded by axum).
 pub fn path_map(raw: &RawPathParams) -> HashMap<String, String> {
     raw.iter()

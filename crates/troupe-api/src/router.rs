@@ -19,8 +19,8 @@ use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
 use crate::routes::{
-    actors, builds, datasets, key_value_stores, logs, request_queues, runs, schedules, tasks,
-    users, webhooks,
+    actors, builds, datasets, key_value_stores, logs, platform, request_queues, runs, schedules,
+    tasks, users, webhooks,
 };
 use crate::state::AppState;
 
@@ -38,6 +38,7 @@ const RUN_PREFIXES: &[&str] = &[
 pub fn app(state: AppState) -> Router {
     let mut router = Router::new()
         .merge(users::routes())
+        .merge(platform::routes())
         .merge(builds::collection_routes())
         .merge(runs::collection_routes())
         .merge(tasks::routes())

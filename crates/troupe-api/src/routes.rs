@@ -6,6 +6,7 @@ pub mod builds;
 pub mod datasets;
 pub mod key_value_stores;
 pub mod logs;
+pub mod platform;
 pub mod request_queues;
 pub mod run_input;
 pub mod runs;

@@ -30,6 +30,8 @@ pub struct ApiConfig {
     pub max_record_bytes: u64,
     /// Webhook delivery (timeouts, retries).
     pub hooks: crate::hooks::HooksConfig,
+    /// The server's secret for values signed by `tools/encode-and-sign` (kept in the data dir).
+    pub signing_secret: String,
 }
 
 /// Default of [`ApiConfig::max_record_bytes`]: 1 GiB.

@@ -63,6 +63,21 @@ fn default_token(data_dir: &Path, given: Option<String>) -> anyhow::Result<Strin
     Ok(token)
 }
 
+/// The secret `tools/encode-and-sign` signs with: `DATA/signing.secret`, made on first start
+/// (readable by the server's user only), so signed values stay valid across restarts.
+fn signing_secret(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join("signing.secret");
+    if let Ok(secret) = std::fs::read_to_string(&path) {
+        let secret = secret.trim().to_string();
+        if !secret.is_empty() {
+            return Ok(secret);
+        }
+    }
+    let secret = troupe_model::id::random_string(48);
+    write_private(&path, &secret).with_context(|| format!("writing {}", path.display()))?;
+    Ok(secret)
+}
+
 fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -149,6 +164,7 @@ pub async fn run(options: ServeOptions) -> anyhow::Result<()> {
             header_read_timeout: options.header_read_timeout,
             max_record_bytes: options.max_record_bytes,
             hooks: options.hooks.clone(),
+            signing_secret: signing_secret(&options.data_dir)?,
         },
         runner.clone(),
     );

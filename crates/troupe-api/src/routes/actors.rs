@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use axum::body::Body;
-use axum::extract::{FromRequestParts, Path, RawPathParams, State};
+use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -28,7 +28,9 @@ use crate::body::ApifyJson;
 use crate::error::{ApiError, ApiResult};
 use crate::items::{items_response, ItemsQuery};
 use crate::params::Params;
-use crate::resolve::{check_access, name_ref_owner, path_map, split_name_ref, Access, AddressedBy};
+use crate::resolve::{
+    check_access, name_ref_owner, path_and_caller, split_name_ref, Access, AddressedBy,
+};
 use crate::router::Routes;
 use crate::state::AppState;
 
@@ -67,6 +69,10 @@ pub fn routes() -> Routes {
         .nest("/{actorId}/builds/{buildId}", build_routes())
         .route("/{actorId}/runs", get(list_actor_runs).post(run_actor))
         .route("/{actorId}/webhooks", get(list_actor_webhooks))
+        .route(
+            "/{actorId}/validate-input",
+            axum::routing::post(super::platform::validate_input),
+        )
         .route("/{actorId}/run-sync", get(run_sync).post(run_sync))
         .route(
             "/{actorId}/run-sync-get-dataset-items",
@@ -130,11 +136,7 @@ impl FromRequestParts<AppState> for ActorTarget {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let raw = RawPathParams::from_request_parts(parts, state)
-            .await
-            .map_err(|err| ApiError::invalid_parameter(err.to_string()))?;
-        let path = path_map(&raw);
-        let caller = Caller::from_request_parts(parts, state).await?;
+        let (path, caller) = path_and_caller(parts, state).await?;
         let reference = path
             .get("actorId")
             .ok_or_else(|| ApiError::not_found("Actor was not found"))?;

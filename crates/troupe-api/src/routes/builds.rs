@@ -2,7 +2,7 @@
 //! to the build and mounted under `/v2/actor-builds/{buildId}` and the deprecated
 //! `/v2/acts|actors/{actorId}/builds/{buildId}`; and the global listing.
 
-use axum::extract::{FromRequestParts, RawPathParams, State};
+use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -18,7 +18,7 @@ use super::{data, no_content};
 use crate::auth::{Auth, Caller};
 use crate::error::{ApiError, ApiResult};
 use crate::params::Params;
-use crate::resolve::{check_access, path_map, Access, AddressedBy};
+use crate::resolve::{check_access, path_and_caller, Access, AddressedBy};
 use crate::router::Routes;
 use crate::state::AppState;
 
@@ -33,11 +33,7 @@ impl FromRequestParts<AppState> for BuildTarget {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let raw = RawPathParams::from_request_parts(parts, state)
-            .await
-            .map_err(|err| ApiError::invalid_parameter(err.to_string()))?;
-        let path = path_map(&raw);
-        let caller = Caller::from_request_parts(parts, state).await?;
+        let (path, caller) = path_and_caller(parts, state).await?;
         let not_found = || ApiError::not_found("Actor build was not found");
         let id = path.get("buildId").ok_or_else(not_found)?;
         let build = state.storage.get_build(id).await?.ok_or_else(not_found)?;
@@ -68,6 +64,7 @@ pub fn build_routes() -> Routes {
         .route("/", get(get_build).delete(delete_build))
         .route("/abort", post(abort_build))
         .route("/log", get(super::logs::get_build_log))
+        .route("/openapi.json", get(super::platform::build_openapi))
 }
 
 /// `/v2/actor-builds`.

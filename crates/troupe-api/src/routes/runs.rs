@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{FromRequestParts, RawPathParams, State};
+use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -29,7 +29,7 @@ use crate::auth::{Auth, Caller};
 use crate::body::{read_decoded, ApifyJson, DEFAULT_BODY_LIMIT};
 use crate::error::{ApiError, ApiResult};
 use crate::params::Params;
-use crate::resolve::{check_access, path_map, Access, AddressedBy};
+use crate::resolve::{check_access, path_and_caller, Access, AddressedBy};
 use crate::router::Routes;
 use crate::state::AppState;
 
@@ -137,12 +137,8 @@ impl FromRequestParts<AppState> for RunTarget {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let raw = RawPathParams::from_request_parts(parts, state)
-            .await
-            .map_err(|err| ApiError::invalid_parameter(err.to_string()))?;
-        let path = path_map(&raw);
+        let (path, caller) = path_and_caller(parts, state).await?;
         let params = Params::parse(parts.uri.query())?;
-        let caller = Caller::from_request_parts(parts, state).await?;
         let access = Access::of(&parts.method);
         Ok(RunTarget(
             resolve_run(state, &caller, &path, &params, access).await?,
@@ -158,6 +154,7 @@ pub fn run_routes() -> Routes {
         .route("/metamorph", post(metamorph_run))
         .route("/reboot", post(reboot_run))
         .route("/resurrect", post(resurrect_run))
+        .route("/charge", post(super::platform::charge_run))
         .route("/log", get(super::logs::get_run_log))
         .route("/events-websocket", get(events_websocket))
 }

@@ -1,7 +1,7 @@
 //! Schedules (ENDPOINTS.md §2.15): CRUD and the invocation log. Firing is
 //! [`crate::hooks::scheduler`]'s job; every change here wakes it.
 
-use axum::extract::{FromRequestParts, RawPathParams, State};
+use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -20,7 +20,7 @@ use crate::body::ApifyJson;
 use crate::error::{ApiError, ApiResult};
 use crate::hooks::scheduler::{next_run, parse_cron, parse_timezone};
 use crate::params::Params;
-use crate::resolve::{check_access, path_map, split_name_ref, Access, AddressedBy};
+use crate::resolve::{check_access, private_path_and_caller, split_name_ref, Access, AddressedBy};
 use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
@@ -50,11 +50,7 @@ impl FromRequestParts<AppState> for ScheduleTarget {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let raw = RawPathParams::from_request_parts(parts, state)
-            .await
-            .map_err(|err| ApiError::invalid_parameter(err.to_string()))?;
-        let path = path_map(&raw);
-        let caller = Caller::from_request_parts(parts, state).await?;
+        let (path, caller) = private_path_and_caller(parts, state).await?;
         let user = caller.require()?.clone();
         let reference = path.get("scheduleId").ok_or_else(schedule_not_found)?;
         let schedule = match split_name_ref(reference) {

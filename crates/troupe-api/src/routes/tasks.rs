@@ -4,7 +4,7 @@
 //! mounted by the router with the other run prefixes).
 
 use axum::body::Body;
-use axum::extract::{FromRequestParts, RawPathParams, State};
+use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -28,7 +28,9 @@ use crate::body::ApifyJson;
 use crate::error::{ApiError, ApiResult};
 use crate::items::ItemsQuery;
 use crate::params::Params;
-use crate::resolve::{check_access, name_ref_owner, path_map, split_name_ref, Access, AddressedBy};
+use crate::resolve::{
+    check_access, name_ref_owner, private_path_and_caller, split_name_ref, Access, AddressedBy,
+};
 use crate::state::AppState;
 
 /// Every task route, with absolute paths.
@@ -115,12 +117,7 @@ impl FromRequestParts<AppState> for TaskTarget {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let raw = RawPathParams::from_request_parts(parts, state)
-            .await
-            .map_err(|err| ApiError::invalid_parameter(err.to_string()))?;
-        let path = path_map(&raw);
-        let caller = Caller::from_request_parts(parts, state).await?;
-        caller.require()?;
+        let (path, caller) = private_path_and_caller(parts, state).await?;
         let reference = path.get("actorTaskId").ok_or_else(task_not_found)?;
         let task = find_task(state, &caller, reference)
             .await?

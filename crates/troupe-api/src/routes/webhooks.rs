@@ -2,7 +2,7 @@
 //! and the per-Actor / per-task webhook lists (mounted by the Actor and task routers).
 //! Delivery itself lives in [`crate::hooks`].
 
-use axum::extract::{FromRequestParts, RawPathParams, State};
+use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -23,7 +23,7 @@ use crate::hooks::webhook::{
     dispatch_json, new_webhook, parse_input, webhook_json, ConditionInput, WebhookInput,
 };
 use crate::params::Params;
-use crate::resolve::{check_access, path_map, Access, AddressedBy};
+use crate::resolve::{check_access, private_path_and_caller, Access, AddressedBy};
 use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
@@ -69,12 +69,7 @@ impl FromRequestParts<AppState> for WebhookTarget {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let raw = RawPathParams::from_request_parts(parts, state)
-            .await
-            .map_err(|err| ApiError::invalid_parameter(err.to_string()))?;
-        let path = path_map(&raw);
-        let caller = Caller::from_request_parts(parts, state).await?;
-        caller.require()?;
+        let (path, caller) = private_path_and_caller(parts, state).await?;
         let id = path.get("webhookId").ok_or_else(webhook_not_found)?;
         let webhook = state
             .storage
