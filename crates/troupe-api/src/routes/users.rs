@@ -101,7 +101,7 @@ async fn get_me(caller: Caller) -> ApiResult<Response> {
                 "id": user.id,
                 "username": user.username,
                 "proxy": { "password": "", "groups": [] },
-                "effectivePlatformFeatures": {},
+                "effectivePlatformFeatures": effective_platform_features(),
                 "createdAt": troupe_model::format_ts(user.created_at),
                 "isPaying": false,
             }),
