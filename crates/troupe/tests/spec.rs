@@ -20,22 +20,7 @@ use serde_json::{json, Value};
 
 /// Operations deliberately not served, as `METHOD /v2/path` of the spec. Each answers the
 /// router's `404 page-not-found`. Keep in sync with README "API coverage".
-const UNROUTED: &[&str] = &[
-    "GET /v2/actors/{actorId}/builds/{buildId}/openapi.json",
-    "POST /v2/actors/{actorId}/validate-input",
-    "POST /v2/actor-runs/{runId}/charge",
-    "GET /v2/actor-builds/{buildId}/openapi.json",
-    "GET /v2/store",
-    "GET /v2/users/me/usage/monthly",
-    "GET /v2/users/me/limits",
-    "PUT /v2/users/me/limits",
-    "GET /v2/browser-info",
-    "POST /v2/browser-info",
-    "PUT /v2/browser-info",
-    "DELETE /v2/browser-info",
-    "POST /v2/tools/encode-and-sign",
-    "POST /v2/tools/decode-and-verify",
-];
+const UNROUTED: &[&str] = &[];
 
 const METHODS: &[&str] = &["get", "post", "put", "delete", "head", "patch"];
 
