@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod body;
+pub mod cache;
 pub mod error;
 pub mod hooks;
 pub mod items;

@@ -22,6 +22,14 @@ use serde::Serialize;
 
 /// `{"data": value}` with a status.
 pub fn data<T: Serialize>(status: StatusCode, value: T) -> Response {
+    match data_body(value) {
+        Ok(body) => json_body(status, body),
+        Err(err) => err.into_response(),
+    }
+}
+
+/// The bytes of `{"data": value}`.
+pub fn data_body<T: Serialize>(value: T) -> Result<axum::body::Bytes, crate::error::ApiError> {
     /// Serialised straight to bytes (wrapping with `json!` would deep-copy `value` first).
     #[derive(Serialize)]
     struct Envelope<T> {
@@ -29,16 +37,20 @@ pub fn data<T: Serialize>(status: StatusCode, value: T) -> Response {
     }
     // Sized for a typical object up front (axum's `Json` starts at 128 bytes and regrows).
     let mut body = Vec::with_capacity(1024);
-    if let Err(err) = serde_json::to_writer(&mut body, &Envelope { data: value }) {
-        return crate::error::ApiError::internal(err).into_response();
-    }
+    serde_json::to_writer(&mut body, &Envelope { data: value })
+        .map_err(crate::error::ApiError::internal)?;
+    Ok(body.into())
+}
+
+/// A JSON body (already serialised) with a status.
+pub fn json_body(status: StatusCode, body: axum::body::Bytes) -> Response {
     (
         status,
         [(
             axum::http::header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         )],
-        axum::body::Bytes::from(body),
+        body,
     )
         .into_response()
 }

@@ -47,8 +47,13 @@ pub struct AppState {
     pub runner: Runner,
     /// Webhook dispatches and the scheduler (started by [`crate::hooks::start`]).
     pub hooks: crate::hooks::Hooks,
+    /// Bodies of "last run of an Actor" answers (finished runs), see `routes::runs`.
+    pub last_runs: Arc<crate::cache::BodyCache>,
     tokens: Arc<TokenCache>,
 }
+
+/// Bytes of cached "last run" bodies (~1.5 KB each).
+const LAST_RUN_CACHE_BYTES: usize = 4 << 20;
 
 impl AppState {
     pub fn new(storage: Arc<dyn Storage>, config: ApiConfig, runner: Runner) -> Self {
@@ -67,6 +72,7 @@ impl AppState {
             config: Arc::new(config),
             rate_limits: Arc::new(rate_limits),
             runner,
+            last_runs: Arc::new(crate::cache::BodyCache::new(LAST_RUN_CACHE_BYTES)),
             tokens,
         }
     }

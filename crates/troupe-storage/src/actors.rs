@@ -84,4 +84,11 @@ pub trait RunStore {
     async fn expired_runs(&self, cutoff_ms: i64, limit: u64) -> Result<Vec<String>>;
     /// Runs not in a terminal status (READY first-come-first-served order).
     async fn unfinished_runs(&self) -> Result<Vec<Run>>;
+    /// A number that changes whenever a run of the Actor or task `owner_id` is created,
+    /// changed or deleted, or the Actor is deleted — before the change is acknowledged. A cache
+    /// of what depends on those runs (e.g. "last run" answers) is current while the number read
+    /// *before* reading the runs is still the number now. `None`: not tracked, do not cache.
+    fn runs_version(&self, _owner_id: &str) -> Option<u64> {
+        None
+    }
 }

@@ -6,6 +6,7 @@
 //! `spawn_blocking`, except single-row primary-key reads. Large blobs live as files under `blobs/` next to the database.
 
 mod actors;
+mod cache;
 mod catalog;
 mod datasets;
 mod group;
@@ -96,6 +97,8 @@ struct Inner {
     /// queue heads) from the general readers' caches.
     scanners: Mutex<Vec<Connection>>,
     kv: kv::KvState,
+    /// Caches in front of hot reads, and the versions writes bump (see `cache`).
+    caches: Arc<cache::Caches>,
     /// Bumped on every token revocation, so caches in front of token lookups can tell.
     token_generation: std::sync::atomic::AtomicU64,
 }
@@ -120,6 +123,7 @@ impl SqliteStorage {
                 writes: Mutex::new(group::WriteQueue::default()),
                 scanners: Mutex::new(Vec::new()),
                 kv: kv::KvState::default(),
+                caches: cache::Caches::new(),
                 token_generation: std::sync::atomic::AtomicU64::new(0),
             }),
         };

@@ -1499,3 +1499,150 @@ EOF"#;
     )
     .await;
 }
+
+/// Small records are served from a cache: every acknowledged change must show in the very next
+/// read — overwrites (body and headers), deletes, the store's access settings, the store's
+/// deletion — also while other clients keep reading the same record.
+#[tokio::test]
+async fn cached_records_follow_every_change() {
+    let server = TestServer::start();
+    let http = client();
+    let store = create_store(&server, Some("cached")).await;
+    let id = store["id"].as_str().unwrap().to_string();
+    let url = record_url(&server, &id, "hot");
+    let anonymous = format!("{}/key-value-stores/{id}/records/hot", server.api());
+    let reader = http.clone();
+    let get = move |url: String| {
+        let http = reader.clone();
+        async move {
+            let r = http.get(url).send().await.unwrap();
+            let status = r.status().as_u16();
+            let content_type = r
+                .headers()
+                .get("content-type")
+                .map(|v| v.to_str().unwrap().to_string());
+            (status, content_type, r.bytes().await.unwrap().to_vec())
+        }
+    };
+    assert_eq!(
+        put(&server, &id, "hot", Some("text/plain"), b"v1".to_vec())
+            .await
+            .status(),
+        201
+    );
+    for _ in 0..2 {
+        let got = get(url.clone()).await;
+        assert_eq!(
+            (got.0, got.1.as_deref(), &got.2[..]),
+            (200, Some("text/plain"), &b"v1"[..])
+        );
+    }
+    // HEAD answers from the same entry, without a body.
+    let head = http.head(url.clone()).send().await.unwrap();
+    assert_eq!(head.status().as_u16(), 200);
+    assert_eq!(head.headers()["content-length"], "2");
+
+    // Overwrites, with other readers hammering the record meanwhile.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let (get, url, stop) = (get.clone(), url.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut reads = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let got = get(url.clone()).await;
+                    assert_eq!(got.0, 200);
+                    reads += 1;
+                }
+                reads
+            })
+        })
+        .collect();
+    for i in 0..40 {
+        let body = format!("value {i}").into_bytes();
+        let content_type = if i % 2 == 0 {
+            "text/plain"
+        } else {
+            "application/json"
+        };
+        assert_eq!(
+            put(&server, &id, "hot", Some(content_type), body.clone())
+                .await
+                .status(),
+            201
+        );
+        let got = get(url.clone()).await;
+        assert_eq!(
+            (got.0, got.1.as_deref(), got.2),
+            (200, Some(content_type), body),
+            "write {i}"
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for reader in readers {
+        reader.await.unwrap();
+    }
+
+    // Delete, then write again.
+    let r = http.delete(url.clone()).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    assert_error(
+        http.get(url.clone()).send().await.unwrap(),
+        404,
+        "record-not-found",
+    )
+    .await;
+    assert_eq!(
+        put(&server, &id, "hot", Some("text/plain"), b"again".to_vec())
+            .await
+            .status(),
+        201
+    );
+    assert_eq!(get(url.clone()).await.2, b"again");
+
+    // The store's access settings travel with cached records.
+    assert_error(
+        http.get(anonymous.clone()).send().await.unwrap(),
+        401,
+        "token-not-provided",
+    )
+    .await;
+    let set_access = |access: &'static str| {
+        let http = http.clone();
+        let url = server.url(&format!("/key-value-stores/{id}"));
+        async move {
+            let r = http
+                .put(url)
+                .json(&serde_json::json!({ "generalAccess": access }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status().as_u16(), 200);
+        }
+    };
+    set_access("ANYONE_WITH_ID_CAN_READ").await;
+    assert_eq!(get(anonymous.clone()).await.2, b"again");
+    assert_eq!(get(anonymous.clone()).await.2, b"again");
+    set_access("RESTRICTED").await;
+    assert_error(
+        http.get(anonymous.clone()).send().await.unwrap(),
+        401,
+        "token-not-provided",
+    )
+    .await;
+    assert_eq!(get(url.clone()).await.2, b"again");
+
+    // A deleted store.
+    let r = http
+        .delete(server.url(&format!("/key-value-stores/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    assert_error(
+        http.get(url.clone()).send().await.unwrap(),
+        404,
+        "record-not-found",
+    )
+    .await;
+}

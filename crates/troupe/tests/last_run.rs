@@ -1178,3 +1178,123 @@ async fn other_users_reach_neither_tasks_nor_last_runs() {
     assert_eq!(same["input"], json!({"mode": "ok"}));
     assert_eq!(same["stats"]["totalRuns"], 1);
 }
+
+/// `runs/last` answers of finished runs are cached by the server: every change to the Actor's
+/// runs must show in the very next request — a new run that just finished, a changed status
+/// message, a deleted run, a deleted Actor — and a cached answer is byte for byte the answer
+/// computed from storage.
+#[tokio::test]
+async fn last_run_answers_follow_every_change() {
+    let server = TestServer::start();
+    let actor = common::actors::built_actor(&server, "cache-follow", "exit 0\n").await;
+    let last = format!("/acts/{actor}/runs/last?status=SUCCEEDED");
+    let raw = |path: String| {
+        let server = &server;
+        async move {
+            let r = send(server, Method::GET, &path, None).await;
+            let status = r.status().as_u16();
+            let content_type = r.headers()["content-type"].to_str().unwrap().to_string();
+            (status, content_type, r.bytes().await.unwrap())
+        }
+    };
+    let run = |mode: &'static str| {
+        let server = &server;
+        let actor = &actor;
+        async move {
+            let id = start_run(
+                server,
+                &format!("/acts/{actor}/runs"),
+                json!({ "mode": mode }),
+            )
+            .await["id"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            assert_eq!(wait_finished(server, &id).await["status"], "SUCCEEDED");
+            id
+        }
+    };
+    assert_error(
+        send(&server, Method::GET, &last, None).await,
+        404,
+        "record-not-found",
+    )
+    .await;
+    let first = run("a").await;
+    assert_eq!(get_data(&server, &last).await["id"], first.as_str());
+    // Served again (from the cache): the same bytes as the answer by name, which is not cached.
+    let cached = raw(last.clone()).await;
+    let by_name = raw("/acts/~cache-follow/runs/last?status=SUCCEEDED".to_string()).await;
+    assert_eq!(cached.0, 200);
+    assert_eq!(cached, by_name);
+    assert_eq!(cached.1, "application/json");
+
+    // A changed run.
+    data_of(
+        send(
+            &server,
+            Method::PUT,
+            &format!("/actor-runs/{first}"),
+            Some(json!({"statusMessage": "changed"})),
+        )
+        .await,
+        200,
+    )
+    .await;
+    assert_eq!(get_data(&server, &last).await["statusMessage"], "changed");
+    // A new run, visible as soon as it is seen finished.
+    let second = run("b").await;
+    assert_eq!(get_data(&server, &last).await["id"], second.as_str());
+    assert_eq!(get_data(&server, &last).await["id"], second.as_str());
+    // Filters are part of what is cached.
+    assert_error(
+        send(&server, Method::GET, &format!("{last}&origin=WEB"), None).await,
+        404,
+        "record-not-found",
+    )
+    .await;
+    assert_eq!(
+        get_data(&server, &format!("{last}&origin=API")).await["id"],
+        second.as_str()
+    );
+    // Bad parameters are refused even when the answer is cached.
+    assert_error(
+        send(
+            &server,
+            Method::GET,
+            &format!("{last}&waitForFinish=x"),
+            None,
+        )
+        .await,
+        400,
+        "invalid-parameter",
+    )
+    .await;
+    // A deleted run.
+    let r = send(
+        &server,
+        Method::DELETE,
+        &format!("/actor-runs/{second}"),
+        None,
+    )
+    .await;
+    assert_eq!(r.status().as_u16(), 204);
+    assert_eq!(get_data(&server, &last).await["id"], first.as_str());
+    // Another user's `runs/last` of the same Actor is their own (none).
+    let other = server.add_user("cache-other");
+    assert_error(
+        send(&server.as_user(&other), Method::GET, &last, None).await,
+        404,
+        "record-not-found",
+    )
+    .await;
+    // A deleted Actor.
+    let r = send(&server, Method::DELETE, &format!("/acts/{actor}"), None).await;
+    assert_eq!(r.status().as_u16(), 204);
+    assert_error(
+        send(&server, Method::GET, &last, None).await,
+        404,
+        "record-not-found",
+    )
+    .await;
+}

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{FromRequestParts, State};
+use axum::extract::{FromRequestParts, RawPathParams, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -29,7 +29,7 @@ use crate::auth::{Auth, Caller};
 use crate::body::{read_decoded, ApifyJson, DEFAULT_BODY_LIMIT};
 use crate::error::{ApiError, ApiResult};
 use crate::params::Params;
-use crate::resolve::{check_access, path_and_caller, Access, AddressedBy};
+use crate::resolve::{check_access, path_and_caller, path_map, Access, AddressedBy};
 use crate::router::Routes;
 use crate::state::AppState;
 
@@ -92,6 +92,16 @@ pub async fn resolve_run(
     let Some(actor_ref) = actor_ref else {
         return Err(not_found());
     };
+    last_actor_run(state, caller, actor_ref, params).await
+}
+
+/// The caller's last run of the Actor `actor_ref` matching the `status`/`origin` filters.
+async fn last_actor_run(
+    state: &AppState,
+    caller: &Caller,
+    actor_ref: &str,
+    params: &Params,
+) -> ApiResult<Run> {
     // "Last run" is always resolved for the token's owner.
     let user = caller.require()?;
     let (status, origin) = last_run_filters(params)?;
@@ -102,7 +112,7 @@ pub async fn resolve_run(
         .storage
         .last_run(&user.id, &actor_id, status, origin)
         .await?
-        .ok_or_else(not_found)
+        .ok_or_else(|| ApiError::not_found("Actor run was not found"))
 }
 
 /// The `status` (one value) and `origin` filters of a "last run" path.
@@ -413,11 +423,69 @@ pub fn runner_error(err: troupe_runner::Error) -> ApiError {
 async fn get_run(
     State(state): State<AppState>,
     caller: Caller,
-    RunTarget(run): RunTarget,
     params: Params,
+    request: axum::extract::Request,
 ) -> ApiResult<Response> {
+    let (mut parts, _) = request.into_parts();
+    let raw = RawPathParams::from_request_parts(&mut parts, &state)
+        .await
+        .map_err(|err| ApiError::invalid_parameter(err.to_string()))?;
+    let mut actor_ref = None;
+    let mut other = false;
+    for (name, value) in raw.iter() {
+        match name {
+            "actorId" => actor_ref = Some(value),
+            _ => other = true,
+        }
+    }
+    if let (Some(actor_ref), false) = (actor_ref, other) {
+        return get_last_actor_run(&state, &caller, actor_ref, &params).await;
+    }
+    let run = resolve_run(&state, &caller, &path_map(&raw), &params, Access::Read).await?;
     let wait = wait_param(&params)?;
     respond_run(&state, run, wait, caller.user_id(), StatusCode::OK).await
+}
+
+/// GET /v2/acts/{actorId}/runs/last: the hot "last run" lookup. A finished run's answer is
+/// cached by (user, Actor id, filters) at the Actor's runs version (see
+/// `RunStore::runs_version`): any write to a run of the Actor, or its deletion, makes the
+/// next request read storage again. Actors named by name are not cached (a name can come to mean
+/// another Actor).
+async fn get_last_actor_run(
+    state: &AppState,
+    caller: &Caller,
+    actor_ref: &str,
+    params: &Params,
+) -> ApiResult<Response> {
+    let user = caller.require()?;
+    let (status, origin) = last_run_filters(params)?;
+    // Read before storage is: a write acknowledged later changes it.
+    let version = state.storage.runs_version(actor_ref);
+    let key = version.map(|_| {
+        format!(
+            "{}\n{actor_ref}\n{}\n{}",
+            user.id,
+            status.map_or("", JobStatus::as_str),
+            origin.unwrap_or("")
+        )
+    });
+    if let (Some(version), Some(key)) = (version, &key) {
+        if let Some(body) = state.last_runs.get(key, version) {
+            wait_param(params)?;
+            return Ok(super::json_body(StatusCode::OK, body));
+        }
+    }
+    let run = last_actor_run(state, caller, actor_ref, params).await?;
+    let wait = wait_param(params)?;
+    let finished = run.status.is_terminal() && run.finished_at.is_some();
+    if let (true, true, Some(version), Some(key)) =
+        (finished, run.act_id == actor_ref, version, key)
+    {
+        let body = super::data_body(run_json(state, &run, Some(&user.id)))?;
+        state.last_runs.put(key, version, body.clone());
+        return Ok(super::json_body(StatusCode::OK, body));
+    }
+    respond_run(state, run, wait, caller.user_id(), StatusCode::OK).await
 }
 
 /// PUT .../runs/{runId} — `statusMessage`, `isStatusMessageTerminal`, `generalAccess`.

@@ -136,12 +136,22 @@ impl SqliteStorage {
     /// Inserts many runs in one write transaction (bulk seeding: troupe-bench's `runs/last`
     /// workloads with a million runs).
     pub fn insert_runs_blocking(&self, runs: &[Run]) -> Result<()> {
+        let bumps: Vec<_> = runs
+            .iter()
+            .map(|run| {
+                self.inner
+                    .caches
+                    .runs_write(&run.act_id, run.actor_task_id.as_deref())
+            })
+            .collect();
         self.write_blocking(|tx| {
             for run in runs {
                 write_run(tx, run, true)?;
             }
             Ok(())
-        })
+        })?;
+        drop(bumps);
+        Ok(())
     }
 }
 
@@ -207,13 +217,24 @@ impl ActorStore for SqliteStorage {
 
     async fn delete_actor(&self, id: &str) -> Result<bool> {
         let id = id.to_string();
+        let caches = self.inner.caches.clone();
         self.write(move |tx| {
             let n = tx.execute("DELETE FROM actors WHERE id = ?1", [&id])?;
             tx.execute("DELETE FROM builds WHERE act_id = ?1", [&id])?;
+            // The Actor's runs go, and with them some tasks' runs (see `runs_version`).
+            let mut bumps = vec![caches.runs_write(&id, None)];
+            let tasks = tx
+                .prepare_cached(
+                    "SELECT DISTINCT actor_task_id FROM runs WHERE act_id = ?1 AND actor_task_id IS NOT NULL",
+                )?
+                .query_map([&id], |row| row.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            bumps.extend(tasks.iter().map(|task| caches.runs_write(task, None)));
             tx.execute("DELETE FROM runs WHERE act_id = ?1", [&id])?;
-            Ok(n > 0)
+            Ok((n > 0, bumps))
         })
         .await
+        .map(|(deleted, _bumps)| deleted)
     }
 }
 
@@ -277,7 +298,17 @@ impl BuildStore for SqliteStorage {
 #[async_trait]
 impl RunStore for SqliteStorage {
     async fn create_run(&self, run: Run) -> Result<()> {
-        self.write(move |tx| write_run(tx, &run, true)).await
+        // Dropped once committed: cached "last run" answers of the Actor and task are stale.
+        let bump = self
+            .inner
+            .caches
+            .runs_write(&run.act_id, run.actor_task_id.as_deref());
+        self.write(move |tx| {
+            write_run(tx, &run, true)?;
+            Ok(bump)
+        })
+        .await
+        .map(drop)
     }
 
     async fn get_run(&self, id: &str) -> Result<Option<Run>> {
@@ -340,20 +371,34 @@ impl RunStore for SqliteStorage {
 
     async fn update_run(&self, id: &str, change: Mutator<Run>) -> Result<Run> {
         let id = id.to_string();
+        let caches = self.inner.caches.clone();
         self.write(move |tx| {
             let mut run: Run = load(tx, "runs", &id)?
                 .ok_or_else(|| Error::NotFound("Actor run was not found".into()))?;
+            // (The Actor and task of a run never change.)
+            let bump = caches.runs_write(&run.act_id, run.actor_task_id.as_deref());
             change(&mut run)?;
             write_run(tx, &run, false)?;
-            Ok(run)
+            Ok((run, bump))
         })
         .await
+        .map(|(run, _bump)| run)
     }
 
     async fn delete_run(&self, id: &str) -> Result<bool> {
         let id = id.to_string();
-        self.write(move |tx| Ok(tx.execute("DELETE FROM runs WHERE id = ?1", [&id])? > 0))
-            .await
+        let caches = self.inner.caches.clone();
+        self.write(move |tx| {
+            let owners: Option<(String, Option<String>)> = optional(
+                tx.prepare_cached(
+                    "DELETE FROM runs WHERE id = ?1 RETURNING act_id, actor_task_id",
+                )?
+                .query_row([&id], |row| Ok((row.get(0)?, row.get(1)?))),
+            )?;
+            Ok(owners.map(|(act, task)| caches.runs_write(&act, task.as_deref())))
+        })
+        .await
+        .map(|bump| bump.is_some())
     }
 
     async fn expired_runs(&self, cutoff_ms: i64, limit: u64) -> Result<Vec<String>> {
@@ -368,6 +413,10 @@ impl RunStore for SqliteStorage {
             Ok(ids)
         })
         .await
+    }
+
+    fn runs_version(&self, owner_id: &str) -> Option<u64> {
+        Some(self.inner.caches.runs_version(owner_id))
     }
 
     async fn unfinished_runs(&self) -> Result<Vec<Run>> {

@@ -185,6 +185,8 @@ impl StorageCatalog for SqliteStorage {
         update: StorageUpdate,
     ) -> Result<StorageInfo> {
         let id = id.to_string();
+        // Cached key-value records carry their store's access settings (see `super::cache`).
+        let bump = (kind == StorageKind::KeyValueStore).then(|| self.inner.caches.catalog_write());
         self.write(move |tx| {
             let current = require_storage(tx, kind, &id)?;
             let now = troupe_model::now_ms();
@@ -210,17 +212,20 @@ impl StorageCatalog for SqliteStorage {
                     params![access, now, current.num],
                 )?;
             }
-            require_storage(tx, kind, &id)
+            Ok((require_storage(tx, kind, &id)?, bump))
         })
         .await
+        .map(|(info, _bump)| info)
     }
 
     async fn delete_storage(&self, kind: StorageKind, id: &str) -> Result<bool> {
         let id = id.to_string();
         let this = self.clone();
+        // Cached key-value records go with their store (see `super::cache`).
+        let bump = (kind == StorageKind::KeyValueStore).then(|| self.inner.caches.catalog_write());
         self.write(move |tx| {
             let Some(info) = load_storage(tx, kind, &id)? else {
-                return Ok(false);
+                return Ok((false, bump));
             };
             match kind {
                 StorageKind::Dataset => super::datasets::delete_items(tx, info.num)?,
@@ -228,9 +233,10 @@ impl StorageCatalog for SqliteStorage {
                 StorageKind::RequestQueue => super::queues::delete_requests(tx, info.num)?,
             }
             tx.execute("DELETE FROM storages WHERE num = ?1", [info.num])?;
-            Ok(true)
+            Ok((true, bump))
         })
         .await
+        .map(|(deleted, _bump)| deleted)
     }
 
     async fn expired_unnamed_storages(

@@ -473,6 +473,22 @@ impl KvStore for SqliteStorage {
         key: &str,
         meta_only: bool,
     ) -> Result<Option<(StoreAccess, Option<Record>)>> {
+        // Small records are served from memory while no write touched them since (see `cache`).
+        let caches = &self.inner.caches;
+        let hash = caches.record_hash(store_id, key);
+        if let Some(hit) = caches.cached_record(hash, store_id, key) {
+            self.note_access(hit.access.num, false);
+            let content = (!meta_only).then(|| RecordContent::Inline(hit.data.clone()));
+            return Ok(Some((
+                hit.access.clone(),
+                Some(Record {
+                    meta: hit.meta.clone(),
+                    content,
+                }),
+            )));
+        }
+        // Loaded before the read: a write committing after it makes what is cached below stale.
+        let tag = caches.record_tag(hash);
         // One statement (the store row by its unique id, the record by (store, key)) on a pooled
         // reader right here: a few microseconds, less than a hop to the blocking pool and back.
         let found = self.read_blocking(|conn| {
@@ -522,7 +538,9 @@ impl KvStore for SqliteStorage {
                 rusqlite::types::ValueRef::Null => &[][..],
                 other => other.as_blob().map_err(rusqlite::Error::from)?,
             };
-            let content = RecordContent::Inline(Bytes::copy_from_slice(data));
+            let data = Bytes::copy_from_slice(data);
+            caches.put_record(hash, tag, &access, &meta, &data);
+            let content = RecordContent::Inline(data);
             Ok(Some((access, Some(Record { meta, content: Some(content) }))))
         })?;
         if let Some((access, Some(_))) = &found {
@@ -557,12 +575,18 @@ impl KvStore for SqliteStorage {
             Stored::Blob(blob) => Some(blob.clone()),
             Stored::Inline(_) => None,
         };
+        // Dropped once the write committed: cached reads of the record are stale from then on.
+        let bump = self.inner.caches.record_write(&store.id, &key);
         // Concurrent record writes share one transaction (group commit, see `super::group`).
         let result = self
-            .write(move |tx| upsert_record(tx, num, &key, &record, size, &stored))
+            .write(move |tx| {
+                let old_blob = upsert_record(tx, num, &key, &record, size, &stored)?;
+                Ok((old_blob, bump))
+            })
             .await;
         match result {
-            Ok(old_blob) => {
+            Ok((old_blob, bump)) => {
+                drop(bump);
                 if let Some(old) = old_blob {
                     remove_quietly(&blob_path(self.blobs_dir(), &old));
                 }
@@ -579,8 +603,9 @@ impl KvStore for SqliteStorage {
 
     async fn delete_record(&self, store: &StorageInfo, key: &str) -> Result<bool> {
         let num = store.num;
+        let bump = self.inner.caches.record_write(&store.id, key);
         let key = key.to_string();
-        let removed = self
+        let (removed, bump) = self
             .write(move |tx| {
                 let old: Option<(i64, i64, Option<String>)> = optional(
                     tx.prepare_cached(
@@ -591,7 +616,7 @@ impl KvStore for SqliteStorage {
                     }),
                 )?;
                 let Some((id, size, blob)) = old else {
-                    return Ok(None);
+                    return Ok((None, bump));
                 };
                 tx.prepare_cached("DELETE FROM kv_records WHERE id = ?1")?
                     .execute([id])?;
@@ -600,9 +625,10 @@ impl KvStore for SqliteStorage {
                      modified_at = ?2, accessed_at = ?2 WHERE num = ?3",
                 )?
                 .execute(params![size, troupe_model::now_ms(), num])?;
-                Ok(Some(blob))
+                Ok((Some(blob), bump))
             })
             .await?;
+        drop(bump);
         match removed {
             None => Ok(false),
             Some(blob) => {
