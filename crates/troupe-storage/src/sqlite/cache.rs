@@ -12,7 +12,9 @@
 //! across requests), and a delete makes the entry unusable the same way. Two keys sharing a slot
 //! only cost each other a cache miss.
 //!
-//! Caches are bounded by bytes; a shard over its share drops arbitrary entries.
+//! Caches are bounded by bytes; a shard over its share drops arbitrary entries. The record
+//! cache is emptied when it has not been used for [`IDLE_TICKS`] seconds, so an idle server
+//! gives the memory back.
 //! Writes by another process on the same database file are not seen (troupe owns its data dir).
 
 use std::collections::HashMap;
@@ -35,6 +37,8 @@ const RECORD_CACHE_BYTES: usize = 16 << 20;
 const RECORD_SHARDS: usize = 16;
 /// What an entry costs besides its bytes (strings, map slot, allocation headers; measured roughly).
 const ENTRY_OVERHEAD: usize = 256;
+/// Ticks (seconds, see [`Caches::tick`]) without a read of the record cache before it is emptied.
+const IDLE_TICKS: u64 = 10;
 
 /// Counters bumped by writes (see the module docs).
 struct Versions {
@@ -68,6 +72,10 @@ pub(crate) struct Caches {
     records: RecordCache,
     /// Runs, by the id of their Actor and of their task.
     run_versions: Versions,
+    /// Advanced about once a second by [`Caches::tick`].
+    ticks: AtomicU64,
+    /// The tick of the last read of the record cache.
+    records_used: AtomicU64,
 }
 
 impl Caches {
@@ -78,7 +86,18 @@ impl Caches {
             catalog_version: AtomicU64::new(0),
             records: RecordCache::new(),
             run_versions: Versions::new(),
+            ticks: AtomicU64::new(0),
+            records_used: AtomicU64::new(0),
         })
+    }
+
+    /// Called about once a second: empties the record cache when it has not been read for
+    /// [`IDLE_TICKS`] ticks.
+    pub(crate) fn tick(&self) {
+        let now = self.ticks.fetch_add(1, Ordering::Relaxed) + 1;
+        if now.saturating_sub(self.records_used.load(Ordering::Relaxed)) >= IDLE_TICKS {
+            self.records.clear();
+        }
     }
 
     pub(crate) fn record_hash(&self, store_id: &str, key: &str) -> u64 {
@@ -110,6 +129,8 @@ impl Caches {
         key: &str,
     ) -> Option<Arc<CachedRecord>> {
         let tag = self.record_tag(hash);
+        self.records_used
+            .store(self.ticks.load(Ordering::Relaxed), Ordering::Relaxed);
         self.records
             .get(hash)
             .filter(|e| e.tag == tag && &*e.store_id == store_id && e.meta.key == key)
@@ -234,6 +255,15 @@ impl RecordCache {
         &self.shards[(hash >> 58) as usize % RECORD_SHARDS]
     }
 
+    fn clear(&self) {
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock();
+            if !shard.map.is_empty() {
+                *shard = Shard::default();
+            }
+        }
+    }
+
     fn get(&self, hash: u64) -> Option<Arc<CachedRecord>> {
         self.shard(hash).lock().map.get(&hash).cloned()
     }
@@ -320,6 +350,26 @@ mod tests {
         assert!(caches.cached_record(h, "s", "k").is_some());
         drop(caches.catalog_write());
         assert!(caches.cached_record(h, "s", "k").is_none());
+
+        // Emptied once unused for a while.
+        let tag = caches.record_tag(h);
+        caches.put_record(
+            h,
+            tag,
+            &access("s"),
+            &meta("k"),
+            &Bytes::from_static(b"abc"),
+        );
+        for _ in 0..IDLE_TICKS - 1 {
+            caches.tick();
+        }
+        assert!(caches.cached_record(h, "s", "k").is_some());
+        for _ in 0..IDLE_TICKS - 1 {
+            caches.tick();
+        }
+        assert!(caches.records.get(h).is_some());
+        caches.tick();
+        assert!(caches.records.get(h).is_none());
 
         let before = caches.runs_version("a");
         let task_before = caches.runs_version("t");

@@ -87,6 +87,7 @@ fn background(weak: Weak<Inner>) {
         std::thread::sleep(FLUSH_INTERVAL);
         let Some(inner) = weak.upgrade() else { return };
         let storage = SqliteStorage { inner };
+        storage.inner.caches.tick();
         if let Err(err) = storage.flush_kv_counters() {
             tracing::warn!(error = %err, "flushing key-value counters failed");
         }
