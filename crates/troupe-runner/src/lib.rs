@@ -64,6 +64,8 @@ pub struct RunnerConfig {
     pub build_timeout: Option<Duration>,
     /// Largest download and largest unpacked/cloned sources of a build, in bytes.
     pub max_source_bytes: u64,
+    /// Whether GIT_REPO/GITHUB_GIST sources may be `file://` URLs or local paths.
+    pub allow_local_sources: bool,
 }
 
 /// Default of [`RunnerConfig::build_timeout`]: 30 minutes.

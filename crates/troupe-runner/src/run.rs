@@ -88,6 +88,7 @@ pub(crate) async fn build_task(runner: Runner, id: String) {
                     max_entries: crate::MAX_SOURCE_ENTRIES,
                 },
                 cancel: cancel.clone(),
+                allow_local: inner.config.allow_local_sources,
             },
             &build.version,
             &dir,

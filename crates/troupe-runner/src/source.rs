@@ -288,6 +288,25 @@ pub struct FetchContext<'a> {
     pub limits: Limits,
     /// Set when the build was aborted or timed out (stops an unpack between entries).
     pub cancel: Arc<AtomicBool>,
+    /// Whether git sources may be `file://` URLs or paths on the server's own disk.
+    pub allow_local: bool,
+}
+
+/// Whether a git URL names a repository on the server's own disk.
+fn is_local(url: &str) -> bool {
+    url.starts_with('/') || url.to_ascii_lowercase().starts_with("file://")
+}
+
+/// Refuses local git sources unless the server allows them (any user could otherwise build
+/// from any git repository on the server's disk).
+fn check_local(ctx: &FetchContext<'_>, source: &GitSource) -> Result<(), String> {
+    if is_local(&source.url) && !ctx.allow_local {
+        return Err(format!(
+            "Local git sources ({}) are disabled on this server; the operator can allow them with --allow-local-sources",
+            redact(&source.url)
+        ));
+    }
+    Ok(())
 }
 
 /// Puts the sources of `version` into `dir` (which must not exist yet), using the scratch
@@ -315,11 +334,13 @@ async fn fetch_into(
         "GIT_REPO" => {
             let raw = version.git_repo_url.as_deref().unwrap_or("");
             let source = parse_git_url(raw, "gitRepoUrl")?;
+            check_local(ctx, &source)?;
             clone(ctx, &source, staging).await?
         }
         "GITHUB_GIST" => {
             let raw = version.git_hub_gist_url.as_deref().unwrap_or("");
             let source = parse_gist_url(raw)?;
+            check_local(ctx, &source)?;
             clone(ctx, &source, staging).await?
         }
         "TARBALL" => {

@@ -139,6 +139,10 @@ pub struct ServeArgs {
     /// Largest tarball download, and largest unpacked or cloned sources of a build, in bytes.
     #[arg(long, env = "TROUPE_MAX_SOURCE_BYTES", default_value_t = troupe_runner::DEFAULT_MAX_SOURCE_BYTES)]
     pub max_source_bytes: u64,
+    /// Let GIT_REPO/GITHUB_GIST versions build from `file://` URLs and paths on this machine
+    /// (off by default: any user could build from any git repository on the server's disk).
+    #[arg(long, env = "TROUPE_ALLOW_LOCAL_SOURCES")]
+    pub allow_local_sources: bool,
     /// Largest key-value store record accepted, in bytes (default 1 GiB).
     #[arg(long, env = "TROUPE_MAX_RECORD_BYTES", default_value_t = troupe_api::DEFAULT_MAX_RECORD_BYTES)]
     pub max_record_bytes: u64,
@@ -209,6 +213,7 @@ pub fn main() -> anyhow::Result<()> {
                 max_log_bytes: args.max_log_bytes,
                 build_timeout: (!args.build_timeout.is_zero()).then_some(args.build_timeout),
                 max_source_bytes: args.max_source_bytes.max(1),
+                allow_local_sources: args.allow_local_sources,
                 max_record_bytes: args.max_record_bytes,
                 hooks: troupe_api::hooks::HooksConfig {
                     retry_base: args.webhook_retry_delay,

@@ -37,6 +37,7 @@ pub struct ServeOptions {
     /// Time limit of builds that name none (`None` = no limit).
     pub build_timeout: Option<std::time::Duration>,
     pub max_source_bytes: u64,
+    pub allow_local_sources: bool,
     pub max_record_bytes: u64,
     pub hooks: troupe_api::hooks::HooksConfig,
 }
@@ -151,6 +152,7 @@ pub async fn run(options: ServeOptions) -> anyhow::Result<()> {
             log_limit: options.max_log_bytes,
             build_timeout: options.build_timeout,
             max_source_bytes: options.max_source_bytes,
+            allow_local_sources: options.allow_local_sources,
         },
     );
     let state = AppState::new(

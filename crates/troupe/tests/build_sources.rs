@@ -430,13 +430,50 @@ fn find_named(dir: &Path, name: &str) -> Vec<PathBuf> {
     found
 }
 
+/// A server that lets git sources be local repositories (the tests' repos are local: CI has
+/// no network).
+fn local_server() -> TestServer {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let mut server = TestServer::start_in(temp.path(), &["--allow-local-sources"]);
+    server.keep_temp(temp);
+    server
+}
+
 // ---------------------------------------------------------------------------------------------
 // Tests
 
 #[tokio::test]
-async fn git_repo_branch_tag_commit_and_subdirectory() {
+async fn local_git_sources_are_refused_unless_allowed() {
     let repo = Repo::new();
     let server = TestServer::start();
+    let actor = create_actor_with(
+        &server,
+        "local-refused",
+        vec![
+            git_version("0.1", &repo.url()),
+            git_version("0.2", &repo.path.display().to_string()),
+            version(
+                "0.3",
+                json!({"sourceType": "GITHUB_GIST", "gitHubGistUrl": repo.url()}),
+            ),
+        ],
+    )
+    .await;
+    for number in ["0.1", "0.2", "0.3"] {
+        let build = build_version(&server, &actor, number).await;
+        assert_eq!(build["status"], "FAILED", "version {number}: {build}");
+        let log = log_of(&server, build["id"].as_str().unwrap()).await;
+        assert!(
+            log.contains("--allow-local-sources"),
+            "version {number}: {log}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn git_repo_branch_tag_commit_and_subdirectory() {
+    let repo = Repo::new();
+    let server = local_server();
     let url = repo.url();
     let short = &repo.first_commit[..9];
     let actor = create_actor_with(
@@ -512,7 +549,7 @@ async fn git_repo_branch_tag_commit_and_subdirectory() {
 #[tokio::test]
 async fn git_failures_are_clear() {
     let repo = Repo::new();
-    let server = TestServer::start();
+    let server = local_server();
     let url = repo.url();
     let missing = repo.path.with_file_name("no-such-repo");
     let actor = create_actor_with(
@@ -550,7 +587,7 @@ async fn git_failures_are_clear() {
 
 #[tokio::test]
 async fn bad_source_urls_are_refused_and_nothing_changes() {
-    let server = TestServer::start();
+    let server = local_server();
     let actor = create_actor_with(&server, "bad-urls", vec![]).await;
     let bad = [
         json!({"versionNumber": "0.1", "sourceType": "GIT_REPO"}),
@@ -626,7 +663,7 @@ async fn private_repo_over_http_with_credentials_never_leaks_them() {
     let host = http.origin.trim_start_matches("http://");
     let good = format!("http://deploy:{secret}@{host}/private/repo.git#main:actors/one");
     let wrong = format!("http://deploy:Wrong{secret}@{host}/private/repo.git#main");
-    let server = TestServer::start();
+    let server = local_server();
     let actor = create_actor_with(
         &server,
         "private-git",
@@ -670,7 +707,7 @@ async fn gist_files_at_the_root() {
     std::fs::write(gist.join("main.py"), "print('source=gist')\n").unwrap();
     git(&gist, &["add", "-A"]);
     git(&gist, &["commit", "-q", "-m", "gist"]);
-    let server = TestServer::start();
+    let server = local_server();
     let actor = create_actor_with(
         &server,
         "from-gist",
@@ -731,7 +768,7 @@ async fn tarballs_and_zips_with_or_without_a_top_folder() {
         }
         http.put("/download", builder.into_inner().unwrap())
     };
-    let server = TestServer::start();
+    let server = local_server();
     let actor = create_actor_with(
         &server,
         "from-archives",
@@ -832,7 +869,7 @@ async fn hostile_archives_fail_and_write_nothing_outside() {
         ),
         ("zip dotdot", http.put("/5.zip", zip_dotdot), "Unsafe path"),
     ];
-    let server = TestServer::start();
+    let server = local_server();
     let versions = cases
         .iter()
         .enumerate()
@@ -911,7 +948,7 @@ async fn tarball_download_failures_and_size_limit() {
 async fn build_timeout_kills_the_fetch_and_fires_the_webhook() {
     let http = Http::start().await;
     let stall = Stall::start().await;
-    let server = TestServer::start();
+    let server = local_server();
     let actor = create_actor_with(
         &server,
         "slow-sources",
@@ -996,7 +1033,7 @@ async fn build_timeout_kills_the_fetch_and_fires_the_webhook() {
 #[tokio::test]
 async fn aborting_a_fetching_build_stops_it() {
     let stall = Stall::start().await;
-    let server = TestServer::start();
+    let server = local_server();
     let actor = create_actor_with(
         &server,
         "abort-sources",

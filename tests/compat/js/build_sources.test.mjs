@@ -24,7 +24,8 @@ function writeActor(folder, what) {
 }
 
 before(async () => {
-    server = await startServer();
+    // Builds from local git repositories (CI has no network).
+    server = await startServer({ TROUPE_ALLOW_LOCAL_SOURCES: 'true' });
     client = server.client();
     repo = mkdtempSync(path.join(tmpdir(), 'troupe-js-git-'));
     git('init', '-q');

@@ -69,7 +69,8 @@ class Server:
 
 @pytest.fixture(scope="session")
 def server():
-    s = Server()
+    # The build-source tests build from local git repositories (CI has no network).
+    s = Server(extra_env={"TROUPE_ALLOW_LOCAL_SOURCES": "true"})
     yield s
     s.stop()
 

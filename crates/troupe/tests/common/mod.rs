@@ -67,6 +67,11 @@ pub struct TestServer {
 
 impl TestServer {
     /// Starts a server with a fresh data dir.
+    /// Keeps `temp` (the data dir's parent) alive as long as the server.
+    pub fn keep_temp(&mut self, temp: tempfile::TempDir) {
+        self._temp = Some(temp);
+    }
+
     pub fn start() -> Self {
         let temp = tempfile::tempdir().expect("tempdir");
         let dir = temp.path().to_path_buf();
