@@ -431,35 +431,30 @@ async fn log_get(ctx: &Ctx) -> anyhow::Result<Sample> {
     let run = v["data"]["id"].as_str().unwrap_or_default().to_string();
     let status = wait_run(ctx, &run).await?;
     anyhow::ensure!(status == "SUCCEEDED", "log Actor run: {status}");
-    let mut client = Client::new(ctx.troupe, &ctx.token);
-    let mut hist = new_hist();
-    let mut sample = Sample::default();
-    let start = Instant::now();
-    let cpu_before = crate::sys::cpu_sample(ctx.troupe_pid);
-    let mut bytes = 0u64;
-    while sample.ops < 10 && start.elapsed() < ctx.settings.point * 2 {
-        let t = Instant::now();
-        let (status, body) = client.send(Req::get(format!("/v2/logs/{run}"))).await?;
-        let _ = hist.record(t.elapsed().as_micros() as u64 + 1);
-        if status != StatusCode::OK || (body.len() as u64) < GET_LOG_BYTES {
-            sample.errors += 1;
-            sample
-                .first_error
-                .get_or_insert(format!("log GET: {status}, {} bytes", body.len()));
-            break;
-        }
-        bytes += body.len() as u64;
-        sample.ops += 1;
-    }
-    sample.secs = start.elapsed().as_secs_f64();
-    if let (Some(a), Some(b)) = (cpu_before, crate::sys::cpu_sample(ctx.troupe_pid)) {
-        if sample.ops > 0 {
-            sample.cpu_us_per_op =
-                Some(crate::sys::cpu_delta_ns(&a, &b) as f64 / 1000.0 / sample.ops as f64);
-        }
-    }
-    sample.rate = bytes as f64 / (1 << 20) as f64 / sample.secs.max(1e-9);
-    sample.p50_us = hist.value_at_quantile(0.5) as f64;
-    sample.p99_us = hist.value_at_quantile(0.99) as f64;
+    // Read like every other HTTP workload and the sink yardstick's server: each body is counted
+    // frame by frame and dropped (collecting 10 MB per GET into one buffer cost the load
+    // generator more than the server spent sending it).
+    let result = crate::load::run(crate::load::LoadSpec {
+        addr: ctx.troupe,
+        conc: 1,
+        warmup: Duration::ZERO,
+        duration: ctx.settings.point * 2,
+        max_requests: 10,
+        make: Arc::new(move |_, _| Req::get(format!("/v2/logs/{run}"))),
+        check: Arc::new(|resp| {
+            if resp.status == StatusCode::OK && resp.len >= GET_LOG_BYTES {
+                Ok(())
+            } else {
+                Err(format!("log GET: {}, {} bytes", resp.status, resp.len))
+            }
+        }),
+        keep_body: false,
+        token: Some(ctx.token.clone()),
+        server_pid: Some(ctx.troupe_pid),
+    })
+    .await;
+    let mut sample = Sample::from_load(&result, 0.0);
+    sample.rate =
+        result.bytes_in as f64 / (1 << 20) as f64 / result.elapsed.as_secs_f64().max(1e-9);
     Ok(sample)
 }

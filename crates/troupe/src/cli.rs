@@ -187,6 +187,9 @@ pub fn main() -> anyhow::Result<()> {
             std::process::exit(code)
         }
         Command::Serve(args) => {
+            // Before the runtime starts its threads (see memory.rs).
+            crate::memory::configure();
+            crate::memory::spawn_trimmer();
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;

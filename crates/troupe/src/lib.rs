@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod cli;
+pub mod memory;
 pub mod remote;
 pub mod retention;
 pub mod server;

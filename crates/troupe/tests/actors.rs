@@ -1223,6 +1223,40 @@ async fn fast_output_is_logged_in_order_up_to_the_log_limit() {
     );
 }
 
+/// A log of several read chunks (served in 1 MiB reads) comes back byte for byte, with its
+/// length announced, through every log route; `download=1` is the same bytes as an attachment.
+#[tokio::test]
+async fn multi_megabyte_log_is_served_whole_with_its_length() {
+    let temp = tempfile::tempdir().unwrap();
+    let server = TestServer::start_in(temp.path(), &["--max-log-bytes", "8000000"]);
+    // 30000 numbered lines of ~100 characters: ~3.8 MB with the timestamps, under the cap.
+    let script = "awk 'BEGIN { for (i = 0; i < 30000; i++) printf \"line %05d %s\\n\", i, sprintf(\"%090d\", 0) }'";
+    let id = built_actor(&server, "big-log", script).await;
+    let run = start(&server, &id, "").await;
+    let run_id = run["id"].as_str().unwrap().to_string();
+    let run = wait_run(&server, &run_id).await;
+    assert_eq!(run["status"], "SUCCEEDED", "{run}");
+    let on_disk = std::fs::read(temp.path().join("logs").join(format!("{run_id}.log"))).unwrap();
+    assert!(on_disk.len() > 3_000_000, "{}", on_disk.len());
+    for path in [
+        format!("/logs/{run_id}"),
+        format!("/actor-runs/{run_id}/log"),
+        format!("/logs/{run_id}?download=1"),
+    ] {
+        let response = client().get(server.url(&path)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        assert_eq!(
+            response.headers()["content-length"].to_str().unwrap(),
+            on_disk.len().to_string(),
+            "{path}"
+        );
+        let body = response.bytes().await.unwrap();
+        assert!(body[..] == on_disk[..], "{path}: {} bytes", body.len());
+    }
+    let text = String::from_utf8(on_disk).unwrap();
+    assert!(text.contains("line 29999 "), "the last line is kept");
+}
+
 /// Fields missing from a run's input take the `default` of the build's input schema (never
 /// `prefill`); an absent input becomes the defaults; non-object inputs stay as sent.
 #[tokio::test]
