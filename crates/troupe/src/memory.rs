@@ -23,6 +23,10 @@ pub const ARENA_MAX: i32 = 2;
 pub const TRIM_CHECK: Duration = Duration::from_secs(1);
 /// Growth of resident memory (or drop of heap in use) that makes the trimmer trim.
 pub const TRIM_STEP: u64 = 8 << 20;
+/// Heap freed since the last trim that is worth a trim once the process is quiet.
+pub const QUIET_TRIM_STEP: u64 = 1 << 20;
+/// Change of resident size between two checks under which the process counts as quiet.
+pub const QUIET_RSS_CHANGE: u64 = 256 << 10;
 
 /// Sets the allocator's limits; call first thing in `main`, before any thread starts.
 pub fn configure() {
@@ -40,6 +44,8 @@ pub struct TrimState {
     pub rss_after_trim: u64,
     /// Highest heap-in-use figure seen since the last trim.
     pub peak_in_use: u64,
+    /// Resident bytes at the previous check.
+    pub last_rss: u64,
 }
 
 impl TrimState {
@@ -47,15 +53,25 @@ impl TrimState {
         Self {
             rss_after_trim: rss,
             peak_in_use: in_use,
+            last_rss: rss,
         }
     }
 
     /// One check: whether to trim now, given the resident bytes and the heap in use. When this
     /// says yes, call [`TrimState::trimmed`] with the figures after the trim.
+    ///
+    /// Trims when resident memory grew by a step since the last trim, when the heap in use
+    /// shrank by a step, or, once things are quiet (resident size about as at the previous check),
+    /// when anything at all was freed since the last trim (the end of a burst that was trimmed
+    /// while it still held its buffers).
     pub fn should_trim(&mut self, rss: u64, in_use: u64) -> bool {
+        let quiet = rss.abs_diff(self.last_rss) < QUIET_RSS_CHANGE;
+        self.last_rss = rss;
         self.rss_after_trim = self.rss_after_trim.min(rss);
         self.peak_in_use = self.peak_in_use.max(in_use);
-        rss >= self.rss_after_trim + TRIM_STEP || in_use + TRIM_STEP <= self.peak_in_use
+        rss >= self.rss_after_trim + TRIM_STEP
+            || in_use + TRIM_STEP <= self.peak_in_use
+            || (quiet && in_use + QUIET_TRIM_STEP <= self.peak_in_use)
     }
 
     pub fn trimmed(&mut self, rss: u64, in_use: u64) {
@@ -127,14 +143,23 @@ mod tests {
         assert!(s.should_trim(30 * MB + TRIM_STEP, 12 * MB));
         s.trimmed(32 * MB, 12 * MB);
         assert_eq!(s, TrimState::new(32 * MB, 12 * MB));
-        // The heap grew inside memory already resident, then the program freed it: trim.
+        // The heap grew inside memory already resident, then the program freed a step of it
+        // while still busy (resident size moving): trim.
         assert!(!s.should_trim(32 * MB, 40 * MB));
-        assert!(!s.should_trim(32 * MB, 40 * MB - TRIM_STEP + 1));
-        assert!(s.should_trim(32 * MB, 40 * MB - TRIM_STEP));
+        assert!(!s.should_trim(33 * MB, 40 * MB - TRIM_STEP + 1));
+        assert!(s.should_trim(34 * MB, 40 * MB - TRIM_STEP));
         s.trimmed(20 * MB, 12 * MB);
         // Memory that went down by itself lowers the mark growth is measured from.
         assert!(!s.should_trim(15 * MB, 12 * MB));
         assert!(s.should_trim(15 * MB + TRIM_STEP, 12 * MB));
+        s.trimmed(25 * MB, 14 * MB);
+        // Less than a step freed: nothing while busy, one trim once quiet, then nothing.
+        assert!(!s.should_trim(26 * MB, 16 * MB));
+        assert!(!s.should_trim(27 * MB, 14 * MB));
+        assert!(s.should_trim(27 * MB, 14 * MB));
+        s.trimmed(24 * MB, 14 * MB);
+        assert!(!s.should_trim(24 * MB, 14 * MB));
+        assert!(!s.should_trim(24 * MB, 14 * MB));
     }
 
     #[test]
