@@ -22,8 +22,8 @@ pub use error::{Error, Result};
 pub use hooks::{ScheduleStore, WebhookFilter, WebhookStore};
 pub use kv::KvStore;
 pub use queues::{
-    DeleteTarget, Head, HeadItem, LockOutcome, QueueStore, RequestFilter, RequestOutcome,
-    RequestsPage,
+    DeleteTarget, Head, HeadEntries, HeadItem, ListedHead, LockOutcome, QueueStore, RequestFilter,
+    RequestOutcome, RequestsPage,
 };
 pub use tasks::TaskStore;
 pub use users::UserStore;

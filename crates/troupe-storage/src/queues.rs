@@ -6,7 +6,10 @@
 //! means the caller sent no `clientKey`, which counts as a new client. `now` is the caller's clock
 //! in milliseconds (injected so tests can move time).
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
+use serde::Serialize;
 use troupe_model::queue::QueueRequest;
 
 use crate::Result;
@@ -32,7 +35,107 @@ pub struct HeadItem {
     pub lock_expires_at: Option<i64>,
 }
 
-/// The head of a queue, as `list_head` and `lock_head` return it.
+/// Head entries serialised once (`{"id","uniqueKey","url","method","retryCount"}` objects), so a
+/// head that did not change is answered by copying bytes.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct HeadEntries {
+    /// The entries as JSON objects, separated by commas.
+    json: String,
+    /// End of each entry in `json`.
+    ends: Vec<usize>,
+}
+
+impl HeadEntries {
+    pub fn from_items(items: &[HeadItem]) -> Self {
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Entry<'a> {
+            id: &'a str,
+            unique_key: &'a str,
+            url: &'a str,
+            method: &'a str,
+            retry_count: i64,
+        }
+        let size = items
+            .iter()
+            .map(|i| 64 + i.id.len() + i.unique_key.len() + i.url.len() + i.method.len())
+            .sum();
+        let mut json = Vec::with_capacity(size);
+        let mut ends = Vec::with_capacity(items.len());
+        for item in items {
+            if !json.is_empty() {
+                json.push(b',');
+            }
+            let entry = Entry {
+                id: &item.id,
+                unique_key: &item.unique_key,
+                url: &item.url,
+                method: &item.method,
+                retry_count: item.retry_count,
+            };
+            serde_json::to_writer(&mut json, &entry).expect("serialisable");
+            ends.push(json.len());
+        }
+        let json = String::from_utf8(json).expect("serde_json writes UTF-8");
+        Self { json, ends }
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Bytes held (for cache bounds).
+    pub fn size(&self) -> usize {
+        self.json.len() + self.ends.len() * std::mem::size_of::<usize>()
+    }
+
+    /// The first `count` entries as JSON array members (comma-separated, no brackets).
+    pub fn json(&self, count: usize) -> &str {
+        match count.min(self.ends.len()) {
+            0 => "",
+            n => &self.json[..self.ends[n - 1]],
+        }
+    }
+}
+
+/// The head of a queue as `list_head` returns it: shared, pre-serialised entries.
+#[derive(Debug, Clone)]
+pub struct ListedHead {
+    pub entries: Arc<HeadEntries>,
+    /// How many of `entries` this answer holds.
+    pub count: usize,
+    pub queue_modified_at: i64,
+    pub had_multiple_clients: bool,
+}
+
+impl ListedHead {
+    /// The items as JSON array members (comma-separated, no brackets).
+    pub fn items_json(&self) -> &str {
+        self.entries.json(self.count)
+    }
+
+    /// The items parsed back (tests and tools; the API sends `items_json`).
+    pub fn items(&self) -> Vec<HeadItem> {
+        let list: Vec<serde_json::Value> =
+            serde_json::from_str(&format!("[{}]", self.items_json())).expect("valid head JSON");
+        list.iter()
+            .map(|v| HeadItem {
+                id: v["id"].as_str().unwrap_or_default().to_string(),
+                unique_key: v["uniqueKey"].as_str().unwrap_or_default().to_string(),
+                url: v["url"].as_str().unwrap_or_default().to_string(),
+                method: v["method"].as_str().unwrap_or_default().to_string(),
+                retry_count: v["retryCount"].as_i64().unwrap_or_default(),
+                lock_expires_at: None,
+            })
+            .collect()
+    }
+}
+
+/// The head of a queue, as `lock_head` returns it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Head {
     pub items: Vec<HeadItem>,
@@ -124,7 +227,7 @@ pub trait QueueStore {
         limit: u64,
         client_key: Option<String>,
         now: i64,
-    ) -> Result<Head>;
+    ) -> Result<ListedHead>;
     /// Locks the first `limit` available requests for `lock_ms` for `client_key`.
     async fn lock_head(
         &self,

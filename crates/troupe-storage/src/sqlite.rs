@@ -99,6 +99,8 @@ struct Inner {
     kv: kv::KvState,
     /// Caches in front of hot reads, and the versions writes bump (see `cache`).
     caches: Arc<cache::Caches>,
+    /// Cached request-queue head answers (see `queues::HeadCache`).
+    queue_heads: queues::HeadCache,
     /// Bumped on every token revocation, so caches in front of token lookups can tell.
     token_generation: std::sync::atomic::AtomicU64,
 }
@@ -124,6 +126,7 @@ impl SqliteStorage {
                 scanners: Mutex::new(Vec::new()),
                 kv: kv::KvState::default(),
                 caches: cache::Caches::new(),
+                queue_heads: queues::HeadCache::default(),
                 token_generation: std::sync::atomic::AtomicU64::new(0),
             }),
         };
@@ -476,7 +479,7 @@ mod tests {
                         .await
                         .unwrap();
                     head.push(t.elapsed());
-                    assert_eq!(h.items.len(), 100);
+                    assert_eq!(h.count, 100);
                     let t = Instant::now();
                     let l = storage
                         .lock_head(&id, 25, 60_000, Some("me".into()), now)

@@ -425,7 +425,8 @@ fn head_response<T: Serialize>(status: StatusCode, head: &Head, value: T) -> Res
         .into_response()
 }
 
-/// GET …/head — the first pending requests, without locking (available ones first).
+/// GET …/head — the first pending requests, without locking (available ones first). The
+/// entries come pre-serialised from storage (cached while the queue does not change).
 async fn get_head(
     State(state): State<AppState>,
     target: QueueTarget,
@@ -437,21 +438,29 @@ async fn get_head(
         .storage
         .list_head(&target.info().id, limit, client, now_ms())
         .await?;
-    #[derive(Serialize)]
-    #[serde(rename_all = "camelCase")]
-    struct HeadJson<'a> {
-        limit: u64,
-        queue_modified_at: String,
-        had_multiple_clients: bool,
-        items: Vec<HeadItemJson<'a>>,
-    }
-    let value = HeadJson {
-        limit,
-        queue_modified_at: format_ts(head.queue_modified_at),
-        had_multiple_clients: head.had_multiple_clients,
-        items: head_items(&head, false),
-    };
-    Ok(head_response(StatusCode::OK, &head, value))
+    // A rename moves the catalog's modifiedAt without touching the queue's contents.
+    let modified_at = head.queue_modified_at.max(target.info().modified_at);
+    let items = head.items_json();
+    let mut body = Vec::with_capacity(items.len() + 128);
+    body.extend_from_slice(b"{\"data\":{\"limit\":");
+    body.extend_from_slice(itoa::Buffer::new().format(limit).as_bytes());
+    body.extend_from_slice(b",\"queueModifiedAt\":\"");
+    body.extend_from_slice(format_ts(modified_at).as_bytes());
+    body.extend_from_slice(b"\",\"hadMultipleClients\":");
+    body.extend_from_slice(if head.had_multiple_clients {
+        b"true"
+    } else {
+        b"false"
+    });
+    body.extend_from_slice(b",\"items\":[");
+    body.extend_from_slice(items.as_bytes());
+    body.extend_from_slice(b"]}}");
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        axum::body::Bytes::from(body),
+    )
+        .into_response())
 }
 
 /// POST …/head/lock — lock the first available requests for `lockSecs`.

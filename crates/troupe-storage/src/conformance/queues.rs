@@ -61,7 +61,7 @@ async fn head_keys(storage: &dyn Storage, id: &str, now: i64) -> Vec<String> {
         .list_head(id, 100, ck("a"), now)
         .await
         .unwrap()
-        .items
+        .items()
         .into_iter()
         .map(|i| i.unique_key)
         .collect()
@@ -78,6 +78,165 @@ pub async fn run(storage: &dyn Storage) {
     listing(storage).await;
     clients_and_modified_at(storage).await;
     missing_queue(storage).await;
+    head_follows_writes_and_time(storage).await;
+    head_is_never_older_than_an_acknowledged_write(storage).await;
+}
+
+/// Repeated heads (which a backend may answer from a cache) follow every write and the clock.
+async fn head_follows_writes_and_time(storage: &dyn Storage) {
+    let q = new_queue(storage).await;
+    let batch: Vec<_> = (0..5).map(|i| req(&format!("h{i}"))).collect();
+    storage
+        .add_requests(&q.id, batch, false, ck("a"), T0)
+        .await
+        .unwrap();
+    let all = keys(&["h0", "h1", "h2", "h3", "h4"]);
+    assert_eq!(head_keys(storage, &q.id, T0).await, all);
+    assert_eq!(head_keys(storage, &q.id, T0).await, all);
+    // A smaller limit, then a larger one than any head read so far.
+    let two = storage.list_head(&q.id, 2, ck("a"), T0).await.unwrap();
+    assert_eq!(two.count, 2);
+    assert_eq!(two.items().len(), 2);
+    let ten = storage.list_head(&q.id, 10, ck("a"), T0).await.unwrap();
+    assert_eq!(ten.items().len(), 5);
+    let one = storage.list_head(&q.id, 1, ck("a"), T0).await.unwrap();
+    assert_eq!(one.items()[0].unique_key, "h0");
+    let none = storage.list_head(&q.id, 0, ck("a"), T0).await.unwrap();
+    assert!(none.items().is_empty());
+    // Locked requests go last; when their locks lapse (no write in between) they are back.
+    storage
+        .lock_head(&q.id, 2, LOCK, ck("a"), T0)
+        .await
+        .unwrap();
+    let locked_last = keys(&["h2", "h3", "h4", "h0", "h1"]);
+    assert_eq!(head_keys(storage, &q.id, T0 + 1).await, locked_last);
+    assert_eq!(head_keys(storage, &q.id, T0 + 2).await, locked_last);
+    assert_eq!(head_keys(storage, &q.id, T0 + LOCK - 1).await, locked_last);
+    assert_eq!(head_keys(storage, &q.id, T0 + LOCK).await, all);
+    assert_eq!(head_keys(storage, &q.id, T0 + LOCK + 1).await, all);
+    // A clock that moved back sees the locks again.
+    assert_eq!(head_keys(storage, &q.id, T0 + 3).await, locked_last);
+    // Each kind of write shows at once.
+    let later = T0 + 2 * LOCK;
+    storage
+        .update_request(&q.id, handled("h0"), false, ck("a"), later)
+        .await
+        .unwrap();
+    assert_eq!(
+        head_keys(storage, &q.id, later).await,
+        keys(&["h1", "h2", "h3", "h4"])
+    );
+    storage
+        .add_requests(&q.id, vec![req("h5")], true, ck("a"), later)
+        .await
+        .unwrap();
+    assert_eq!(
+        head_keys(storage, &q.id, later).await,
+        keys(&["h5", "h1", "h2", "h3", "h4"])
+    );
+    storage
+        .delete_requests(
+            &q.id,
+            vec![DeleteTarget {
+                id: request_id("h2"),
+                unique_key: None,
+            }],
+            ck("a"),
+            later,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        head_keys(storage, &q.id, later).await,
+        keys(&["h5", "h1", "h3", "h4"])
+    );
+    storage
+        .lock_head(&q.id, 1, LOCK, ck("a"), later)
+        .await
+        .unwrap();
+    storage
+        .delete_lock(&q.id, &request_id("h5"), false, ck("a"), later)
+        .await
+        .unwrap();
+    assert_eq!(
+        head_keys(storage, &q.id, later).await,
+        keys(&["h1", "h3", "h4", "h5"])
+    );
+    storage
+        .lock_head(&q.id, 1, LOCK, ck("a"), later)
+        .await
+        .unwrap();
+    assert_eq!(
+        head_keys(storage, &q.id, later).await,
+        keys(&["h3", "h4", "h5", "h1"])
+    );
+    storage
+        .unlock_requests(&q.id, ck("a"), later)
+        .await
+        .unwrap();
+    assert_eq!(
+        head_keys(storage, &q.id, later).await,
+        keys(&["h1", "h3", "h4", "h5"])
+    );
+    // The client count moves with reads too.
+    let head = storage.list_head(&q.id, 10, ck("b"), later).await.unwrap();
+    assert!(head.had_multiple_clients);
+    let head = storage.list_head(&q.id, 10, ck("a"), later).await.unwrap();
+    assert!(head.had_multiple_clients);
+}
+
+/// Heads read while writes commit never show a state older than a write that was already
+/// acknowledged (readers race the writes on purpose).
+async fn head_is_never_older_than_an_acknowledged_write(storage: &dyn Storage) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let q = new_queue(storage).await;
+    let done = AtomicBool::new(false);
+    let reader = |n: usize| {
+        let (done, id) = (&done, q.id.clone());
+        async move {
+            let mut calls = 0;
+            while !done.load(Ordering::SeqCst) {
+                storage
+                    .list_head(&id, 1000, ck("a"), T0 + n as i64)
+                    .await
+                    .unwrap();
+                calls += 1;
+                // A cached head answers without awaiting anything: let the writer run.
+                tokio::task::yield_now().await;
+            }
+            calls
+        }
+    };
+    let writer = async {
+        for i in 0..60 {
+            let key = format!("w{i}");
+            storage
+                .add_requests(&q.id, vec![req(&key)], false, ck("a"), T0)
+                .await
+                .unwrap();
+            let head = storage.list_head(&q.id, 1000, ck("a"), T0).await.unwrap();
+            assert_eq!(head.count, i + 1, "head after write {i}");
+            assert!(
+                head.items().iter().any(|item| item.unique_key == key),
+                "{key} in the head"
+            );
+            if i % 3 == 0 {
+                storage
+                    .lock_head(&q.id, 1, LOCK, ck("a"), T0)
+                    .await
+                    .unwrap();
+                let head = storage.list_head(&q.id, 1000, ck("a"), T0).await.unwrap();
+                assert_eq!(
+                    head.items().last().unwrap().unique_key,
+                    format!("w{}", i / 3),
+                    "locked request last after lock {i}"
+                );
+            }
+        }
+        done.store(true, Ordering::SeqCst);
+    };
+    let (_, a, b, c) = futures::join!(writer, reader(0), reader(1), reader(2));
+    assert!(a + b + c > 0);
 }
 
 async fn ordering_dedupe_and_counts(storage: &dyn Storage) {

@@ -5,16 +5,118 @@
 //! Expired locks are cleared lazily by the next `lock_head` (an index range scan over expired
 //! locks only); reads treat them as unlocked.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use async_trait::async_trait;
+use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use troupe_model::queue::QueueRequest;
 use troupe_model::storage::StorageKind;
 
 use super::SqliteStorage;
 use crate::queues::{
-    DeleteTarget, Head, HeadItem, LockOutcome, RequestFilter, RequestOutcome, RequestsPage,
+    DeleteTarget, Head, HeadEntries, HeadItem, ListedHead, LockOutcome, RequestFilter,
+    RequestOutcome, RequestsPage,
 };
 use crate::{Error, QueueStore, Result};
+
+/// Queues whose head answers are cached at most.
+const HEAD_CACHE_QUEUES: usize = 64;
+/// Bytes of cached head entries at most (all queues).
+const HEAD_CACHE_BYTES: usize = 8 << 20;
+
+/// `list_head` answers per queue id, so polling an unchanged head costs no database read and no
+/// serialisation.
+///
+/// Correctness: every queue write drops its queue's entry and bumps `generation` *after* it
+/// committed and before its caller is answered (see [`HeadInvalidation`]). A reader notes the
+/// generation before it reads the database and stores what it read only if the generation is
+/// still the same, so an entry is never older than a write that was acknowledged before it was
+/// served. An entry also expires at the first lock expiry after it was read (the head changes
+/// then without a write). Keyed by queue id (never reused); a deleted queue's entry is
+/// unreachable through the API (the queue is resolved first) and ages out.
+#[derive(Default)]
+pub(crate) struct HeadCache {
+    state: Mutex<HeadCacheState>,
+}
+
+#[derive(Default)]
+struct HeadCacheState {
+    generation: u64,
+    entries: HashMap<String, CachedHead>,
+    bytes: usize,
+}
+
+#[derive(Clone)]
+struct CachedHead {
+    entries: Arc<HeadEntries>,
+    /// Limit the entries were read with (fewer entries = every pending request).
+    limit: u64,
+    /// Clock of the read, and the first lock expiry after it.
+    read_at: i64,
+    valid_until: i64,
+    modified_at: i64,
+    multiple: bool,
+    last_client: Option<String>,
+}
+
+impl HeadCache {
+    fn generation(&self) -> u64 {
+        self.state.lock().generation
+    }
+
+    fn get(&self, queue_id: &str, limit: u64, now: i64) -> Option<CachedHead> {
+        let state = self.state.lock();
+        let entry = state.entries.get(queue_id)?;
+        let covers = limit <= entry.limit || (entry.entries.len() as u64) < entry.limit;
+        (covers && entry.read_at <= now && now < entry.valid_until).then(|| entry.clone())
+    }
+
+    fn insert(&self, queue_id: &str, generation: u64, entry: CachedHead) {
+        let size = entry.entries.size() + queue_id.len();
+        if size > HEAD_CACHE_BYTES / 4 {
+            return;
+        }
+        let mut state = self.state.lock();
+        if state.generation != generation {
+            return;
+        }
+        if let Some(old) = state.entries.remove(queue_id) {
+            state.bytes -= old.entries.size() + queue_id.len();
+        }
+        while !state.entries.is_empty()
+            && (state.entries.len() >= HEAD_CACHE_QUEUES || state.bytes + size > HEAD_CACHE_BYTES)
+        {
+            let victim = state.entries.keys().next().cloned().expect("not empty");
+            let old = state.entries.remove(&victim).expect("present");
+            state.bytes -= old.entries.size() + victim.len();
+        }
+        state.bytes += size;
+        state.entries.insert(queue_id.to_string(), entry);
+    }
+
+    fn invalidate(&self, queue_id: &str) {
+        let mut state = self.state.lock();
+        state.generation += 1;
+        if let Some(old) = state.entries.remove(queue_id) {
+            state.bytes -= old.entries.size() + queue_id.len();
+        }
+    }
+}
+
+/// Travels inside a queue write's result: dropped once that write committed (by its caller,
+/// or by group commit when the caller is gone) or failed, it invalidates the queue's cached head.
+struct HeadInvalidation {
+    storage: SqliteStorage,
+    queue_id: String,
+}
+
+impl Drop for HeadInvalidation {
+    fn drop(&mut self) {
+        self.storage.inner.queue_heads.invalidate(&self.queue_id);
+    }
+}
 
 // `LIMIT ?n + 0`, never a bare `LIMIT ?n`: SQLite plans with the value bound to a bare LIMIT
 // parameter, so every new binding would re-prepare the statement (~100k instructions, more than
@@ -36,6 +138,10 @@ const SQL_AVAILABLE: &str = "SELECT id, unique_key, url, method, retry_count, or
 const SQL_LOCKED: &str = "SELECT id, unique_key, url, method, retry_count, locked_until FROM rq_requests
      WHERE queue = ?1 AND handled_at IS NULL AND locked_until > ?2 ORDER BY locked_until, ord LIMIT ?3 + 0";
 
+/// The first lock expiry after ?2.
+const SQL_NEXT_EXPIRY: &str = "SELECT locked_until FROM rq_requests
+     WHERE queue = ?1 AND handled_at IS NULL AND locked_until > ?2 ORDER BY locked_until LIMIT 1";
+
 /// Query plans of the head queries (tests assert they are index range scans).
 #[cfg(test)]
 pub(crate) fn explain_head_queries(conn: &Connection) -> Result<Vec<(&'static str, String)>> {
@@ -46,6 +152,7 @@ pub(crate) fn explain_head_queries(conn: &Connection) -> Result<Vec<(&'static st
         SQL_HAS_LOCKED,
         SQL_AVAILABLE,
         SQL_LOCKED,
+        SQL_NEXT_EXPIRY,
     ] {
         let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
         let count = stmt.parameter_count();
@@ -113,17 +220,7 @@ impl QueueRow {
     /// Records a call by `client` (None = no clientKey = a new client) for `hadMultipleClients`.
     /// Returns whether the state changed.
     fn track(&mut self, client: &Option<String>) -> bool {
-        if self.multiple {
-            return false;
-        }
-        match (&self.last_client, client) {
-            (None, None) => self.last_client = Some(String::new()),
-            (None, Some(key)) => self.last_client = Some(key.clone()),
-            (Some(_), None) => self.multiple = true,
-            (Some(last), Some(key)) if last == key => return false,
-            (Some(_), Some(_)) => self.multiple = true,
-        }
-        true
+        track(&mut self.last_client, &mut self.multiple, client)
     }
 
     /// Position for a request put at the front (newest first) or the back (oldest first).
@@ -171,6 +268,30 @@ impl QueueRow {
         ])?;
         Ok(())
     }
+}
+
+/// Records a call by `client` on a queue's (last client, multiple clients) state; returns
+/// whether that changed (see [`QueueRow::track`]).
+fn track(last_client: &mut Option<String>, multiple: &mut bool, client: &Option<String>) -> bool {
+    if *multiple {
+        return false;
+    }
+    match (&*last_client, client) {
+        (None, None) => *last_client = Some(String::new()),
+        (None, Some(key)) => *last_client = Some(key.clone()),
+        (Some(_), None) => *multiple = true,
+        (Some(last), Some(key)) if last == key => return false,
+        (Some(_), Some(_)) => *multiple = true,
+    }
+    true
+}
+
+/// The first lock expiry after `now` among pending requests.
+fn next_lock_expiry(conn: &Connection, num: i64, now: i64) -> Result<Option<i64>> {
+    Ok(conn
+        .prepare_cached(SQL_NEXT_EXPIRY)?
+        .query_row(params![num, now], |row| row.get(0))
+        .optional()?)
 }
 
 /// A stored request's state as the write paths need it.
@@ -336,20 +457,37 @@ fn read_head(conn: &Connection, num: i64, limit: u64, now: i64) -> Result<Vec<He
 }
 
 impl SqliteStorage {
+    /// `write` for anything that changes a queue (its requests or its catalog row): the queue's
+    /// cached head is dropped after the commit, before the caller hears back.
+    async fn queue_write<T, F>(&self, queue_id: String, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> Result<T> + Send + 'static,
+    {
+        let guard = HeadInvalidation {
+            storage: self.clone(),
+            queue_id,
+        };
+        let (value, guard) = self.write(move |tx| Ok((f(tx)?, guard))).await?;
+        drop(guard);
+        Ok(value)
+    }
+
     /// Counts a read call's client for `hadMultipleClients` (a write only when that changes).
     /// Returns the flag after the call.
     async fn track_read_client(
         &self,
         queue_id: &str,
-        mut row: QueueRow,
+        mut last_client: Option<String>,
+        mut multiple: bool,
         client_key: Option<String>,
         now: i64,
     ) -> Result<bool> {
-        if !row.track(&client_key) {
-            return Ok(row.multiple);
+        if !track(&mut last_client, &mut multiple, &client_key) {
+            return Ok(multiple);
         }
         let queue_id = queue_id.to_string();
-        self.write(move |tx| {
+        self.queue_write(queue_id.clone(), move |tx| {
             let mut q = QueueRow::load(tx, &queue_id)?;
             if q.track(&client_key) {
                 q.save(tx, now)?;
@@ -371,7 +509,7 @@ impl QueueStore for SqliteStorage {
         now: i64,
     ) -> Result<Vec<RequestOutcome>> {
         let queue_id = queue_id.to_string();
-        self.write(move |tx| {
+        self.queue_write(queue_id.clone(), move |tx| {
             let mut q = QueueRow::load(tx, &queue_id)?;
             q.track(&client_key);
             let mut outcomes = Vec::with_capacity(requests.len());
@@ -418,7 +556,7 @@ impl QueueStore for SqliteStorage {
         now: i64,
     ) -> Result<RequestOutcome> {
         let queue_id = queue_id.to_string();
-        self.write(move |tx| {
+        self.queue_write(queue_id.clone(), move |tx| {
             let mut q = QueueRow::load(tx, &queue_id)?;
             q.track(&client_key);
             let r = &request;
@@ -472,7 +610,7 @@ impl QueueStore for SqliteStorage {
         now: i64,
     ) -> Result<Vec<bool>> {
         let queue_id = queue_id.to_string();
-        self.write(move |tx| {
+        self.queue_write(queue_id.clone(), move |tx| {
             let mut q = QueueRow::load(tx, &queue_id)?;
             q.track(&client_key);
             let mut deleted = Vec::with_capacity(targets.len());
@@ -504,25 +642,41 @@ impl QueueStore for SqliteStorage {
         limit: u64,
         client_key: Option<String>,
         now: i64,
-    ) -> Result<Head> {
-        let id = queue_id.to_string();
-        let (row, items, has_locked) = self
-            .read(move |conn| {
-                let q = QueueRow::load(conn, &id)?;
-                let items = read_head(conn, q.num, limit, now)?;
-                let locked = has_locked(conn, q.num, now)?;
-                Ok((q, items, locked))
-            })
-            .await?;
-        let modified_at = row.modified_at;
+    ) -> Result<ListedHead> {
+        let cache = &self.inner.queue_heads;
+        let entry = match cache.get(queue_id, limit, now) {
+            Some(entry) => entry,
+            None => {
+                let generation = cache.generation();
+                let id = queue_id.to_string();
+                let entry = self
+                    .read(move |conn| {
+                        let q = QueueRow::load(conn, &id)?;
+                        let items = read_head(conn, q.num, limit, now)?;
+                        let valid_until = next_lock_expiry(conn, q.num, now)?.unwrap_or(i64::MAX);
+                        Ok(CachedHead {
+                            entries: Arc::new(HeadEntries::from_items(&items)),
+                            limit,
+                            read_at: now,
+                            valid_until,
+                            modified_at: q.modified_at,
+                            multiple: q.multiple,
+                            last_client: q.last_client,
+                        })
+                    })
+                    .await?;
+                cache.insert(queue_id, generation, entry.clone());
+                entry
+            }
+        };
         let multiple = self
-            .track_read_client(queue_id, row, client_key, now)
+            .track_read_client(queue_id, entry.last_client, entry.multiple, client_key, now)
             .await?;
-        Ok(Head {
-            items,
-            queue_modified_at: modified_at,
+        Ok(ListedHead {
+            count: entry.entries.len().min(limit as usize),
+            entries: entry.entries,
+            queue_modified_at: entry.modified_at,
             had_multiple_clients: multiple,
-            queue_has_locked_requests: has_locked,
         })
     }
 
@@ -535,7 +689,7 @@ impl QueueStore for SqliteStorage {
         now: i64,
     ) -> Result<Head> {
         let queue_id = queue_id.to_string();
-        self.write(move |tx| {
+        self.queue_write(queue_id.clone(), move |tx| {
             let mut q = QueueRow::load(tx, &queue_id)?;
             q.track(&client_key);
             reap_expired(tx, &mut q, now)?;
@@ -578,7 +732,7 @@ impl QueueStore for SqliteStorage {
         now: i64,
     ) -> Result<LockOutcome> {
         let (queue_id, request_id) = (queue_id.to_string(), request_id.to_string());
-        self.write(move |tx| {
+        self.queue_write(queue_id.clone(), move |tx| {
             let mut q = QueueRow::load(tx, &queue_id)?;
             q.track(&client_key);
             let holder = client_key.unwrap_or_default();
@@ -612,7 +766,7 @@ impl QueueStore for SqliteStorage {
         now: i64,
     ) -> Result<LockOutcome> {
         let (queue_id, request_id) = (queue_id.to_string(), request_id.to_string());
-        self.write(move |tx| {
+        self.queue_write(queue_id.clone(), move |tx| {
             let mut q = QueueRow::load(tx, &queue_id)?;
             q.track(&client_key);
             let holder = client_key.unwrap_or_default();
@@ -650,7 +804,7 @@ impl QueueStore for SqliteStorage {
         now: i64,
     ) -> Result<u64> {
         let queue_id = queue_id.to_string();
-        self.write(move |tx| {
+        self.queue_write(queue_id.clone(), move |tx| {
             let mut q = QueueRow::load(tx, &queue_id)?;
             q.track(&client_key);
             let holder = client_key.unwrap_or_default();
@@ -733,7 +887,7 @@ impl QueueStore for SqliteStorage {
                 ))
             })
             .await?;
-        self.track_read_client(queue_id, row, client_key, now)
+        self.track_read_client(queue_id, row.last_client, row.multiple, client_key, now)
             .await?;
         Ok(page)
     }
