@@ -10,6 +10,7 @@ use axum::extract::{FromRequestParts, RawPathParams};
 use axum::http::request::Parts;
 use axum::http::Method;
 use troupe_model::storage::{StorageInfo, StorageKind};
+use troupe_storage::kv::StoreAccess;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
@@ -306,3 +307,59 @@ pub type DatasetTarget = StorageTarget<DatasetKind>;
 pub type KvStoreTarget = StorageTarget<KvStoreKind>;
 /// The request queue a request path names.
 pub type QueueTarget = StorageTarget<QueueKind>;
+
+/// The storage of kind `K` a write request names (dataset pushes, record writes), access
+/// checked: what a write needs, without counters. A storage named by id (the hot path) comes
+/// from the catalog's access cache; names and run prefixes go through [`resolve_storage`].
+#[derive(Debug, Clone)]
+pub struct WriteTarget<K: KindMarker>(pub StoreAccess, std::marker::PhantomData<K>);
+
+impl<K: KindMarker> FromRequestParts<AppState> for WriteTarget<K> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let raw = RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|err| ApiError::invalid_parameter(err.to_string()))?;
+        let path = path_map(&raw);
+        let params = Params::parse(parts.uri.query())?;
+        let caller = Caller::from_request_parts(parts, state).await?;
+        let access = Access::of(&parts.method);
+        // Signatures open reads only, so they play no part here.
+        if let Some(reference) = path.get(direct_param(K::KIND)) {
+            // As in `find_storage`: an id first.
+            if split_name_ref(reference).is_none() {
+                if let Some(found) = state.storage.get_storage_access(K::KIND, reference).await? {
+                    check_access(
+                        &caller,
+                        &found.user_id,
+                        &found.general_access,
+                        &AddressedBy::Id,
+                        access,
+                        false,
+                    )?;
+                    return Ok(WriteTarget(found, std::marker::PhantomData));
+                }
+            }
+        }
+        let resolved =
+            resolve_storage(state, &caller, K::KIND, &path, &params, access, |_| false).await?;
+        let info = resolved.info;
+        let found = StoreAccess {
+            num: info.num,
+            id: info.id,
+            user_id: info.user_id,
+            general_access: info.general_access,
+            url_signing_secret_key: info.url_signing_secret_key,
+        };
+        Ok(WriteTarget(found, std::marker::PhantomData))
+    }
+}
+
+/// The dataset a write request names.
+pub type DatasetWriteTarget = WriteTarget<DatasetKind>;
+/// The key-value store a write request names.
+pub type KvStoreWriteTarget = WriteTarget<KvStoreKind>;

@@ -8,6 +8,7 @@ use troupe_model::storage::{
 };
 use troupe_model::user::User;
 
+use crate::kv::StoreAccess;
 use crate::Result;
 
 #[async_trait]
@@ -22,6 +23,10 @@ pub trait StorageCatalog {
     ) -> Result<(StorageInfo, bool)>;
     /// A storage by id.
     async fn get_storage(&self, kind: StorageKind, id: &str) -> Result<Option<StorageInfo>>;
+    /// What an access check and a write need to know about the storage with id `id` (no
+    /// counters). The hot path of writes: served from memory until a rename, an access change or
+    /// a deletion of any storage commits. `None` when there is no such storage.
+    async fn get_storage_access(&self, kind: StorageKind, id: &str) -> Result<Option<StoreAccess>>;
     /// A storage by its owner and name.
     async fn get_storage_by_name(
         &self,

@@ -2,9 +2,16 @@
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use troupe_model::storage::{NewItem, StorageInfo};
+use troupe_model::storage::NewItem;
 
 use crate::Result;
+
+/// A dataset's item counts right after a push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PushedItems {
+    pub item_count: u64,
+    pub clean_item_count: u64,
+}
 
 /// One page of raw items read from a dataset.
 #[derive(Debug, Clone)]
@@ -17,8 +24,8 @@ pub struct ItemsPage {
 
 #[async_trait]
 pub trait DatasetStore {
-    /// Appends items atomically (all or nothing). Returns the dataset after the push.
-    async fn push_items(&self, dataset_id: &str, items: Vec<NewItem>) -> Result<StorageInfo>;
+    /// Appends items atomically (all or nothing). Returns the dataset's counts after the push.
+    async fn push_items(&self, dataset_id: &str, items: Vec<NewItem>) -> Result<PushedItems>;
     /// Reads up to `limit` items starting `offset` items from the start (or from the end with
     /// `desc`). Costs the same at any offset.
     async fn read_items(

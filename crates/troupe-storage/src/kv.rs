@@ -90,6 +90,31 @@ pub struct StoreAccess {
     pub url_signing_secret_key: String,
 }
 
+/// The store a record write goes to: its catalog number and id. Both [`StorageInfo`] and
+/// [`StoreAccess`] (the cached lookup of writes) name one.
+pub trait StoreRef: Sync {
+    fn num(&self) -> i64;
+    fn id(&self) -> &str;
+}
+
+impl StoreRef for StorageInfo {
+    fn num(&self) -> i64 {
+        self.num
+    }
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl StoreRef for StoreAccess {
+    fn num(&self) -> i64 {
+        self.num
+    }
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
 /// One key of a listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyEntry {
@@ -142,14 +167,14 @@ pub trait KvStore {
     /// an invalid key. Returns the stored size.
     async fn put_record(
         &self,
-        store: &StorageInfo,
+        store: &dyn StoreRef,
         key: &str,
         record: NewRecord,
         source: RecordSource,
     ) -> Result<u64>;
 
     /// Deletes a record; false when there was none.
-    async fn delete_record(&self, store: &StorageInfo, key: &str) -> Result<bool>;
+    async fn delete_record(&self, store: &dyn StoreRef, key: &str) -> Result<bool>;
 
     /// Lists keys (with sizes) in UTF-8 byte order. Counts as a listing of the store.
     async fn list_keys(&self, store: &StorageInfo, query: KeysQuery) -> Result<KeysPage>;

@@ -1053,3 +1053,71 @@ async fn statistics_per_field() {
         .unwrap();
     assert_error(response, 404, "record-not-found").await;
 }
+
+/// Pushes resolve their dataset from memory (ids map to owner and row): renames, other users,
+/// deletions and a new dataset that may take over the deleted one's internal number must all be
+/// seen by the very next push.
+#[tokio::test]
+async fn pushes_follow_renames_owners_and_deletions() {
+    use common::Api;
+    let server = TestServer::start();
+    let http = client();
+    let id = create(&server, "cached-push").await;
+    for i in 0..3 {
+        assert_eq!(
+            push(&server, &id, format!(r#"{{"i":{i}}}"#)).await.status(),
+            201
+        );
+    }
+    // A rename: pushes by id go on, by the new name too.
+    let response = http
+        .put(server.url(&format!("/datasets/{id}")))
+        .json(&json!({"name": "cached-push-renamed"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(push(&server, &id, r#"{"i":3}"#).await.status(), 201);
+    assert_eq!(
+        push(&server, "~cached-push-renamed", r#"{"i":4}"#)
+            .await
+            .status(),
+        201
+    );
+    assert_eq!(item_count(&server, &id).await, 5);
+    // Another user may not push, however often it tries, and changes nothing.
+    let bob = server.add_user("bob");
+    let bob = server.as_user(&bob);
+    for _ in 0..3 {
+        let response = http
+            .post(bob.url(&format!("/datasets/{id}/items")))
+            .header("content-type", "application/json")
+            .body(r#"{"i":99}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_error(response, 403, "insufficient-permissions").await;
+    }
+    assert_eq!(item_count(&server, &id).await, 5);
+    // Deleted: the next push is a 404, and a dataset created since (which may reuse the deleted
+    // one's internal number) gets nothing.
+    let response = http
+        .delete(server.url(&format!("/datasets/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    let fresh = create(&server, "cached-push-fresh").await;
+    for _ in 0..2 {
+        assert_error(
+            push(&server, &id, r#"{"i":5}"#).await,
+            404,
+            "record-not-found",
+        )
+        .await;
+    }
+    assert_eq!(item_count(&server, &fresh).await, 0);
+    assert_eq!(items(&server, &fresh).await, json!([]));
+    assert_eq!(push(&server, &fresh, r#"{"i":6}"#).await.status(), 201);
+    assert_eq!(items(&server, &fresh).await, json!([{"i": 6}]));
+}

@@ -1646,3 +1646,88 @@ async fn cached_records_follow_every_change() {
     )
     .await;
 }
+
+/// Record writes resolve their store from memory (ids map to owner and row): other users,
+/// deletions and a new store that may take over the deleted one's internal number must all be
+/// seen by the very next write.
+#[tokio::test]
+async fn record_writes_follow_owners_and_deletions() {
+    use common::Api;
+    let server = TestServer::start();
+    let http = client();
+    let id = create_store(&server, Some("cached-put")).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for i in 0..3 {
+        let response = put(&server, &id, &format!("k{i}"), None, vec![b'a'; 100]).await;
+        assert_eq!(response.status(), 201);
+    }
+    let bob = server.add_user("bob");
+    let bob = server.as_user(&bob);
+    for _ in 0..3 {
+        let response = http
+            .put(bob.url(&format!("/key-value-stores/{id}/records/k0")))
+            .body("bob")
+            .send()
+            .await
+            .unwrap();
+        assert_error(response, 403, "insufficient-permissions").await;
+        let response = http
+            .delete(bob.url(&format!("/key-value-stores/{id}/records/k1")))
+            .send()
+            .await
+            .unwrap();
+        assert_error(response, 403, "insufficient-permissions").await;
+    }
+    assert_eq!(keys(&server, &id).await, ["k0", "k1", "k2"]);
+    let stored = http
+        .get(record_url(&server, &id, "k0"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(&stored[..], &[b'a'; 100][..]);
+    // Deleted: the next writes are 404s, and a store created since (which may reuse the deleted
+    // one's internal number) gets nothing.
+    let response = http
+        .delete(server.url(&format!("/key-value-stores/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    let fresh = create_store(&server, Some("cached-put-fresh")).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    put(&server, &fresh, "k1", None, b"fresh".to_vec()).await;
+    for _ in 0..2 {
+        assert_error(
+            put(&server, &id, "k0", None, b"late".to_vec()).await,
+            404,
+            "record-not-found",
+        )
+        .await;
+        assert_error(
+            http.delete(record_url(&server, &id, "k1"))
+                .send()
+                .await
+                .unwrap(),
+            404,
+            "record-not-found",
+        )
+        .await;
+    }
+    assert_eq!(keys(&server, &fresh).await, ["k1"]);
+    let stored = http
+        .get(record_url(&server, &fresh, "k1"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(&stored[..], b"fresh");
+}

@@ -15,7 +15,7 @@ use crate::body::{read_decoded, DEFAULT_BODY_LIMIT};
 use crate::error::ApiResult;
 use crate::items::{items_response, parse_push_body, ItemsQuery};
 use crate::params::Params;
-use crate::resolve::{DatasetKind, DatasetTarget};
+use crate::resolve::{DatasetKind, DatasetTarget, DatasetWriteTarget};
 use crate::router::Routes;
 use crate::state::AppState;
 
@@ -96,13 +96,13 @@ fn record_read(state: &AppState, info: &troupe_model::storage::StorageInfo) {
 /// POST .../items — append one object or an array of objects (all or nothing); 201 `{}`.
 async fn push_items(
     State(state): State<AppState>,
-    target: DatasetTarget,
+    target: DatasetWriteTarget,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
     let bytes = read_decoded(&headers, body, DEFAULT_BODY_LIMIT).await?;
     let items = parse_push_body(&bytes)?;
-    let info = target.info();
+    let info = &target.0;
     if !items.is_empty() {
         state.storage.push_items(&info.id, items).await?;
     }

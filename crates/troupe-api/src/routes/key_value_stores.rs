@@ -34,6 +34,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::params::Params;
 use crate::resolve::{
     check_access, signature_opens, Access, AddressedBy, KvStoreKind, KvStoreTarget,
+    KvStoreWriteTarget,
 };
 use crate::router::Routes;
 use crate::state::AppState;
@@ -454,7 +455,7 @@ const BODY_BROKEN: u8 = 2;
 async fn put_record(
     State(state): State<AppState>,
     RecordKey(key): RecordKey,
-    target: KvStoreTarget,
+    target: KvStoreWriteTarget,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
@@ -562,7 +563,7 @@ async fn put_record(
         let all = futures::stream::once(async move { Ok(head) }).chain(rest);
         RecordSource::Stream(Box::pin(tokio_util::io::StreamReader::new(all)))
     };
-    let info = target.info();
+    let info = &target.0;
     let result = state
         .storage
         .put_record(
@@ -617,9 +618,9 @@ fn check_encoded(body: &Bytes, encodings: &[String]) -> ApiResult<()> {
 async fn delete_record(
     State(state): State<AppState>,
     RecordKey(key): RecordKey,
-    target: KvStoreTarget,
+    target: KvStoreWriteTarget,
 ) -> ApiResult<Response> {
-    state.storage.delete_record(target.info(), &key).await?;
+    state.storage.delete_record(&target.0, &key).await?;
     Ok(super::no_content())
 }
 

@@ -140,4 +140,39 @@ pub async fn run(storage: &dyn Storage) {
             .len(),
         0
     );
+
+    // Pushes of every size keep the items in order, each once: 1-200 items in a row, so the
+    // sizes a backend may cut a push into (and their remainders) all occur.
+    let mut expected = Vec::new();
+    let mut next = 0u64;
+    for size in [1u64, 7, 8, 9, 63, 64, 65, 137, 200] {
+        let after = storage
+            .push_items(&fresh.id, (next..next + size).map(item).collect())
+            .await
+            .unwrap();
+        expected.extend((next..next + size).map(|i| format!("{{\"i\":{i}}}")));
+        next += size;
+        assert_eq!(after.item_count, next);
+    }
+    let page = storage
+        .read_items(&fresh.id, 0, 10_000, false)
+        .await
+        .unwrap();
+    assert_eq!(page.total, next);
+    let read: Vec<String> = page
+        .items
+        .iter()
+        .map(|raw| String::from_utf8(raw.to_vec()).unwrap())
+        .collect();
+    assert_eq!(read, expected);
+    let info = storage
+        .get_storage(StorageKind::Dataset, &fresh.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(info.item_count, next);
+    assert_eq!(
+        info.storage_bytes,
+        expected.iter().map(|s| s.len() as u64).sum::<u64>()
+    );
 }

@@ -1,10 +1,10 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use troupe_model::storage::{StorageInfo, StorageKind, StorageOrigin};
+use troupe_model::storage::{StorageInfo, StorageKind, StorageOrigin, StorageUpdate};
 
 use super::test_user;
-use crate::kv::{KeysQuery, NewRecord, RecordContent, RecordSource};
+use crate::kv::{KeysQuery, NewRecord, RecordContent, RecordSource, StoreAccess};
 use crate::{Error, Storage};
 
 fn meta(content_type: &str, encoding: Option<&str>) -> NewRecord {
@@ -429,4 +429,90 @@ pub async fn run(storage: &dyn Storage) {
     ));
     let (page, _) = keys(storage, &k, query(None, None, 1000)).await;
     assert!(page.is_empty());
+
+    store_access(storage).await;
+}
+
+/// `get_storage_access` (what writes resolve) follows access changes and deletions, and a
+/// reference to a deleted store never writes into a newer one that took its internal number.
+async fn store_access(storage: &dyn Storage) {
+    let user = test_user(storage).await;
+    let kind = StorageKind::KeyValueStore;
+    let create = || storage.create_storage(kind, &user, None, StorageOrigin::default());
+    let (doomed, _) = create().await.unwrap();
+    let access = storage
+        .get_storage_access(kind, &doomed.id)
+        .await
+        .unwrap()
+        .expect("found");
+    assert_eq!(
+        (access.num, &access.id, &access.user_id),
+        (doomed.num, &doomed.id, &user.id)
+    );
+    assert_eq!(access.general_access, doomed.general_access);
+    assert_eq!(access.url_signing_secret_key, doomed.url_signing_secret_key);
+    assert!(storage
+        .get_storage_access(StorageKind::Dataset, &doomed.id)
+        .await
+        .unwrap()
+        .is_none());
+    storage
+        .put_record(
+            &access,
+            "a",
+            meta("text/plain", None),
+            RecordSource::Bytes(Bytes::from_static(b"1")),
+        )
+        .await
+        .unwrap();
+    let update = StorageUpdate {
+        name: None,
+        general_access: Some("ANYONE_WITH_ID_CAN_READ".into()),
+    };
+    storage
+        .update_storage(kind, &doomed.id, update)
+        .await
+        .unwrap();
+    let changed = storage
+        .get_storage_access(kind, &doomed.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(changed.general_access, "ANYONE_WITH_ID_CAN_READ");
+    assert!(storage.delete_storage(kind, &doomed.id).await.unwrap());
+    assert!(storage
+        .get_storage_access(kind, &doomed.id)
+        .await
+        .unwrap()
+        .is_none());
+    let (newer, _) = create().await.unwrap();
+    storage
+        .put_record(
+            &newer,
+            "a",
+            meta("text/plain", None),
+            RecordSource::Bytes(Bytes::from_static(b"new")),
+        )
+        .await
+        .unwrap();
+    // The deleted store's id with the newer store's number (as a write that resolved before
+    // the deletion and committed after it would carry, had the number been reused).
+    let stale = StoreAccess {
+        num: newer.num,
+        ..access
+    };
+    let result = storage
+        .put_record(
+            &stale,
+            "a",
+            meta("text/plain", None),
+            RecordSource::Bytes(Bytes::from_static(b"late")),
+        )
+        .await;
+    assert!(matches!(result, Err(Error::NotFound(_))));
+    let result = storage.delete_record(&stale, "a").await;
+    assert!(matches!(result, Err(Error::NotFound(_))));
+    assert_eq!(read_all(storage, &newer, "a").await, Some(b"new".to_vec()));
+    let info = storage.get_storage(kind, &newer.id).await.unwrap().unwrap();
+    assert_eq!(info.storage_bytes, 3);
 }

@@ -26,6 +26,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 
 use crate::kv::{RecordMeta, StoreAccess};
+use troupe_model::storage::StorageKind;
 
 /// Version slots per kind of thing (a power of two).
 const SLOTS: usize = 4096;
@@ -39,6 +40,9 @@ const RECORD_SHARDS: usize = 16;
 const ENTRY_OVERHEAD: usize = 256;
 /// Ticks (seconds, see [`Caches::tick`]) without a read of the record cache before it is emptied.
 const IDLE_TICKS: u64 = 10;
+/// Storages whose access data the access cache may hold (a few hundred bytes each).
+const ACCESS_CACHE_ENTRIES: usize = 8192;
+const ACCESS_SHARDS: usize = 16;
 
 /// Counters bumped by writes (see the module docs).
 struct Versions {
@@ -70,6 +74,10 @@ pub(crate) struct Caches {
     /// carries its store's access data.
     catalog_version: AtomicU64,
     records: RecordCache,
+    /// Bumped when any storage is renamed, changes access or is deleted: the access cache
+    /// holds what those change.
+    storages_version: AtomicU64,
+    access: AccessCache,
     /// Runs, by the id of their Actor and of their task.
     run_versions: Versions,
     /// Advanced about once a second by [`Caches::tick`].
@@ -85,6 +93,8 @@ impl Caches {
             record_versions: Versions::new(),
             catalog_version: AtomicU64::new(0),
             records: RecordCache::new(),
+            storages_version: AtomicU64::new(0),
+            access: AccessCache::new(),
             run_versions: Versions::new(),
             ticks: AtomicU64::new(0),
             records_used: AtomicU64::new(0),
@@ -167,12 +177,52 @@ impl Caches {
         }
     }
 
-    /// Bumps (once dropped) what a change of a store's access or its deletion changes.
-    pub(crate) fn catalog_write(self: &Arc<Self>) -> Bump {
+    /// Bumps (once dropped) what a rename, an access change or the deletion of a storage of
+    /// `kind` changes.
+    pub(crate) fn catalog_write(self: &Arc<Self>, kind: StorageKind) -> Bump {
         Bump {
             caches: self.clone(),
-            what: What::Catalog,
+            what: What::Catalog(kind == StorageKind::KeyValueStore),
         }
+    }
+
+    /// The version tag of a storage access read that starts now.
+    pub(crate) fn access_tag(&self) -> u64 {
+        self.storages_version.load(Ordering::SeqCst)
+    }
+
+    fn access_hash(&self, kind: StorageKind, id: &str) -> u64 {
+        self.hasher.hash_one((kind.code(), id))
+    }
+
+    /// The cached access data of a storage, if still current.
+    pub(crate) fn cached_access(&self, kind: StorageKind, id: &str) -> Option<StoreAccess> {
+        let tag = self.access_tag();
+        let hash = self.access_hash(kind, id);
+        let shard = self.access.shard(hash).lock();
+        let entry = shard.get(&hash)?;
+        (entry.tag == tag && entry.kind == kind && entry.access.id == id)
+            .then(|| entry.access.clone())
+    }
+
+    /// Caches a storage's access data read with version tag `tag` (taken before the read).
+    pub(crate) fn put_access(&self, kind: StorageKind, tag: u64, access: &StoreAccess) {
+        let hash = self.access_hash(kind, &access.id);
+        let mut shard = self.access.shard(hash).lock();
+        if shard.len() >= ACCESS_CACHE_ENTRIES / ACCESS_SHARDS && !shard.contains_key(&hash) {
+            // Full: drop an arbitrary entry.
+            if let Some(&victim) = shard.keys().next() {
+                shard.remove(&victim);
+            }
+        }
+        shard.insert(
+            hash,
+            CachedAccess {
+                kind,
+                access: access.clone(),
+                tag,
+            },
+        );
     }
 
     /// Bumps (once dropped) the run versions of an Actor and, if any, a task.
@@ -189,7 +239,8 @@ impl Caches {
 
 enum What {
     Record(u64),
-    Catalog,
+    /// Any storage's catalog row; `true` for a key-value store (whose cached records carry it).
+    Catalog(bool),
     Runs(u64, Option<u64>),
 }
 
@@ -207,8 +258,11 @@ impl Drop for Bump {
         let caches = &self.caches;
         match self.what {
             What::Record(hash) => caches.record_versions.bump(hash),
-            What::Catalog => {
-                caches.catalog_version.fetch_add(1, Ordering::SeqCst);
+            What::Catalog(kv) => {
+                caches.storages_version.fetch_add(1, Ordering::SeqCst);
+                if kv {
+                    caches.catalog_version.fetch_add(1, Ordering::SeqCst);
+                }
             }
             What::Runs(act, task) => {
                 caches.run_versions.bump(act);
@@ -228,6 +282,34 @@ pub(crate) struct CachedRecord {
     pub(crate) data: Bytes,
     tag: (u64, u64),
     cost: usize,
+}
+
+/// A storage's access data as last read.
+struct CachedAccess {
+    kind: StorageKind,
+    access: StoreAccess,
+    tag: u64,
+}
+
+type AccessShard = HashMap<u64, CachedAccess, foldhash::fast::FixedState>;
+
+/// Access data of storages by the hash of (kind, id); a colliding storage replaces the entry.
+struct AccessCache {
+    shards: Box<[Mutex<AccessShard>]>,
+}
+
+impl AccessCache {
+    fn new() -> Self {
+        Self {
+            shards: (0..ACCESS_SHARDS)
+                .map(|_| Mutex::new(AccessShard::default()))
+                .collect(),
+        }
+    }
+
+    fn shard(&self, hash: u64) -> &Mutex<AccessShard> {
+        &self.shards[(hash >> 58) as usize % ACCESS_SHARDS]
+    }
 }
 
 struct RecordCache {
@@ -348,8 +430,19 @@ mod tests {
             &Bytes::from_static(b"abc"),
         );
         assert!(caches.cached_record(h, "s", "k").is_some());
-        drop(caches.catalog_write());
+        drop(caches.catalog_write(StorageKind::KeyValueStore));
         assert!(caches.cached_record(h, "s", "k").is_none());
+        // Other kinds' catalog changes leave cached records alone.
+        let tag = caches.record_tag(h);
+        caches.put_record(
+            h,
+            tag,
+            &access("s"),
+            &meta("k"),
+            &Bytes::from_static(b"abc"),
+        );
+        drop(caches.catalog_write(StorageKind::Dataset));
+        assert!(caches.cached_record(h, "s", "k").is_some());
 
         // Emptied once unused for a while.
         let tag = caches.record_tag(h);
@@ -376,6 +469,36 @@ mod tests {
         drop(caches.runs_write("a", Some("t")));
         assert_ne!(caches.runs_version("a"), before);
         assert_ne!(caches.runs_version("t"), task_before);
+    }
+
+    #[test]
+    fn access_entries_follow_catalog_writes() {
+        let caches = Caches::new();
+        let tag = caches.access_tag();
+        caches.put_access(StorageKind::Dataset, tag, &access("s"));
+        assert_eq!(
+            caches.cached_access(StorageKind::Dataset, "s"),
+            Some(access("s"))
+        );
+        // Another kind or id is not this entry.
+        assert!(caches
+            .cached_access(StorageKind::KeyValueStore, "s")
+            .is_none());
+        assert!(caches.cached_access(StorageKind::Dataset, "t").is_none());
+        // Any kind's rename, access change or deletion makes every entry stale.
+        drop(caches.catalog_write(StorageKind::RequestQueue));
+        assert!(caches.cached_access(StorageKind::Dataset, "s").is_none());
+        // An entry read before the write committed (older tag) is never served.
+        caches.put_access(StorageKind::Dataset, tag, &access("s"));
+        assert!(caches.cached_access(StorageKind::Dataset, "s").is_none());
+        // Bounded.
+        let tag = caches.access_tag();
+        for i in 0..3 * ACCESS_CACHE_ENTRIES {
+            caches.put_access(StorageKind::Dataset, tag, &access(&format!("s{i}")));
+        }
+        let entries: usize = caches.access.shards.iter().map(|s| s.lock().len()).sum();
+        assert!(entries <= ACCESS_CACHE_ENTRIES);
+        assert!(entries > ACCESS_CACHE_ENTRIES / 2);
     }
 
     #[test]

@@ -7,6 +7,7 @@ use troupe_model::storage::{
 use troupe_model::user::User;
 
 use super::{optional, SqliteStorage};
+use crate::kv::StoreAccess;
 use crate::{Error, Result, StorageCatalog};
 
 /// Columns read by [`info_from_row`], joined with the owner's username.
@@ -135,6 +136,35 @@ impl StorageCatalog for SqliteStorage {
         self.read_blocking(|conn| load_storage(conn, kind, id))
     }
 
+    async fn get_storage_access(&self, kind: StorageKind, id: &str) -> Result<Option<StoreAccess>> {
+        // Cached (see `super::cache`): a miss reads the row and caches it with the version
+        // loaded before the read, so a rename, access change or deletion that committed after
+        // that read makes the entry unusable.
+        let caches = &self.inner.caches;
+        if let Some(hit) = caches.cached_access(kind, id) {
+            return Ok(Some(hit));
+        }
+        let tag = caches.access_tag();
+        let found = self.read_blocking(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT num, user_id, general_access, secret FROM storages WHERE id = ?1 AND kind = ?2",
+            )?;
+            Ok(optional(stmt.query_row(params![id, kind.code()], |row| {
+                Ok(StoreAccess {
+                    num: row.get(0)?,
+                    id: id.to_string(),
+                    user_id: row.get(1)?,
+                    general_access: row.get(2)?,
+                    url_signing_secret_key: row.get(3)?,
+                })
+            }))?)
+        })?;
+        if let Some(access) = &found {
+            caches.put_access(kind, tag, access);
+        }
+        Ok(found)
+    }
+
     async fn get_storage_by_name(
         &self,
         kind: StorageKind,
@@ -185,8 +215,9 @@ impl StorageCatalog for SqliteStorage {
         update: StorageUpdate,
     ) -> Result<StorageInfo> {
         let id = id.to_string();
-        // Cached key-value records carry their store's access settings (see `super::cache`).
-        let bump = (kind == StorageKind::KeyValueStore).then(|| self.inner.caches.catalog_write());
+        // Cached access data and cached key-value records carry the name and access settings
+        // (see `super::cache`).
+        let bump = self.inner.caches.catalog_write(kind);
         self.write(move |tx| {
             let current = require_storage(tx, kind, &id)?;
             let now = troupe_model::now_ms();
@@ -221,8 +252,8 @@ impl StorageCatalog for SqliteStorage {
     async fn delete_storage(&self, kind: StorageKind, id: &str) -> Result<bool> {
         let id = id.to_string();
         let this = self.clone();
-        // Cached key-value records go with their store (see `super::cache`).
-        let bump = (kind == StorageKind::KeyValueStore).then(|| self.inner.caches.catalog_write());
+        // Cached access data and cached key-value records go with their storage (see `super::cache`).
+        let bump = self.inner.caches.catalog_write(kind);
         self.write(move |tx| {
             let Some(info) = load_storage(tx, kind, &id)? else {
                 return Ok((false, bump));

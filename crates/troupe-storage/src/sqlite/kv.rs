@@ -22,7 +22,7 @@ use troupe_model::storage::{StorageInfo, StorageKind};
 use super::{optional, Durability, Inner, SqliteStorage};
 use crate::kv::{
     valid_record_key, KeyEntry, KeysPage, KeysQuery, NewRecord, Record, RecordContent, RecordMeta,
-    RecordSource, StoreAccess,
+    RecordSource, StoreAccess, StoreRef,
 };
 use crate::{Error, KvStore, Result};
 
@@ -316,23 +316,31 @@ enum Stored {
 fn upsert_record(
     tx: &Connection,
     num: i64,
+    store_id: &str,
     key: &str,
     record: &NewRecord,
     size: u64,
     stored: &Stored,
 ) -> Result<Option<String>> {
-    let old: Option<(i64, Option<String>)> = optional(
-        tx.prepare_cached("SELECT size, blob FROM kv_records WHERE store_num = ?1 AND key = ?2")?
-            .query_row(params![num, key], |row| Ok((row.get(0)?, row.get(1)?))),
+    // The old row, if any, then a plain UPDATE by row id or a plain INSERT: both single-row
+    // statements, which SQLite runs without a statement journal (an `INSERT … ON CONFLICT DO
+    // UPDATE` needs one). The writer lock makes the lookup and the write one step.
+    let old: Option<(i64, i64, Option<String>)> = optional(
+        tx.prepare_cached(
+            "SELECT id, size, blob FROM kv_records WHERE store_num = ?1 AND key = ?2",
+        )?
+        .query_row(params![num, key], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        }),
     )?;
     let now = troupe_model::now_ms();
-    let delta = size as i64 - old.as_ref().map_or(0, |(size, _)| *size);
+    let delta = size as i64 - old.as_ref().map_or(0, |(_, size, _)| *size);
     let changed = tx
         .prepare_cached(
             "UPDATE storages SET storage_bytes = storage_bytes + ?1, write_count = write_count + 1,
-             modified_at = ?2, accessed_at = ?2 WHERE num = ?3",
+             modified_at = ?2, accessed_at = ?2 WHERE num = ?3 AND id = ?4",
         )?
-        .execute(params![delta, now, num])?;
+        .execute(params![delta, now, num, store_id])?;
     if changed == 0 {
         return Err(not_found());
     }
@@ -340,24 +348,38 @@ fn upsert_record(
         Stored::Inline(bytes) => (None, Some(&bytes[..])),
         Stored::Blob(blob) => (Some(blob.as_str()), None),
     };
-    tx.prepare_cached(
-        "INSERT INTO kv_records (store_num, key, size, content_type, content_encoding, modified_at, blob, data)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-         ON CONFLICT (store_num, key) DO UPDATE SET size = excluded.size, content_type = excluded.content_type,
-         content_encoding = excluded.content_encoding, modified_at = excluded.modified_at,
-         blob = excluded.blob, data = excluded.data",
-    )?
-    .execute(params![
-        num,
-        key,
-        size as i64,
-        record.content_type,
-        record.content_encoding,
-        now,
-        blob,
-        data
-    ])?;
-    Ok(old.and_then(|(_, blob)| blob))
+    match &old {
+        Some((id, _, _)) => tx
+            .prepare_cached(
+                "UPDATE kv_records SET size = ?2, content_type = ?3, content_encoding = ?4,
+                 modified_at = ?5, blob = ?6, data = ?7 WHERE id = ?1",
+            )?
+            .execute(params![
+                id,
+                size as i64,
+                record.content_type,
+                record.content_encoding,
+                now,
+                blob,
+                data
+            ])?,
+        None => tx
+            .prepare_cached(
+                "INSERT INTO kv_records (store_num, key, size, content_type, content_encoding, modified_at, blob, data)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                num,
+                key,
+                size as i64,
+                record.content_type,
+                record.content_encoding,
+                now,
+                blob,
+                data
+            ])?,
+    };
+    Ok(old.and_then(|(_, _, blob)| blob))
 }
 
 /// Removes every record of the store `num` (called when the store is deleted, inside its
@@ -552,7 +574,7 @@ impl KvStore for SqliteStorage {
 
     async fn put_record(
         &self,
-        store: &StorageInfo,
+        store: &dyn StoreRef,
         key: &str,
         record: NewRecord,
         source: RecordSource,
@@ -560,7 +582,10 @@ impl KvStore for SqliteStorage {
         if !valid_record_key(key) {
             return Err(Error::Invalid(format!("Invalid record key: {key:?}")));
         }
-        let num = store.num;
+        let num = store.num();
+        // Checked again by the write: a store deleted meanwhile may have left its number to a
+        // newer one.
+        let store_id = store.id().to_string();
         let key = key.to_string();
         let (stored, size) = match source {
             RecordSource::Bytes(bytes) if bytes.len() <= INLINE_MAX => {
@@ -577,11 +602,11 @@ impl KvStore for SqliteStorage {
             Stored::Inline(_) => None,
         };
         // Dropped once the write committed: cached reads of the record are stale from then on.
-        let bump = self.inner.caches.record_write(&store.id, &key);
+        let bump = self.inner.caches.record_write(&store_id, &key);
         // Concurrent record writes share one transaction (group commit, see `super::group`).
         let result = self
             .write(move |tx| {
-                let old_blob = upsert_record(tx, num, &key, &record, size, &stored)?;
+                let old_blob = upsert_record(tx, num, &store_id, &key, &record, size, &stored)?;
                 Ok((old_blob, bump))
             })
             .await;
@@ -602,10 +627,11 @@ impl KvStore for SqliteStorage {
         }
     }
 
-    async fn delete_record(&self, store: &StorageInfo, key: &str) -> Result<bool> {
-        let num = store.num;
-        let bump = self.inner.caches.record_write(&store.id, key);
+    async fn delete_record(&self, store: &dyn StoreRef, key: &str) -> Result<bool> {
+        let num = store.num();
+        let bump = self.inner.caches.record_write(store.id(), key);
         let key = key.to_string();
+        let store_id = store.id().to_string();
         let (removed, bump) = self
             .write(move |tx| {
                 let old: Option<(i64, i64, Option<String>)> = optional(
@@ -621,11 +647,16 @@ impl KvStore for SqliteStorage {
                 };
                 tx.prepare_cached("DELETE FROM kv_records WHERE id = ?1")?
                     .execute([id])?;
-                tx.prepare_cached(
-                    "UPDATE storages SET storage_bytes = storage_bytes - ?1, delete_count = delete_count + 1,
-                     modified_at = ?2, accessed_at = ?2 WHERE num = ?3",
-                )?
-                .execute(params![size, troupe_model::now_ms(), num])?;
+                let changed = tx
+                    .prepare_cached(
+                        "UPDATE storages SET storage_bytes = storage_bytes - ?1, delete_count = delete_count + 1,
+                         modified_at = ?2, accessed_at = ?2 WHERE num = ?3 AND id = ?4",
+                    )?
+                    .execute(params![size, troupe_model::now_ms(), num, store_id])?;
+                if changed == 0 {
+                    // The store is gone (its number now names another one): undo the delete.
+                    return Err(not_found());
+                }
                 Ok((Some(blob), bump))
             })
             .await?;
