@@ -60,9 +60,10 @@ pub fn is_body_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(error) = current {
         // The timeout error travels boxed inside axum's body error; match by type or by message.
-        if error
-            .downcast_ref::<tower_http::timeout::TimeoutError>()
-            .is_some()
+        if error.downcast_ref::<BodyIdleTimeout>().is_some()
+            || error
+                .downcast_ref::<tower_http::timeout::TimeoutError>()
+                .is_some()
             || error
                 .to_string()
                 .contains("not received within the designated timeout")
@@ -72,6 +73,77 @@ pub fn is_body_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
         current = error.source();
     }
     false
+}
+
+/// The error of a request body that stalled for longer than the idle timeout.
+#[derive(Debug)]
+pub struct BodyIdleTimeout;
+
+impl std::fmt::Display for BodyIdleTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("data was not received within the designated timeout")
+    }
+}
+
+impl std::error::Error for BodyIdleTimeout {}
+
+/// A request body that fails with [`BodyIdleTimeout`] when no frame arrives for `timeout`
+/// while someone waits for one. Unlike `tower_http::timeout::TimeoutBody`, the timer is only
+/// armed when the body has nothing ready (a small body that arrived with its headers never
+/// touches the timer wheel), and the size hint and end of stream pass through.
+pub struct IdleTimeoutBody<B> {
+    timeout: std::time::Duration,
+    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    body: B,
+}
+
+impl<B> IdleTimeoutBody<B> {
+    pub fn new(timeout: std::time::Duration, body: B) -> Self {
+        Self {
+            timeout,
+            sleep: None,
+            body,
+        }
+    }
+}
+
+impl<B> hyper::body::Body for IdleTimeoutBody<B>
+where
+    B: hyper::body::Body + Unpin,
+    B::Error: Into<axum::BoxError>,
+{
+    type Data = B::Data;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        use std::future::Future;
+        use std::task::Poll;
+        let this = &mut *self;
+        if let Poll::Ready(frame) = std::pin::Pin::new(&mut this.body).poll_frame(cx) {
+            // Progress: the idle clock starts again at the next wait.
+            this.sleep = None;
+            return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
+        }
+        let timeout = this.timeout;
+        let sleep = this
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if sleep.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(Err(Box::new(BodyIdleTimeout))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// Reads and decodes the body; the decoded size is limited to `limit` bytes too.

@@ -327,15 +327,25 @@ impl IntoResponse for ApiError {
             #[serde(skip_serializing_if = "Option::is_none")]
             data: Option<&'a Value>,
         }
-        let envelope = Envelope {
-            error: Fields {
-                r#type: self.error_type,
-                message: &self.message,
-                data: self.data.as_deref(),
-            },
-        };
         let mut body = Vec::with_capacity(48 + self.error_type.len() + self.message.len());
-        serde_json::to_writer(&mut body, &envelope).expect("serialisable");
+        if self.data.is_none() && !needs_escape(self.error_type) && !needs_escape(&self.message) {
+            // The common case (a plain message, no data) written directly: the same bytes as
+            // serde_json would write, without its per-byte escaping loop.
+            body.extend_from_slice(b"{\"error\":{\"type\":\"");
+            body.extend_from_slice(self.error_type.as_bytes());
+            body.extend_from_slice(b"\",\"message\":\"");
+            body.extend_from_slice(self.message.as_bytes());
+            body.extend_from_slice(b"\"}}");
+        } else {
+            let envelope = Envelope {
+                error: Fields {
+                    r#type: self.error_type,
+                    message: &self.message,
+                    data: self.data.as_deref(),
+                },
+            };
+            serde_json::to_writer(&mut body, &envelope).expect("serialisable");
+        }
         let mut response = Response::new(axum::body::Body::from(body));
         *response.status_mut() = self.status;
         response.headers_mut().insert(
@@ -352,6 +362,12 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Whether a string needs escaping inside a JSON string (a quote, a backslash or a control
+/// character; everything else, UTF-8 included, is written as is).
+fn needs_escape(text: &str) -> bool {
+    text.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20)
+}
+
 impl From<troupe_storage::Error> for ApiError {
     fn from(err: troupe_storage::Error) -> Self {
         match err {
@@ -364,3 +380,49 @@ impl From<troupe_storage::Error> for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body_of(err: ApiError) -> Vec<u8> {
+        use http_body_util::BodyExt;
+        let response = err.into_response();
+        response
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec()
+    }
+
+    /// The direct writer gives the bytes serde_json gives, and escapes when needed.
+    #[tokio::test]
+    async fn envelope_bytes_match_serde() {
+        for message in [
+            "The requested page was not found",
+            "Key \"a\\b\" is\tnot valid",
+            "ünïcödé … and DEL \u{7f}",
+            "",
+        ] {
+            let body = body_of(ApiError::not_found(message)).await;
+            let expected = serde_json::to_vec(&serde_json::json!({
+                "error": { "type": "record-not-found", "message": message }
+            }))
+            .unwrap();
+            assert_eq!(body, expected, "{message:?}");
+        }
+        let body = body_of(ApiError::schema_validation(
+            "bad items",
+            serde_json::json!({"invalidItems": []}),
+        ))
+        .await;
+        let value: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            value["error"]["data"]["invalidItems"],
+            serde_json::json!([])
+        );
+        assert_eq!(value["error"]["type"], "schema-validation-error");
+    }
+}

@@ -41,9 +41,7 @@ pub async fn serve(
     let header_read_timeout = state.config.header_read_timeout;
     let app = router::service_router(state).map_request(
         move |request: axum::http::Request<hyper::body::Incoming>| {
-            request.map(|body| {
-                axum::body::Body::new(tower_http::timeout::TimeoutBody::new(idle, body))
-            })
+            request.map(|body| axum::body::Body::new(body::IdleTimeoutBody::new(idle, body)))
         },
     );
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();

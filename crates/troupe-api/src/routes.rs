@@ -44,15 +44,15 @@ pub fn data_body<T: Serialize>(value: T) -> Result<axum::body::Bytes, crate::err
 
 /// A JSON body (already serialised) with a status.
 pub fn json_body(status: StatusCode, body: axum::body::Bytes) -> Response {
-    (
-        status,
-        [(
-            axum::http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        body,
-    )
-        .into_response()
+    // Built directly: `(status, [(CONTENT_TYPE, …)], bytes).into_response()` first sets
+    // `application/octet-stream` (for the bytes) and then overwrites it.
+    let mut response = Response::new(axum::body::Body::from(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 /// `{"data": value}` with 201 and a `Location` header.

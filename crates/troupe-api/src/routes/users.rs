@@ -1,11 +1,11 @@
 //! `/v2/users/me` and `/v2/users/{userId}`.
 
 use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock, Weak};
 
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -107,6 +107,41 @@ async fn get_me(caller: Caller) -> ApiResult<Response> {
             }),
         ));
     }
+    let Some(user_arc) = caller.user.as_ref() else {
+        return Err(ApiError::token_not_provided());
+    };
+    Ok(super::json_body(StatusCode::OK, me_body(user_arc)))
+}
+
+/// Bodies of `users/me` recently answered, keyed by the `Arc<User>` the token cache hands out:
+/// the same allocation for as long as the token stays cached, so a cached body is exactly as
+/// fresh as the user record the handler would otherwise serialise again (users are immutable
+/// behind the `Arc`; the `Weak` keeps the allocation, so an address cannot be reused while an
+/// entry names it). Bounded to a few entries.
+static ME_BODIES: parking_lot::Mutex<Vec<(Weak<User>, axum::body::Bytes)>> =
+    parking_lot::Mutex::new(Vec::new());
+const ME_BODIES_MAX: usize = 16;
+
+fn me_body(user: &Arc<User>) -> axum::body::Bytes {
+    if let Some((_, body)) = ME_BODIES
+        .lock()
+        .iter()
+        .find(|(cached, _)| std::ptr::eq(cached.as_ptr(), Arc::as_ptr(user)))
+    {
+        return body.clone();
+    }
+    let body = serialize_me(user);
+    let mut cached = ME_BODIES.lock();
+    cached.retain(|(entry, _)| entry.strong_count() > 0);
+    if cached.len() >= ME_BODIES_MAX {
+        cached.remove(0);
+    }
+    cached.push((Arc::downgrade(user), body.clone()));
+    body
+}
+
+/// `{"data":{…}}` of `users/me` for a user's own token.
+fn serialize_me(user: &User) -> axum::body::Bytes {
     #[derive(Serialize)]
     #[serde(rename_all = "camelCase")]
     struct Me<'a> {
@@ -132,12 +167,7 @@ async fn get_me(caller: Caller) -> ApiResult<Response> {
     body.push(b',');
     body.extend_from_slice(&constant.as_bytes()[1..]);
     body.push(b'}');
-    Ok((
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/json")],
-        axum::body::Bytes::from(body),
-    )
-        .into_response())
+    axum::body::Bytes::from(body)
 }
 
 /// GET /v2/users/{userId} — public profile by id or username; no token needed.
