@@ -248,6 +248,61 @@ impl<S: Send + Sync, T: DeserializeOwned> axum::extract::FromRequest<S> for Apif
     }
 }
 
+// ---- fields of JSON object bodies ----
+
+/// A body that must be a JSON object.
+pub fn body_object(
+    body: serde_json::Value,
+) -> Result<serde_json::Map<String, serde_json::Value>, ApiError> {
+    match body {
+        serde_json::Value::Object(map) => Ok(map),
+        _ => Err(ApiError::invalid_input(
+            "Request body must be a JSON object",
+        )),
+    }
+}
+
+/// `Field "FIELD" WHAT` as `invalid-input`.
+pub fn bad_field(field: &str, what: &str) -> ApiError {
+    ApiError::invalid_input(format!("Field \"{field}\" {what}"))
+}
+
+/// An optional boolean field (`null` = not given).
+pub fn opt_bool(
+    body: &serde_json::Map<String, serde_json::Value>,
+    field: &str,
+) -> Result<Option<bool>, ApiError> {
+    match body.get(field) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::Bool(b)) => Ok(Some(*b)),
+        Some(_) => Err(bad_field(field, "must be a boolean")),
+    }
+}
+
+/// An optional string field that `null` clears: `None` = not given, `Some(None)` = null.
+pub fn nullable_string(
+    body: &serde_json::Map<String, serde_json::Value>,
+    field: &str,
+) -> Result<Option<Option<String>>, ApiError> {
+    match body.get(field) {
+        None => Ok(None),
+        Some(serde_json::Value::Null) => Ok(Some(None)),
+        Some(serde_json::Value::String(s)) => Ok(Some(Some(s.clone()))),
+        Some(_) => Err(bad_field(field, "must be a string or null")),
+    }
+}
+
+/// Actor, task and schedule names: 3-63 characters of `a-z0-9-`, not starting or ending with
+/// `-`.
+pub fn is_valid_name(name: &str) -> bool {
+    (3..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -111,6 +111,19 @@ pub async fn find_storage(
     Ok(None)
 }
 
+/// Private objects (tasks, schedules, webhooks, dispatches): only the owner reaches them; 401
+/// without a token, 403 for another user.
+pub fn owner_only(caller: &Caller, owner_id: &str) -> ApiResult<()> {
+    check_access(
+        caller,
+        owner_id,
+        "RESTRICTED",
+        &AddressedBy::Id,
+        Access::Write,
+        false,
+    )
+}
+
 /// The one access rule: owners may do anything; others may read what `generalAccess` opens
 /// (by id for `ANYONE_WITH_ID_CAN_READ`, by id or name for `ANYONE_WITH_NAME_CAN_READ`) or what a
 /// valid `signature` opens. Anonymous callers are told to authenticate; other users get 403.

@@ -481,40 +481,48 @@ impl Runner {
 
     /// Waits until run `id` is terminal or `timeout` passes; returns it as it is then.
     pub async fn wait_run(&self, id: &str, timeout: Duration) -> Result<Option<Run>> {
-        let mut changes = self.changes();
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            changes.borrow_and_update();
-            let run = self.inner.storage.get_run(id).await?;
-            match &run {
-                Some(r) if !r.status.is_terminal() => {}
-                _ => return Ok(run),
-            }
-            if tokio::time::timeout_at(deadline, changes.changed())
-                .await
-                .is_err()
-            {
-                return Ok(run);
-            }
-        }
+        self.wait_terminal(
+            timeout,
+            || self.inner.storage.get_run(id),
+            |r| r.status.is_terminal(),
+        )
+        .await
     }
 
     /// Waits until build `id` is terminal or `timeout` passes.
     pub async fn wait_build(&self, id: &str, timeout: Duration) -> Result<Option<Build>> {
+        self.wait_terminal(
+            timeout,
+            || self.inner.storage.get_build(id),
+            |b| b.status.is_terminal(),
+        )
+        .await
+    }
+
+    /// Loads a job after every status change until it is gone, `terminal` or `timeout` passed.
+    async fn wait_terminal<T, F, Fut>(
+        &self,
+        timeout: Duration,
+        mut load: F,
+        terminal: impl Fn(&T) -> bool,
+    ) -> Result<Option<T>>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = troupe_storage::Result<Option<T>>>,
+    {
         let mut changes = self.changes();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             changes.borrow_and_update();
-            let build = self.inner.storage.get_build(id).await?;
-            match &build {
-                Some(b) if !b.status.is_terminal() => {}
-                _ => return Ok(build),
+            let job = load().await?;
+            if job.as_ref().is_none_or(&terminal) {
+                return Ok(job);
             }
             if tokio::time::timeout_at(deadline, changes.changed())
                 .await
                 .is_err()
             {
-                return Ok(build);
+                return Ok(job);
             }
         }
     }

@@ -9,6 +9,7 @@ use troupe_model::hooks::{
 };
 
 use super::template;
+use crate::body::{bad_field as bad, nullable_string, opt_bool};
 use crate::error::{ApiError, ApiResult};
 
 /// Headers a `headersTemplate` cannot set (troupe sets them).
@@ -47,27 +48,6 @@ pub struct WebhookInput {
     pub ignore_ssl_errors: Option<bool>,
     pub do_not_retry: Option<bool>,
     pub should_interpolate_strings: Option<bool>,
-}
-
-fn bad(field: &str, what: &str) -> ApiError {
-    ApiError::invalid_input(format!("Field \"{field}\" {what}"))
-}
-
-fn opt_bool(body: &Map<String, Value>, field: &str) -> ApiResult<Option<bool>> {
-    match body.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(_) => Err(bad(field, "must be a boolean")),
-    }
-}
-
-fn nullable_string(body: &Map<String, Value>, field: &str) -> ApiResult<Option<Option<String>>> {
-    match body.get(field) {
-        None => Ok(None),
-        Some(Value::Null) => Ok(Some(None)),
-        Some(Value::String(s)) => Ok(Some(Some(s.clone()))),
-        Some(_) => Err(bad(field, "must be a string or null")),
-    }
 }
 
 /// Checks the `requestUrl`: an absolute `http` or `https` URL.

@@ -16,11 +16,13 @@ use super::actors::find_actor;
 use super::tasks::{find_task, parse_options};
 use super::{created, data, no_content};
 use crate::auth::{Auth, Caller};
-use crate::body::ApifyJson;
+use crate::body::{
+    bad_field as bad, body_object, is_valid_name, nullable_string, opt_bool, ApifyJson,
+};
 use crate::error::{ApiError, ApiResult};
 use crate::hooks::scheduler::{next_run, parse_cron, parse_timezone};
 use crate::params::Params;
-use crate::resolve::{check_access, private_path_and_caller, split_name_ref, Access, AddressedBy};
+use crate::resolve::{owner_only, private_path_and_caller, split_name_ref};
 use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
@@ -67,14 +69,7 @@ impl FromRequestParts<AppState> for ScheduleTarget {
             },
         }
         .ok_or_else(schedule_not_found)?;
-        check_access(
-            &caller,
-            &schedule.user_id,
-            "RESTRICTED",
-            &AddressedBy::Id,
-            Access::Write,
-            false,
-        )?;
+        owner_only(&caller, &schedule.user_id)?;
         Ok(ScheduleTarget(schedule, caller))
     }
 }
@@ -99,20 +94,9 @@ fn schedule_json(s: &Schedule) -> Value {
         "actions": s.actions,
     })
 }
-
-fn bad(field: &str, what: &str) -> ApiError {
-    ApiError::invalid_input(format!("Field \"{field}\" {what}"))
-}
-
 /// Schedule names: 3-63 characters of `a-z0-9-`, not starting or ending with `-`.
 fn check_name(name: &str) -> ApiResult<()> {
-    let ok = (3..=63).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
-    if ok {
+    if is_valid_name(name) {
         Ok(())
     } else {
         Err(ApiError::invalid_input(format!(
@@ -120,24 +104,6 @@ fn check_name(name: &str) -> ApiResult<()> {
         )))
     }
 }
-
-fn nullable_string(body: &Map<String, Value>, field: &str) -> ApiResult<Option<Option<String>>> {
-    match body.get(field) {
-        None => Ok(None),
-        Some(Value::Null) => Ok(Some(None)),
-        Some(Value::String(s)) => Ok(Some(Some(s.clone()))),
-        Some(_) => Err(bad(field, "must be a string or null")),
-    }
-}
-
-fn opt_bool(body: &Map<String, Value>, field: &str) -> ApiResult<Option<bool>> {
-    match body.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(_) => Err(bad(field, "must be a boolean")),
-    }
-}
-
 /// One action of a body, its Actor or task resolved to an id the caller may start.
 async fn parse_action(
     state: &AppState,
@@ -313,16 +279,6 @@ async fn apply_body(
     }
     Ok(())
 }
-
-fn body_object(body: Value) -> ApiResult<Map<String, Value>> {
-    match body {
-        Value::Object(map) => Ok(map),
-        _ => Err(ApiError::invalid_input(
-            "Request body must be a JSON object",
-        )),
-    }
-}
-
 fn conflict(err: troupe_storage::Error, name: &str) -> ApiError {
     match err {
         troupe_storage::Error::Conflict(_) => ApiError::schedule_name_not_unique(name),

@@ -24,12 +24,13 @@ use super::runs::{
 };
 use super::{created, data, no_content};
 use crate::auth::{Auth, Caller};
-use crate::body::ApifyJson;
+use crate::body::{body_object, is_valid_name, ApifyJson};
 use crate::error::{ApiError, ApiResult};
 use crate::items::ItemsQuery;
 use crate::params::Params;
 use crate::resolve::{
-    check_access, name_ref_owner, private_path_and_caller, split_name_ref, Access, AddressedBy,
+    check_access, name_ref_owner, owner_only, private_path_and_caller, split_name_ref, Access,
+    AddressedBy,
 };
 use crate::state::AppState;
 
@@ -122,27 +123,14 @@ impl FromRequestParts<AppState> for TaskTarget {
         let task = find_task(state, &caller, reference)
             .await?
             .ok_or_else(task_not_found)?;
-        check_access(
-            &caller,
-            &task.user_id,
-            "RESTRICTED",
-            &AddressedBy::Id,
-            Access::Write,
-            false,
-        )?;
+        owner_only(&caller, &task.user_id)?;
         Ok(TaskTarget(task, caller))
     }
 }
 
 /// Task names: 3-63 characters of `a-z0-9-`, not starting or ending with `-` (as Actor names).
 fn validate_name(name: &str) -> ApiResult<()> {
-    let ok = (3..=63).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
-    if ok {
+    if is_valid_name(name) {
         Ok(())
     } else {
         Err(ApiError::invalid_input(format!(
@@ -278,16 +266,6 @@ fn parse_input(value: &Value) -> ApiResult<Option<Map<String, Value>>> {
         )),
     }
 }
-
-fn body_object(body: Value) -> ApiResult<Map<String, Value>> {
-    match body {
-        Value::Object(map) => Ok(map),
-        _ => Err(ApiError::invalid_input(
-            "Request body must be a JSON object",
-        )),
-    }
-}
-
 /// The task's Actor, which its owner must be allowed to run (own or public).
 async fn task_actor(state: &AppState, caller: &Caller, act_ref: &str) -> ApiResult<Actor> {
     let actor = find_actor(state, caller, act_ref)

@@ -17,13 +17,13 @@ use super::actors::find_actor;
 use super::tasks::find_task;
 use super::{created, data, no_content};
 use crate::auth::{Auth, Caller};
-use crate::body::ApifyJson;
+use crate::body::{body_object, ApifyJson};
 use crate::error::{ApiError, ApiResult};
 use crate::hooks::webhook::{
     dispatch_json, new_webhook, parse_input, webhook_json, ConditionInput, WebhookInput,
 };
 use crate::params::Params;
-use crate::resolve::{check_access, private_path_and_caller, Access, AddressedBy};
+use crate::resolve::{owner_only, private_path_and_caller};
 use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
@@ -44,19 +44,6 @@ pub fn routes() -> Router<AppState> {
 
 fn webhook_not_found() -> ApiError {
     ApiError::not_found("Webhook was not found")
-}
-
-/// Only the owner reaches a webhook or a dispatch: 401 without a token, 404 for an unknown id,
-/// 403 for another user (as tasks).
-fn owner_only(caller: &Caller, owner_id: &str) -> ApiResult<()> {
-    check_access(
-        caller,
-        owner_id,
-        "RESTRICTED",
-        &AddressedBy::Id,
-        Access::Write,
-        false,
-    )
 }
 
 /// The webhook a path names, owner checked.
@@ -131,16 +118,6 @@ async fn resolve_condition(
     }
     Ok(condition)
 }
-
-fn body_object(body: Value) -> ApiResult<serde_json::Map<String, Value>> {
-    match body {
-        Value::Object(map) => Ok(map),
-        _ => Err(ApiError::invalid_input(
-            "Request body must be a JSON object",
-        )),
-    }
-}
-
 /// GET /v2/webhooks
 async fn list_webhooks(
     State(state): State<AppState>,
