@@ -300,9 +300,15 @@ impl std::fmt::Display for ApiError {
     }
 }
 
+/// Whether a response status is the server's fault (logged as such). A deliberate 501 (an
+/// operation troupe refuses by design) is an answer like a 4xx, not a fault.
+pub fn is_server_fault(status: StatusCode) -> bool {
+    status.is_server_error() && status != StatusCode::NOT_IMPLEMENTED
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if self.status.is_server_error() {
+        if is_server_fault(self.status) {
             tracing::warn!(
                 status = self.status.as_u16(),
                 error_type = self.error_type,

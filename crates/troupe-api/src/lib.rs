@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod body;
 pub mod cache;
+pub mod client;
 pub mod error;
 pub mod hooks;
 pub mod items;
@@ -47,9 +48,9 @@ pub async fn serve(
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => stream,
+                Ok(accepted) => accepted,
                 Err(err) => {
                     // Out of file descriptors and the like: back off instead of spinning.
                     tracing::warn!(error = %err, "accept failed");
@@ -60,7 +61,14 @@ pub async fn serve(
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
+        // The peer address rides along with every request of the connection
+        // ([`client::PeerAddr`]): one small extension, no other work per request.
+        let service = TowerToHyperService::new(app.clone().map_request(
+            move |mut request: axum::http::Request<_>| {
+                request.extensions_mut().insert(client::PeerAddr(peer));
+                request
+            },
+        ));
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()

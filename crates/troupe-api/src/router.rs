@@ -188,7 +188,7 @@ impl Future for ApiFuture {
             return Poll::Ready(Ok(preflight_response(&response)));
         }
         let mut response = envelope_for_bare_errors(response);
-        if response.status().is_server_error() {
+        if crate::error::is_server_fault(response.status()) {
             tracing::error!(status = response.status().as_u16(), "response failed");
         }
         let headers = response.headers_mut();

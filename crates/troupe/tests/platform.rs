@@ -113,10 +113,13 @@ async fn build_openapi_document() {
     let actor = built_actor_from(&server, schema_actor("documented")).await;
     let build = get_data(&server, &format!("/acts/{actor}/builds/default")).await;
     let id = build["id"].as_str().unwrap();
-    // Like the build itself, readable by anyone with its id.
+    // Like the build itself, readable by anyone with its id; under the Actor, `default` names
+    // its default build (as `.../builds/default` does).
     for url in [
         format!("{}/actor-builds/{id}/openapi.json", server.api()),
         server.url(&format!("/acts/{actor}/builds/{id}/openapi.json")),
+        server.url(&format!("/acts/{actor}/builds/default/openapi.json")),
+        server.url("/actors/troupe~documented/builds/default/openapi.json"),
     ] {
         let response = client().get(url).send().await.unwrap();
         assert_eq!(response.status(), 200);
@@ -138,6 +141,21 @@ async fn build_openapi_document() {
             "{}/actor-builds/nosuchbuild12345/openapi.json",
             server.api()
         ))
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 404, "record-not-found").await;
+    // `default` is no build id outside an Actor, and an Actor never built has no default build.
+    for path in [
+        "/actor-builds/default/openapi.json".to_string(),
+        "/acts/nosuchactor12345/builds/default/openapi.json".to_string(),
+    ] {
+        let response = client().get(server.url(&path)).send().await.unwrap();
+        assert_error(response, 404, "record-not-found").await;
+    }
+    let unbuilt = common::actors::create_actor(&server, schema_actor("unbuilt")).await;
+    let response = client()
+        .get(server.url(&format!("/acts/{unbuilt}/builds/default/openapi.json")))
         .send()
         .await
         .unwrap();
@@ -236,6 +254,47 @@ async fn limits_and_usage() {
     assert_error(response, 401, "token-not-provided").await;
 }
 
+/// The refused limits change is a deliberate answer, logged like a 4xx (DEBUG "request
+/// rejected"), never as a server fault at WARN or ERROR.
+#[tokio::test]
+async fn refused_limits_change_is_not_logged_as_a_fault() {
+    let temp = tempfile::tempdir().unwrap();
+    let log_path = temp.path().join("server.log");
+    let log_file = std::fs::File::create(&log_path).unwrap();
+    let data_dir = temp.path().join("data");
+    std::fs::create_dir_all(&data_dir).unwrap();
+    let mut server = TestServer::start_logging(&data_dir, &[], "warn,troupe_api=debug", log_file);
+    let response = send(
+        &server,
+        Method::PUT,
+        "/users/me/limits",
+        Some(json!({"maxMonthlyUsageUsd": 5})),
+    )
+    .await;
+    assert_error(response, 501, "not-implemented").await;
+    let response = send(&server, Method::GET, "/datasets/nosuchdataset1234", None).await;
+    assert_error(response, 404, "record-not-found").await;
+    // Stopped, so everything it logged is in the file.
+    assert!(server.stop());
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    for status in ["status=501", "status=404"] {
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains(status)).collect();
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("DEBUG") && l.contains("request rejected")),
+            "{status}: {log}"
+        );
+        assert!(
+            lines
+                .iter()
+                .all(|l| !l.contains("ERROR") && !l.contains("WARN")),
+            "{status}: {log}"
+        );
+    }
+    assert!(!log.contains("ERROR"), "{log}");
+}
+
 #[tokio::test]
 async fn store_lists_public_actors_of_every_user() {
     let server = TestServer::start();
@@ -309,10 +368,8 @@ async fn browser_info_echoes_the_request() {
         assert_eq!(response.status(), 200);
         let info: Value = response.json().await.unwrap();
         assert_eq!(info["method"], method.as_str());
-        assert!(
-            info["clientIp"].is_null(),
-            "no proxy said who called: {info}"
-        );
+        // No proxy header: the connection's peer (this test, over loopback).
+        assert_eq!(info["clientIp"], "127.0.0.1", "{info}");
         assert_eq!(info["bodyLength"], 5);
         assert_eq!(info["headers"]["x-probe"], "yes");
         assert!(info["rawHeaders"]
@@ -340,6 +397,25 @@ async fn browser_info_echoes_the_request() {
         .await
         .unwrap();
     assert_eq!(info["clientIp"], "203.0.113.7");
+    // `X-Real-IP` when there is no `X-Forwarded-For`; a value that is no address is ignored.
+    for (headers, expected) in [
+        (vec![("x-real-ip", "2001:db8::5")], "2001:db8::5"),
+        (
+            vec![
+                ("x-forwarded-for", "unknown"),
+                ("x-real-ip", "198.51.100.2"),
+            ],
+            "198.51.100.2",
+        ),
+        (vec![("x-forwarded-for", "not-an-ip")], "127.0.0.1"),
+    ] {
+        let mut request = client().get(format!("{}/browser-info", server.api()));
+        for (name, value) in &headers {
+            request = request.header(*name, *value);
+        }
+        let info: Value = request.send().await.unwrap().json().await.unwrap();
+        assert_eq!(info["clientIp"], expected, "{headers:?}: {info}");
+    }
     let response = client()
         .get(format!("{}/browser-info?skipHeaders=perhaps", server.api()))
         .send()

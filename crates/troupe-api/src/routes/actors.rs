@@ -169,13 +169,7 @@ impl FromRequestParts<AppState> for ActorTarget {
 
 /// Actor names: 3-63 characters of `a-z0-9-`, not starting or ending with `-`.
 fn validate_actor_name(name: &str) -> Result<(), String> {
-    let ok = (3..=63).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
-    if ok {
+    if crate::body::is_valid_name(name) {
         Ok(())
     } else {
         Err(format!(
@@ -1000,6 +994,7 @@ async fn create_build(
         actor_definition: None,
         input_schema: None,
         readme: None,
+        git_branch_name: None,
     };
     state.storage.create_build(build.clone()).await?;
     state.runner.emit(Some(troupe_runner::JobEvent::Build {
@@ -1028,18 +1023,22 @@ async fn get_default_build(
     let actor = find_actor(&state, &caller, &reference)
         .await?
         .ok_or_else(|| ApiError::not_found("Actor was not found"))?;
-    let tag = &actor.default_run_options.build;
-    let build_id = actor
-        .tagged_builds
-        .get(tag)
-        .map(|t| t.build_id.clone())
-        .ok_or_else(|| ApiError::not_found("The Actor has no default build"))?;
-    let build = state
-        .storage
-        .get_build(&build_id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("The Actor has no default build"))?;
+    let build = default_build(&state, &actor).await?;
     respond_build(&state, build, &params, caller.user_id(), StatusCode::OK).await
+}
+
+/// The build the Actor's default build tag (`defaultRunOptions.build`) points at.
+pub async fn default_build(state: &AppState, actor: &Actor) -> ApiResult<Build> {
+    let not_found = || ApiError::not_found("The Actor has no default build");
+    let tagged = actor
+        .tagged_builds
+        .get(&actor.default_run_options.build)
+        .ok_or_else(not_found)?;
+    state
+        .storage
+        .get_build(&tagged.build_id)
+        .await?
+        .ok_or_else(not_found)
 }
 
 /// The build a `build` option (tag, build number or build id) names; it must have succeeded.

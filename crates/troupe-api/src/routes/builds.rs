@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use troupe_model::actor::{Build, JobStatus};
 use troupe_model::format_ts;
 
-use super::actors::{find_actor, version_json};
+use super::actors::{default_build, find_actor, version_json};
 use super::runs::{runner_error, wait_param};
 use super::{data, no_content};
 use crate::auth::{Auth, Caller};
@@ -36,15 +36,24 @@ impl FromRequestParts<AppState> for BuildTarget {
         let (path, caller) = path_and_caller(parts, state).await?;
         let not_found = || ApiError::not_found("Actor build was not found");
         let id = path.get("buildId").ok_or_else(not_found)?;
-        let build = state.storage.get_build(id).await?.ok_or_else(not_found)?;
-        if let Some(actor_ref) = path.get("actorId") {
-            let actor = find_actor(state, &caller, actor_ref)
-                .await?
-                .ok_or_else(|| ApiError::not_found("Actor was not found"))?;
-            if actor.id != build.act_id {
-                return Err(not_found());
+        let build = match path.get("actorId") {
+            // Under an Actor, `default` is its default build (as `.../builds/default`).
+            Some(actor_ref) => {
+                let actor = find_actor(state, &caller, actor_ref)
+                    .await?
+                    .ok_or_else(|| ApiError::not_found("Actor was not found"))?;
+                let build = if id == "default" {
+                    default_build(state, &actor).await?
+                } else {
+                    state.storage.get_build(id).await?.ok_or_else(not_found)?
+                };
+                if actor.id != build.act_id {
+                    return Err(not_found());
+                }
+                build
             }
-        }
+            None => state.storage.get_build(id).await?.ok_or_else(not_found)?,
+        };
         let access = Access::of(&parts.method);
         check_access(
             &caller,

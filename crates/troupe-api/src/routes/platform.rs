@@ -9,6 +9,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
+use axum::Extension;
 use axum::Router;
 use base64::Engine;
 use chrono::{Datelike, TimeZone, Utc};
@@ -23,6 +24,7 @@ use super::data;
 use super::runs::RunTarget;
 use crate::auth::{Auth, Caller};
 use crate::body::{read_decoded, ApifyJson, DEFAULT_BODY_LIMIT};
+use crate::client::{client_ip, PeerAddr};
 use crate::error::{ApiError, ApiResult};
 use crate::params::Params;
 use crate::state::AppState;
@@ -42,27 +44,18 @@ pub fn routes() -> Router<AppState> {
 // browser-info
 
 /// ANY /v2/browser-info — the caller's address and request headers, unwrapped (no token needed).
-/// `clientIp` is what a reverse proxy in front reports (`X-Forwarded-For`, `X-Real-IP`), else
-/// `null`: the server itself does not keep peer addresses per request.
+/// `clientIp` is what a reverse proxy in front reports in a trusted header
+/// ([`crate::client::TRUSTED_HEADERS`]), else the address of the connection's peer.
 async fn browser_info(
     method: Method,
     headers: HeaderMap,
+    peer: Option<Extension<PeerAddr>>,
     params: Params,
     body: Bytes,
 ) -> ApiResult<Response> {
     let skip_headers = params.bool("skipHeaders", false)?;
     let raw_headers = params.bool("rawHeaders", false)?;
-    let forwarded = headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
-        .map(|v| v.trim().to_string());
-    let client_ip = forwarded.or_else(|| {
-        headers
-            .get("x-real-ip")
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.trim().to_string())
-    });
+    let client_ip = client_ip(&headers, peer.map(|Extension(p)| p.0)).map(|ip| ip.to_string());
     let mut object = json!({
         "method": method.as_str(),
         "clientIp": client_ip,

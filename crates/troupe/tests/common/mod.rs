@@ -82,6 +82,16 @@ impl TestServer {
 
     /// Starts a server on an existing data dir (restart tests), with extra arguments.
     pub fn start_in(dir: &Path, extra_args: &[&str]) -> Self {
+        Self::start_logging(dir, extra_args, "warn", Stdio::inherit())
+    }
+
+    /// Starts a server with `RUST_LOG=rust_log`, its log (stderr) going to `stderr`.
+    pub fn start_logging(
+        dir: &Path,
+        extra_args: &[&str],
+        rust_log: &str,
+        stderr: impl Into<Stdio>,
+    ) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_troupe"))
             .arg("serve")
             .arg("--listen")
@@ -90,9 +100,10 @@ impl TestServer {
             .arg(dir)
             .args(extra_args)
             .env("TROUPE_TOKEN", TOKEN)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", rust_log)
+            .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("spawn troupe");
         let stdout = child.stdout.take().expect("stdout");
