@@ -220,6 +220,10 @@ pub struct Build {
     pub actor_definition: Option<Value>,
     pub input_schema: Option<String>,
     pub readme: Option<String>,
+    /// The git branch the sources came from (`GIT_REPO` at a branch or the default branch);
+    /// runs of the build show it as `gitBranchName`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git_branch_name: Option<String>,
 }
 
 impl Build {
@@ -324,6 +328,9 @@ pub struct RunExtras {
     /// `default`: `(kind, alias, id)`, kind being `datasets`, `keyValueStores` or `requestQueues`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub storage_aliases: Vec<(String, String, String)>,
+    /// `gitBranchName`: the branch of the build's git source, copied when the run is created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git_branch_name: Option<String>,
 }
 
 impl RunExtras {

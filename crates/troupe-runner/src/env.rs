@@ -250,6 +250,7 @@ mod tests {
             actor_definition: None,
             input_schema: None,
             readme: None,
+            git_branch_name: None,
         };
         let actor = Actor {
             id: "A".into(),

@@ -78,7 +78,7 @@ pub(crate) async fn build_task(runner: Runner, id: String) {
     };
     let home = inner.config.cache_dir.join("home");
     let work = async {
-        crate::source::fetch(
+        let branch = crate::source::fetch(
             &FetchContext {
                 log: log.clone(),
                 home: &home,
@@ -105,7 +105,7 @@ pub(crate) async fn build_task(runner: Runner, id: String) {
         } else {
             Default::default()
         };
-        build::prepare(PrepareContext {
+        let prepared = build::prepare(PrepareContext {
             dir: &dir,
             cache_dir: &inner.config.cache_dir,
             log: log.clone(),
@@ -113,7 +113,8 @@ pub(crate) async fn build_task(runner: Runner, id: String) {
             on_spawn: &on_spawn,
             use_cache: build.use_cache,
         })
-        .await
+        .await?;
+        Ok(Box::new((prepared, branch)))
     };
     let limit = (build.timeout_secs > 0).then(|| Duration::from_secs(build.timeout_secs));
     let ending = tokio::select! {
@@ -135,94 +136,89 @@ pub(crate) async fn build_task(runner: Runner, id: String) {
         runner.notify();
         return;
     }
-    let result = match ending {
-        BuildEnding::Done(result) => result,
-        BuildEnding::Aborted => return,
+    let (prepared, branch) = match ending {
+        BuildEnding::Done(Ok(done)) => *done,
+        BuildEnding::Done(Err(message)) => {
+            log.system(&format!("Build failed: {message}"));
+            return end_build(&runner, &id, JobStatus::Failed, message).await;
+        }
         BuildEnding::TimedOut => {
             let message = format!(
                 "The build timed out after {} s; its processes were stopped",
                 build.timeout_secs
             );
             log.system(&message);
-            let _ = storage
-                .update_build(
-                    &id,
-                    Box::new(move |b: &mut Build| {
-                        if !b.status.is_terminal() {
-                            b.status = JobStatus::TimedOut;
-                            b.finished_at = Some(now_ms());
-                            b.status_message = Some(message);
-                        }
-                        Ok(())
-                    }),
-                )
-                .await;
-            runner.notify();
-            if let Ok(Some(build)) = storage.get_build(&id).await {
-                runner.emit(crate::JobEvent::build_finished(build));
-            }
-            return;
+            return end_build(&runner, &id, JobStatus::TimedOut, message).await;
         }
+        BuildEnding::Aborted => return,
     };
-    match result {
-        Ok(prepared) => {
-            log.system("Build finished");
-            let finished = now_ms();
-            // The tag moves first, so whoever sees the build SUCCEEDED also finds it by tag.
-            let tag = build.tag.clone();
-            let tagged = TaggedBuild {
-                build_id: build.id.clone(),
-                build_number: build.build_number.clone(),
-                finished_at: Some(finished),
-            };
-            let _ = storage
-                .update_actor(
-                    &build.act_id,
-                    Box::new(move |a: &mut Actor| {
-                        a.tagged_builds.insert(tag, tagged);
-                        Ok(())
-                    }),
-                )
-                .await;
-            let _ = storage
-                .update_build(
-                    &id,
-                    Box::new(move |b: &mut Build| {
-                        // The files are in the build folder now; the stored snapshot keeps
-                        // every other field of the version (runs load builds often).
-                        b.version.source_files.clear();
-                        b.start = Some(prepared.start);
-                        b.actor_definition = prepared.actor_definition;
-                        b.input_schema = prepared.input_schema;
-                        b.readme = prepared.readme;
-                        if !b.status.is_terminal() {
-                            b.status = JobStatus::Succeeded;
-                            b.finished_at = Some(finished);
-                        }
-                        Ok(())
-                    }),
-                )
-                .await;
-        }
-        Err(message) => {
-            log.system(&format!("Build failed: {message}"));
-            let _ = storage
-                .update_build(
-                    &id,
-                    Box::new(move |b: &mut Build| {
-                        if !b.status.is_terminal() {
-                            b.status = JobStatus::Failed;
-                            b.finished_at = Some(now_ms());
-                            b.status_message = Some(message);
-                        }
-                        Ok(())
-                    }),
-                )
-                .await;
-        }
-    }
+    log.system("Build finished");
+    let finished = now_ms();
+    // The tag moves first, so whoever sees the build SUCCEEDED also finds it by tag.
+    let tag = build.tag.clone();
+    let tagged = TaggedBuild {
+        build_id: build.id.clone(),
+        build_number: build.build_number.clone(),
+        finished_at: Some(finished),
+    };
+    let _ = storage
+        .update_actor(
+            &build.act_id,
+            Box::new(move |a: &mut Actor| {
+                a.tagged_builds.insert(tag, tagged);
+                Ok(())
+            }),
+        )
+        .await;
+    let _ = storage
+        .update_build(
+            &id,
+            Box::new(move |b: &mut Build| {
+                // The files are in the build folder now; the stored snapshot keeps
+                // every other field of the version (runs load builds often).
+                b.version.source_files.clear();
+                b.start = Some(prepared.start);
+                b.actor_definition = prepared.actor_definition;
+                b.input_schema = prepared.input_schema;
+                b.readme = prepared.readme;
+                b.git_branch_name = branch;
+                if !b.status.is_terminal() {
+                    b.status = JobStatus::Succeeded;
+                    b.finished_at = Some(finished);
+                }
+                Ok(())
+            }),
+        )
+        .await;
+
+    announce_build_end(&runner, &id).await;
+}
+
+/// Ends build `id` (unless it already ended) with a failing `status` and its `message`, then
+/// announces it.
+async fn end_build(runner: &Runner, id: &str, status: JobStatus, message: String) {
+    let _ = runner
+        .inner
+        .storage
+        .update_build(
+            id,
+            Box::new(move |b: &mut Build| {
+                if !b.status.is_terminal() {
+                    b.status = status;
+                    b.finished_at = Some(now_ms());
+                    b.status_message = Some(message);
+                }
+                Ok(())
+            }),
+        )
+        .await;
+    announce_build_end(runner, id).await;
+}
+
+/// Wakes the waiters of build `id` and emits its `finished` event.
+async fn announce_build_end(runner: &Runner, id: &str) {
     runner.notify();
-    if let Ok(Some(build)) = storage.get_build(&id).await {
+    if let Ok(Some(build)) = runner.inner.storage.get_build(id).await {
         runner.emit(crate::JobEvent::build_finished(build));
     }
 }
@@ -234,7 +230,8 @@ pub fn staging_dir(data_dir: &Path, build_id: &str) -> PathBuf {
 
 /// How the work of a build ended.
 enum BuildEnding {
-    Done(Result<build::Prepared, String>),
+    /// The prepared build and the git branch of its sources.
+    Done(Result<Box<(build::Prepared, Option<String>)>, String>),
     TimedOut,
     Aborted,
 }

@@ -4,7 +4,7 @@
 //! - `GIT_REPO`: `gitRepoUrl` is `URL[#REF[:SUBDIR]]` as on Apify (`REF` a branch, tag or commit;
 //!   `SUBDIR` the folder to build; `#:SUBDIR` keeps the default branch). The system `git` fetches
 //!   only that commit (`--depth 1`), falling back to a full fetch for abbreviated commit ids and
-//!   servers without shallow support.
+//!   servers without shallow support; submodules are fetched the same way, recursively.
 //! - `GITHUB_GIST`: `gitHubGistUrl` is cloned the same way (`.git` is appended for
 //!   `gist.github.com` URLs); the files are at its root.
 //! - `TARBALL`: `tarballUrl` (http/https) is downloaded (size-limited, stalls time out) and
@@ -224,34 +224,15 @@ fn secrets_of(url: &str) -> Vec<String> {
     for part in userinfo.split(':') {
         if part.len() >= 6 {
             secrets.push(part.to_string());
-            let decoded = percent_decode(part);
+            let decoded = percent_encoding::percent_decode_str(part).decode_utf8_lossy();
             if decoded != part {
-                secrets.push(decoded);
+                secrets.push(decoded.into_owned());
             }
         }
     }
     secrets.retain(|s| !s.is_empty());
     secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
     secrets
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
-            if let Some(byte) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                out.push(byte);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// `text` with URL credentials and the given secrets replaced by `***`.
@@ -310,13 +291,14 @@ fn check_local(ctx: &FetchContext<'_>, source: &GitSource) -> Result<(), String>
 }
 
 /// Puts the sources of `version` into `dir` (which must not exist yet), using the scratch
-/// folder `staging` (removed afterwards, also on failure).
+/// folder `staging` (removed afterwards, also on failure). Returns the git branch the sources
+/// come from (a `GIT_REPO` source at a branch or at the default branch), if any.
 pub async fn fetch(
     ctx: &FetchContext<'_>,
     version: &Version,
     dir: &Path,
     staging: &Path,
-) -> Result<(), String> {
+) -> Result<Option<String>, String> {
     let _ = std::fs::remove_dir_all(staging);
     let result = fetch_into(ctx, version, dir, staging).await;
     let _ = std::fs::remove_dir_all(staging);
@@ -328,20 +310,23 @@ async fn fetch_into(
     version: &Version,
     dir: &Path,
     staging: &Path,
-) -> Result<(), String> {
+) -> Result<Option<String>, String> {
+    let mut branch = None;
     let root = match version.source_type.as_str() {
-        "SOURCE_FILES" => return build::write_files(dir, version),
+        "SOURCE_FILES" => return build::write_files(dir, version).map(|()| None),
         "GIT_REPO" => {
             let raw = version.git_repo_url.as_deref().unwrap_or("");
             let source = parse_git_url(raw, "gitRepoUrl")?;
             check_local(ctx, &source)?;
-            clone(ctx, &source, staging).await?
+            let (root, fetched_branch) = clone(ctx, &source, staging).await?;
+            branch = fetched_branch;
+            root
         }
         "GITHUB_GIST" => {
             let raw = version.git_hub_gist_url.as_deref().unwrap_or("");
             let source = parse_gist_url(raw)?;
             check_local(ctx, &source)?;
-            clone(ctx, &source, staging).await?
+            clone(ctx, &source, staging).await?.0
         }
         "TARBALL" => {
             let url = parse_tarball_url(version.tarball_url.as_deref().unwrap_or(""))?;
@@ -353,17 +338,19 @@ async fn fetch_into(
     if let Some(parent) = dir.parent() {
         std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
     }
-    std::fs::rename(&root, dir).map_err(|e| format!("Cannot move the sources into place: {e}"))
+    std::fs::rename(&root, dir).map_err(|e| format!("Cannot move the sources into place: {e}"))?;
+    Ok(branch)
 }
 
 // ---- git ----
 
-/// Fetches the commit `source` names into `staging/repo`; returns the folder to build.
+/// Fetches the commit `source` names into `staging/repo`; returns the folder to build and the
+/// branch it is on (`None` for a tag or a commit).
 async fn clone(
     ctx: &FetchContext<'_>,
     source: &GitSource,
     staging: &Path,
-) -> Result<PathBuf, String> {
+) -> Result<(PathBuf, Option<String>), String> {
     let secrets = secrets_of(&source.url);
     let repo = staging.join("repo");
     std::fs::create_dir_all(staging).map_err(|e| e.to_string())?;
@@ -456,9 +443,32 @@ async fn clone(
         ctx.log
             .system(&format!("Checked out commit {}", commit.trim()));
     }
-    let _ = std::fs::remove_dir_all(repo.join(".git"));
+    if repo.join(".gitmodules").is_file() {
+        update_submodules(ctx, source, &repo, &secrets).await?;
+    }
+    let branch = match &source.reference {
+        // What the fetch says it fetched: `<sha>\t\tbranch 'NAME' of URL` for a branch.
+        Some(_) if checkout == "FETCH_HEAD" => {
+            std::fs::read_to_string(repo.join(".git").join("FETCH_HEAD"))
+                .ok()
+                .and_then(|text| fetched_branch(&text))
+        }
+        // An abbreviated commit, found in the whole history.
+        Some(_) => None,
+        // The branch the remote's HEAD points at (best effort: it only names the build).
+        None => git_output(
+            ctx,
+            &repo,
+            &["ls-remote", "--symref", &source.url, "HEAD"],
+            &secrets,
+        )
+        .await
+        .ok()
+        .and_then(|text| symref_branch(&text)),
+    };
+    remove_git_dirs(&repo);
     match &source.subdir {
-        None => Ok(repo),
+        None => Ok((repo, branch)),
         Some(subdir) => {
             let folder = repo.join(subdir);
             let inside = match (folder.canonicalize(), repo.canonicalize()) {
@@ -473,9 +483,82 @@ async fn clone(
             }
             ctx.log
                 .system(&format!("Building the folder \"{}\"", subdir.display()));
-            Ok(folder)
+            Ok((folder, branch))
         }
     }
+}
+
+/// Fetches the submodules of the checkout, recursively, each at the commit it is pinned to
+/// (`--depth 1`, falling back to whole histories for servers that cannot fetch that shallowly).
+/// Relative submodule URLs resolve against the repository's URL (credentials included); their
+/// transports are limited like the repository's, local ones included.
+async fn update_submodules(
+    ctx: &FetchContext<'_>,
+    source: &GitSource,
+    repo: &Path,
+    secrets: &[String],
+) -> Result<(), String> {
+    ctx.log.system("Fetching the git submodules");
+    git(
+        ctx,
+        repo,
+        &["config", "remote.origin.url", &source.url],
+        secrets,
+    )
+    .await?;
+    let update = ["submodule", "update", "--init", "--recursive", "-q"];
+    let shallow = [&update[..], &["--depth", "1"]].concat();
+    if git(ctx, repo, &shallow, secrets).await.is_err() {
+        ctx.log
+            .system("Fetching the git submodules with their whole history");
+        git(ctx, repo, &update, secrets).await?;
+    }
+    Ok(())
+}
+
+/// Removes `.git` of the checkout and of every submodule in it (folders and `gitdir:` files).
+fn remove_git_dirs(repo: &Path) {
+    let mut stack = vec![repo.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            let path = entry.path();
+            if entry.file_name() == ".git" {
+                let _ = if kind.is_dir() {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
+            } else if kind.is_dir() {
+                stack.push(path);
+            }
+        }
+    }
+}
+
+/// The branch named by the first line of a `FETCH_HEAD` (`<sha>\t\tbranch 'NAME' of URL`).
+fn fetched_branch(fetch_head: &str) -> Option<String> {
+    let mut fields = fetch_head.lines().next()?.splitn(3, '\t');
+    let (_commit, merge, what) = (fields.next()?, fields.next()?, fields.next()?);
+    if !merge.is_empty() {
+        return None;
+    }
+    let (name, _) = what.strip_prefix("branch '")?.rsplit_once("' of ")?;
+    Some(name.to_string()).filter(|n| !n.is_empty())
+}
+
+/// The branch of `git ls-remote --symref URL HEAD` (`ref: refs/heads/NAME\tHEAD`).
+fn symref_branch(output: &str) -> Option<String> {
+    output.lines().find_map(|line| {
+        let (target, head) = line.strip_prefix("ref: ")?.split_once('\t')?;
+        let name = target.strip_prefix("refs/heads/")?;
+        (head == "HEAD" && !name.is_empty()).then(|| name.to_string())
+    })
 }
 
 /// Runs `git ARGS` in `cwd`; its output goes (scrubbed) to the build log.
@@ -510,6 +593,12 @@ async fn run_git(
     )?;
     let _ = std::fs::create_dir_all(ctx.home);
     let mut command = tokio::process::Command::new(program);
+    // Local repositories (also as submodules of a remote one) only when the server allows them.
+    let file_allow = if ctx.allow_local {
+        "protocol.file.allow=always"
+    } else {
+        "protocol.file.allow=never"
+    };
     command
         .args([
             "-c",
@@ -523,7 +612,7 @@ async fn run_git(
             "-c",
             "protocol.git.allow=always",
             "-c",
-            "protocol.file.allow=always",
+            file_allow,
             "-c",
             "init.defaultBranch=main",
             "-c",
@@ -744,6 +833,19 @@ mod tests {
     }
 
     #[test]
+    fn branch_names_from_git_output() {
+        let head = "e96c\t\tbranch 'feature/x' of https://***@h/r.git\n";
+        assert_eq!(fetched_branch(head).as_deref(), Some("feature/x"));
+        assert_eq!(fetched_branch("e96c\t\ttag 'v1' of file:///r\n"), None);
+        assert_eq!(fetched_branch("e96c\t\tfile:///r\n"), None);
+        let all = "e96c\tnot-for-merge\tbranch 'dev' of file:///r\n";
+        assert_eq!(fetched_branch(all), None);
+        let symref = "ref: refs/heads/trunk\tHEAD\ne96c\tHEAD\n";
+        assert_eq!(symref_branch(symref).as_deref(), Some("trunk"));
+        assert_eq!(symref_branch("e96c\tHEAD\n"), None);
+    }
+
+    #[test]
     fn gist_urls_get_dot_git() {
         let s = parse_gist_url("https://gist.github.com/someone/abc123").unwrap();
         assert_eq!(s.url, "https://gist.github.com/someone/abc123.git");
@@ -776,6 +878,10 @@ mod tests {
         assert_eq!(redact("git@github.com:a/b.git"), "git@github.com:a/b.git");
         let secrets = secrets_of("https://oauth2:ghp_Abc%2Fdef@host/x");
         let text = scrub("auth ghp_Abc/def and ghp_Abc%2Fdef failed", &secrets);
+        assert!(!text.contains("ghp_"), "{text}");
+        // An escape at the very end is decoded too.
+        let secrets = secrets_of("https://oauth2:ghp_Abcdef%21@host/x");
+        let text = scrub("auth ghp_Abcdef! failed", &secrets);
         assert!(!text.contains("ghp_"), "{text}");
         let url = reqwest::Url::parse("https://u:p@h.test/a.zip?sig=secret").unwrap();
         assert_eq!(shown(&url), "https://h.test/a.zip?…");

@@ -159,8 +159,8 @@ async fn build_version(server: &TestServer, actor: &str, version: &str) -> Value
     wait_build(server, &id).await
 }
 
-/// Runs build `build_number` of `actor`; returns its log.
-async fn run_output(server: &TestServer, actor: &str, build_number: &str) -> String {
+/// Runs build `build_number` of `actor`; returns its log and the finished run.
+async fn run_output(server: &TestServer, actor: &str, build_number: &str) -> (String, Value) {
     let run = start_run(
         server,
         &format!("/acts/{actor}/runs?build={build_number}"),
@@ -170,11 +170,16 @@ async fn run_output(server: &TestServer, actor: &str, build_number: &str) -> Str
     let id = run["id"].as_str().unwrap();
     let run = wait_run(server, id).await;
     assert_eq!(run["status"], "SUCCEEDED", "{run}");
-    log_of(server, id).await
+    (log_of(server, id).await, run)
 }
 
 /// Builds `version` (must succeed) and runs it; returns the `source=` it printed.
 async fn built_and_run(server: &TestServer, actor: &str, version: &str) -> String {
+    built_and_run_with(server, actor, version).await.0
+}
+
+/// [`built_and_run`], also returning the finished run.
+async fn built_and_run_with(server: &TestServer, actor: &str, version: &str) -> (String, Value) {
     let build = build_version(server, actor, version).await;
     assert_eq!(
         build["status"],
@@ -182,12 +187,14 @@ async fn built_and_run(server: &TestServer, actor: &str, version: &str) -> Strin
         "{build}\n{}",
         log_of(server, build["id"].as_str().unwrap()).await
     );
-    let log = run_output(server, actor, build["buildNumber"].as_str().unwrap()).await;
-    log.lines()
+    let (log, run) = run_output(server, actor, build["buildNumber"].as_str().unwrap()).await;
+    let source = log
+        .lines()
         .find_map(|l| l.split("source=").nth(1))
         .unwrap_or_else(|| panic!("no source= in {log}"))
         .trim()
-        .to_string()
+        .to_string();
+    (source, run)
 }
 
 /// Builds `version`, which must fail; returns (statusMessage, log).
@@ -491,21 +498,24 @@ async fn git_repo_branch_tag_commit_and_subdirectory() {
         ],
     )
     .await;
+    // What each version prints, and the run's `gitBranchName` (the branch built: named, or
+    // the default one; none for a tag or a commit).
     let expected = [
-        ("0.1", "main"),
-        ("0.2", "dev"),
-        ("0.3", "v1"),
-        ("0.4", "v1"),
-        ("0.5", "v1"),
-        ("0.6", "sub"),
-        ("0.7", "sub"),
+        ("0.1", "main", json!("main")),
+        ("0.2", "dev", json!("dev")),
+        ("0.3", "v1", Value::Null),
+        ("0.4", "v1", Value::Null),
+        ("0.5", "v1", Value::Null),
+        ("0.6", "sub", json!("main")),
+        ("0.7", "sub", json!("main")),
     ];
-    for (number, what) in expected {
-        assert_eq!(
-            built_and_run(&server, &actor, number).await,
-            what,
-            "version {number}"
-        );
+    for (number, what, branch) in expected {
+        let (source, run) = built_and_run_with(&server, &actor, number).await;
+        assert_eq!(source, what, "version {number}");
+        assert_eq!(run["gitBranchName"], branch, "version {number}: {run}");
+        let id = run["id"].as_str().unwrap();
+        let listed = get_data(&server, &format!("/actor-runs/{id}")).await;
+        assert_eq!(listed["gitBranchName"], branch, "version {number}");
     }
     // The build log names the commit; the build folder holds no .git.
     let builds = get_data(&server, &format!("/acts/{actor}/builds?desc=1&limit=100")).await;
@@ -544,6 +554,191 @@ async fn git_repo_branch_tag_commit_and_subdirectory() {
         build["actVersion"]["gitRepoUrl"],
         format!("{url}#{}", repo.first_commit)
     );
+}
+
+/// A repository whose `main.sh` prints `source=` followed by what its submodules hold: `lib`
+/// (a submodule) and `lib/deep` (a submodule of `lib`), recorded at the URLs `url(path)` gives.
+struct WithSubmodules {
+    _temp: tempfile::TempDir,
+    root: PathBuf,
+    main: PathBuf,
+}
+
+impl WithSubmodules {
+    fn new(url: impl Fn(&Path) -> String) -> Self {
+        let temp = tempfile::tempdir().unwrap();
+        let root = temp.path().to_path_buf();
+        let allow_file = ["-c", "protocol.file.allow=always"];
+        let repo = |name: &str, value: &str| {
+            let path = root.join(name);
+            std::fs::create_dir_all(&path).unwrap();
+            git(&path, &["init", "-q"]);
+            std::fs::write(path.join("VALUE"), value).unwrap();
+            path
+        };
+        let deep = repo("deep.git", "deep");
+        git(&deep, &["add", "-A"]);
+        git(&deep, &["commit", "-q", "-m", "deep"]);
+        let lib = repo("lib.git", "lib");
+        let deep_url = format!("file://{}", deep.display());
+        git(
+            &lib,
+            &[
+                &allow_file[..],
+                &["submodule", "add", "-q", &deep_url, "deep"],
+            ]
+            .concat(),
+        );
+        git(
+            &lib,
+            &[
+                "config",
+                "-f",
+                ".gitmodules",
+                "submodule.deep.url",
+                &url(&deep),
+            ],
+        );
+        git(&lib, &["add", "-A"]);
+        git(&lib, &["commit", "-q", "-m", "lib"]);
+        let main = root.join("main.git");
+        std::fs::create_dir_all(&main).unwrap();
+        git(&main, &["init", "-q"]);
+        std::fs::create_dir_all(main.join(".actor")).unwrap();
+        std::fs::write(main.join(".actor/actor.json"), ACTOR_JSON).unwrap();
+        std::fs::write(
+            main.join("main.sh"),
+            "echo source=$(cat lib/VALUE)-$(cat lib/deep/VALUE)\n",
+        )
+        .unwrap();
+        let lib_abs = format!("file://{}", lib.display());
+        git(
+            &main,
+            &[
+                &allow_file[..],
+                &["submodule", "add", "-q", &lib_abs, "lib"],
+            ]
+            .concat(),
+        );
+        git(
+            &main,
+            &[
+                "config",
+                "-f",
+                ".gitmodules",
+                "submodule.lib.url",
+                &url(&lib),
+            ],
+        );
+        git(&main, &["add", "-A"]);
+        git(&main, &["commit", "-q", "-m", "main"]);
+        WithSubmodules {
+            _temp: temp,
+            root,
+            main,
+        }
+    }
+}
+
+/// Every `.git` (folder or `gitdir:` file) below `dir`.
+fn git_entries(dir: &Path) -> Vec<PathBuf> {
+    let mut found = vec![];
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(at) = stack.pop() {
+        for entry in std::fs::read_dir(&at).unwrap().flatten() {
+            if entry.file_name() == ".git" {
+                found.push(entry.path());
+            } else if entry.file_type().unwrap().is_dir() {
+                stack.push(entry.path());
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn git_submodules_are_fetched_recursively() {
+    let repos = WithSubmodules::new(|repo| format!("file://{}", repo.display()));
+    let server = local_server();
+    let url = format!("file://{}", repos.main.display());
+    let actor = create_actor_with(&server, "with-submodules", vec![git_version("0.1", &url)]).await;
+    let (source, run) = built_and_run_with(&server, &actor, "0.1").await;
+    assert_eq!(source, "lib-deep");
+    let build = get_data(
+        &server,
+        &format!("/actor-builds/{}", run["buildId"].as_str().unwrap()),
+    )
+    .await;
+    let log = log_of(&server, build["id"].as_str().unwrap()).await;
+    assert!(log.contains("Fetching the git submodules"), "{log}");
+    // No git metadata is kept, of the repository or of its submodules.
+    let dir = server
+        .data_dir
+        .join("builds")
+        .join(build["id"].as_str().unwrap());
+    assert!(dir.join("lib/deep/VALUE").is_file());
+    assert!(git_entries(&dir).is_empty(), "{:?}", git_entries(&dir));
+}
+
+/// A remote repository may not reach the server's disk through its submodules unless the
+/// operator allows local sources; relative submodule URLs inherit the repository's credentials,
+/// which never show.
+#[tokio::test]
+async fn submodules_of_a_remote_repository() {
+    // Submodules at relative URLs: served next to the repository, behind the same credentials.
+    let relative =
+        WithSubmodules::new(|repo| format!("../{}", repo.file_name().unwrap().to_string_lossy()));
+    // Submodules at `file://` URLs on the server's disk.
+    let local = WithSubmodules::new(|repo| format!("file://{}", repo.display()));
+    let http = Http::start().await;
+    // Served over (dumb) HTTP: bare copies with their refs listed.
+    let bare = |from: &Path, name: &str| {
+        let target = relative.root.join("served").join(name);
+        git(
+            &relative.root,
+            &[
+                "clone",
+                "-q",
+                "--bare",
+                from.to_str().unwrap(),
+                target.to_str().unwrap(),
+            ],
+        );
+        git(&target, &["update-server-info"]);
+        http.put_tree(&format!("/private/{name}"), &target);
+    };
+    bare(&relative.main, "repo.git");
+    bare(&relative.root.join("lib.git"), "lib.git");
+    bare(&relative.root.join("deep.git"), "deep.git");
+    bare(&local.main, "local.git");
+    let secret = "Subm0duleSecret";
+    *http.state.auth.lock().unwrap() = Some(format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("deploy:{secret}"))
+    ));
+    let host = http.origin.trim_start_matches("http://");
+    let good = format!("http://deploy:{secret}@{host}/private/repo.git#main");
+    let sneaky = format!("http://deploy:{secret}@{host}/private/local.git");
+    let server = TestServer::start();
+    let actor = create_actor_with(
+        &server,
+        "remote-submodules",
+        vec![git_version("0.1", &good), git_version("0.2", &sneaky)],
+    )
+    .await;
+    let (source, _) = built_and_run_with(&server, &actor, "0.1").await;
+    assert_eq!(source, "lib-deep");
+    let (message, log) = failed_build(&server, &actor, "0.2").await;
+    assert!(
+        message.starts_with("git submodule failed"),
+        "{message}\n{log}"
+    );
+    assert!(log.contains("'file' not allowed"), "{log}");
+    let builds = get_data(&server, &format!("/acts/{actor}/builds")).await;
+    for build in builds["items"].as_array().unwrap() {
+        let log = log_of(&server, build["id"].as_str().unwrap()).await;
+        assert!(!log.contains(secret), "secret in the build log: {log}");
+    }
 }
 
 #[tokio::test]
@@ -670,7 +865,9 @@ async fn private_repo_over_http_with_credentials_never_leaks_them() {
         vec![git_version("0.1", &good), git_version("0.2", &wrong)],
     )
     .await;
-    assert_eq!(built_and_run(&server, &actor, "0.1").await, "sub");
+    let (source, run) = built_and_run_with(&server, &actor, "0.1").await;
+    assert_eq!(source, "sub");
+    assert_eq!(run["gitBranchName"], "main", "{run}");
     let (message, log) = failed_build(&server, &actor, "0.2").await;
     assert!(message.starts_with("git fetch failed"), "{message}");
     let builds = get_data(&server, &format!("/acts/{actor}/builds")).await;

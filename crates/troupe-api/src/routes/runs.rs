@@ -245,6 +245,7 @@ pub fn run_json<'a>(state: &AppState, run: &'a Run, caller: Option<&str>) -> Run
             .container_port
             .map(|port| format!("http://127.0.0.1:{port}")),
         is_container_server_ready: false,
+        git_branch_name: run.extras.git_branch_name.as_deref(),
         charged_event_counts: Empty {},
         metamorphs: &run.metamorphs,
         platform_usage_billing_model: "USER",
@@ -284,6 +285,7 @@ pub struct RunJson<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     container_url: Option<String>,
     is_container_server_ready: bool,
+    git_branch_name: Option<&'a str>,
     charged_event_counts: Empty,
     metamorphs: &'a [Value],
     platform_usage_billing_model: &'static str,
@@ -1113,6 +1115,7 @@ pub async fn start_run(state: &AppState, user: &User, request: StartRun) -> ApiR
                 .unwrap_or(defaults.restart_on_error),
             container_port: None,
             storage_aliases,
+            git_branch_name: build.git_branch_name.clone(),
         },
     };
     state.storage.create_run(run.clone()).await?;

@@ -195,6 +195,7 @@ pub async fn run(storage: &dyn Storage) {
         actor_definition: None,
         input_schema: None,
         readme: None,
+        git_branch_name: None,
     };
     storage.create_build(build.clone()).await.unwrap();
     assert_eq!(storage.unfinished_builds().await.unwrap().len(), 1);
