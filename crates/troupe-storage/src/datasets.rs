@@ -47,7 +47,9 @@ pub trait DatasetStore {
         desc: bool,
         visit: &mut dyn FnMut(&[u8]) -> bool,
     ) -> Result<(u64, u64)>;
-    /// Notes a read of the items: `accessedAt` becomes `now_ms` and `readCount` grows by one.
-    /// Unknown ids are ignored.
-    async fn record_dataset_read(&self, dataset_id: &str, now_ms: i64) -> Result<()>;
+    /// Notes one read of the items of the dataset numbered `dataset_num` ([`StorageInfo::num`]):
+    /// `readCount` grows by one and `accessedAt` moves to `now_ms` (never back). Cheap and never
+    /// waits for a write: backends may buffer it, so the dataset object shows it eventually
+    /// (within seconds). Unknown numbers are ignored.
+    fn note_dataset_read(&self, dataset_num: i64, now_ms: i64);
 }

@@ -1121,3 +1121,35 @@ async fn pushes_follow_renames_owners_and_deletions() {
     assert_eq!(push(&server, &fresh, r#"{"i":6}"#).await.status(), 201);
     assert_eq!(items(&server, &fresh).await, json!([{"i": 6}]));
 }
+
+/// `stats.readCount` counts every read of the items (as on Apify), whatever the format; reading
+/// the dataset object is no items read. Counters are buffered, so the count shows within seconds.
+#[tokio::test]
+async fn read_count_counts_every_items_read() {
+    let server = TestServer::start();
+    let id = create(&server, "counted-reads").await;
+    assert_eq!(
+        push(&server, &id, r#"[{"a":1},{"a":2}]"#).await.status(),
+        201
+    );
+    let before = info(&server, &id).await["stats"]["readCount"]
+        .as_u64()
+        .unwrap();
+    for query in ["", "?format=csv", "?limit=1&desc=1"] {
+        let response = client()
+            .get(server.url(&format!("/datasets/{id}/items{query}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{query}");
+        response.bytes().await.unwrap();
+    }
+    let count = common::eventually("readCount to reach 3 reads", || async {
+        let count = info(&server, &id).await["stats"]["readCount"]
+            .as_u64()
+            .unwrap();
+        (count >= before + 3).then_some(count)
+    })
+    .await;
+    assert_eq!(count, before + 3);
+}

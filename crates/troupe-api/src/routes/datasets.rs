@@ -75,22 +75,12 @@ async fn get_items(
     .await
 }
 
-/// Records a read of the items (`accessedAt`, `readCount`, which the retention policy and the
-/// dataset object show) off the request path, at most once a minute per dataset so reads stay
-/// free of writes.
+/// Records a read of the items (`readCount`, `accessedAt`, which the dataset object and the
+/// retention policy show): buffered in memory, so reads stay free of writes.
 fn record_read(state: &AppState, info: &troupe_model::storage::StorageInfo) {
-    const EVERY_MS: i64 = 60_000;
-    let now = troupe_model::now_ms();
-    if now - info.accessed_at < EVERY_MS {
-        return;
-    }
-    let storage = state.storage.clone();
-    let id = info.id.clone();
-    tokio::spawn(async move {
-        if let Err(err) = storage.record_dataset_read(&id, now).await {
-            tracing::warn!(error = %err, "recording a dataset read failed");
-        }
-    });
+    state
+        .storage
+        .note_dataset_read(info.num, troupe_model::now_ms());
 }
 
 /// POST .../items — append one object or an array of objects (all or nothing); 201 `{}`.

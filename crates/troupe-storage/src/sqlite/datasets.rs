@@ -167,16 +167,8 @@ impl DatasetStore for SqliteStorage {
         })
     }
 
-    async fn record_dataset_read(&self, dataset_id: &str, now_ms: i64) -> Result<()> {
-        let dataset_id = dataset_id.to_string();
-        self.write(move |tx| {
-            tx.execute(
-                "UPDATE storages SET accessed_at = max(accessed_at, ?1), read_count = read_count + 1
-                 WHERE id = ?2 AND kind = ?3",
-                params![now_ms, dataset_id, StorageKind::Dataset.code()],
-            )?;
-            Ok(())
-        })
-        .await
+    fn note_dataset_read(&self, dataset_num: i64, now_ms: i64) {
+        // Buffered with the key-value stores' counters (same catalog columns).
+        self.note_access(dataset_num, false, now_ms);
     }
 }

@@ -5,7 +5,7 @@
 //! most an orphan file, swept at the next start. File names are random ids, never keys.
 //!
 //! Read and list counters (and `accessedAt`) are buffered in memory and flushed about once a
-//! second, so reads never take the writer lock.
+//! second, so reads never take the writer lock (datasets' read counters ride along).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -125,8 +125,8 @@ fn remove_quietly(path: &Path) {
 }
 
 impl SqliteStorage {
-    fn note_access(&self, num: i64, list: bool) {
-        let now = troupe_model::now_ms();
+    /// Buffers a read (or a listing) of storage `num`, a key-value store or a dataset, at `now`.
+    pub(crate) fn note_access(&self, num: i64, list: bool, now: i64) {
         let mut pending = self.inner.kv.pending.lock();
         let entry = pending.entry(num).or_default();
         if list {
@@ -134,7 +134,7 @@ impl SqliteStorage {
         } else {
             entry.reads += 1;
         }
-        entry.accessed_at = now;
+        entry.accessed_at = entry.accessed_at.max(now);
     }
 
     /// Writes buffered read/list counters and `accessedAt` to the catalog.
@@ -485,7 +485,7 @@ impl KvStore for SqliteStorage {
             .read(move |conn| read_record(&this, conn, num, key, meta_only))
             .await?;
         if record.is_some() {
-            self.note_access(num, false);
+            self.note_access(num, false, troupe_model::now_ms());
         }
         Ok(record)
     }
@@ -500,7 +500,7 @@ impl KvStore for SqliteStorage {
         let caches = &self.inner.caches;
         let hash = caches.record_hash(store_id, key);
         if let Some(hit) = caches.cached_record(hash, store_id, key) {
-            self.note_access(hit.access.num, false);
+            self.note_access(hit.access.num, false, troupe_model::now_ms());
             let content = (!meta_only).then(|| RecordContent::Inline(hit.data.clone()));
             return Ok(Some((
                 hit.access.clone(),
@@ -567,7 +567,7 @@ impl KvStore for SqliteStorage {
             Ok(Some((access, Some(Record { meta, content: Some(content) }))))
         })?;
         if let Some((access, Some(_))) = &found {
-            self.note_access(access.num, false);
+            self.note_access(access.num, false, troupe_model::now_ms());
         }
         Ok(found)
     }
@@ -721,7 +721,7 @@ impl KvStore for SqliteStorage {
                 Ok(KeysPage { keys, is_truncated })
             })
             .await?;
-        self.note_access(num, true);
+        self.note_access(num, true, troupe_model::now_ms());
         Ok(page)
     }
 }
