@@ -60,6 +60,8 @@ test('a GIT_REPO Actor (tag + subdirectory) builds and runs', async () => {
     const run = await finished(client, await client.actor(actor.id).start());
     assert.equal(run.status, 'SUCCEEDED');
     assert.match(await client.run(run.id).log().get(), /source=tagged-sub/);
+    // Built from a tag, not a branch: no gitBranchName.
+    assert.equal((await client.run(run.id).get()).gitBranchName, null);
 });
 
 test('a GIT_REPO version without a URL is refused', async () => {

@@ -161,6 +161,16 @@ test('dataset object fields', async () => {
     assert.equal(got.cleanItemCount, 1);
     assert.ok(got.createdAt instanceof Date && got.modifiedAt instanceof Date && got.accessedAt instanceof Date);
     assert.ok(got.consoleUrl && got.itemsPublicUrl && got.urlSigningSecretKey && got.userId);
+    // Every items read counts (buffered: it shows within seconds).
+    const before = got.stats.readCount;
+    for (let i = 0; i < 3; i += 1) await client.dataset(ds.id).listItems();
+    const deadline = Date.now() + 60_000;
+    let count = before;
+    while (count < before + 3 && Date.now() < deadline) {
+        await new Promise((resolve) => setTimeout(resolve, 50));
+        count = (await client.dataset(ds.id).get()).stats.readCount;
+    }
+    assert.equal(count, before + 3);
 });
 
 test('pushItems: one object, a string, and large arrays (compressed by the client)', async () => {

@@ -58,6 +58,8 @@ def test_git_repo_actor_builds_and_runs(client):
         run = finished(client, client.actor(actor.id).start())
         assert status_of(run) == "SUCCEEDED"
         assert "source=feature-sub" in client.run(run.id).log().get()
+        # The run names the branch its build came from.
+        assert client.run(run.id).get().git_branch_name == "feature"
 
         # A branch that does not exist: the build fails with git's message.
         client.actor(actor.id).version("0.1").update(git_repo_url=f"file://{repo}#nope")

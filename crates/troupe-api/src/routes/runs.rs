@@ -671,6 +671,8 @@ async fn metamorph_run(
                 r.counters.metamorph_count = n;
                 r.build_id = build.id.clone();
                 r.build_number = build.build_number.clone();
+                // `gitBranchName` follows `buildId`.
+                r.extras.git_branch_name = build.git_branch_name.clone();
                 r.input_key = key;
                 r.metamorphs.push(entry);
                 Ok(())
