@@ -59,6 +59,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0009_hooks",
         include_str!("sqlite/migrations/0009_hooks.sql"),
     ),
+    (
+        "0010_request_queue_ids",
+        include_str!("sqlite/migrations/0010_request_queue_ids.sql"),
+    ),
 ];
 
 /// How hard commits are pushed to disk.
@@ -101,6 +105,8 @@ struct Inner {
     caches: Arc<cache::Caches>,
     /// Cached request-queue head answers (see `queues::HeadCache`).
     queue_heads: queues::HeadCache,
+    /// Ids of requests added since the last merge into `rq_ids` (see `queues::RecentIds`).
+    recent_ids: queues::RecentIds,
     /// Bumped on every token revocation, so caches in front of token lookups can tell.
     token_generation: std::sync::atomic::AtomicU64,
 }
@@ -127,10 +133,12 @@ impl SqliteStorage {
                 kv: kv::KvState::default(),
                 caches: cache::Caches::new(),
                 queue_heads: queues::HeadCache::default(),
+                recent_ids: queues::RecentIds::default(),
                 token_generation: std::sync::atomic::AtomicU64::new(0),
             }),
         };
         kv::init(&storage)?;
+        queues::init(&storage)?;
         Ok(storage)
     }
 
@@ -412,6 +420,17 @@ mod tests {
     async fn conformance_queues() {
         let (_dir, storage) = open_temp();
         crate::conformance::queues::run(&storage).await;
+    }
+
+    /// The queue suite with a merge of recent request ids after every add (racing the
+    /// suite's own calls), and with no merge but the ones listings make.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn conformance_queues_merging() {
+        for threshold in [1, usize::MAX] {
+            let (_dir, storage) = open_temp();
+            storage.set_merge_threshold(threshold);
+            crate::conformance::queues::run(&storage).await;
+        }
     }
 
     /// Manual scale check (run with `cargo test --release -p troupe-storage -- --ignored

@@ -118,6 +118,123 @@ impl Drop for HeadInvalidation {
     }
 }
 
+/// Requests in the map at which a merge into `rq_ids` starts (in the background, after the add
+/// that reached it). ~80 bytes of memory each.
+const MERGE_AT: usize = 50_000;
+
+/// Where to find the requests added since the last merge: queue number → request id → `rid`.
+///
+/// Request ids are hashes, so a B-tree keyed by them takes every new request on a random page;
+/// the map keeps new ids out of `rq_ids` until enough of them are merged in one sorted run
+/// (each `rq_ids` page then takes many ids per write instead of one).
+///
+/// Correctness:
+/// - Every row with `rid` above `rq_merged.watermark` is in the map (entries are added by the
+///   insert, inside its transaction, and the map is rebuilt from those rows at start-up); every
+///   row at or below it is in `rq_ids` (the merge inserts them and moves the watermark in one
+///   transaction; new rows get a `rid` above both the watermark and every existing row).
+/// - An entry is only a candidate: it is used after checking, in the caller's own snapshot,
+///   that the row `rid` exists with that queue and id. So entries of writes that were rolled
+///   back (a failed write's savepoint, a failed commit) or of deleted requests are harmless,
+///   and nothing is removed from the map before the merge holding its row has committed.
+/// - A lookup consults the map before it reads the database: an entry missing from the map
+///   was either never committed or merged by a transaction that committed before the read
+///   started, whose `rq_ids` rows the read's snapshot then holds.
+/// Memory: at most about `MERGE_AT` entries plus what is added while a merge runs.
+#[derive(Default)]
+pub(crate) struct RecentIds {
+    state: Mutex<RecentState>,
+    merging: std::sync::atomic::AtomicBool,
+    /// Tests lower the merge threshold (0 = `MERGE_AT`).
+    merge_at: std::sync::atomic::AtomicUsize,
+}
+
+#[derive(Default)]
+struct RecentState {
+    queues: HashMap<i64, HashMap<String, i64>>,
+    len: usize,
+}
+
+impl RecentIds {
+    fn get(&self, num: i64, id: &str) -> Option<i64> {
+        self.state.lock().queues.get(&num)?.get(id).copied()
+    }
+
+    fn insert(&self, num: i64, id: &str, rid: i64) {
+        let mut state = self.state.lock();
+        if state
+            .queues
+            .entry(num)
+            .or_default()
+            .insert(id.to_string(), rid)
+            .is_none()
+        {
+            state.len += 1;
+        }
+    }
+
+    fn has_queue(&self, num: i64) -> bool {
+        self.state.lock().queues.contains_key(&num)
+    }
+
+    fn len(&self) -> usize {
+        self.state.lock().len
+    }
+
+    /// Drops the entries a committed merge up to `watermark` made redundant.
+    fn prune(&self, watermark: i64) {
+        let mut state = self.state.lock();
+        let mut removed = 0;
+        state.queues.retain(|_, ids| {
+            let before = ids.len();
+            ids.retain(|_, rid| *rid > watermark);
+            removed += before - ids.len();
+            !ids.is_empty()
+        });
+        state.len -= removed;
+        if state.queues.is_empty() {
+            state.queues.shrink_to_fit();
+        }
+    }
+
+    fn threshold(&self) -> usize {
+        match self.merge_at.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => MERGE_AT,
+            n => n,
+        }
+    }
+}
+
+/// Fills the map of recent request ids from the rows not merged yet (at start-up).
+pub(crate) fn init(storage: &SqliteStorage) -> Result<()> {
+    let conn = storage.inner.writer.lock();
+    let mut stmt = conn.prepare(
+        "SELECT queue, id, rid FROM rq_requests WHERE rid > (SELECT watermark FROM rq_merged)",
+    )?;
+    let mut rows = stmt.query([])?;
+    let recent = &storage.inner.recent_ids;
+    while let Some(row) = rows.next()? {
+        recent.insert(row.get(0)?, &row.get::<_, String>(1)?, row.get(2)?);
+    }
+    Ok(())
+}
+
+/// The `rid` of the queue's request `id`, in `conn`'s view (see [`RecentIds`]).
+fn locate(conn: &Connection, recent: &RecentIds, num: i64, id: &str) -> Result<Option<i64>> {
+    if let Some(rid) = recent.get(num, id) {
+        let live = conn
+            .prepare_cached("SELECT 1 FROM rq_requests WHERE rid = ?1 AND queue = ?2 AND id = ?3")?
+            .exists(params![rid, num, id])?;
+        if live {
+            return Ok(Some(rid));
+        }
+    }
+    Ok(conn
+        .prepare_cached("SELECT rid FROM rq_ids WHERE queue = ?1 AND id = ?2")?
+        .query_row(params![num, id], |row| row.get(0))
+        .optional()?)
+}
+
 // `LIMIT ?n + 0`, never a bare `LIMIT ?n`: SQLite plans with the value bound to a bare LIMIT
 // parameter, so every new binding would re-prepare the statement (~100k instructions, more than
 // the query itself).
@@ -170,6 +287,7 @@ pub(crate) fn explain_head_queries(conn: &Connection) -> Result<Vec<(&'static st
 /// Removes every request of the queue `num` (called when the queue is deleted).
 pub(crate) fn delete_requests(tx: &Transaction<'_>, num: i64) -> Result<()> {
     tx.execute("DELETE FROM rq_requests WHERE queue = ?1", [num])?;
+    tx.execute("DELETE FROM rq_ids WHERE queue = ?1", [num])?;
     Ok(())
 }
 
@@ -234,15 +352,6 @@ impl QueueRow {
         }
     }
 
-    /// Takes back the position [`Self::next_ord`] just handed out.
-    fn undo_ord(&mut self, forefront: bool) {
-        if forefront {
-            self.front += 1;
-        } else {
-            self.back -= 1;
-        }
-    }
-
     fn save(&self, tx: &Transaction<'_>, now: i64) -> Result<()> {
         let modified_at = if self.modified { now } else { self.modified_at };
         tx.prepare_cached(
@@ -303,13 +412,16 @@ struct Existing {
     size: i64,
 }
 
-fn find(tx: &Connection, num: i64, id: &str) -> Result<Option<Existing>> {
+fn find(tx: &Connection, recent: &RecentIds, num: i64, id: &str) -> Result<Option<Existing>> {
+    let Some(rid) = locate(tx, recent, num, id)? else {
+        return Ok(None);
+    };
     let mut stmt = tx.prepare_cached(
         "SELECT rid, handled_at IS NOT NULL, locked_until, lock_client, length(data)
-         FROM rq_requests WHERE queue = ?1 AND id = ?2",
+         FROM rq_requests WHERE rid = ?1",
     )?;
     Ok(stmt
-        .query_row(params![num, id], |row| {
+        .query_row(params![rid], |row| {
             Ok(Existing {
                 rid: row.get(0)?,
                 handled: row.get(1)?,
@@ -321,45 +433,38 @@ fn find(tx: &Connection, num: i64, id: &str) -> Result<Option<Existing>> {
         .optional()?)
 }
 
-fn insert(tx: &Transaction<'_>, q: &mut QueueRow, r: &QueueRequest, forefront: bool) -> Result<()> {
-    if !insert_new(tx, q, r, forefront)? {
-        return Err(Error::Internal(anyhow::anyhow!(
-            "request {} is already in the queue",
-            r.id
-        )));
-    }
-    Ok(())
-}
-
-/// Inserts `r` unless the queue already has a request with its id (one index descent for
-/// both the check and the insert). Returns whether it was inserted.
-fn insert_new(
+/// Inserts `r`, which the queue does not hold (the caller checked), with a `rid` above every
+/// existing row and the merge watermark, and records its id in the map of recent ids.
+fn insert(
     tx: &Transaction<'_>,
+    recent: &RecentIds,
     q: &mut QueueRow,
     r: &QueueRequest,
     forefront: bool,
-) -> Result<bool> {
+) -> Result<()> {
     let ord = q.next_ord(forefront);
-    let inserted = tx
+    let rid: i64 = tx
         .prepare_cached(
-            "INSERT INTO rq_requests (queue, id, ord, handled_at, unique_key, url, method, retry_count, data)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (queue, id) DO NOTHING",
+            "INSERT INTO rq_requests (rid, queue, id, ord, handled_at, unique_key, url, method, retry_count, data)
+             VALUES (max(coalesce((SELECT max(rid) FROM rq_requests), 0), (SELECT watermark FROM rq_merged)) + 1,
+                     ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+             RETURNING rid",
         )?
-        .execute(params![
-            q.num,
-            r.id,
-            ord,
-            r.handled_at,
-            r.unique_key,
-            r.url,
-            r.method,
-            r.retry_count,
-            r.json
-        ])?;
-    if inserted == 0 {
-        q.undo_ord(forefront);
-        return Ok(false);
-    }
+        .query_row(
+            params![
+                q.num,
+                r.id,
+                ord,
+                r.handled_at,
+                r.unique_key,
+                r.url,
+                r.method,
+                r.retry_count,
+                r.json
+            ],
+            |row| row.get(0),
+        )?;
+    recent.insert(q.num, &r.id, rid);
     q.total += 1;
     if r.handled_at.is_some() {
         q.handled += 1;
@@ -367,7 +472,7 @@ fn insert_new(
     q.writes += 1;
     q.bytes += r.json.len() as i64;
     q.modified = true;
-    Ok(true)
+    Ok(())
 }
 
 /// Clears locks that expired by `now`, putting each request where its lock said.
@@ -498,6 +603,120 @@ impl SqliteStorage {
     }
 }
 
+/// One page of a queue's requests in id order. Locked requests are few (bounded by the locks
+/// held): they come from rq_head and are sorted; the other listings walk `rq_ids` (so every
+/// request of the queue must be merged, see [`RecentIds`]).
+fn list_page(
+    conn: &Connection,
+    q: &QueueRow,
+    after: Option<String>,
+    limit: u64,
+    filter: RequestFilter,
+    now: i64,
+) -> Result<RequestsPage> {
+    let sql = match filter {
+        RequestFilter::All => {
+            "SELECT i.id, r.data FROM rq_ids i CROSS JOIN rq_requests r ON r.rid = i.rid
+             WHERE i.queue = ?1 AND i.id > ?2 ORDER BY i.id LIMIT ?3 + 0"
+        }
+        RequestFilter::Pending => {
+            "SELECT i.id, r.data FROM rq_ids i CROSS JOIN rq_requests r ON r.rid = i.rid
+             WHERE i.queue = ?1 AND i.id > ?2 AND r.handled_at IS NULL ORDER BY i.id LIMIT ?3 + 0"
+        }
+        RequestFilter::Locked => {
+            "SELECT id, data FROM rq_requests INDEXED BY rq_head
+             WHERE queue = ?1 AND id > ?2 AND handled_at IS NULL AND locked_until > ?4
+             ORDER BY id LIMIT ?3 + 0"
+        }
+    };
+    let mut stmt = conn.prepare_cached(sql)?;
+    let after = after.unwrap_or_default();
+    let fetch = (limit.min(i64::MAX as u64 - 1) + 1) as i64;
+    let map = |row: &rusqlite::Row<'_>| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?));
+    let rows: Vec<(String, String)> = if filter == RequestFilter::Locked {
+        stmt.query_map(params![q.num, after, fetch, now], map)?
+            .collect::<rusqlite::Result<_>>()?
+    } else {
+        stmt.query_map(params![q.num, after, fetch], map)?
+            .collect::<rusqlite::Result<_>>()?
+    };
+    let more = rows.len() as u64 > limit;
+    let mut items = Vec::with_capacity(rows.len());
+    let mut last = None;
+    for (id, data) in rows.into_iter().take(limit as usize) {
+        last = Some(id);
+        items.push(data);
+    }
+    Ok(RequestsPage {
+        items,
+        next_after: if more { last } else { None },
+    })
+}
+
+impl SqliteStorage {
+    /// Starts a merge in the background once the map of recent ids is large enough.
+    fn maybe_merge_recent_ids(&self) {
+        use std::sync::atomic::Ordering;
+        let recent = &self.inner.recent_ids;
+        if recent.len() < recent.threshold() || recent.merging.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Err(err) = this.merge_recent_ids().await {
+                tracing::error!(error = %err, "merging request ids failed");
+            }
+            this.inner
+                .recent_ids
+                .merging
+                .store(false, Ordering::Release);
+        });
+    }
+
+    /// Moves the ids of every request added since the last merge into `rq_ids` (one sorted
+    /// run, one transaction) and, once that committed, drops them from the map.
+    pub(crate) async fn merge_recent_ids(&self) -> Result<()> {
+        let watermark = self
+            .write(|tx| {
+                let old: i64 =
+                    tx.query_row("SELECT watermark FROM rq_merged", [], |row| row.get(0))?;
+                let new: i64 =
+                    tx.query_row("SELECT coalesce(max(rid), 0) FROM rq_requests", [], |row| {
+                        row.get(0)
+                    })?;
+                if new <= old {
+                    return Ok(old);
+                }
+                tx.execute(
+                    "INSERT INTO rq_ids (queue, id, rid)
+                     SELECT queue, id, rid FROM rq_requests WHERE rid > ?1 AND rid <= ?2
+                     ORDER BY queue, id",
+                    params![old, new],
+                )?;
+                tx.execute("UPDATE rq_merged SET watermark = ?1", [new])?;
+                Ok(new)
+            })
+            .await?;
+        self.inner.recent_ids.prune(watermark);
+        Ok(())
+    }
+
+    /// Sets the number of recent ids at which a merge starts (tests).
+    #[cfg(test)]
+    pub(crate) fn set_merge_threshold(&self, entries: usize) {
+        self.inner
+            .recent_ids
+            .merge_at
+            .store(entries, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Entries in the map of recent ids (tests).
+    #[cfg(test)]
+    pub(crate) fn recent_id_count(&self) -> usize {
+        self.inner.recent_ids.len()
+    }
+}
+
 #[async_trait]
 impl QueueStore for SqliteStorage {
     async fn add_requests(
@@ -509,39 +728,47 @@ impl QueueStore for SqliteStorage {
         now: i64,
     ) -> Result<Vec<RequestOutcome>> {
         let queue_id = queue_id.to_string();
-        self.queue_write(queue_id.clone(), move |tx| {
-            let mut q = QueueRow::load(tx, &queue_id)?;
-            q.track(&client_key);
-            let mut outcomes = Vec::with_capacity(requests.len());
-            for r in &requests {
-                let (present, handled) = if insert_new(tx, &mut q, r, forefront)? {
-                    (false, false)
-                } else {
-                    let existing = find(tx, q.num, &r.id)?.ok_or_else(|| {
-                        Error::Internal(anyhow::anyhow!("request {} vanished", r.id))
-                    })?;
-                    (true, existing.handled)
-                };
-                outcomes.push(RequestOutcome {
-                    request_id: r.id.clone(),
-                    unique_key: r.unique_key.clone(),
-                    was_already_present: present,
-                    was_already_handled: handled,
-                });
-            }
-            q.save(tx, now)?;
-            Ok(outcomes)
-        })
-        .await
+        let this = self.clone();
+        let outcomes = self
+            .queue_write(queue_id.clone(), move |tx| {
+                let recent = &this.inner.recent_ids;
+                let mut q = QueueRow::load(tx, &queue_id)?;
+                q.track(&client_key);
+                let mut outcomes = Vec::with_capacity(requests.len());
+                for r in requests {
+                    let (present, handled) = match find(tx, recent, q.num, &r.id)? {
+                        Some(existing) => (true, existing.handled),
+                        None => {
+                            insert(tx, recent, &mut q, &r, forefront)?;
+                            (false, false)
+                        }
+                    };
+                    outcomes.push(RequestOutcome {
+                        request_id: r.id,
+                        unique_key: r.unique_key,
+                        was_already_present: present,
+                        was_already_handled: handled,
+                    });
+                }
+                q.save(tx, now)?;
+                Ok(outcomes)
+            })
+            .await?;
+        self.maybe_merge_recent_ids();
+        Ok(outcomes)
     }
 
     async fn get_request(&self, queue_id: &str, request_id: &str) -> Result<Option<String>> {
         let (queue_id, request_id) = (queue_id.to_string(), request_id.to_string());
+        let this = self.clone();
         self.read(move |conn| {
             let q = QueueRow::load(conn, &queue_id)?;
+            let Some(rid) = locate(conn, &this.inner.recent_ids, q.num, &request_id)? else {
+                return Ok(None);
+            };
             Ok(conn
-                .prepare_cached("SELECT data FROM rq_requests WHERE queue = ?1 AND id = ?2")?
-                .query_row(params![q.num, request_id], |row| row.get(0))
+                .prepare_cached("SELECT data FROM rq_requests WHERE rid = ?1")?
+                .query_row(params![rid], |row| row.get(0))
                 .optional()?)
         })
         .await
@@ -556,7 +783,9 @@ impl QueueStore for SqliteStorage {
         now: i64,
     ) -> Result<RequestOutcome> {
         let queue_id = queue_id.to_string();
+        let this = self.clone();
         self.queue_write(queue_id.clone(), move |tx| {
+            let recent = &this.inner.recent_ids;
             let mut q = QueueRow::load(tx, &queue_id)?;
             q.track(&client_key);
             let r = &request;
@@ -566,8 +795,8 @@ impl QueueStore for SqliteStorage {
                 was_already_present: present,
                 was_already_handled: handled,
             };
-            let Some(existing) = find(tx, q.num, &r.id)? else {
-                insert(tx, &mut q, r, forefront)?;
+            let Some(existing) = find(tx, recent, q.num, &r.id)? else {
+                insert(tx, recent, &mut q, r, forefront)?;
                 q.save(tx, now)?;
                 return Ok(outcome(false, false));
             };
@@ -610,17 +839,22 @@ impl QueueStore for SqliteStorage {
         now: i64,
     ) -> Result<Vec<bool>> {
         let queue_id = queue_id.to_string();
+        let this = self.clone();
         self.queue_write(queue_id.clone(), move |tx| {
+            let recent = &this.inner.recent_ids;
             let mut q = QueueRow::load(tx, &queue_id)?;
             q.track(&client_key);
             let mut deleted = Vec::with_capacity(targets.len());
             for target in &targets {
-                let Some(existing) = find(tx, q.num, &target.id)? else {
+                let Some(existing) = find(tx, recent, q.num, &target.id)? else {
                     deleted.push(false);
                     continue;
                 };
                 tx.prepare_cached("DELETE FROM rq_requests WHERE rid = ?1")?
                     .execute([existing.rid])?;
+                // Merged requests have an `rq_ids` row; a recent one's map entry goes stale.
+                tx.prepare_cached("DELETE FROM rq_ids WHERE queue = ?1 AND id = ?2")?
+                    .execute(params![q.num, target.id])?;
                 q.total -= 1;
                 if existing.handled {
                     q.handled -= 1;
@@ -732,11 +966,12 @@ impl QueueStore for SqliteStorage {
         now: i64,
     ) -> Result<LockOutcome> {
         let (queue_id, request_id) = (queue_id.to_string(), request_id.to_string());
+        let this = self.clone();
         self.queue_write(queue_id.clone(), move |tx| {
             let mut q = QueueRow::load(tx, &queue_id)?;
             q.track(&client_key);
             let holder = client_key.unwrap_or_default();
-            let outcome = match find(tx, q.num, &request_id)? {
+            let outcome = match find(tx, &this.inner.recent_ids, q.num, &request_id)? {
                 None => LockOutcome::NotFound,
                 Some(r) if r.handled => LockOutcome::Handled,
                 Some(r) if r.locked_until > now && r.lock_client.as_deref() != Some(&holder) => {
@@ -766,11 +1001,12 @@ impl QueueStore for SqliteStorage {
         now: i64,
     ) -> Result<LockOutcome> {
         let (queue_id, request_id) = (queue_id.to_string(), request_id.to_string());
+        let this = self.clone();
         self.queue_write(queue_id.clone(), move |tx| {
             let mut q = QueueRow::load(tx, &queue_id)?;
             q.track(&client_key);
             let holder = client_key.unwrap_or_default();
-            let outcome = match find(tx, q.num, &request_id)? {
+            let outcome = match find(tx, &this.inner.recent_ids, q.num, &request_id)? {
                 None => LockOutcome::NotFound,
                 Some(r) if r.handled => LockOutcome::Handled,
                 Some(r) if r.locked_until == 0 => LockOutcome::NotLocked,
@@ -841,54 +1077,263 @@ impl QueueStore for SqliteStorage {
         client_key: Option<String>,
         now: i64,
     ) -> Result<RequestsPage> {
-        let id = queue_id.to_string();
-        let (row, page) = self
-            .read(move |conn| {
-                let q = QueueRow::load(conn, &id)?;
-                // Locked requests are few (bounded by the locks held): take them from rq_head and
-                // sort; the other listings walk rq_by_id in id order.
-                let (index, condition) = match filter {
-                    RequestFilter::All => ("rq_by_id", ""),
-                    RequestFilter::Pending => ("rq_by_id", " AND handled_at IS NULL"),
-                    RequestFilter::Locked => {
-                        ("rq_head", " AND handled_at IS NULL AND locked_until > ?4")
+        // Requests added since the last merge are not in `rq_ids` yet: a listing in id order
+        // of a queue that has some merges first (see `RecentIds`; the check runs before the
+        // listing's own read, so every request acknowledged before this call is listed).
+        let mut merged = filter == RequestFilter::Locked;
+        let (row, page) = loop {
+            let (id, after) = (queue_id.to_string(), after.clone());
+            let this = self.clone();
+            let listed = self
+                .read(move |conn| {
+                    let q = QueueRow::load(conn, &id)?;
+                    if !merged && this.inner.recent_ids.has_queue(q.num) {
+                        return Ok(None);
                     }
-                };
-                let sql = format!(
-                    "SELECT id, data FROM rq_requests INDEXED BY {index}
-                     WHERE queue = ?1 AND id > ?2{condition} ORDER BY id LIMIT ?3 + 0"
-                );
-                let mut stmt = conn.prepare_cached(&sql)?;
-                let after = after.unwrap_or_default();
-                let fetch = (limit.min(i64::MAX as u64 - 1) + 1) as i64;
-                let map = |row: &rusqlite::Row<'_>| {
-                    Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
-                };
-                let rows: Vec<(String, String)> = if filter == RequestFilter::Locked {
-                    stmt.query_map(params![q.num, after, fetch, now], map)?
-                        .collect::<rusqlite::Result<_>>()?
-                } else {
-                    stmt.query_map(params![q.num, after, fetch], map)?
-                        .collect::<rusqlite::Result<_>>()?
-                };
-                let more = rows.len() as u64 > limit;
-                let mut items = Vec::with_capacity(rows.len());
-                let mut last = None;
-                for (id, data) in rows.into_iter().take(limit as usize) {
-                    last = Some(id);
-                    items.push(data);
+                    list_page(conn, &q, after, limit, filter, now).map(|page| Some((q, page)))
+                })
+                .await?;
+            match listed {
+                Some(listed) => break listed,
+                None => {
+                    self.merge_recent_ids().await?;
+                    merged = true;
                 }
-                Ok((
-                    q,
-                    RequestsPage {
-                        items,
-                        next_after: if more { last } else { None },
-                    },
-                ))
-            })
-            .await?;
+            }
+        };
         self.track_read_client(queue_id, row.last_client, row.multiple, client_key, now)
             .await?;
         Ok(page)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sqlite::SqliteOptions;
+    use crate::{Storage, StorageCatalog};
+    use serde_json::json;
+    use troupe_model::queue::parse_request;
+    use troupe_model::storage::StorageOrigin;
+
+    fn req(key: &str) -> QueueRequest {
+        parse_request(
+            json!({"url": format!("https://example.com/{key}"), "uniqueKey": key}),
+            None,
+        )
+        .unwrap()
+    }
+
+    async fn new_queue(storage: &dyn Storage) -> String {
+        let user = crate::conformance::test_user(storage).await;
+        storage
+            .create_storage(
+                StorageKind::RequestQueue,
+                &user,
+                None,
+                StorageOrigin::default(),
+            )
+            .await
+            .unwrap()
+            .0
+            .id
+    }
+
+    /// (key, wasAlreadyPresent) of adding `keys`.
+    async fn add(storage: &SqliteStorage, queue: &str, keys: &[String]) -> Vec<bool> {
+        storage
+            .add_requests(queue, keys.iter().map(|k| req(k)).collect(), false, None, 1)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.was_already_present)
+            .collect()
+    }
+
+    fn keys(range: std::ops::Range<usize>) -> Vec<String> {
+        range.map(|i| format!("k{i}")).collect()
+    }
+
+    async fn listed(storage: &SqliteStorage, queue: &str) -> Vec<String> {
+        let page = storage
+            .list_requests(queue, None, 1000, RequestFilter::All, None, 1)
+            .await
+            .unwrap();
+        page.items
+            .iter()
+            .map(|data| {
+                let v: serde_json::Value = serde_json::from_str(data).unwrap();
+                v["uniqueKey"].as_str().unwrap().to_string()
+            })
+            .collect()
+    }
+
+    /// Requests are found (dedup, get, delete, listing) whether their ids are merged into
+    /// `rq_ids` or still in the map of recent ids, also after a restart (the map is rebuilt
+    /// from the rows above the watermark).
+    #[tokio::test]
+    async fn recent_and_merged_ids_across_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = SqliteStorage::open(dir.path(), SqliteOptions::default()).unwrap();
+        storage.set_merge_threshold(usize::MAX);
+        let queue = new_queue(&storage).await;
+        let other = new_queue(&storage).await;
+        assert_eq!(add(&storage, &queue, &keys(0..10)).await, vec![false; 10]);
+        assert_eq!(add(&storage, &other, &keys(0..3)).await, vec![false; 3]);
+        assert_eq!(storage.recent_id_count(), 13);
+        storage.merge_recent_ids().await.unwrap();
+        assert_eq!(storage.recent_id_count(), 0);
+        let mut want = vec![true; 5];
+        want.extend([false; 5]);
+        assert_eq!(add(&storage, &queue, &keys(5..15)).await, want);
+        assert_eq!(storage.recent_id_count(), 5);
+        // Delete a merged and a recent request, then add both back.
+        let deleted = storage
+            .delete_requests(
+                &queue,
+                ["k3", "k12"]
+                    .iter()
+                    .map(|k| DeleteTarget {
+                        id: troupe_model::queue::request_id(k),
+                        unique_key: None,
+                    })
+                    .collect(),
+                None,
+                1,
+            )
+            .await
+            .unwrap();
+        assert_eq!(deleted, vec![true, true]);
+        for key in ["k3", "k12"] {
+            let id = troupe_model::queue::request_id(key);
+            assert!(storage.get_request(&queue, &id).await.unwrap().is_none());
+        }
+        let back = vec!["k3".to_string(), "k12".to_string()];
+        assert_eq!(add(&storage, &queue, &back).await, vec![false, false]);
+        // A duplicate within one batch is present the second time.
+        let dup = vec!["k20".to_string(), "k20".to_string()];
+        assert_eq!(add(&storage, &queue, &dup).await, vec![false, true]);
+        drop(storage);
+
+        let storage = SqliteStorage::open(dir.path(), SqliteOptions::default()).unwrap();
+        storage.set_merge_threshold(usize::MAX);
+        assert!(
+            storage.recent_id_count() >= 7,
+            "{}",
+            storage.recent_id_count()
+        );
+        let mut all = keys(0..15);
+        all.push("k20".into());
+        assert_eq!(add(&storage, &queue, &all).await, vec![true; 16]);
+        assert_eq!(
+            add(&storage, &other, &keys(0..4)).await,
+            vec![true, true, true, false]
+        );
+        for key in &all {
+            let id = troupe_model::queue::request_id(key);
+            assert!(
+                storage.get_request(&queue, &id).await.unwrap().is_some(),
+                "{key}"
+            );
+        }
+        // Listing merges first, so it sees every request in id order.
+        let mut by_id = all.clone();
+        by_id.sort_by_key(|k| troupe_model::queue::request_id(k));
+        assert_eq!(listed(&storage, &queue).await, by_id);
+        assert_eq!(storage.recent_id_count(), 0);
+        let info = storage
+            .get_storage(StorageKind::RequestQueue, &queue)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(info.total_request_count, 16);
+        // Deleting the queue removes its merged ids too.
+        assert!(storage
+            .delete_storage(StorageKind::RequestQueue, &queue)
+            .await
+            .unwrap());
+        let left: i64 = storage
+            .read_blocking(|conn| {
+                Ok(conn.query_row("SELECT count(*) FROM rq_ids", [], |row| row.get(0))?)
+            })
+            .unwrap();
+        assert_eq!(left, 4);
+    }
+
+    /// A write rolled back after its inserts leaves map entries behind; they must not make
+    /// the requests look present, and a merge must skip them.
+    #[tokio::test]
+    async fn rolled_back_inserts_leave_no_trace() {
+        let (_dir, storage) = {
+            let dir = tempfile::tempdir().unwrap();
+            let storage = SqliteStorage::open(dir.path(), SqliteOptions::default()).unwrap();
+            (dir, storage)
+        };
+        storage.set_merge_threshold(usize::MAX);
+        let queue = new_queue(&storage).await;
+        let this = storage.clone();
+        let q_id = queue.clone();
+        let failed = storage
+            .write(move |tx| {
+                let mut q = QueueRow::load(tx, &q_id)?;
+                for r in ["a", "b"].map(req) {
+                    insert(tx, &this.inner.recent_ids, &mut q, &r, false)?;
+                }
+                Err::<(), _>(Error::Internal(anyhow::anyhow!("fail after the inserts")))
+            })
+            .await;
+        assert!(failed.is_err());
+        assert_eq!(storage.recent_id_count(), 2);
+        let id = troupe_model::queue::request_id("a");
+        assert!(storage.get_request(&queue, &id).await.unwrap().is_none());
+        assert_eq!(
+            add(&storage, &queue, &["a".to_string(), "c".to_string()]).await,
+            vec![false, false]
+        );
+        storage.merge_recent_ids().await.unwrap();
+        assert_eq!(storage.recent_id_count(), 0);
+        assert_eq!(
+            add(&storage, &queue, &["a".into(), "b".into(), "c".into()]).await,
+            vec![true, false, true]
+        );
+        assert_eq!(listed(&storage, &queue).await.len(), 3);
+    }
+
+    /// Merges in the background (after every add) while requests are added, read and
+    /// listed: nothing is lost or duplicated.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn background_merges_race_adds() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = SqliteStorage::open(dir.path(), SqliteOptions::default()).unwrap();
+        storage.set_merge_threshold(7);
+        let queue = new_queue(&storage).await;
+        let mut tasks = Vec::new();
+        for t in 0..4 {
+            let (storage, queue) = (storage.clone(), queue.clone());
+            tasks.push(tokio::spawn(async move {
+                for round in 0..20 {
+                    let batch: Vec<String> = (0..10).map(|i| format!("t{t}-{round}-{i}")).collect();
+                    assert_eq!(add(&storage, &queue, &batch).await, vec![false; 10]);
+                    // Every acknowledged request is found right away, and again when re-added
+                    // (a key of the previous round too).
+                    for key in &batch {
+                        let id = troupe_model::queue::request_id(key);
+                        assert!(storage.get_request(&queue, &id).await.unwrap().is_some());
+                    }
+                    let mut again = batch[..3].to_vec();
+                    if round > 0 {
+                        again.push(format!("t{t}-{}-9", round - 1));
+                    }
+                    assert!(add(&storage, &queue, &again).await.iter().all(|p| *p));
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let listed = listed(&storage, &queue).await;
+        assert_eq!(listed.len(), 800);
+        let unique: std::collections::HashSet<_> = listed.iter().collect();
+        assert_eq!(unique.len(), 800);
     }
 }
