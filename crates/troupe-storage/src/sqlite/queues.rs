@@ -219,6 +219,41 @@ pub(crate) fn init(storage: &SqliteStorage) -> Result<()> {
     Ok(())
 }
 
+/// Ids one [`merged_among`] statement checks.
+const MERGED_CHUNK: usize = 25;
+
+/// For each request, whether `rq_ids` holds its id (one statement per 25 requests).
+fn merged_among(conn: &Connection, num: i64, requests: &[QueueRequest]) -> Result<Vec<bool>> {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let sql = SQL.get_or_init(|| {
+        let list: Vec<String> = (0..MERGED_CHUNK).map(|i| format!("?{}", i + 2)).collect();
+        format!(
+            "SELECT id FROM rq_ids WHERE queue = ?1 AND id IN ({})",
+            list.join(", ")
+        )
+    });
+    let mut merged = vec![false; requests.len()];
+    let mut stmt = conn.prepare_cached(sql)?;
+    for chunk in requests.chunks(MERGED_CHUNK) {
+        stmt.raw_bind_parameter(1, num)?;
+        for i in 0..MERGED_CHUNK {
+            // Short chunks repeat their first id.
+            let id = &chunk.get(i).unwrap_or(&chunk[0]).id;
+            stmt.raw_bind_parameter(i + 2, id.as_str())?;
+        }
+        let mut rows = stmt.raw_query();
+        while let Some(row) = rows.next()? {
+            let id: String = row.get(0)?;
+            for (r, flag) in requests.iter().zip(merged.iter_mut()) {
+                if r.id == id {
+                    *flag = true;
+                }
+            }
+        }
+    }
+    Ok(merged)
+}
+
 /// The `rid` of the queue's request `id`, in `conn`'s view (see [`RecentIds`]).
 fn locate(conn: &Connection, recent: &RecentIds, num: i64, id: &str) -> Result<Option<i64>> {
     if let Some(rid) = recent.get(num, id) {
@@ -443,28 +478,24 @@ fn insert(
     forefront: bool,
 ) -> Result<()> {
     let ord = q.next_ord(forefront);
-    let rid: i64 = tx
-        .prepare_cached(
-            "INSERT INTO rq_requests (rid, queue, id, ord, handled_at, unique_key, url, method, retry_count, data)
-             VALUES (max(coalesce((SELECT max(rid) FROM rq_requests), 0), (SELECT watermark FROM rq_merged)) + 1,
-                     ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-             RETURNING rid",
-        )?
-        .query_row(
-            params![
-                q.num,
-                r.id,
-                ord,
-                r.handled_at,
-                r.unique_key,
-                r.url,
-                r.method,
-                r.retry_count,
-                r.json
-            ],
-            |row| row.get(0),
-        )?;
-    recent.insert(q.num, &r.id, rid);
+    // (No RETURNING: it buffers the row in an ephemeral table, dearer than asking afterwards.)
+    tx.prepare_cached(
+        "INSERT INTO rq_requests (rid, queue, id, ord, handled_at, unique_key, url, method, retry_count, data)
+         VALUES (max(coalesce((SELECT max(rid) FROM rq_requests), 0), (SELECT watermark FROM rq_merged)) + 1,
+                 ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        q.num,
+        r.id,
+        ord,
+        r.handled_at,
+        r.unique_key,
+        r.url,
+        r.method,
+        r.retry_count,
+        r.json
+    ])?;
+    recent.insert(q.num, &r.id, tx.last_insert_rowid());
     q.total += 1;
     if r.handled_at.is_some() {
         q.handled += 1;
@@ -734,9 +765,17 @@ impl QueueStore for SqliteStorage {
                 let recent = &this.inner.recent_ids;
                 let mut q = QueueRow::load(tx, &queue_id)?;
                 q.track(&client_key);
+                let merged = merged_among(tx, q.num, &requests)?;
                 let mut outcomes = Vec::with_capacity(requests.len());
-                for r in requests {
-                    let (present, handled) = match find(tx, recent, q.num, &r.id)? {
+                for (r, merged) in requests.into_iter().zip(merged) {
+                    // Most added requests are new: one statement told which ids `rq_ids` has,
+                    // and the map the rest (a request earlier in this batch is there too).
+                    let existing = if merged || recent.get(q.num, &r.id).is_some() {
+                        find(tx, recent, q.num, &r.id)?
+                    } else {
+                        None
+                    };
+                    let (present, handled) = match existing {
                         Some(existing) => (true, existing.handled),
                         None => {
                             insert(tx, recent, &mut q, &r, forefront)?;
