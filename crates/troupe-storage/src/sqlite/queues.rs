@@ -140,6 +140,7 @@ const MERGE_AT: usize = 50_000;
 /// - A lookup consults the map before it reads the database: an entry missing from the map
 ///   was either never committed or merged by a transaction that committed before the read
 ///   started, whose `rq_ids` rows the read's snapshot then holds.
+///
 /// Memory: at most about `MERGE_AT` entries plus what is added while a merge runs.
 #[derive(Default)]
 pub(crate) struct RecentIds {
