@@ -246,6 +246,21 @@ pub fn path_map(raw: &RawPathParams) -> HashMap<String, String> {
         .collect()
 }
 
+/// What both storage extractors read from a request, in this order (so a bad path or query
+/// parameter is reported before a missing token): path params, query params, caller, access.
+async fn storage_request(
+    parts: &mut Parts,
+    state: &AppState,
+) -> ApiResult<(HashMap<String, String>, Params, Caller, Access)> {
+    let raw = RawPathParams::from_request_parts(parts, state)
+        .await
+        .map_err(|err| ApiError::invalid_parameter(err.to_string()))?;
+    let path = path_map(&raw);
+    let params = Params::parse(parts.uri.query())?;
+    let caller = Caller::from_request_parts(parts, state).await?;
+    Ok((path, params, caller, Access::of(&parts.method)))
+}
+
 /// Type-level storage kind, so one extractor serves the three kinds.
 pub trait KindMarker: Send + Sync + 'static {
     const KIND: StorageKind;
@@ -291,13 +306,7 @@ impl<K: KindMarker> FromRequestParts<AppState> for StorageTarget<K> {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let raw = RawPathParams::from_request_parts(parts, state)
-            .await
-            .map_err(|err| ApiError::invalid_parameter(err.to_string()))?;
-        let path = path_map(&raw);
-        let params = Params::parse(parts.uri.query())?;
-        let caller = Caller::from_request_parts(parts, state).await?;
-        let access = Access::of(&parts.method);
+        let (path, params, caller, access) = storage_request(parts, state).await?;
         let record_key = path.get("recordKey").cloned();
         let now = troupe_model::now_ms();
         let resolved = resolve_storage(state, &caller, K::KIND, &path, &params, access, |info| {
@@ -334,13 +343,7 @@ impl<K: KindMarker> FromRequestParts<AppState> for WriteTarget<K> {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let raw = RawPathParams::from_request_parts(parts, state)
-            .await
-            .map_err(|err| ApiError::invalid_parameter(err.to_string()))?;
-        let path = path_map(&raw);
-        let params = Params::parse(parts.uri.query())?;
-        let caller = Caller::from_request_parts(parts, state).await?;
-        let access = Access::of(&parts.method);
+        let (path, params, caller, access) = storage_request(parts, state).await?;
         // Signatures open reads only, so they play no part here.
         if let Some(reference) = path.get(direct_param(K::KIND)) {
             // As in `find_storage`: an id first.
