@@ -379,3 +379,5 @@ impl<K: KindMarker> FromRequestParts<AppState> for WriteTarget<K> {
 pub type DatasetWriteTarget = WriteTarget<DatasetKind>;
 /// The key-value store a write request names.
 pub type KvStoreWriteTarget = WriteTarget<KvStoreKind>;
+/// The request queue a write request names (request updates, locks, deletes).
+pub type QueueWriteTarget = WriteTarget<QueueKind>;

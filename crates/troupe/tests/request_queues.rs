@@ -1098,3 +1098,201 @@ async fn eight_concurrent_consumers_drain_10000_requests() {
         started.elapsed() - added
     );
 }
+
+/// The queue writes resolve their queue from the catalog's access cache: a rename, an access
+/// change and the deletion of a queue are seen by the very next request update, lock, lock
+/// release and lock prolongation, and another user is refused however often it tries.
+#[tokio::test]
+async fn queue_writes_follow_renames_access_changes_and_deletion() {
+    use common::Api;
+    let q = Q::new().await;
+    q.ok(
+        Method::POST,
+        "/requests/batch",
+        Some(json!([rq("a"), rq("b"), rq("c"), rq("d")])),
+        201,
+    )
+    .await;
+    let handled = |key: &str| {
+        let mut r = rq(key);
+        r["handledAt"] = json!("2026-01-01T00:00:00.000Z");
+        r
+    };
+    let id = troupe_model::queue::request_id;
+    let locked = q
+        .ok(
+            Method::POST,
+            "/head/lock?limit=2&lockSecs=60&clientKey=k",
+            None,
+            201,
+        )
+        .await;
+    assert_eq!(locked["items"].as_array().unwrap().len(), 2);
+    let put = q
+        .ok(
+            Method::PUT,
+            &format!("/requests/{}?clientKey=k", id("a")),
+            Some(handled("a")),
+            200,
+        )
+        .await;
+    assert_eq!(put["wasAlreadyHandled"], false);
+
+    // Named, then renamed: the old name is gone for the very next write, the new one works.
+    let server = &q.server;
+    let rename = |name: &str| {
+        q.http
+            .put(server.url(&format!("/request-queues/{}", q.id)))
+            .json(&json!({ "name": name }))
+            .send()
+    };
+    assert_eq!(rename("rq-cache-one").await.unwrap().status(), 200);
+    let by_name = |name: &str, path: &str| server.url(&format!("/request-queues/~{name}{path}"));
+    let response = q
+        .http
+        .put(by_name(
+            "rq-cache-one",
+            &format!("/requests/{}?clientKey=k", id("b")),
+        ))
+        .json(&handled("b"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(rename("rq-cache-two").await.unwrap().status(), 200);
+    for path in [
+        format!("/requests/{}?clientKey=k", id("c")),
+        "/head/lock?lockSecs=60&clientKey=k".to_string(),
+    ] {
+        let method = if path.starts_with("/head") {
+            Method::POST
+        } else {
+            Method::PUT
+        };
+        let response = q
+            .http
+            .request(method, by_name("rq-cache-one", &path))
+            .json(&handled("c"))
+            .send()
+            .await
+            .unwrap();
+        assert_error(response, 404, "record-not-found").await;
+    }
+    let response = q
+        .http
+        .request(
+            Method::POST,
+            by_name("rq-cache-two", "/head/lock?limit=1&lockSecs=60&clientKey=k"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+
+    // Opened for reading by id: another user may read, and still not write.
+    let response = q
+        .http
+        .put(server.url(&format!("/request-queues/{}", q.id)))
+        .json(&json!({ "generalAccess": "ANYONE_WITH_ID_CAN_READ" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let bob = server.add_user("bob");
+    let bob = server.as_user(&bob);
+    let before = q.snapshot().await;
+    let bob_url = |path: &str| bob.url(&format!("/request-queues/{}{path}", q.id));
+    let response = q
+        .http
+        .get(bob_url(&format!("/requests/{}", id("c"))))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    for _ in 0..3 {
+        for (method, path) in [
+            (Method::PUT, format!("/requests/{}?clientKey=k", id("c"))),
+            (
+                Method::POST,
+                "/head/lock?lockSecs=60&clientKey=k".to_string(),
+            ),
+            (
+                Method::DELETE,
+                format!("/requests/{}/lock?clientKey=k", id("c")),
+            ),
+            (
+                Method::PUT,
+                format!("/requests/{}/lock?lockSecs=60&clientKey=k", id("c")),
+            ),
+            (Method::DELETE, format!("/requests/{}", id("c"))),
+        ] {
+            let response = q
+                .http
+                .request(method, bob_url(&path))
+                .json(&handled("c"))
+                .send()
+                .await
+                .unwrap();
+            assert_error(response, 403, "insufficient-permissions").await;
+        }
+    }
+    assert_eq!(q.snapshot().await, before);
+
+    // Deleted: every write that follows is a 404, and a queue created since (which may reuse
+    // the deleted one's internal number) is untouched.
+    let response = q
+        .http
+        .delete(server.url(&format!("/request-queues/{}", q.id)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    let created: Value = q
+        .http
+        .post(server.url("/request-queues"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let fresh_id = created["data"]["id"].as_str().unwrap().to_string();
+    let response = q
+        .http
+        .post(server.url(&format!("/request-queues/{fresh_id}/requests")))
+        .json(&rq("c"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    for (method, path) in [
+        (Method::PUT, format!("/requests/{}?clientKey=k", id("c"))),
+        (
+            Method::POST,
+            "/head/lock?lockSecs=60&clientKey=k".to_string(),
+        ),
+        (
+            Method::DELETE,
+            format!("/requests/{}/lock?clientKey=k", id("d")),
+        ),
+        (
+            Method::PUT,
+            format!("/requests/{}/lock?lockSecs=60&clientKey=k", id("d")),
+        ),
+    ] {
+        let response = q.send(method, &path, Some(handled("c"))).await;
+        assert_error(response, 404, "record-not-found").await;
+    }
+    let fresh: Value = q
+        .http
+        .get(server.url(&format!("/request-queues/{fresh_id}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(fresh["data"]["totalRequestCount"], 1);
+    assert_eq!(fresh["data"]["handledRequestCount"], 0);
+    assert_eq!(fresh["data"]["hadMultipleClients"], false);
+}

@@ -24,7 +24,7 @@ use super::{data, no_content, storages};
 use crate::body::{parse_json_raw, ApifyJson, DecodedBody};
 use crate::error::{ApiError, ApiResult};
 use crate::params::Params;
-use crate::resolve::{QueueKind, QueueTarget};
+use crate::resolve::{QueueKind, QueueTarget, QueueWriteTarget};
 use crate::router::Routes;
 use crate::state::AppState;
 
@@ -333,7 +333,7 @@ async fn get_request(
 /// otherwise it is re-positioned (front with `forefront`) and unlocked.
 async fn update_request(
     State(state): State<AppState>,
-    target: QueueTarget,
+    target: QueueWriteTarget,
     RequestIdPath(id): RequestIdPath,
     params: Params,
     DecodedBody(body): DecodedBody,
@@ -343,7 +343,7 @@ async fn update_request(
     let request = parse_request_raw(parse_json_raw(&body)?, Some(&id)).map_err(request_error)?;
     let outcome = state
         .storage
-        .update_request(&target.info().id, request, forefront, client, now_ms())
+        .update_request(&target.0.id, request, forefront, client, now_ms())
         .await?;
     Ok(data(StatusCode::OK, outcome_json(&outcome)))
 }
@@ -351,7 +351,7 @@ async fn update_request(
 /// DELETE …/requests/{requestId}.
 async fn delete_request(
     State(state): State<AppState>,
-    target: QueueTarget,
+    target: QueueWriteTarget,
     RequestIdPath(id): RequestIdPath,
     params: Params,
 ) -> ApiResult<Response> {
@@ -359,7 +359,7 @@ async fn delete_request(
     let deleted = state
         .storage
         .delete_requests(
-            &target.info().id,
+            &target.0.id,
             vec![DeleteTarget {
                 id,
                 unique_key: None,
@@ -466,7 +466,7 @@ async fn get_head(
 /// POST …/head/lock — lock the first available requests for `lockSecs`.
 async fn lock_head(
     State(state): State<AppState>,
-    target: QueueTarget,
+    target: QueueWriteTarget,
     params: Params,
 ) -> ApiResult<Response> {
     let client = client_key(&params)?;
@@ -483,7 +483,7 @@ async fn lock_head(
     let head = state
         .storage
         .lock_head(
-            &target.info().id,
+            &target.0.id,
             limit,
             secs as i64 * 1000,
             client.clone(),
@@ -531,7 +531,7 @@ fn lock_error(outcome: LockOutcome) -> ApiError {
 /// PUT …/requests/{requestId}/lock — prolong the caller's lock to now + `lockSecs`.
 async fn prolong_request_lock(
     State(state): State<AppState>,
-    target: QueueTarget,
+    target: QueueWriteTarget,
     RequestIdPath(id): RequestIdPath,
     params: Params,
 ) -> ApiResult<Response> {
@@ -541,7 +541,7 @@ async fn prolong_request_lock(
     match state
         .storage
         .prolong_lock(
-            &target.info().id,
+            &target.0.id,
             &id,
             secs as i64 * 1000,
             forefront,
@@ -561,7 +561,7 @@ async fn prolong_request_lock(
 /// DELETE …/requests/{requestId}/lock — release the caller's lock.
 async fn delete_request_lock(
     State(state): State<AppState>,
-    target: QueueTarget,
+    target: QueueWriteTarget,
     RequestIdPath(id): RequestIdPath,
     params: Params,
 ) -> ApiResult<Response> {
@@ -569,7 +569,7 @@ async fn delete_request_lock(
     let forefront = params.bool("forefront", false)?;
     match state
         .storage
-        .delete_lock(&target.info().id, &id, forefront, client, now_ms())
+        .delete_lock(&target.0.id, &id, forefront, client, now_ms())
         .await?
     {
         LockOutcome::Ok(_) => Ok(no_content()),
@@ -580,13 +580,13 @@ async fn delete_request_lock(
 /// POST …/requests/unlock — release every lock the caller's `clientKey` holds.
 async fn unlock_requests(
     State(state): State<AppState>,
-    target: QueueTarget,
+    target: QueueWriteTarget,
     params: Params,
 ) -> ApiResult<Response> {
     let client = client_key(&params)?;
     let count = state
         .storage
-        .unlock_requests(&target.info().id, client, now_ms())
+        .unlock_requests(&target.0.id, client, now_ms())
         .await?;
     Ok(data(StatusCode::OK, json!({ "unlockedCount": count })))
 }

@@ -78,6 +78,12 @@ pub async fn run(storage: &dyn Storage) {
     listing(storage).await;
     clients_and_modified_at(storage).await;
     missing_queue(storage).await;
+    // Request updates as the API makes them: the queue's access resolved just before (a
+    // backend may keep it, see `get_storage_access`), and without.
+    for resolved in [false, true] {
+        updates_of_deleted_and_recreated_queues(storage, resolved).await;
+        update_counts_clients(storage, resolved).await;
+    }
     head_follows_writes_and_time(storage).await;
     head_is_never_older_than_an_acknowledged_write(storage).await;
 }
@@ -785,4 +791,119 @@ async fn missing_queue(storage: &dyn Storage) {
         storage.list_head("missing", 1, None, T0).await,
         Err(Error::NotFound(_))
     ));
+}
+
+/// Resolves the queue's access the way a write handler does before calling storage.
+async fn resolve(storage: &dyn Storage, id: &str, resolved: bool) {
+    if resolved {
+        let access = storage
+            .get_storage_access(StorageKind::RequestQueue, id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(access.id, id);
+    }
+}
+
+/// A request update names its queue by id: once the queue is deleted it is not found, even when
+/// a new queue took the old one's place and holds a request with the same id.
+async fn updates_of_deleted_and_recreated_queues(storage: &dyn Storage, resolved: bool) {
+    let old = new_queue(storage).await;
+    resolve(storage, &old.id, resolved).await;
+    storage
+        .add_requests(&old.id, vec![req("a"), req("b")], false, ck("a"), T0)
+        .await
+        .unwrap();
+    storage
+        .update_request(&old.id, handled("b"), false, ck("a"), T0)
+        .await
+        .unwrap();
+    storage
+        .delete_storage(StorageKind::RequestQueue, &old.id)
+        .await
+        .unwrap();
+    let new = new_queue(storage).await;
+    storage
+        .add_requests(&new.id, vec![req("a")], false, ck("a"), T0)
+        .await
+        .unwrap();
+    resolve(storage, &new.id, resolved).await;
+    for request in [handled("a"), req("a")] {
+        assert!(matches!(
+            storage
+                .update_request(&old.id, request, false, ck("a"), T0 + 1)
+                .await,
+            Err(Error::NotFound(_))
+        ));
+    }
+    let i = info(storage, &new.id).await;
+    assert_eq!((i.total_request_count, i.handled_request_count), (1, 0));
+    assert_eq!(i.modified_at, T0);
+    assert_eq!(head_keys(storage, &new.id, T0 + 2).await, keys(&["a"]));
+    // The new queue's own updates work.
+    storage
+        .update_request(&new.id, handled("a"), false, ck("a"), T0 + 3)
+        .await
+        .unwrap();
+    assert_eq!(counts(storage, &new.id).await, (1, 1));
+}
+
+/// Repeated updates of existing requests keep every counter and the client tracking exact.
+async fn update_counts_clients(storage: &dyn Storage, resolved: bool) {
+    let q = new_queue(storage).await;
+    resolve(storage, &q.id, resolved).await;
+    storage
+        .add_requests(
+            &q.id,
+            vec![req("a"), req("b"), req("c")],
+            false,
+            ck("one"),
+            T0,
+        )
+        .await
+        .unwrap();
+    let bytes = info(storage, &q.id).await.storage_bytes;
+    let writes = info(storage, &q.id).await.write_count;
+    for (n, key) in ["a", "b", "a"].iter().enumerate() {
+        storage
+            .update_request(&q.id, handled(key), false, ck("one"), T0 + 1 + n as i64)
+            .await
+            .unwrap();
+    }
+    let i = info(storage, &q.id).await;
+    assert_eq!((i.total_request_count, i.handled_request_count), (3, 2));
+    assert_eq!(i.write_count, writes + 3);
+    assert_eq!(i.modified_at, T0 + 3);
+    assert!(!i.had_multiple_clients);
+    let stored = |key: &str| handled(key).json.len() as i64 - req(key).json.len() as i64;
+    assert_eq!(
+        i.storage_bytes as i64,
+        bytes as i64 + stored("a") + stored("b")
+    );
+    // Back into the queue at the front, by another client.
+    storage
+        .update_request(&q.id, req("b"), true, ck("two"), T0 + 10)
+        .await
+        .unwrap();
+    let i = info(storage, &q.id).await;
+    assert_eq!((i.total_request_count, i.handled_request_count), (3, 1));
+    assert!(i.had_multiple_clients);
+    assert_eq!(head_keys(storage, &q.id, T0 + 11).await, keys(&["b", "c"]));
+    // No clientKey counts as a new client on a queue that had one client so far.
+    let q = new_queue(storage).await;
+    resolve(storage, &q.id, resolved).await;
+    storage
+        .add_requests(&q.id, vec![req("a")], false, ck("one"), T0)
+        .await
+        .unwrap();
+    storage
+        .update_request(&q.id, handled("a"), false, ck("one"), T0 + 1)
+        .await
+        .unwrap();
+    assert!(!info(storage, &q.id).await.had_multiple_clients);
+    storage
+        .update_request(&q.id, handled("a"), false, None, T0 + 2)
+        .await
+        .unwrap();
+    assert!(info(storage, &q.id).await.had_multiple_clients);
 }

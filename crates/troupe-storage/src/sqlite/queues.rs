@@ -278,6 +278,30 @@ fn locate(conn: &Connection, recent: &RecentIds, num: i64, id: &str) -> Result<O
 /// The first available requests in queue order, for locking.
 const SQL_LOCKABLE: &str = "SELECT id, unique_key, url, method, retry_count, rid FROM rq_requests
      WHERE queue = ?1 AND handled_at IS NULL AND locked_until = 0 ORDER BY ord LIMIT ?2 + 0";
+/// A queue's counters after one of its requests was rewritten, as deltas (no read of the
+/// queue's row), with the caller's client counted for `hadMultipleClients` (the rules of
+/// [`track`]) and `rq_front`/`rq_back` stepped for a request that goes back into the queue.
+/// Matches only the row `?7` that is queue `?8`, so a stale queue number changes nothing.
+macro_rules! sql_request_written {
+    () => {
+        "UPDATE storages SET
+         handled_request_count = handled_request_count + ?1,
+         rq_front = rq_front - ?2, rq_back = rq_back + ?3,
+         had_multiple_clients = CASE
+             WHEN had_multiple_clients != 0 OR last_client_key IS NULL THEN had_multiple_clients
+             WHEN ?4 IS NULL OR last_client_key != ?4 THEN 1 ELSE 0 END,
+         last_client_key = CASE
+             WHEN had_multiple_clients = 0 AND last_client_key IS NULL THEN coalesce(?4, '')
+             ELSE last_client_key END,
+         modified_at = ?5, accessed_at = ?5, write_count = write_count + 1,
+         storage_bytes = max(0, storage_bytes + ?6)
+     WHERE num = ?7 AND id = ?8 AND kind = ?9"
+    };
+}
+const SQL_REQUEST_WRITTEN: &str = sql_request_written!();
+/// [`SQL_REQUEST_WRITTEN`] for a request that goes back into the queue: also yields the queue's
+/// new ends (RETURNING costs about a statement of its own, so only this path has it).
+const SQL_REQUEST_REQUEUED: &str = concat!(sql_request_written!(), " RETURNING rq_front, rq_back");
 /// Locks that expired by ?2.
 const SQL_EXPIRED: &str = "SELECT rid, lapse_to FROM rq_requests
      WHERE queue = ?1 AND handled_at IS NULL AND locked_until > 0 AND locked_until <= ?2";
@@ -449,24 +473,107 @@ struct Existing {
 }
 
 fn find(tx: &Connection, recent: &RecentIds, num: i64, id: &str) -> Result<Option<Existing>> {
-    let Some(rid) = locate(tx, recent, num, id)? else {
-        return Ok(None);
-    };
-    let mut stmt = tx.prepare_cached(
-        "SELECT rid, handled_at IS NOT NULL, locked_until, lock_client, length(data)
-         FROM rq_requests WHERE rid = ?1",
-    )?;
-    Ok(stmt
-        .query_row(params![rid], |row| {
-            Ok(Existing {
-                rid: row.get(0)?,
-                handled: row.get(1)?,
-                locked_until: row.get(2)?,
-                lock_client: row.get(3)?,
-                size: row.get(4)?,
-            })
+    // What `locate` does, with the row read in the same statement (one statement, not two).
+    let existing = |row: &rusqlite::Row<'_>| {
+        Ok(Existing {
+            rid: row.get(0)?,
+            handled: row.get(1)?,
+            locked_until: row.get(2)?,
+            lock_client: row.get(3)?,
+            size: row.get(4)?,
         })
+    };
+    if let Some(rid) = recent.get(num, id) {
+        let found = tx
+            .prepare_cached(
+                "SELECT rid, handled_at IS NOT NULL, locked_until, lock_client, length(data)
+                 FROM rq_requests WHERE rid = ?1 AND queue = ?2 AND id = ?3",
+            )?
+            .query_row(params![rid, num, id], existing)
+            .optional()?;
+        if found.is_some() {
+            return Ok(found);
+        }
+    }
+    Ok(tx
+        .prepare_cached(
+            "SELECT r.rid, r.handled_at IS NOT NULL, r.locked_until, r.lock_client, length(r.data)
+             FROM rq_ids i JOIN rq_requests r ON r.rid = i.rid WHERE i.queue = ?1 AND i.id = ?2",
+        )?
+        .query_row(params![num, id], existing)
         .optional()?)
+}
+
+/// Where and by whom an existing request is rewritten (see [`update_existing`]).
+struct Rewrite<'a> {
+    num: i64,
+    queue_id: &'a str,
+    forefront: bool,
+    client_key: &'a Option<String>,
+    now: i64,
+}
+
+/// Replaces the stored request `existing` with `r` (handled, or back in the queue at the front
+/// or the back, unlocked) and updates the queue's counters: the counters as deltas (no read of
+/// the queue's row), then the request's row. Returns false, having changed nothing, when row
+/// `w.num` is not the queue `w.queue_id` (a stale number: the queue was deleted).
+fn update_existing(
+    tx: &Transaction<'_>,
+    w: &Rewrite<'_>,
+    r: &QueueRequest,
+    existing: &Existing,
+) -> Result<bool> {
+    let handles = r.handled_at.is_some();
+    let handled_delta: i64 = match (handles, existing.handled) {
+        (true, false) => 1,
+        (false, true) => -1,
+        _ => 0,
+    };
+    let (front_step, back_step) = match (handles, w.forefront) {
+        (true, _) => (0i64, 0i64),
+        (false, true) => (1, 0),
+        (false, false) => (0, 1),
+    };
+    let args = params![
+        handled_delta,
+        front_step,
+        back_step,
+        w.client_key,
+        w.now,
+        r.json.len() as i64 - existing.size,
+        w.num,
+        w.queue_id,
+        StorageKind::RequestQueue.code()
+    ];
+    if handles {
+        if tx.prepare_cached(SQL_REQUEST_WRITTEN)?.execute(args)? == 0 {
+            return Ok(false);
+        }
+        tx.prepare_cached(
+            "UPDATE rq_requests SET handled_at = ?1, locked_until = 0, lock_client = NULL, lapse_to = NULL,
+                 unique_key = ?2, url = ?3, method = ?4, retry_count = ?5, data = ?6
+             WHERE rid = ?7",
+        )?
+        .execute(params![r.handled_at, r.unique_key, r.url, r.method, r.retry_count, r.json, existing.rid])?;
+    } else {
+        let Some((front, back)) = tx
+            .prepare_cached(SQL_REQUEST_REQUEUED)?
+            .query_row(args, |row| {
+                Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
+            })
+            .optional()?
+        else {
+            return Ok(false);
+        };
+        let ord = if w.forefront { front } else { back };
+        tx.prepare_cached(
+            "UPDATE rq_requests SET handled_at = NULL, ord = ?1, locked_until = 0, lock_client = NULL,
+                 lapse_to = NULL, unique_key = ?2, url = ?3, method = ?4, retry_count = ?5, data = ?6
+             WHERE rid = ?7",
+        )?
+        .execute(params![ord, r.unique_key, r.url, r.method, r.retry_count, r.json, existing.rid])?;
+    }
+    Ok(true)
 }
 
 /// Inserts `r`, which the queue does not hold (the caller checked), with a `rid` above every
@@ -630,6 +737,63 @@ impl SqliteStorage {
                 q.save(tx, now)?;
             }
             Ok(q.multiple)
+        })
+        .await
+    }
+
+    /// [`QueueStore::update_request`] with `hint`, the queue's row number if known: a hot
+    /// request update (a consumer marking its request handled) is then the request's read and
+    /// two UPDATEs, without reading the queue's row.
+    pub(crate) async fn update_request_at(
+        &self,
+        queue_id: &str,
+        hint: Option<i64>,
+        request: QueueRequest,
+        forefront: bool,
+        client_key: Option<String>,
+        now: i64,
+    ) -> Result<RequestOutcome> {
+        let queue_id = queue_id.to_string();
+        let this = self.clone();
+        self.queue_write(queue_id.clone(), move |tx| {
+            let recent = &this.inner.recent_ids;
+            let r = &request;
+            let outcome = |present, handled| RequestOutcome {
+                request_id: r.id.clone(),
+                unique_key: r.unique_key.clone(),
+                was_already_present: present,
+                was_already_handled: handled,
+            };
+            let mut w = Rewrite {
+                num: 0,
+                queue_id: &queue_id,
+                forefront,
+                client_key: &client_key,
+                now,
+            };
+            if let Some(num) = hint {
+                if let Some(existing) = find(tx, recent, num, &r.id)? {
+                    w.num = num;
+                    if update_existing(tx, &w, r, &existing)? {
+                        return Ok(outcome(true, existing.handled));
+                    }
+                    // A stale number (the queue is gone): nothing was changed.
+                }
+            }
+            let mut q = QueueRow::load(tx, &queue_id)?;
+            let Some(existing) = find(tx, recent, q.num, &r.id)? else {
+                q.track(&client_key);
+                insert(tx, recent, &mut q, r, forefront)?;
+                q.save(tx, now)?;
+                return Ok(outcome(false, false));
+            };
+            w.num = q.num;
+            if !update_existing(tx, &w, r, &existing)? {
+                return Err(Error::Internal(anyhow::anyhow!(
+                    "request queue {queue_id} vanished during a write"
+                )));
+            }
+            Ok(outcome(true, existing.handled))
         })
         .await
     }
@@ -822,53 +986,15 @@ impl QueueStore for SqliteStorage {
         client_key: Option<String>,
         now: i64,
     ) -> Result<RequestOutcome> {
-        let queue_id = queue_id.to_string();
-        let this = self.clone();
-        self.queue_write(queue_id.clone(), move |tx| {
-            let recent = &this.inner.recent_ids;
-            let mut q = QueueRow::load(tx, &queue_id)?;
-            q.track(&client_key);
-            let r = &request;
-            let outcome = |present, handled| RequestOutcome {
-                request_id: r.id.clone(),
-                unique_key: r.unique_key.clone(),
-                was_already_present: present,
-                was_already_handled: handled,
-            };
-            let Some(existing) = find(tx, recent, q.num, &r.id)? else {
-                insert(tx, recent, &mut q, r, forefront)?;
-                q.save(tx, now)?;
-                return Ok(outcome(false, false));
-            };
-            if r.handled_at.is_some() {
-                tx.prepare_cached(
-                    "UPDATE rq_requests SET handled_at = ?1, locked_until = 0, lock_client = NULL, lapse_to = NULL,
-                         unique_key = ?2, url = ?3, method = ?4, retry_count = ?5, data = ?6
-                     WHERE rid = ?7",
-                )?
-                .execute(params![r.handled_at, r.unique_key, r.url, r.method, r.retry_count, r.json, existing.rid])?;
-                if !existing.handled {
-                    q.handled += 1;
-                }
-            } else {
-                let ord = q.next_ord(forefront);
-                tx.prepare_cached(
-                    "UPDATE rq_requests SET handled_at = NULL, ord = ?1, locked_until = 0, lock_client = NULL,
-                         lapse_to = NULL, unique_key = ?2, url = ?3, method = ?4, retry_count = ?5, data = ?6
-                     WHERE rid = ?7",
-                )?
-                .execute(params![ord, r.unique_key, r.url, r.method, r.retry_count, r.json, existing.rid])?;
-                if existing.handled {
-                    q.handled -= 1;
-                }
-            }
-            q.writes += 1;
-            q.bytes += r.json.len() as i64 - existing.size;
-            q.modified = true;
-            q.save(tx, now)?;
-            Ok(outcome(true, existing.handled))
-        })
-        .await
+        // The queue's row number as the request's handler just resolved it (the catalog's
+        // access cache), a hint checked inside the write (see `update_existing`).
+        let hint = self
+            .inner
+            .caches
+            .cached_access(StorageKind::RequestQueue, queue_id)
+            .map(|access| access.num);
+        self.update_request_at(queue_id, hint, request, forefront, client_key, now)
+            .await
     }
 
     async fn delete_requests(
@@ -984,7 +1110,8 @@ impl QueueStore for SqliteStorage {
                     item.lock_expires_at = Some(expires);
                 }
             }
-            let locked = has_locked(tx, q.num, now)?;
+            // A lock of at least a millisecond was just taken, unless nothing was available.
+            let locked = (!items.is_empty() && lock_ms > 0) || has_locked(tx, q.num, now)?;
             q.save(tx, now)?;
             Ok(Head {
                 items: items.into_iter().map(|(_, item)| item).collect(),
@@ -1375,5 +1502,70 @@ mod tests {
         assert_eq!(listed.len(), 800);
         let unique: std::collections::HashSet<_> = listed.iter().collect();
         assert_eq!(unique.len(), 800);
+    }
+    /// A request update with a stale queue number (the queue was deleted and a new queue took
+    /// its row number) changes nothing: the number is checked against the queue's id inside
+    /// the write, which then goes by the id (not found). A wrong number for a live queue falls
+    /// back to the id too.
+    #[tokio::test]
+    async fn request_update_with_a_stale_queue_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = SqliteStorage::open(dir.path(), SqliteOptions::default()).unwrap();
+        let num = |id: String| {
+            let storage = storage.clone();
+            async move {
+                storage
+                    .get_storage(StorageKind::RequestQueue, &id)
+                    .await
+                    .unwrap()
+                    .unwrap()
+            }
+        };
+        let old = new_queue(&storage).await;
+        add(&storage, &old, &keys(0..2)).await;
+        let old_num = num(old.clone()).await.num;
+        assert!(storage
+            .delete_storage(StorageKind::RequestQueue, &old)
+            .await
+            .unwrap());
+        let new = new_queue(&storage).await;
+        add(&storage, &new, &keys(0..2)).await;
+        let before = num(new.clone()).await;
+        // SQLite gives the new row the freed number (the largest was deleted).
+        assert_eq!(before.num, old_num);
+        let handled = parse_request(
+            json!({"url": "https://example.com/k0", "uniqueKey": "k0",
+                   "handledAt": "2026-01-01T00:00:00.000Z"}),
+            None,
+        )
+        .unwrap();
+        for hint in [Some(old_num), None] {
+            let result = storage
+                .update_request_at(&old, hint, handled.clone(), false, Some("x".into()), 5)
+                .await;
+            assert!(matches!(result, Err(Error::NotFound(_))), "{result:?}");
+        }
+        let after = num(new.clone()).await;
+        assert_eq!(
+            (after.total_request_count, after.handled_request_count),
+            (2, 0)
+        );
+        assert_eq!(
+            (after.modified_at, after.write_count, after.storage_bytes),
+            (before.modified_at, before.write_count, before.storage_bytes)
+        );
+        assert!(!after.had_multiple_clients);
+        // The new queue's request is untouched, then updated through a wrong number.
+        let out = storage
+            .update_request_at(&new, Some(old_num + 1000), handled, false, None, 6)
+            .await
+            .unwrap();
+        assert!(out.was_already_present && !out.was_already_handled);
+        let after = num(new.clone()).await;
+        assert_eq!(
+            (after.total_request_count, after.handled_request_count),
+            (2, 1)
+        );
+        assert_eq!(after.modified_at, 6);
     }
 }
