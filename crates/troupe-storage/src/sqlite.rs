@@ -386,6 +386,165 @@ mod tests {
         );
     }
 
+    /// Batch-scoped catalog counters (`group::BatchContext`, `catalog::CatalogDeltas`): in one
+    /// batch, a failed write's counter changes are dropped, a plain write in the middle sees
+    /// exact counters, a write to a store deleted earlier in the batch fails, and the counters
+    /// after the batch count exactly the writes that succeeded.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batched_counters_stay_exact() {
+        use crate::kv::{NewRecord, RecordSource};
+        use crate::{DatasetStore, KvStore, StorageCatalog};
+        use troupe_model::storage::{NewItem, StorageInfo, StorageKind, StorageOrigin};
+
+        let (_dir, storage) = open_temp();
+        let user = crate::conformance::test_user(&storage).await;
+        let create = |kind| {
+            let (storage, user) = (storage.clone(), user.clone());
+            async move {
+                storage
+                    .create_storage(kind, &user, None, StorageOrigin::default())
+                    .await
+                    .unwrap()
+                    .0
+            }
+        };
+        let a = create(StorageKind::KeyValueStore).await;
+        let b = create(StorageKind::KeyValueStore).await;
+        let d = create(StorageKind::Dataset).await;
+        let (batches_before, writes_before) = storage.group_stats();
+        let held = storage.inner.writer.lock();
+        // Each write is queued before the next one starts, so they run in this order.
+        let mut queued = 0u64;
+        let mut tasks: Vec<tokio::task::JoinHandle<std::result::Result<u64, String>>> = Vec::new();
+        macro_rules! queue {
+            ($body:expr) => {{
+                let write = $body;
+                tasks.push(tokio::spawn(async move {
+                    write.await.map_err(|err: Error| format!("{err:?}"))
+                }));
+                queued += 1;
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+                while storage.writes_submitted() - writes_before < queued {
+                    assert!(std::time::Instant::now() < deadline, "write did not queue");
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+            }};
+        }
+        let put = |storage: &SqliteStorage, store: &StorageInfo, key: &str, len: usize| {
+            let (storage, store, key) = (storage.clone(), store.clone(), key.to_string());
+            async move {
+                let record = NewRecord {
+                    content_type: "application/octet-stream".into(),
+                    content_encoding: None,
+                };
+                let body = RecordSource::Bytes(vec![7u8; len].into());
+                storage.put_record(&store, &key, record, body).await
+            }
+        };
+        // 0: a new record of 3 bytes.
+        queue!(put(&storage, &a, "k1", 3));
+        // 1: counts a write, then fails: its counters go with it.
+        let (s, num) = (storage.clone(), a.num);
+        queue!(async move {
+            s.write_batched(group::Changes::OneStatement, move |_tx, batch| {
+                let delta = catalog::Delta {
+                    bytes: 1000,
+                    writes: 1,
+                    ..Default::default()
+                };
+                batch.state::<catalog::CatalogDeltas>().add(num, delta);
+                Err::<u64, _>(Error::Invalid("refused".into()))
+            })
+            .await
+        });
+        // 2: another record, 5 bytes.
+        queue!(put(&storage, &a, "k2", 5));
+        // 3: a plain write reads exact counters: (write_count, storage_bytes).
+        let (s, num) = (storage.clone(), a.num);
+        queue!(async move {
+            s.write(move |tx| {
+                let (writes, bytes): (i64, i64) = tx.query_row(
+                    "SELECT write_count, storage_bytes FROM storages WHERE num = ?1",
+                    [num],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )?;
+                Ok((writes * 1000 + bytes) as u64)
+            })
+            .await
+        });
+        // 4: store b is deleted (a plain write) ...
+        let (s, id) = (storage.clone(), b.id.clone());
+        queue!(async move {
+            s.delete_storage(StorageKind::KeyValueStore, &id)
+                .await
+                .map(u64::from)
+        });
+        // 5: ... so a write to it fails.
+        queue!(put(&storage, &b, "x", 1));
+        // 6: k1 overwritten with 10 bytes.
+        queue!(put(&storage, &a, "k1", 10));
+        // 7, 8: pushes of 1 and 2 items see the counts of the batch's earlier pushes.
+        let item = |n: usize| {
+            (0..n)
+                .map(|i| NewItem {
+                    json: format!("{{\"i\":{i}}}").into(),
+                    clean: true,
+                })
+                .collect::<Vec<_>>()
+        };
+        for n in [1, 2] {
+            let (s, id, items) = (storage.clone(), d.id.clone(), item(n));
+            queue!(async move { s.push_items(&id, items).await.map(|p| p.item_count) });
+        }
+        drop(held);
+        let mut results = Vec::new();
+        for task in tasks {
+            results.push(task.await.unwrap());
+        }
+        assert_eq!(results[0], Ok(3));
+        assert!(
+            results[1].as_ref().unwrap_err().contains("refused"),
+            "{results:?}"
+        );
+        assert_eq!(results[2], Ok(5));
+        assert_eq!(results[3], Ok(2 * 1000 + 8));
+        assert_eq!(results[4], Ok(1));
+        assert!(
+            results[5].as_ref().unwrap_err().contains("NotFound"),
+            "{results:?}"
+        );
+        assert_eq!(results[6], Ok(10));
+        assert_eq!(results[7], Ok(1));
+        assert_eq!(results[8], Ok(3));
+        let (batches, writes) = storage.group_stats();
+        assert_eq!(writes - writes_before, 9);
+        assert!(
+            batches - batches_before <= 2,
+            "{} batches",
+            batches - batches_before
+        );
+        let info = storage
+            .get_storage(StorageKind::KeyValueStore, &a.id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((info.write_count, info.storage_bytes), (3, 15));
+        let info = storage
+            .get_storage(StorageKind::Dataset, &d.id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (info.item_count, info.clean_item_count, info.write_count),
+            (3, 3, 3)
+        );
+        assert!(storage
+            .get_storage(StorageKind::KeyValueStore, &b.id)
+            .await
+            .unwrap()
+            .is_none());
+    }
+
     #[tokio::test]
     async fn conformance_users() {
         let (_dir, storage) = open_temp();
@@ -414,6 +573,7 @@ mod tests {
     async fn conformance_datasets() {
         let (_dir, storage) = open_temp();
         crate::conformance::datasets::run(&storage).await;
+        crate::conformance::datasets::run_concurrent(&storage).await;
     }
 
     #[tokio::test]

@@ -180,3 +180,76 @@ pub async fn run(storage: &dyn Storage) {
         expected.iter().map(|s| s.len() as u64).sum::<u64>()
     );
 }
+
+/// Concurrent pushes (batched into shared commits by some backends) get distinct, contiguous
+/// index ranges, the counters add up, and pushes racing the dataset's deletion land before it
+/// or fail.
+pub async fn run_concurrent(storage: &dyn Storage) {
+    let user = test_user(storage).await;
+    let (ds, _) = storage
+        .create_storage(StorageKind::Dataset, &user, None, StorageOrigin::default())
+        .await
+        .unwrap();
+    let pushes = (1..=20u64).map(|n| {
+        let id = &ds.id;
+        async move {
+            let items: Vec<NewItem> = (0..n).map(|i| item(n * 100 + i)).collect();
+            (n, storage.push_items(id, items).await.unwrap())
+        }
+    });
+    let mut ranges: Vec<(u64, u64)> = futures::future::join_all(pushes)
+        .await
+        .into_iter()
+        .map(|(n, pushed)| (pushed.item_count - n, n))
+        .collect();
+    ranges.sort();
+    let mut next = 0;
+    let page = storage.read_items(&ds.id, 0, 1000, false).await.unwrap();
+    for (first, n) in ranges {
+        assert_eq!(first, next, "pushes overlap or leave gaps");
+        for i in 0..n {
+            let raw = &page.items[(first + i) as usize];
+            assert_eq!(&raw[..], format!("{{\"i\":{}}}", n * 100 + i).as_bytes());
+        }
+        next += n;
+    }
+    assert_eq!(next, 210);
+    let info = storage
+        .get_storage(StorageKind::Dataset, &ds.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((info.item_count, info.write_count), (210, 210));
+    let clean = (1..=20u64)
+        .flat_map(|n| (0..n).map(move |i| n * 100 + i))
+        .filter(|i| i.is_multiple_of(2))
+        .count() as u64;
+    assert_eq!(info.clean_item_count, clean);
+
+    let (doomed, _) = storage
+        .create_storage(StorageKind::Dataset, &user, None, StorageOrigin::default())
+        .await
+        .unwrap();
+    let racing = (0..16u64).map(|n| {
+        let id = &doomed.id;
+        async move {
+            if n == 8 {
+                assert!(storage
+                    .delete_storage(StorageKind::Dataset, id)
+                    .await
+                    .unwrap());
+                return;
+            }
+            match storage.push_items(id, vec![item(n)]).await {
+                Ok(_) | Err(Error::NotFound(_)) => {}
+                Err(err) => panic!("push {n} racing the deletion: {err:?}"),
+            }
+        }
+    });
+    futures::future::join_all(racing).await;
+    assert!(storage
+        .get_storage(StorageKind::Dataset, &doomed.id)
+        .await
+        .unwrap()
+        .is_none());
+}

@@ -410,6 +410,8 @@ pub async fn run(storage: &dyn Storage) {
     assert_eq!(info.storage_bytes, expected);
     assert_eq!(info.write_count, 54 + names.len() as u64);
 
+    concurrent_counters(storage, &k).await;
+
     // Deleting a store removes its records; unknown store → NotFound.
     storage
         .delete_storage(StorageKind::KeyValueStore, &k.id)
@@ -431,6 +433,124 @@ pub async fn run(storage: &dyn Storage) {
     assert!(page.is_empty());
 
     store_access(storage).await;
+}
+
+/// Concurrent overwrites and deletes of the same keys keep the counters exact (`storageBytes`
+/// is the size of what is left, `writeCount`/`deleteCount` count what succeeded), counters read
+/// right after a write include it, and writes racing the deletion of their store either land
+/// before it or fail, never in a store that took its number.
+async fn concurrent_counters(storage: &dyn Storage, k: &StorageInfo) {
+    let before = store_info(storage, &k.id).await;
+    let ops = (0..48u32).map(|i| {
+        let key = format!("o-{}", i % 4);
+        async move {
+            if i % 6 == 5 {
+                (
+                    i,
+                    storage.delete_record(k, &key).await.map(|gone| gone as u64),
+                )
+            } else {
+                let body = RecordSource::Bytes(vec![b'o'; 10 + i as usize].into());
+                (
+                    i,
+                    storage
+                        .put_record(k, &key, meta("text/plain", None), body)
+                        .await,
+                )
+            }
+        }
+    });
+    let (mut puts, mut deletes) = (0, 0);
+    for (i, result) in futures::future::join_all(ops).await {
+        match result.unwrap() {
+            size if i % 6 != 5 => {
+                assert_eq!(size, 10 + u64::from(i));
+                puts += 1;
+            }
+            1 => deletes += 1,
+            _ => {}
+        }
+    }
+    let mut left = 0;
+    for n in 0..4 {
+        if let Some(bytes) = read_all(storage, k, &format!("o-{n}")).await {
+            left += bytes.len() as u64;
+        }
+    }
+    let info = store_info(storage, &k.id).await;
+    assert_eq!(info.storage_bytes, before.storage_bytes + left);
+    assert_eq!(info.write_count, before.write_count + puts);
+    assert_eq!(info.delete_count, before.delete_count + deletes);
+    // Read-your-writes of the counters.
+    for n in 0..3u64 {
+        let body = RecordSource::Bytes(vec![b'r'; 7].into());
+        storage
+            .put_record(k, "ryw", meta("text/plain", None), body)
+            .await
+            .unwrap();
+        let now = store_info(storage, &k.id).await;
+        assert_eq!(now.write_count, info.write_count + n + 1);
+        assert_eq!(now.storage_bytes, info.storage_bytes + 7);
+    }
+    for n in 0..4 {
+        storage.delete_record(k, &format!("o-{n}")).await.unwrap();
+    }
+    storage.delete_record(k, "ryw").await.unwrap();
+    let after = store_info(storage, &k.id).await;
+    assert_eq!(after.storage_bytes, before.storage_bytes);
+
+    // Writes racing the deletion of their store.
+    let user = test_user(storage).await;
+    let kind = StorageKind::KeyValueStore;
+    let (doomed, _) = storage
+        .create_storage(kind, &user, None, StorageOrigin::default())
+        .await
+        .unwrap();
+    let writes = (0..24u32).map(|i| {
+        let doomed = &doomed;
+        async move {
+            if i == 12 {
+                let deleted = storage.delete_storage(kind, &doomed.id).await.unwrap();
+                assert!(deleted);
+                return;
+            }
+            let body = RecordSource::Bytes(vec![b'd'; 5].into());
+            match storage
+                .put_record(doomed, &format!("d-{i}"), meta("text/plain", None), body)
+                .await
+            {
+                Ok(size) => assert_eq!(size, 5),
+                Err(Error::NotFound(_)) => {}
+                Err(err) => panic!("write {i} racing the deletion: {err:?}"),
+            }
+        }
+    });
+    futures::future::join_all(writes).await;
+    assert!(storage
+        .get_storage(kind, &doomed.id)
+        .await
+        .unwrap()
+        .is_none());
+    // A new store (which may take the deleted one's number) starts empty.
+    let (fresh, _) = storage
+        .create_storage(kind, &user, None, StorageOrigin::default())
+        .await
+        .unwrap();
+    let info = store_info(storage, &fresh.id).await;
+    assert_eq!((info.storage_bytes, info.write_count), (0, 0));
+    let (page, _) = keys(storage, &fresh, query(None, None, 1000)).await;
+    assert!(page.is_empty());
+    let late = storage
+        .put_record(
+            &doomed,
+            "late",
+            meta("text/plain", None),
+            RecordSource::Bytes("x".into()),
+        )
+        .await;
+    assert!(matches!(late, Err(Error::NotFound(_))));
+    let (page, _) = keys(storage, &fresh, query(None, None, 1000)).await;
+    assert!(page.is_empty());
 }
 
 /// `get_storage_access` (what writes resolve) follows access changes and deletions, and a

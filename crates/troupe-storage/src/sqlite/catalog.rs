@@ -1,11 +1,12 @@
 use async_trait::async_trait;
-use rusqlite::{params, Connection, Row};
+use rusqlite::{params, Connection, Row, Transaction};
 use troupe_model::list::{ListParams, Page};
 use troupe_model::storage::{
     StorageInfo, StorageKind, StorageListFilter, StorageOrigin, StorageUpdate,
 };
 use troupe_model::user::User;
 
+use super::group::BatchState;
 use super::{optional, SqliteStorage};
 use crate::kv::StoreAccess;
 use crate::{Error, Result, StorageCatalog};
@@ -286,5 +287,131 @@ impl StorageCatalog for SqliteStorage {
             Ok(rows)
         })
         .await
+    }
+}
+
+/// Changes to a storage's catalog counters, accumulated by the writes of a batch (see
+/// [`CatalogDeltas`]).
+#[derive(Default, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Delta {
+    pub(crate) bytes: i64,
+    pub(crate) writes: i64,
+    pub(crate) deletes: i64,
+    pub(crate) items: i64,
+    pub(crate) clean_items: i64,
+    /// The write's time: `modifiedAt` and `accessedAt` (the latest one wins).
+    pub(crate) now: i64,
+}
+
+impl Delta {
+    fn add(&mut self, other: &Delta) {
+        self.bytes += other.bytes;
+        self.writes += other.writes;
+        self.deletes += other.deletes;
+        self.items += other.items;
+        self.clean_items += other.clean_items;
+        self.now = self.now.max(other.now);
+    }
+}
+
+/// Catalog counters of the storages a batch writes to, written with one `UPDATE storages` per
+/// storage before COMMIT instead of one per write (a [`BatchState`], see `super::group`).
+/// A batched write checks its storage with [`CatalogDeltas::check`], reads counters through
+/// [`CatalogDeltas::pending`] on top of the row, and records its changes with
+/// [`CatalogDeltas::add`].
+#[derive(Default)]
+pub(crate) struct CatalogDeltas {
+    /// Per storage number: changes of the batch's writes that succeeded.
+    done: Vec<(i64, Delta)>,
+    /// Changes of the write running now (merged into `done` when it succeeds).
+    job: Vec<(i64, Delta)>,
+    /// Storages (number, id) found in this batch: only plain writes delete storages, and this
+    /// state is dropped before any of them runs.
+    checked: Vec<(i64, String)>,
+}
+
+impl CatalogDeltas {
+    /// Whether storage `num` is still the storage `id` (numbers of deleted storages may be
+    /// reused): a write to a storage deleted since its caller looked it up must fail.
+    pub(crate) fn check(&mut self, conn: &Connection, num: i64, id: &str) -> Result<bool> {
+        if self.checked.iter().any(|(n, i)| *n == num && i == id) {
+            return Ok(true);
+        }
+        let found = optional(
+            conn.prepare_cached("SELECT 1 FROM storages WHERE num = ?1 AND id = ?2")?
+                .query_row(params![num, id], |_| Ok(())),
+        )?
+        .is_some();
+        if found {
+            self.checked.push((num, id.to_string()));
+        }
+        Ok(found)
+    }
+
+    /// What the batch's writes so far (the running one included) add to storage `num`'s row.
+    pub(crate) fn pending(&self, num: i64) -> Delta {
+        let mut sum = Delta::default();
+        for (n, delta) in self.done.iter().chain(&self.job) {
+            if *n == num {
+                sum.add(delta);
+            }
+        }
+        sum
+    }
+
+    /// Records the running write's changes to storage `num`'s counters.
+    pub(crate) fn add(&mut self, num: i64, delta: Delta) {
+        add_to(&mut self.job, num, &delta);
+    }
+}
+
+fn add_to(deltas: &mut Vec<(i64, Delta)>, num: i64, delta: &Delta) {
+    match deltas.iter_mut().find(|(n, _)| *n == num) {
+        Some((_, sum)) => sum.add(delta),
+        None => deltas.push((num, *delta)),
+    }
+}
+
+impl BatchState for CatalogDeltas {
+    fn job_succeeded(&mut self) {
+        for (num, delta) in std::mem::take(&mut self.job) {
+            add_to(&mut self.done, num, &delta);
+        }
+    }
+
+    fn job_failed(&mut self) {
+        self.job.clear();
+    }
+
+    fn flush(&mut self, tx: &Transaction<'_>) -> Result<()> {
+        debug_assert!(self.job.is_empty());
+        if self.done.is_empty() {
+            return Ok(());
+        }
+        let mut stmt = tx.prepare_cached(
+            "UPDATE storages SET storage_bytes = storage_bytes + ?1, write_count = write_count + ?2,
+             delete_count = delete_count + ?3, item_count = item_count + ?4,
+             clean_item_count = clean_item_count + ?5, modified_at = ?6, accessed_at = ?6
+             WHERE num = ?7",
+        )?;
+        for (num, d) in self.done.drain(..) {
+            let changed = stmt.execute(params![
+                d.bytes,
+                d.writes,
+                d.deletes,
+                d.items,
+                d.clean_items,
+                d.now,
+                num
+            ])?;
+            if changed == 0 {
+                // Cannot happen: storages are deleted by plain writes only, which run after a
+                // flush.
+                return Err(Error::Internal(anyhow::anyhow!(
+                    "storage {num} vanished within a write batch"
+                )));
+            }
+        }
+        Ok(())
     }
 }

@@ -3,6 +3,8 @@ use bytes::Bytes;
 use rusqlite::{params, Transaction};
 use troupe_model::storage::{NewItem, StorageKind};
 
+use super::catalog::{CatalogDeltas, Delta};
+use super::group::{BatchContext, Changes};
 use super::{optional, SqliteStorage};
 use crate::datasets::{ItemsPage, PushedItems};
 use crate::{DatasetStore, Error, Result};
@@ -68,12 +70,18 @@ impl DatasetStore for SqliteStorage {
     async fn push_items(&self, dataset_id: &str, items: Vec<NewItem>) -> Result<PushedItems> {
         let dataset_id = dataset_id.to_string();
         let count = items.len() as i64;
+        // A push that takes one INSERT (1, 8 or 64 items) changes nothing else: no savepoint.
+        let changes = if items.is_empty() || INSERT_SIZES.contains(&items.len()) {
+            Changes::OneStatement
+        } else {
+            Changes::Many
+        };
         let bytes: usize = items.iter().map(|item| item.json.len()).sum();
         let clean = items.iter().filter(|item| item.clean).count() as i64;
-        let push = move |tx: &Transaction<'_>| {
+        let push = move |tx: &Transaction<'_>, batch: &mut BatchContext| {
             let now = troupe_model::now_ms();
-            // Two single-row statements around the INSERTs (an `UPDATE … RETURNING` costs more:
-            // SQLite buffers its rows in a temporary table and journals the statement).
+            // One lookup, the INSERTs, and the counters are written once per batch (see
+            // `CatalogDeltas`), on top of which this push reads them.
             let (num, item_count, clean_item_count): (i64, i64, i64) = optional(
                 tx.prepare_cached(
                     "SELECT num, item_count, clean_item_count FROM storages WHERE id = ?1 AND kind = ?2",
@@ -83,23 +91,34 @@ impl DatasetStore for SqliteStorage {
                 }),
             )?
             .ok_or_else(|| Error::NotFound("Dataset was not found".into()))?;
+            let deltas = batch.state::<CatalogDeltas>();
+            let pending = deltas.pending(num);
+            let (item_count, clean_item_count) = (
+                item_count + pending.items,
+                clean_item_count + pending.clean_items,
+            );
             let first = item_count as u64;
             if first + count as u64 >= 1u64 << INDEX_BITS {
                 return Err(Error::Invalid("Dataset is full".into()));
             }
             insert_items(tx, num, first, &items)?;
-            tx.prepare_cached(
-                "UPDATE storages SET item_count = item_count + ?1, clean_item_count = clean_item_count + ?2,
-                 storage_bytes = storage_bytes + ?3, write_count = write_count + ?1, modified_at = ?4,
-                 accessed_at = ?4 WHERE num = ?5",
-            )?
-            .execute(params![count, clean, bytes as i64, now, num])?;
+            deltas.add(
+                num,
+                Delta {
+                    bytes: bytes as i64,
+                    writes: count,
+                    items: count,
+                    clean_items: clean,
+                    now,
+                    ..Delta::default()
+                },
+            );
             Ok(PushedItems {
                 item_count: first + count as u64,
                 clean_item_count: (clean_item_count + clean) as u64,
             })
         };
-        self.write(push).await
+        self.write_batched(changes, push).await
     }
 
     async fn read_items(

@@ -11,7 +11,22 @@
 //! Per write this saves BEGIN/COMMIT, the lock round trips on the database and the WAL index,
 //! the WAL frame writes of pages the batch's writes share (the catalog row, index pages), and
 //! most of the hops to the blocking pool.
+//!
+//! ## Batch-scoped state
+//!
+//! Writes that go through [`SqliteStorage::write_batched`] also get the batch's
+//! [`BatchContext`]: state shared by the batch's writes and written to the database once,
+//! before COMMIT, instead of once per write. The catalog counters of a storage
+//! ([`super::catalog::CatalogDeltas`]) are the main use: eight PUTs to one store in a batch
+//! make one `UPDATE storages` (and one sub-journal copy of its page) instead of eight. Rules:
+//! - a [`BatchState`] hears after each batched write whether it succeeded; a failed write's
+//!   changes to the state are undone with its savepoint ([`BatchState::job_failed`]);
+//! - before a plain `write` runs, every state is flushed into the transaction and dropped, so
+//!   plain writes see exact rows (and may change them: the states start afresh after them);
+//! - the states are flushed before COMMIT, in the same transaction as the writes they
+//!   account for; if a flush fails, the whole batch fails (as when COMMIT fails).
 
+use std::any::{Any, TypeId};
 use std::panic::AssertUnwindSafe;
 
 use rusqlite::Transaction;
@@ -23,10 +38,82 @@ use crate::{Error, Result};
 type Completion = Box<dyn FnOnce(Option<&str>) + Send>;
 /// A queued write: runs inside the batch's transaction, says whether it succeeded, and hands
 /// back what to do once the batch is settled.
-type Job = Box<dyn FnOnce(&Transaction<'_>) -> (bool, Completion) + Send>;
+type JobFn = Box<dyn FnOnce(&Transaction<'_>, &mut BatchContext) -> (bool, Completion) + Send>;
+
+struct Job {
+    run: JobFn,
+    /// Uses the batch context (see [`SqliteStorage::write_batched`]); plain writes flush it.
+    batched: bool,
+    /// Runs without a savepoint (see [`Changes::OneStatement`]).
+    one_statement: bool,
+}
+
+/// What a batched write changes in the database; says whether it needs a savepoint.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Changes {
+    /// At most one data-changing statement, and it is the write's last fallible step: a write
+    /// that fails has changed nothing (a failed single-row statement changes nothing), so it
+    /// needs no savepoint of its own (saves SAVEPOINT/RELEASE and the sub-journal copies of
+    /// every page it changes). Its batch-state changes are still undone on failure.
+    OneStatement,
+    /// Anything else: the write runs in its own savepoint.
+    Many,
+}
 
 /// Most writes one transaction takes (bounds the latency a batch adds to its last write).
 const MAX_BATCH: usize = 128;
+
+/// State shared by the batched writes of one batch and written out once before COMMIT (see
+/// the module docs).
+pub(crate) trait BatchState: Any + Send {
+    /// The batched write that just ran succeeded: keep what it did to the state.
+    fn job_succeeded(&mut self);
+    /// The batched write that just ran failed (its savepoint was rolled back): undo what it
+    /// did to the state.
+    fn job_failed(&mut self);
+    /// Writes the pending state into the transaction. The state is dropped afterwards.
+    fn flush(&mut self, tx: &Transaction<'_>) -> Result<()>;
+}
+
+/// The batch-scoped states of one batch, one per type (see [`BatchState`]).
+#[derive(Default)]
+pub(crate) struct BatchContext {
+    states: Vec<(TypeId, Box<dyn BatchState>)>,
+}
+
+impl BatchContext {
+    /// The batch's state of type `S`, created empty on first use.
+    pub(crate) fn state<S: BatchState + Default>(&mut self) -> &mut S {
+        let id = TypeId::of::<S>();
+        let index = match self.states.iter().position(|(t, _)| *t == id) {
+            Some(index) => index,
+            None => {
+                self.states.push((id, Box::new(S::default())));
+                self.states.len() - 1
+            }
+        };
+        let state: &mut dyn Any = &mut *self.states[index].1;
+        state.downcast_mut::<S>().expect("states are keyed by type")
+    }
+
+    fn job_done(&mut self, ok: bool) {
+        for (_, state) in &mut self.states {
+            if ok {
+                state.job_succeeded();
+            } else {
+                state.job_failed();
+            }
+        }
+    }
+
+    /// Writes every state into the transaction and forgets them.
+    fn flush(&mut self, tx: &Transaction<'_>) -> Result<()> {
+        for (_, mut state) in self.states.drain(..) {
+            state.flush(tx)?;
+        }
+        Ok(())
+    }
+}
 
 /// Writes waiting for the next batch.
 #[derive(Default)]
@@ -47,9 +134,28 @@ impl SqliteStorage {
         T: Send + 'static,
         F: FnOnce(&Transaction<'_>) -> Result<T> + Send + 'static,
     {
+        self.submit(false, false, move |tx, _| f(tx)).await
+    }
+
+    /// Like [`write`](Self::write), and `f` also gets the batch's [`BatchContext`]: state
+    /// shared with the other batched writes of the batch, written out once before COMMIT (see
+    /// the module docs). `changes` says whether `f` needs a savepoint.
+    pub(crate) async fn write_batched<T, F>(&self, changes: Changes, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>, &mut BatchContext) -> Result<T> + Send + 'static,
+    {
+        self.submit(true, changes == Changes::OneStatement, f).await
+    }
+
+    async fn submit<T, F>(&self, batched: bool, one_statement: bool, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>, &mut BatchContext) -> Result<T> + Send + 'static,
+    {
         let (sender, receiver) = tokio::sync::oneshot::channel::<Result<T>>();
-        let job: Job = Box::new(move |tx| {
-            let result = f(tx);
+        let run: JobFn = Box::new(move |tx, context| {
+            let result = f(tx, context);
             let ok = result.is_ok();
             let completion: Completion = Box::new(move |failure| {
                 let result = match (failure, result) {
@@ -62,6 +168,11 @@ impl SqliteStorage {
             });
             (ok, completion)
         });
+        let job = Job {
+            run,
+            batched,
+            one_statement,
+        };
         let lead = {
             let mut queue = self.inner.writes.lock();
             queue.jobs.push(job);
@@ -119,11 +230,18 @@ fn run_batch(
     // A lone write needs no savepoint: the transaction is its unit.
     let single = jobs.len() == 1;
     let mut any_ok = false;
+    let mut context = BatchContext::default();
     for job in jobs {
-        if !single {
+        if !job.batched {
+            // Plain writes see (and may change) exact rows.
+            context.flush(&tx)?;
+        }
+        let savepoint = !single && !job.one_statement;
+        if savepoint {
             tx.prepare_cached("SAVEPOINT troupe_write")?.execute([])?;
         }
-        let ok = match std::panic::catch_unwind(AssertUnwindSafe(|| job(&tx))) {
+        let run = job.run;
+        let ok = match std::panic::catch_unwind(AssertUnwindSafe(|| run(&tx, &mut context))) {
             Ok((ok, completion)) => {
                 completions.push(completion);
                 ok
@@ -131,18 +249,31 @@ fn run_batch(
             // The write's reply channel is gone with it: its caller gets "write was dropped".
             Err(_) => {
                 tracing::error!("a storage write panicked");
+                if !savepoint && !single {
+                    // What it changed cannot be undone alone.
+                    return Err(Error::Internal(anyhow::anyhow!("a storage write panicked")));
+                }
                 false
             }
         };
-        if !single {
+        if job.batched {
+            context.job_done(ok);
+        }
+        if savepoint {
             if !ok {
                 tx.prepare_cached("ROLLBACK TO troupe_write")?.execute([])?;
             }
             tx.prepare_cached("RELEASE troupe_write")?.execute([])?;
+        } else if !ok && tx.is_autocommit() {
+            // SQLite rolled the whole transaction back (I/O error, disk full, ...).
+            return Err(Error::Internal(anyhow::anyhow!(
+                "the write transaction was rolled back"
+            )));
         }
         any_ok |= ok;
     }
     if any_ok {
+        context.flush(&tx)?;
         tx.commit()?;
     } else {
         tx.rollback()?;

@@ -19,6 +19,8 @@ use rusqlite::{params, Connection, Transaction};
 use tokio::io::AsyncReadExt;
 use troupe_model::storage::{StorageInfo, StorageKind};
 
+use super::catalog::{CatalogDeltas, Delta};
+use super::group::Changes;
 use super::{optional, Durability, Inner, SqliteStorage};
 use crate::kv::{
     valid_record_key, KeyEntry, KeysPage, KeysQuery, NewRecord, Record, RecordContent, RecordMeta,
@@ -311,10 +313,13 @@ enum Stored {
     Blob(String),
 }
 
-/// Inserts or replaces a record row and updates the store's counters. Returns the replaced
-/// record's blob, if any.
+/// Inserts or replaces a record row and records the change to the store's counters (written
+/// once per batch, see [`CatalogDeltas`]). Returns the replaced record's blob, if any. Its only
+/// change is its last statement ([`Changes::OneStatement`]).
+#[allow(clippy::too_many_arguments)]
 fn upsert_record(
     tx: &Connection,
+    deltas: &mut CatalogDeltas,
     num: i64,
     store_id: &str,
     key: &str,
@@ -322,6 +327,9 @@ fn upsert_record(
     size: u64,
     stored: &Stored,
 ) -> Result<Option<String>> {
+    if !deltas.check(tx, num, store_id)? {
+        return Err(not_found());
+    }
     // The old row, if any, then a plain UPDATE by row id or a plain INSERT: both single-row
     // statements, which SQLite runs without a statement journal (an `INSERT … ON CONFLICT DO
     // UPDATE` needs one). The writer lock makes the lookup and the write one step.
@@ -334,51 +342,38 @@ fn upsert_record(
         }),
     )?;
     let now = troupe_model::now_ms();
-    let delta = size as i64 - old.as_ref().map_or(0, |(_, size, _)| *size);
-    let changed = tx
-        .prepare_cached(
-            "UPDATE storages SET storage_bytes = storage_bytes + ?1, write_count = write_count + 1,
-             modified_at = ?2, accessed_at = ?2 WHERE num = ?3 AND id = ?4",
-        )?
-        .execute(params![delta, now, num, store_id])?;
-    if changed == 0 {
-        return Err(not_found());
-    }
     let (blob, data) = match stored {
         Stored::Inline(bytes) => (None, Some(&bytes[..])),
         Stored::Blob(blob) => (Some(blob.as_str()), None),
     };
-    match &old {
-        Some((id, _, _)) => tx
-            .prepare_cached(
-                "UPDATE kv_records SET size = ?2, content_type = ?3, content_encoding = ?4,
-                 modified_at = ?5, blob = ?6, data = ?7 WHERE id = ?1",
-            )?
-            .execute(params![
-                id,
-                size as i64,
-                record.content_type,
-                record.content_encoding,
-                now,
-                blob,
-                data
-            ])?,
-        None => tx
-            .prepare_cached(
-                "INSERT INTO kv_records (store_num, key, size, content_type, content_encoding, modified_at, blob, data)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )?
-            .execute(params![
-                num,
-                key,
-                size as i64,
-                record.content_type,
-                record.content_encoding,
-                now,
-                blob,
-                data
-            ])?,
+    // One parameter list for both; ?9 is the old row's id (NULL: a new row id).
+    let sql = if old.is_some() {
+        "UPDATE kv_records SET size = ?3, content_type = ?4, content_encoding = ?5, modified_at = ?6,
+         blob = ?7, data = ?8 WHERE id = ?9"
+    } else {
+        "INSERT INTO kv_records (id, store_num, key, size, content_type, content_encoding, modified_at, blob, data)
+         VALUES (?9, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
     };
+    tx.prepare_cached(sql)?.execute(params![
+        num,
+        key,
+        size as i64,
+        record.content_type,
+        record.content_encoding,
+        now,
+        blob,
+        data,
+        old.as_ref().map(|(id, _, _)| *id)
+    ])?;
+    deltas.add(
+        num,
+        Delta {
+            bytes: size as i64 - old.as_ref().map_or(0, |(_, size, _)| *size),
+            writes: 1,
+            now,
+            ..Delta::default()
+        },
+    );
     Ok(old.and_then(|(_, _, blob)| blob))
 }
 
@@ -605,8 +600,10 @@ impl KvStore for SqliteStorage {
         let bump = self.inner.caches.record_write(&store_id, &key);
         // Concurrent record writes share one transaction (group commit, see `super::group`).
         let result = self
-            .write(move |tx| {
-                let old_blob = upsert_record(tx, num, &store_id, &key, &record, size, &stored)?;
+            .write_batched(Changes::OneStatement, move |tx, batch| {
+                let deltas = batch.state::<CatalogDeltas>();
+                let old_blob =
+                    upsert_record(tx, deltas, num, &store_id, &key, &record, size, &stored)?;
                 Ok((old_blob, bump))
             })
             .await;
@@ -633,7 +630,12 @@ impl KvStore for SqliteStorage {
         let key = key.to_string();
         let store_id = store.id().to_string();
         let (removed, bump) = self
-            .write(move |tx| {
+            .write_batched(Changes::OneStatement, move |tx, batch| {
+                let deltas = batch.state::<CatalogDeltas>();
+                if !deltas.check(tx, num, &store_id)? {
+                    // The store is gone (its number may now name another one).
+                    return Err(not_found());
+                }
                 let old: Option<(i64, i64, Option<String>)> = optional(
                     tx.prepare_cached(
                         "SELECT id, size, blob FROM kv_records WHERE store_num = ?1 AND key = ?2",
@@ -647,16 +649,15 @@ impl KvStore for SqliteStorage {
                 };
                 tx.prepare_cached("DELETE FROM kv_records WHERE id = ?1")?
                     .execute([id])?;
-                let changed = tx
-                    .prepare_cached(
-                        "UPDATE storages SET storage_bytes = storage_bytes - ?1, delete_count = delete_count + 1,
-                         modified_at = ?2, accessed_at = ?2 WHERE num = ?3 AND id = ?4",
-                    )?
-                    .execute(params![size, troupe_model::now_ms(), num, store_id])?;
-                if changed == 0 {
-                    // The store is gone (its number now names another one): undo the delete.
-                    return Err(not_found());
-                }
+                deltas.add(
+                    num,
+                    Delta {
+                        bytes: -size,
+                        deletes: 1,
+                        now: troupe_model::now_ms(),
+                        ..Delta::default()
+                    },
+                );
                 Ok((Some(blob), bump))
             })
             .await?;
