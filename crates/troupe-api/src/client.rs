@@ -3,6 +3,8 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use axum::http::HeaderMap;
 
 /// The address of the connection's peer, a request extension set by [`crate::serve`] (absent
@@ -24,6 +26,26 @@ pub fn client_ip(headers: &HeaderMap, peer: Option<SocketAddr>) -> Option<IpAddr
             parse_ip(value.split(',').next()?.trim())
         })
         .or(peer.map(|p| p.ip()))
+}
+
+/// Extractor: the client's address as [`client_ip`] finds it (runs record it as `meta.clientIp`).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub Option<IpAddr>);
+
+impl ClientIp {
+    /// As text, the way run objects carry it.
+    pub fn text(self) -> Option<String> {
+        self.0.map(|ip| ip.to_string())
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let peer = parts.extensions.get::<PeerAddr>().map(|peer| peer.0);
+        Ok(ClientIp(client_ip(&parts.headers, peer)))
+    }
 }
 
 /// `1.2.3.4`, `1.2.3.4:80`, `::1`, `[::1]:80`.

@@ -458,6 +458,8 @@ async fn run_statuses_exit_codes_timeout_and_abort() {
         assert!(run.get(key).is_some(), "{key} in {run}");
     }
     assert_eq!(run["meta"]["origin"], "API");
+    // The caller's address, as on Apify (loopback here)...
+    assert_eq!(run["meta"]["clientIp"], "127.0.0.1", "{run}");
     assert_eq!(run["options"]["diskMbytes"], 256);
     let done = wait_run(&server, run["id"].as_str().unwrap()).await;
     assert_eq!(done["status"], "SUCCEEDED");
@@ -494,6 +496,23 @@ async fn run_statuses_exit_codes_timeout_and_abort() {
     .await;
 
     let failing = built_actor(&server, "failing", "echo bye; exit 3").await;
+    // ... or what a reverse proxy in front reports.
+    let r = client()
+        .post(server.url(&format!("/acts/{failing}/runs")))
+        .header("x-forwarded-for", "203.0.113.9, 10.0.0.1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let proxied = r.json::<Value>().await.unwrap()["data"].clone();
+    assert_eq!(proxied["meta"]["clientIp"], "203.0.113.9", "{proxied}");
+    let stored = get_json(
+        &server,
+        &format!("/actor-runs/{}", proxied["id"].as_str().unwrap()),
+    )
+    .await;
+    assert_eq!(stored["meta"]["clientIp"], "203.0.113.9", "{stored}");
+    wait_run(&server, proxied["id"].as_str().unwrap()).await;
     let run = start(&server, &failing, "").await;
     let done = wait_run(&server, run["id"].as_str().unwrap()).await;
     assert_eq!(

@@ -587,6 +587,8 @@ async fn ad_hoc_and_task_webhooks() {
         201,
     )
     .await;
+    assert_eq!(run["meta"]["origin"], "API");
+    assert_eq!(run["meta"]["clientIp"], "127.0.0.1", "{run}");
     let got = receiver.wait_for("/task", 1).await;
     assert_eq!(got[0].body["eventData"]["actorTaskId"], task_id.as_str());
     assert_eq!(got[0].body["resource"]["id"], run["id"]);

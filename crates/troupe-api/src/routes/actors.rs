@@ -25,6 +25,7 @@ use super::runs::{
 use super::{created, data, no_content};
 use crate::auth::{Auth, Caller};
 use crate::body::ApifyJson;
+use crate::client::ClientIp;
 use crate::error::{ApiError, ApiResult};
 use crate::items::{items_response, ItemsQuery};
 use crate::params::Params;
@@ -1107,6 +1108,7 @@ async fn start_from_request(
     caller: &Caller,
     params: &Params,
     headers: &HeaderMap,
+    client_ip: ClientIp,
     body: Body,
 ) -> ApiResult<troupe_model::actor::Run> {
     let user = caller.require()?.clone();
@@ -1122,7 +1124,7 @@ async fn start_from_request(
             input,
             origin: "API".into(),
             task_id: None,
-            client_ip: None,
+            client_ip: client_ip.text(),
             user_agent: user_agent(headers),
             schedule: None,
         },
@@ -1136,9 +1138,11 @@ async fn run_actor(
     ActorTarget(actor, caller): ActorTarget,
     params: Params,
     headers: HeaderMap,
+    client_ip: ClientIp,
     body: Body,
 ) -> ApiResult<Response> {
-    let run = start_from_request(&state, actor, &caller, &params, &headers, body).await?;
+    let run =
+        start_from_request(&state, actor, &caller, &params, &headers, client_ip, body).await?;
     let user = caller.require()?;
     respond_started(&state, run, &params, user).await
 }
@@ -1151,9 +1155,10 @@ async fn run_and_wait(
     caller: &Caller,
     params: &Params,
     headers: &HeaderMap,
+    client_ip: ClientIp,
     body: Body,
 ) -> ApiResult<troupe_model::actor::Run> {
-    let run = start_from_request(state, actor, caller, params, headers, body).await?;
+    let run = start_from_request(state, actor, caller, params, headers, client_ip, body).await?;
     wait_sync(state, run).await
 }
 
@@ -1184,9 +1189,10 @@ async fn run_sync(
     ActorTarget(actor, caller): ActorTarget,
     params: Params,
     headers: HeaderMap,
+    client_ip: ClientIp,
     body: Body,
 ) -> ApiResult<Response> {
-    let run = run_and_wait(&state, actor, &caller, &params, &headers, body).await?;
+    let run = run_and_wait(&state, actor, &caller, &params, &headers, client_ip, body).await?;
     sync_output_response(&state, &run, &params).await
 }
 
@@ -1214,10 +1220,11 @@ async fn run_sync_get_dataset_items(
     ActorTarget(actor, caller): ActorTarget,
     params: Params,
     headers: HeaderMap,
+    client_ip: ClientIp,
     body: Body,
 ) -> ApiResult<Response> {
     let query = ItemsQuery::from_params(&params)?;
-    let run = run_and_wait(&state, actor, &caller, &params, &headers, body).await?;
+    let run = run_and_wait(&state, actor, &caller, &params, &headers, client_ip, body).await?;
     sync_items_response(&state, &run, query).await
 }
 

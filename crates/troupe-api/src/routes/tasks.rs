@@ -25,6 +25,7 @@ use super::runs::{
 use super::{created, data, no_content};
 use crate::auth::{Auth, Caller};
 use crate::body::{body_object, is_valid_name, ApifyJson};
+use crate::client::ClientIp;
 use crate::error::{ApiError, ApiResult};
 use crate::items::ItemsQuery;
 use crate::params::Params;
@@ -583,6 +584,7 @@ async fn start_task(
     caller: &Caller,
     params: &Params,
     headers: &HeaderMap,
+    client_ip: ClientIp,
     body: Body,
 ) -> ApiResult<Run> {
     let user = caller.require()?.clone();
@@ -605,7 +607,7 @@ async fn start_task(
             input,
             origin: "API".into(),
             task_id: Some(task.id.clone()),
-            client_ip: None,
+            client_ip: client_ip.text(),
             user_agent: user_agent(headers),
             schedule: None,
         },
@@ -619,9 +621,10 @@ async fn run_task(
     TaskTarget(task, caller): TaskTarget,
     params: Params,
     headers: HeaderMap,
+    client_ip: ClientIp,
     body: Body,
 ) -> ApiResult<Response> {
-    let run = start_task(&state, &task, &caller, &params, &headers, body).await?;
+    let run = start_task(&state, &task, &caller, &params, &headers, client_ip, body).await?;
     let user = caller.require()?;
     respond_started(&state, run, &params, user).await
 }
@@ -632,9 +635,10 @@ async fn run_sync(
     TaskTarget(task, caller): TaskTarget,
     params: Params,
     headers: HeaderMap,
+    client_ip: ClientIp,
     body: Body,
 ) -> ApiResult<Response> {
-    let run = start_task(&state, &task, &caller, &params, &headers, body).await?;
+    let run = start_task(&state, &task, &caller, &params, &headers, client_ip, body).await?;
     let run = wait_sync(&state, run).await?;
     sync_output_response(&state, &run, &params).await
 }
@@ -645,10 +649,11 @@ async fn run_sync_get_dataset_items(
     TaskTarget(task, caller): TaskTarget,
     params: Params,
     headers: HeaderMap,
+    client_ip: ClientIp,
     body: Body,
 ) -> ApiResult<Response> {
     let query = ItemsQuery::from_params(&params)?;
-    let run = start_task(&state, &task, &caller, &params, &headers, body).await?;
+    let run = start_task(&state, &task, &caller, &params, &headers, client_ip, body).await?;
     let run = wait_sync(&state, run).await?;
     sync_items_response(&state, &run, query).await
 }
