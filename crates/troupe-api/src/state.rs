@@ -49,6 +49,8 @@ pub struct AppState {
     pub hooks: crate::hooks::Hooks,
     /// Bodies of "last run of an Actor" answers (finished runs), see `routes::runs`.
     pub last_runs: Arc<crate::cache::BodyCache>,
+    /// Field statistics computed so far per dataset, see `routes::datasets`.
+    pub dataset_stats: Arc<crate::routes::datasets::StatsCache>,
     tokens: Arc<TokenCache>,
 }
 
@@ -73,6 +75,7 @@ impl AppState {
             rate_limits: Arc::new(rate_limits),
             runner,
             last_runs: Arc::new(crate::cache::BodyCache::new(LAST_RUN_CACHE_BYTES)),
+            dataset_stats: Arc::default(),
             tokens,
         }
     }

@@ -1045,6 +1045,40 @@ async fn statistics_per_field() {
         .await
         .unwrap();
     assert_eq!(after["data"]["itemCount"], 3);
+    // Items pushed after a call count in the next one (the figures so far are kept and extended).
+    let pushed = c
+        .post(server.url(&format!("/datasets/{id}/items")))
+        .json(&json!([
+            {"price": 12, "name": "a much longer name", "fresh": true},
+            {"price": null, "tags": [1, 2, 3, 4, 5]},
+        ]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pushed.status(), 201);
+    let fields = stats(c.clone()).await["fieldStatistics"].clone();
+    assert_eq!(
+        fields["price"],
+        json!({"min": 12, "max": 89.5, "nullCount": 1, "emptyCount": 0})
+    );
+    assert_eq!(
+        fields["name"],
+        json!({"min": 1, "max": 18, "nullCount": 1, "emptyCount": 1})
+    );
+    assert_eq!(
+        fields["tags"],
+        json!({"min": 0, "max": 5, "nullCount": 0, "emptyCount": 2})
+    );
+    assert_eq!(
+        fields["extra"],
+        json!({"min": 2, "max": 2, "nullCount": 0, "emptyCount": 4})
+    );
+    assert_eq!(
+        fields["fresh"],
+        json!({"min": null, "max": null, "nullCount": 0, "emptyCount": 4})
+    );
+    // Asked again with nothing new: the same answer.
+    assert_eq!(stats(c.clone()).await["fieldStatistics"], fields);
     // A missing dataset: 404 record-not-found.
     let response = c
         .get(server.url("/datasets/nosuchdataset1234/statistics"))

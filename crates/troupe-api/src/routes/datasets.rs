@@ -109,29 +109,64 @@ async fn push_items(
 /// GET .../statistics — `fieldStatistics` of every top-level field the items have (troupe keeps
 /// no dataset fields schema, so every field counts): `min`/`max` (numbers: the value; strings and
 /// arrays: the length; objects: the number of keys), `nullCount` (items where it is `null`) and
-/// `emptyCount` (items without it). One pass over the items, off the async runtime; `null` for
-/// an empty dataset.
+/// `emptyCount` (items without it); `null` for an empty dataset. Datasets are append-only, so the
+/// figures of a dataset are kept ([`StatsCache`]) and a later call reads only the items pushed
+/// since (off the async runtime).
 async fn get_statistics(
     State(state): State<AppState>,
     target: DatasetTarget,
 ) -> ApiResult<Response> {
     let id = target.info().id.clone();
     let storage = state.storage.clone();
-    let stats = tokio::task::spawn_blocking(move || {
-        let mut stats = FieldStats::default();
+    let mut stats = state.dataset_stats.take(&id);
+    let (id, stats) = tokio::task::spawn_blocking(move || {
         storage
-            .visit_items(&id, 0, u64::MAX, false, &mut |raw| {
+            .visit_items(&id, stats.items, u64::MAX, false, &mut |raw| {
                 stats.add(raw);
                 true
             })
-            .map(|_| stats)
+            .map(|_| (id, stats))
     })
     .await
     .map_err(crate::error::ApiError::internal)??;
-    Ok(super::data(
-        StatusCode::OK,
-        json!({ "fieldStatistics": stats.into_json() }),
-    ))
+    let body = json!({ "fieldStatistics": stats.to_json() });
+    state.dataset_stats.put(id, stats);
+    Ok(super::data(StatusCode::OK, body))
+}
+
+/// Datasets whose statistics are kept (each at most [`MAX_STATISTICS_FIELDS`] fields).
+const STATS_CACHE_DATASETS: usize = 32;
+
+/// The field statistics of the first `items` items of recently asked datasets, by dataset id.
+/// Items are never changed or removed once pushed, and a dataset id is never reused, so an entry
+/// stays true; the next call adds the items pushed since.
+#[derive(Default)]
+pub struct StatsCache {
+    entries: parking_lot::Mutex<std::collections::HashMap<String, FieldStats>>,
+}
+
+impl StatsCache {
+    /// The kept figures of `id` (taken out while the caller extends them), or none yet.
+    fn take(&self, id: &str) -> FieldStats {
+        self.entries.lock().remove(id).unwrap_or_default()
+    }
+
+    /// Keeps `stats` unless a concurrent call already kept figures covering more items.
+    fn put(&self, id: String, stats: FieldStats) {
+        let mut entries = self.entries.lock();
+        if entries
+            .get(&id)
+            .is_some_and(|kept| kept.items >= stats.items)
+        {
+            return;
+        }
+        if entries.len() >= STATS_CACHE_DATASETS && !entries.contains_key(&id) {
+            if let Some(victim) = entries.keys().next().cloned() {
+                entries.remove(&victim);
+            }
+        }
+        entries.insert(id, stats);
+    }
 }
 
 /// A whole number as an integer (`3`, not `3.0`).
@@ -147,7 +182,7 @@ fn number(value: f64) -> serde_json::Value {
 const MAX_STATISTICS_FIELDS: usize = 2000;
 
 #[derive(Default)]
-struct FieldStats {
+pub struct FieldStats {
     items: u64,
     fields: std::collections::BTreeMap<String, FieldStat>,
 }
@@ -192,17 +227,17 @@ impl FieldStats {
         }
     }
 
-    fn into_json(self) -> serde_json::Value {
+    fn to_json(&self) -> serde_json::Value {
         if self.items == 0 {
             return serde_json::Value::Null;
         }
         let items = self.items;
         serde_json::Value::Object(
             self.fields
-                .into_iter()
+                .iter()
                 .map(|(key, stat)| {
                     (
-                        key,
+                        key.clone(),
                         json!({
                             "min": stat.min.map(number),
                             "max": stat.max.map(number),
