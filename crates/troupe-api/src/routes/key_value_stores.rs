@@ -588,8 +588,10 @@ async fn put_record(
         state.api_base(),
         info.id
     );
-    let mut response = (StatusCode::CREATED, axum::Json(json!({}))).into_response();
-    if let Ok(location) = HeaderValue::from_str(&location) {
+    // A static `{}` body: nothing to serialize or allocate.
+    let json = HeaderValue::from_static("application/json");
+    let mut response = (StatusCode::CREATED, [(header::CONTENT_TYPE, json)], "{}").into_response();
+    if let Ok(location) = HeaderValue::try_from(location) {
         response.headers_mut().insert(header::LOCATION, location);
     }
     Ok(response)

@@ -94,7 +94,7 @@ impl Caches {
             catalog_version: AtomicU64::new(0),
             records: RecordCache::new(),
             storages_version: AtomicU64::new(0),
-            access: AccessCache::new(),
+            access: AccessCache::new(ACCESS_SHARDS),
             run_versions: Versions::new(),
             ticks: AtomicU64::new(0),
             records_used: AtomicU64::new(0),
@@ -294,26 +294,32 @@ struct CachedAccess {
 type AccessShard = HashMap<u64, CachedAccess, foldhash::fast::FixedState>;
 
 /// Access data of storages by the hash of (kind, id); a colliding storage replaces the entry.
-struct AccessCache {
-    shards: Box<[Mutex<AccessShard>]>,
+type AccessCache = Sharded<AccessShard>;
+
+/// A cache cut into independently locked parts, picked by a hash.
+struct Sharded<T> {
+    shards: Box<[Mutex<T>]>,
 }
 
-impl AccessCache {
-    fn new() -> Self {
+impl<T: Default> Sharded<T> {
+    fn new(count: usize) -> Self {
         Self {
-            shards: (0..ACCESS_SHARDS)
-                .map(|_| Mutex::new(AccessShard::default()))
-                .collect(),
+            shards: (0..count).map(|_| Mutex::new(T::default())).collect(),
         }
     }
 
-    fn shard(&self, hash: u64) -> &Mutex<AccessShard> {
-        &self.shards[(hash >> 58) as usize % ACCESS_SHARDS]
+    fn shard(&self, hash: u64) -> &Mutex<T> {
+        // The low bits pick the version slot; the shard comes from the high ones.
+        &self.shards[(hash >> 58) as usize % self.shards.len()]
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Mutex<T>> {
+        self.shards.iter()
     }
 }
 
 struct RecordCache {
-    shards: Box<[Mutex<Shard>]>,
+    shards: Sharded<Shard>,
 }
 
 #[derive(Default)]
@@ -326,15 +332,12 @@ struct Shard {
 impl RecordCache {
     fn new() -> Self {
         Self {
-            shards: (0..RECORD_SHARDS)
-                .map(|_| Mutex::new(Shard::default()))
-                .collect(),
+            shards: Sharded::new(RECORD_SHARDS),
         }
     }
 
     fn shard(&self, hash: u64) -> &Mutex<Shard> {
-        // The low bits pick the version slot; the shard comes from the high ones.
-        &self.shards[(hash >> 58) as usize % RECORD_SHARDS]
+        self.shards.shard(hash)
     }
 
     fn clear(&self) {
@@ -496,7 +499,7 @@ mod tests {
         for i in 0..3 * ACCESS_CACHE_ENTRIES {
             caches.put_access(StorageKind::Dataset, tag, &access(&format!("s{i}")));
         }
-        let entries: usize = caches.access.shards.iter().map(|s| s.lock().len()).sum();
+        let entries: usize = caches.access.iter().map(|s| s.lock().len()).sum();
         assert!(entries <= ACCESS_CACHE_ENTRIES);
         assert!(entries > ACCESS_CACHE_ENTRIES / 2);
     }

@@ -34,14 +34,53 @@ use rusqlite::Transaction;
 use super::SqliteStorage;
 use crate::{Error, Result};
 
-/// Called once the batch holding the write has committed (`None`) or failed (`Some(message)`).
-type Completion = Box<dyn FnOnce(Option<&str>) + Send>;
-/// A queued write: runs inside the batch's transaction, says whether it succeeded, and hands
-/// back what to do once the batch is settled.
-type JobFn = Box<dyn FnOnce(&Transaction<'_>, &mut BatchContext) -> (bool, Completion) + Send>;
+/// A queued write (one allocation per write): runs inside the batch's transaction and says
+/// whether it succeeded; then, once the batch is settled, replies to its caller.
+trait QueuedWrite: Send {
+    fn run(&mut self, tx: &Transaction<'_>, context: &mut BatchContext) -> bool;
+    /// Called once the batch holding the write has committed (`None`) or failed
+    /// (`Some(message)`).
+    fn settle(self: Box<Self>, failure: Option<&str>);
+}
+
+/// A write's closure, then its result, and its reply channel.
+struct Pending<F, T> {
+    f: Option<F>,
+    result: Option<Result<T>>,
+    sender: tokio::sync::oneshot::Sender<Result<T>>,
+}
+
+impl<F, T> QueuedWrite for Pending<F, T>
+where
+    T: Send + 'static,
+    F: FnOnce(&Transaction<'_>, &mut BatchContext) -> Result<T> + Send + 'static,
+{
+    fn run(&mut self, tx: &Transaction<'_>, context: &mut BatchContext) -> bool {
+        let f = self.f.take().expect("a write runs once");
+        let result = f(tx, context);
+        let ok = result.is_ok();
+        self.result = Some(result);
+        ok
+    }
+
+    fn settle(self: Box<Self>, failure: Option<&str>) {
+        let Some(result) = self.result else {
+            return;
+        };
+        let result = match (failure, result) {
+            (Some(message), Ok(_)) => Err(Error::Internal(anyhow::anyhow!(
+                "write transaction failed: {message}"
+            ))),
+            (_, result) => result,
+        };
+        let _ = self.sender.send(result);
+    }
+}
+
+type Completion = Box<dyn QueuedWrite>;
 
 struct Job {
-    run: JobFn,
+    write: Box<dyn QueuedWrite>,
     /// Uses the batch context (see [`SqliteStorage::write_batched`]); plain writes flush it.
     batched: bool,
     /// Runs without a savepoint (see [`Changes::OneStatement`]).
@@ -154,22 +193,12 @@ impl SqliteStorage {
         F: FnOnce(&Transaction<'_>, &mut BatchContext) -> Result<T> + Send + 'static,
     {
         let (sender, receiver) = tokio::sync::oneshot::channel::<Result<T>>();
-        let run: JobFn = Box::new(move |tx, context| {
-            let result = f(tx, context);
-            let ok = result.is_ok();
-            let completion: Completion = Box::new(move |failure| {
-                let result = match (failure, result) {
-                    (Some(message), Ok(_)) => Err(Error::Internal(anyhow::anyhow!(
-                        "write transaction failed: {message}"
-                    ))),
-                    (_, result) => result,
-                };
-                let _ = sender.send(result);
-            });
-            (ok, completion)
-        });
         let job = Job {
-            run,
+            write: Box::new(Pending {
+                f: Some(f),
+                result: None,
+                sender,
+            }),
             batched,
             one_statement,
         };
@@ -216,7 +245,7 @@ impl SqliteStorage {
             tracing::error!(error = %message, writes = count, "write transaction failed");
         }
         for completion in completions {
-            completion(failure.as_deref());
+            completion.settle(failure.as_deref());
         }
     }
 }
@@ -240,10 +269,10 @@ fn run_batch(
         if savepoint {
             tx.prepare_cached("SAVEPOINT troupe_write")?.execute([])?;
         }
-        let run = job.run;
-        let ok = match std::panic::catch_unwind(AssertUnwindSafe(|| run(&tx, &mut context))) {
-            Ok((ok, completion)) => {
-                completions.push(completion);
+        let mut write = job.write;
+        let ok = match std::panic::catch_unwind(AssertUnwindSafe(|| write.run(&tx, &mut context))) {
+            Ok(ok) => {
+                completions.push(write);
                 ok
             }
             // The write's reply channel is gone with it: its caller gets "write was dropped".
