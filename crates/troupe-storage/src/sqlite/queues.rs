@@ -145,6 +145,8 @@ const MERGE_AT: usize = 50_000;
 #[derive(Default)]
 pub(crate) struct RecentIds {
     state: Mutex<RecentState>,
+    /// Which ids `rq_ids` may hold (see [`MergedFilter`]).
+    merged: Mutex<MergedFilter>,
     merging: std::sync::atomic::AtomicBool,
     /// Tests lower the merge threshold (0 = `MERGE_AT`).
     merge_at: std::sync::atomic::AtomicUsize,
@@ -152,9 +154,11 @@ pub(crate) struct RecentIds {
 
 #[derive(Default)]
 struct RecentState {
-    queues: HashMap<i64, HashMap<String, i64>>,
+    queues: HashMap<i64, FastMap<String, i64>>,
     len: usize,
 }
+
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 impl RecentIds {
     fn get(&self, num: i64, id: &str) -> Option<i64> {
@@ -206,6 +210,126 @@ impl RecentIds {
     }
 }
 
+/// Ids the first block of a [`MergedFilter`] takes; each next block takes twice as many.
+const FILTER_FIRST_IDS: usize = 1 << 15;
+/// Bits per id (one 512-bit line per id, 8 bits set in it: ~0.05% false positives).
+const FILTER_BITS_PER_ID: usize = 16;
+/// Blocks at most: 2^15 × (2^11 − 1) ≈ 67M ids in 128 MiB. Past that the filter switches
+/// itself off (every lookup seeks, as without a filter) until the next start-up.
+const FILTER_MAX_BLOCKS: usize = 11;
+
+/// A Bloom filter over the (queue number, id) pairs of `rq_ids`, in front of the seeks that
+/// tell a batch add whether its ids are merged: a new id (most of what is added) then needs no
+/// seek into `rq_ids`, a random leaf page each.
+///
+/// It never lacks a pair that `rq_ids` holds (no false negative): it is filled from `rq_ids`
+/// at start-up and by every merge inside the merge's transaction, before the merge commits and
+/// so before those ids can leave the map of recent ids ([`RecentIds::prune`] runs after the
+/// commit); `rq_ids` has no other writer but deletes. Pairs of a merge that was rolled back, of
+/// deleted requests and of deleted queues stay in it: false positives, which only cost the seek.
+///
+/// Split-block layout: an id sets 8 bits, one in each 64-bit word of one 64-byte line, so a
+/// lookup reads one cache line per block. The filter grows by blocks (each twice the one before,
+/// 16 bits per id); a lookup checks every block. Memory: 2 bytes per merged id (64 KiB at
+/// least once anything is merged), at most 128 MiB.
+#[derive(Default)]
+struct MergedFilter {
+    /// Bit lines, each block twice as many as the one before.
+    blocks: Vec<Box<[[u64; 8]]>>,
+    /// Ids added to the last block.
+    last_len: usize,
+    /// Too many ids: every lookup answers "maybe".
+    off: bool,
+    /// Filled from `rq_ids` (the start-up scan finished); until then every lookup answers
+    /// "maybe", while merges already add their ids.
+    ready: bool,
+}
+
+/// Odd constants that spread one 32-bit hash half over the 8 words of a line (as Parquet's
+/// split-block Bloom filter does).
+const FILTER_SALT: [u32; 8] = [
+    0x47b6_137b,
+    0x4497_4d91,
+    0x8824_ad5b,
+    0xa2b7_289d,
+    0x7054_95c7,
+    0x2df1_424b,
+    0x9efc_4947,
+    0x5c6b_fb31,
+];
+
+fn filter_hash(num: i64, id: &str) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::quality::FixedState::with_seed(0x7247_7164_6451).hash_one((num, id))
+}
+
+/// Whether `line` has every bit of `hash` (`set`: sets them first).
+fn filter_line(line: &mut [u64; 8], hash: u64, set: bool) -> bool {
+    let key = hash as u32;
+    let mut all = true;
+    for (word, salt) in line.iter_mut().zip(FILTER_SALT) {
+        let bit = 1u64 << (key.wrapping_mul(salt) >> 26);
+        if set {
+            *word |= bit;
+        }
+        all &= *word & bit != 0;
+    }
+    all
+}
+
+/// The line of `hash` in a block of `lines` lines.
+fn filter_index(hash: u64, lines: usize) -> usize {
+    (((hash >> 32) * lines as u64) >> 32) as usize
+}
+
+impl MergedFilter {
+    fn add(&mut self, num: i64, id: &str) {
+        if self.off {
+            return;
+        }
+        let full = match self.blocks.last() {
+            None => true,
+            Some(block) => self.last_len >= block.len() * 512 / FILTER_BITS_PER_ID,
+        };
+        if full {
+            if self.blocks.len() >= FILTER_MAX_BLOCKS {
+                *self = MergedFilter {
+                    off: true,
+                    ..MergedFilter::default()
+                };
+                return;
+            }
+            let ids = FILTER_FIRST_IDS << self.blocks.len();
+            let lines = ids * FILTER_BITS_PER_ID / 512;
+            self.blocks.push(vec![[0u64; 8]; lines].into_boxed_slice());
+            self.last_len = 0;
+        }
+        let hash = filter_hash(num, id);
+        let block = self.blocks.last_mut().expect("a block");
+        let line = filter_index(hash, block.len());
+        filter_line(&mut block[line], hash, true);
+        self.last_len += 1;
+    }
+
+    /// Whether `rq_ids` may hold the pair (false: it surely does not).
+    fn may_hold(&self, num: i64, id: &str) -> bool {
+        if self.off || !self.ready {
+            return true;
+        }
+        let hash = filter_hash(num, id);
+        self.blocks.iter().any(|block| {
+            let mut line = block[filter_index(hash, block.len())];
+            filter_line(&mut line, hash, false)
+        })
+    }
+
+    /// Bytes held (tests).
+    #[cfg(test)]
+    fn bytes(&self) -> usize {
+        self.blocks.iter().map(|b| b.len() * 64).sum()
+    }
+}
+
 /// Fills the map of recent request ids from the rows not merged yet (at start-up).
 pub(crate) fn init(storage: &SqliteStorage) -> Result<()> {
     let conn = storage.inner.writer.lock();
@@ -217,14 +341,60 @@ pub(crate) fn init(storage: &SqliteStorage) -> Result<()> {
     while let Some(row) = rows.next()? {
         recent.insert(row.get(0)?, &row.get::<_, String>(1)?, row.get(2)?);
     }
+    drop(rows);
+    drop(stmt);
+    drop(conn);
+    // The filter of merged ids is filled from `rq_ids` in the background (~250 ns per id, on a
+    // scan connection with a small page cache): start-up does not wait for it, and batch adds
+    // seek as before until it is ready. Merges that commit meanwhile add their ids themselves,
+    // and the scan's snapshot holds every merge committed before it, so nothing is missed.
+    let this = storage.clone();
+    let spawned = std::thread::Builder::new()
+        .name("rq-ids-filter".into())
+        .spawn(move || {
+            let filled = this.scan_blocking(|conn| {
+                let mut stmt = conn.prepare("SELECT queue, id FROM rq_ids")?;
+                let filled = fill_filter(&this.inner.recent_ids.merged, stmt.query([])?);
+                filled
+            });
+            match filled {
+                Ok(()) => this.inner.recent_ids.merged.lock().ready = true,
+                Err(err) => {
+                    tracing::error!(error = %err, "filling the filter of request ids failed")
+                }
+            }
+        });
+    if let Err(err) = spawned {
+        tracing::error!(error = %err, "starting the filter of request ids failed");
+    }
     Ok(())
+}
+
+/// Adds the (queue, id) rows of `rows` to the filter of merged ids (locking it per 4096 rows).
+fn fill_filter(filter: &Mutex<MergedFilter>, mut rows: rusqlite::Rows<'_>) -> Result<()> {
+    loop {
+        let mut filter = filter.lock();
+        for _ in 0..4096 {
+            let Some(row) = rows.next()? else {
+                return Ok(());
+            };
+            let id = row.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
+            filter.add(row.get(0)?, id);
+        }
+    }
 }
 
 /// Ids one [`merged_among`] statement checks.
 const MERGED_CHUNK: usize = 25;
 
-/// For each request, whether `rq_ids` holds its id (one statement per 25 requests).
-fn merged_among(conn: &Connection, num: i64, requests: &[QueueRequest]) -> Result<Vec<bool>> {
+/// For each request, whether `rq_ids` holds its id: one statement per 25 requests whose ids the
+/// filter of merged ids may hold, none for the others.
+fn merged_among(
+    conn: &Connection,
+    recent: &RecentIds,
+    num: i64,
+    requests: &[QueueRequest],
+) -> Result<Vec<bool>> {
     static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     let sql = SQL.get_or_init(|| {
         let list: Vec<String> = (0..MERGED_CHUNK).map(|i| format!("?{}", i + 2)).collect();
@@ -234,8 +404,18 @@ fn merged_among(conn: &Connection, num: i64, requests: &[QueueRequest]) -> Resul
         )
     });
     let mut merged = vec![false; requests.len()];
+    let candidates: Vec<&QueueRequest> = {
+        let filter = recent.merged.lock();
+        requests
+            .iter()
+            .filter(|r| filter.may_hold(num, &r.id))
+            .collect()
+    };
+    if candidates.is_empty() {
+        return Ok(merged);
+    }
     let mut stmt = conn.prepare_cached(sql)?;
-    for chunk in requests.chunks(MERGED_CHUNK) {
+    for chunk in candidates.chunks(MERGED_CHUNK) {
         stmt.raw_bind_parameter(1, num)?;
         for i in 0..MERGED_CHUNK {
             // Short chunks repeat their first id.
@@ -576,8 +756,7 @@ fn update_existing(
     Ok(true)
 }
 
-/// Inserts `r`, which the queue does not hold (the caller checked), with a `rid` above every
-/// existing row and the merge watermark, and records its id in the map of recent ids.
+/// Inserts `r`, which the queue does not hold (the caller checked): see [`insert_rows`].
 fn insert(
     tx: &Transaction<'_>,
     recent: &RecentIds,
@@ -585,31 +764,99 @@ fn insert(
     r: &QueueRequest,
     forefront: bool,
 ) -> Result<()> {
-    let ord = q.next_ord(forefront);
-    // (No RETURNING: it buffers the row in an ephemeral table, dearer than asking afterwards.)
-    tx.prepare_cached(
-        "INSERT INTO rq_requests (rid, queue, id, ord, handled_at, unique_key, url, method, retry_count, data)
-         VALUES (max(coalesce((SELECT max(rid) FROM rq_requests), 0), (SELECT watermark FROM rq_merged)) + 1,
-                 ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    )?
-    .execute(params![
-        q.num,
-        r.id,
-        ord,
-        r.handled_at,
-        r.unique_key,
-        r.url,
-        r.method,
-        r.retry_count,
-        r.json
-    ])?;
-    recent.insert(q.num, &r.id, tx.last_insert_rowid());
-    q.total += 1;
-    if r.handled_at.is_some() {
-        q.handled += 1;
+    insert_rows(tx, recent, q, &[r], forefront)
+}
+
+/// Rows one multi-row INSERT statement takes: a batch is written by statements of these sizes
+/// (largest first), which share the per-statement costs (prepare-cache lookup, VDBE start,
+/// reset) among their rows.
+const INSERT_SIZES: [usize; 3] = [25, 8, 1];
+/// Columns of one inserted row.
+const INSERT_COLUMNS: usize = 10;
+
+fn insert_sql(rows: usize) -> &'static str {
+    static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let all = SQL.get_or_init(|| {
+        INSERT_SIZES
+            .iter()
+            .map(|&n| {
+                let values: Vec<String> = (0..n)
+                    .map(|row| {
+                        let params: Vec<String> = (1..=INSERT_COLUMNS)
+                            .map(|col| format!("?{}", row * INSERT_COLUMNS + col))
+                            .collect();
+                        format!("({})", params.join(", "))
+                    })
+                    .collect();
+                format!(
+                    "INSERT INTO rq_requests (rid, queue, id, ord, handled_at, unique_key, url, method, retry_count, data)
+                     VALUES {}",
+                    values.join(", ")
+                )
+            })
+            .collect()
+    });
+    let i = INSERT_SIZES
+        .iter()
+        .position(|&n| n == rows)
+        .expect("a statement size");
+    &all[i]
+}
+
+/// Inserts `rows` (new to the queue and distinct; the caller checked) in their order, with
+/// `rid`s above every existing row and the merge watermark, positions from the queue's
+/// counters, and records their ids in the map of recent ids.
+fn insert_rows(
+    tx: &Transaction<'_>,
+    recent: &RecentIds,
+    q: &mut QueueRow,
+    rows: &[&QueueRequest],
+    forefront: bool,
+) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
     }
-    q.writes += 1;
-    q.bytes += r.json.len() as i64;
+    let mut rid: i64 = tx
+        .prepare_cached(
+            "SELECT max(coalesce((SELECT max(rid) FROM rq_requests), 0), (SELECT watermark FROM rq_merged))",
+        )?
+        .query_row([], |row| row.get(0))?;
+    let mut rest = rows;
+    while !rest.is_empty() {
+        let n = INSERT_SIZES
+            .into_iter()
+            .find(|&n| n <= rest.len())
+            .expect("size 1");
+        let (chunk, tail) = rest.split_at(n);
+        let first = rid + 1;
+        let mut stmt = tx.prepare_cached(insert_sql(n))?;
+        for (i, r) in chunk.iter().enumerate() {
+            rid += 1;
+            let ord = q.next_ord(forefront);
+            let at = i * INSERT_COLUMNS;
+            stmt.raw_bind_parameter(at + 1, rid)?;
+            stmt.raw_bind_parameter(at + 2, q.num)?;
+            stmt.raw_bind_parameter(at + 3, r.id.as_str())?;
+            stmt.raw_bind_parameter(at + 4, ord)?;
+            stmt.raw_bind_parameter(at + 5, r.handled_at)?;
+            stmt.raw_bind_parameter(at + 6, r.unique_key.as_str())?;
+            stmt.raw_bind_parameter(at + 7, r.url.as_str())?;
+            stmt.raw_bind_parameter(at + 8, r.method.as_str())?;
+            stmt.raw_bind_parameter(at + 9, r.retry_count)?;
+            stmt.raw_bind_parameter(at + 10, r.json.as_str())?;
+        }
+        stmt.raw_execute()?;
+        for (r, rid) in chunk.iter().zip(first..) {
+            recent.insert(q.num, &r.id, rid);
+            q.total += 1;
+            if r.handled_at.is_some() {
+                q.handled += 1;
+            }
+            q.writes += 1;
+            q.bytes += r.json.len() as i64;
+        }
+        rest = tail;
+    }
     q.modified = true;
     Ok(())
 }
@@ -872,8 +1119,9 @@ impl SqliteStorage {
     /// Moves the ids of every request added since the last merge into `rq_ids` (one sorted
     /// run, one transaction) and, once that committed, drops them from the map.
     pub(crate) async fn merge_recent_ids(&self) -> Result<()> {
+        let this = self.clone();
         let watermark = self
-            .write(|tx| {
+            .write(move |tx| {
                 let old: i64 =
                     tx.query_row("SELECT watermark FROM rq_merged", [], |row| row.get(0))?;
                 let new: i64 =
@@ -890,6 +1138,13 @@ impl SqliteStorage {
                     params![old, new],
                 )?;
                 tx.execute("UPDATE rq_merged SET watermark = ?1", [new])?;
+                // Before the commit, so the filter holds these ids before the map drops them.
+                let mut stmt =
+                    tx.prepare("SELECT queue, id FROM rq_requests WHERE rid > ?1 AND rid <= ?2")?;
+                fill_filter(
+                    &this.inner.recent_ids.merged,
+                    stmt.query(params![old, new])?,
+                )?;
                 Ok(new)
             })
             .await?;
@@ -930,30 +1185,42 @@ impl QueueStore for SqliteStorage {
                 let recent = &this.inner.recent_ids;
                 let mut q = QueueRow::load(tx, &queue_id)?;
                 q.track(&client_key);
-                let merged = merged_among(tx, q.num, &requests)?;
-                let mut outcomes = Vec::with_capacity(requests.len());
-                for (r, merged) in requests.into_iter().zip(merged) {
-                    // Most added requests are new: one statement told which ids `rq_ids` has,
-                    // and the map the rest (a request earlier in this batch is there too).
+                let merged = merged_among(tx, recent, q.num, &requests)?;
+                // (present, handled) per request; the new ones are inserted together.
+                let mut states = Vec::with_capacity(requests.len());
+                let mut fresh: Vec<&QueueRequest> = Vec::with_capacity(requests.len());
+                for (r, merged) in requests.iter().zip(merged) {
+                    if let Some(first) = fresh.iter().find(|f| f.id == r.id) {
+                        // A repeat of a request this batch adds.
+                        states.push((true, first.handled_at.is_some()));
+                        continue;
+                    }
+                    // Most added requests are new: one statement told which ids `rq_ids` has
+                    // (none when the filter of merged ids rules them all out), the map the rest.
                     let existing = if merged || recent.get(q.num, &r.id).is_some() {
                         find(tx, recent, q.num, &r.id)?
                     } else {
                         None
                     };
-                    let (present, handled) = match existing {
-                        Some(existing) => (true, existing.handled),
+                    match existing {
+                        Some(existing) => states.push((true, existing.handled)),
                         None => {
-                            insert(tx, recent, &mut q, &r, forefront)?;
-                            (false, false)
+                            fresh.push(r);
+                            states.push((false, false));
                         }
-                    };
-                    outcomes.push(RequestOutcome {
+                    }
+                }
+                insert_rows(tx, recent, &mut q, &fresh, forefront)?;
+                let outcomes: Vec<RequestOutcome> = requests
+                    .into_iter()
+                    .zip(states)
+                    .map(|(r, (present, handled))| RequestOutcome {
                         request_id: r.id,
                         unique_key: r.unique_key,
                         was_already_present: present,
                         was_already_handled: handled,
-                    });
-                }
+                    })
+                    .collect();
                 q.save(tx, now)?;
                 Ok(outcomes)
             })
@@ -1333,6 +1600,178 @@ mod tests {
                 v["uniqueKey"].as_str().unwrap().to_string()
             })
             .collect()
+    }
+
+    /// The filter of merged ids never misses an id it was given, across its growing blocks,
+    /// and rarely claims one it was not; it switches itself off (always "maybe") past its
+    /// last block.
+    #[test]
+    fn merged_filter_has_no_false_negatives() {
+        let mut filter = MergedFilter::default();
+        assert!(filter.may_hold(1, "x"), "not ready: maybe");
+        filter.ready = true;
+        assert!(!filter.may_hold(1, "x"));
+        let n = FILTER_FIRST_IDS * 3 + 10;
+        let id = |i: usize| troupe_model::queue::request_id(&i.to_string());
+        for i in 0..n {
+            filter.add((i % 3) as i64, &id(i));
+        }
+        assert_eq!(filter.blocks.len(), 3);
+        assert_eq!(
+            filter.bytes(),
+            7 * FILTER_FIRST_IDS * FILTER_BITS_PER_ID / 8
+        );
+        for i in 0..n {
+            assert!(filter.may_hold((i % 3) as i64, &id(i)), "{i}");
+        }
+        // The same id in another queue is another pair.
+        let others = (0..n)
+            .filter(|&i| filter.may_hold((i % 3) as i64 + 3, &id(i)))
+            .count();
+        let fresh = (n..n + 100_000)
+            .filter(|&i| filter.may_hold(1, &id(i)))
+            .count();
+        assert!(others < n / 200, "{others}");
+        assert!(fresh < 500, "{fresh}");
+        filter.blocks = Vec::new();
+        filter.last_len = 0;
+        for _ in 0..FILTER_MAX_BLOCKS {
+            filter.blocks.push(vec![[0u64; 8]; 1].into_boxed_slice());
+        }
+        filter.last_len = usize::MAX;
+        filter.add(1, "a");
+        assert!(filter.off && filter.blocks.is_empty());
+        assert!(filter.may_hold(1, "never added"));
+    }
+
+    /// Ids of merged requests are in the filter after a merge and after a restart (rebuilt from
+    /// `rq_ids`); when the filter wrongly says "maybe" (a false positive: here every id, the
+    /// filter switched off), adding still tells new from present requests.
+    #[tokio::test]
+    async fn merged_filter_across_merges_restart_and_false_positives() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = SqliteStorage::open(dir.path(), SqliteOptions::default()).unwrap();
+        storage.set_merge_threshold(usize::MAX);
+        let queue = new_queue(&storage).await;
+        let num = |storage: &SqliteStorage| {
+            let queue = queue.clone();
+            storage
+                .read_blocking(move |conn| Ok(QueueRow::load(conn, &queue)?.num))
+                .unwrap()
+        };
+        let holds = |storage: &SqliteStorage, num: i64, key: &str| {
+            let id = troupe_model::queue::request_id(key);
+            storage.inner.recent_ids.merged.lock().may_hold(num, &id)
+        };
+        let absent = |storage: &SqliteStorage, num: i64| {
+            (1000..1100)
+                .filter(|i| !holds(storage, num, &format!("k{i}")))
+                .count()
+        };
+        // (Filled in the background at start-up: wait, with a generous deadline.)
+        let ready = |storage: &SqliteStorage| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while !storage.inner.recent_ids.merged.lock().ready {
+                assert!(std::time::Instant::now() < deadline, "filter never ready");
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        };
+        ready(&storage);
+        assert_eq!(add(&storage, &queue, &keys(0..40)).await, vec![false; 40]);
+        let n = num(&storage);
+        storage.merge_recent_ids().await.unwrap();
+        assert!(keys(0..40).iter().all(|k| holds(&storage, n, k)));
+        assert_eq!(
+            add(&storage, &queue, &keys(30..60)).await[..],
+            {
+                let mut want = vec![true; 10];
+                want.extend([false; 20]);
+                want
+            }[..]
+        );
+        drop(storage);
+
+        let storage = SqliteStorage::open(dir.path(), SqliteOptions::default()).unwrap();
+        storage.set_merge_threshold(usize::MAX);
+        ready(&storage);
+        assert!(keys(0..40).iter().all(|k| holds(&storage, n, k)));
+        // The filter rules out (nearly) every id it was not given.
+        assert!(absent(&storage, n) >= 95);
+        // 40..60 are not merged yet: found through the map.
+        let mut want = vec![true; 60];
+        want.extend([false; 5]);
+        assert_eq!(add(&storage, &queue, &keys(0..65)).await, want);
+        storage.merge_recent_ids().await.unwrap();
+        assert!(keys(0..65).iter().all(|k| holds(&storage, n, k)));
+
+        // Every lookup a false positive: the same answers, through the seeks.
+        {
+            let mut filter = storage.inner.recent_ids.merged.lock();
+            *filter = MergedFilter {
+                off: true,
+                ..MergedFilter::default()
+            };
+        }
+        let mut want = vec![true; 65];
+        want.extend([false; 5]);
+        assert_eq!(add(&storage, &queue, &keys(0..70)).await, want);
+        assert_eq!(listed(&storage, &queue).await.len(), 70);
+        let info = storage
+            .get_storage(StorageKind::RequestQueue, &queue)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(info.total_request_count, 70);
+    }
+
+    /// A batch larger than one insert statement (25 + 8 + 1s) keeps its order at the back
+    /// and its reversed order at the front, with duplicates and present requests mixed in.
+    #[tokio::test]
+    async fn multi_row_inserts_keep_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = SqliteStorage::open(dir.path(), SqliteOptions::default()).unwrap();
+        let queue = new_queue(&storage).await;
+        assert_eq!(add(&storage, &queue, &keys(0..2)).await, vec![false; 2]);
+        let mut batch = keys(2..40);
+        batch.insert(5, "k0".into());
+        batch.insert(20, "k7".into());
+        let outcomes = storage
+            .add_requests(
+                &queue,
+                batch.iter().map(|k| req(k)).collect(),
+                false,
+                None,
+                1,
+            )
+            .await
+            .unwrap();
+        let present: Vec<usize> = (0..batch.len())
+            .filter(|&i| outcomes[i].was_already_present)
+            .collect();
+        assert_eq!(present, vec![5, 20]);
+        let front = keys(40..75);
+        let outcomes = storage
+            .add_requests(
+                &queue,
+                front.iter().map(|k| req(k)).collect(),
+                true,
+                None,
+                1,
+            )
+            .await
+            .unwrap();
+        assert!(outcomes.iter().all(|o| !o.was_already_present));
+        let head = storage.list_head(&queue, 1000, None, 1).await.unwrap();
+        let got: Vec<String> = head.items().into_iter().map(|i| i.unique_key).collect();
+        let mut want: Vec<String> = front.iter().rev().cloned().collect();
+        want.extend(keys(0..40));
+        assert_eq!(got, want);
+        let info = storage
+            .get_storage(StorageKind::RequestQueue, &queue)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(info.total_request_count, 75);
     }
 
     /// Requests are found (dedup, get, delete, listing) whether their ids are merged into
