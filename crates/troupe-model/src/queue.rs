@@ -35,12 +35,19 @@ pub const METHODS: &[&str] = &[
 /// `/` and `=`, first 15 characters. Both SDKs compute it themselves and address requests by it.
 pub fn request_id(unique_key: &str) -> String {
     let digest = Sha256::digest(unique_key.as_bytes());
-    let encoded = base64::engine::general_purpose::STANDARD.encode(digest);
-    encoded
-        .chars()
-        .filter(|c| !matches!(c, '+' | '/' | '='))
+    // 32 bytes encode to 44 characters; at most a few are `+` or `/`, and 15 others remain
+    // (were there fewer, the id would just be shorter, as the SDKs compute it).
+    let mut encoded = [0u8; 44];
+    let written = base64::engine::general_purpose::STANDARD
+        .encode_slice(digest, &mut encoded)
+        .expect("44 bytes hold 32 encoded");
+    let id: Vec<u8> = encoded[..written]
+        .iter()
+        .copied()
+        .filter(|c| !matches!(c, b'+' | b'/' | b'='))
         .take(REQUEST_ID_LEN)
-        .collect()
+        .collect();
+    String::from_utf8(id).expect("base64 is ASCII")
 }
 
 /// A validated request, ready to store.
@@ -98,9 +105,57 @@ pub fn parse_request_raw(
     raw: &RawValue,
     path_id: Option<&str>,
 ) -> Result<QueueRequest, RequestError> {
-    let Ok(Fields(fields)) = serde_json::from_str::<Fields<'_>>(raw.get()) else {
+    let Ok(fields) = serde_json::from_str::<Fields<'_>>(raw.get()) else {
         return Err(invalid("Request must be a JSON object"));
     };
+    parse_fields(fields, raw.get().len(), path_id)
+}
+
+/// One request of a batch body read by [`parse_request_batch`]: its fields, not validated yet.
+pub struct BatchEntry<'a> {
+    fields: Fields<'a>,
+    len: usize,
+}
+
+impl BatchEntry<'_> {
+    /// Validates the request as [`parse_request_raw`] does.
+    pub fn parse(self) -> Result<QueueRequest, RequestError> {
+        parse_fields(self.fields, self.len, None)
+    }
+}
+
+/// A batch-add body read in one pass when it is a JSON array of JSON objects (what clients
+/// send): each object's fields, to validate with [`BatchEntry::parse`]. `None` for anything
+/// else (malformed JSON, another shape, an entry that is not an object): the caller then reads
+/// the body the slow way ([`parse_request_raw`] per entry), which says what is wrong.
+pub fn parse_request_batch(body: &[u8]) -> Option<Vec<BatchEntry<'_>>> {
+    serde_json::from_slice::<Vec<Entry<'_>>>(body)
+        .ok()
+        .map(|entries| entries.into_iter().map(|Entry(e)| e).collect())
+}
+
+/// A batch entry as read: an object's fields and the length of its text.
+struct Entry<'a>(BatchEntry<'a>);
+
+impl<'de> Deserialize<'de> for Entry<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let fields = Fields::deserialize(deserializer)?;
+        // (Capacity hint for the stored JSON: the fields' text.)
+        let len = fields
+            .0
+            .iter()
+            .map(|(k, v)| k.len() + v.get().len() + 4)
+            .sum();
+        Ok(Entry(BatchEntry { fields, len }))
+    }
+}
+
+/// Validates a request from its fields (`len`: about the length of its JSON text).
+fn parse_fields(
+    Fields(fields): Fields<'_>,
+    len: usize,
+    path_id: Option<&str>,
+) -> Result<QueueRequest, RequestError> {
     let field = |name: &str| -> Option<&str> {
         fields
             .iter()
@@ -193,7 +248,7 @@ pub fn parse_request_raw(
     };
     // `id` first, then the other fields in their order with their text as received;
     // `handledAt` normalized in place (dropped when empty).
-    let mut out = Vec::with_capacity(raw.get().len() + 32);
+    let mut out = Vec::with_capacity(len + 32);
     out.extend_from_slice(b"{\"id\":");
     write_json_str(&mut out, &id);
     for (key, value) in &fields {
@@ -314,7 +369,16 @@ fn is_http_url(url: &str) -> bool {
     } else {
         return false;
     };
-    !rest.is_empty() && !rest.starts_with('/') && !url.chars().any(char::is_whitespace)
+    !rest.is_empty() && !rest.starts_with('/') && !has_whitespace(url)
+}
+
+/// `s.chars().any(char::is_whitespace)`, byte by byte while the text is ASCII.
+fn has_whitespace(s: &str) -> bool {
+    if !s.is_ascii() {
+        return s.chars().any(char::is_whitespace);
+    }
+    s.bytes()
+        .any(|b| matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r'))
 }
 
 /// `clientKey`: 1 to 32 characters.
@@ -473,6 +537,59 @@ mod tests {
             serde_json::from_str(r#"{"url": "http://a.example", "uniqueKey": "k", "payload": {"a": 1}, "retryCount": 3, "method": "POST"}"#).unwrap();
         let r = parse_request_raw(raw, None).unwrap();
         assert_eq!((r.retry_count, r.method.as_str()), (3, "POST"));
+    }
+
+    /// The one-pass batch reader answers as the entry-by-entry one for arrays of objects
+    /// (valid or not as requests), and declines anything else.
+    #[test]
+    fn batch_parse_matches_entry_parse() {
+        let bodies = [
+            r#"[{"url":"https://a.example/1","uniqueKey":"k1"},{"url":"HTTP://b.example","uniqueKey":"k\"2","method":"POST","userData":{"x":[1,{"y":null}]},"x":1,"x":2}]"#,
+            r#" [ { "uniqueKey" : "\u00e9", "url" : "https://a.example/\u00e9", "handledAt": "2026-08-21T10:23:31.607Z" } ] "#,
+            r#"[{"url":"https://a.example/1"},{"url":"ftp://a","uniqueKey":"k"},{"url":"https://a .example","uniqueKey":"k"},{"url":"https://a.example\u00a0x","uniqueKey":"k"},{"url":"https://a.example","uniqueKey":"k","id":"nope"}]"#,
+            r#"[{"url":"https://a.example","uniqueKey":"k","retryCount":-1},{"url":"https://a.example\tx","uniqueKey":"k"},{}]"#,
+            "[]",
+        ];
+        for body in bodies {
+            let fast: Vec<_> = parse_request_batch(body.as_bytes())
+                .unwrap_or_else(|| panic!("{body}"))
+                .into_iter()
+                .map(BatchEntry::parse)
+                .collect();
+            let slow: Vec<&RawValue> = serde_json::from_str(body).unwrap();
+            let slow: Vec<_> = slow
+                .into_iter()
+                .map(|e| parse_request_raw(e, None))
+                .collect();
+            assert_eq!(fast, slow, "{body}");
+        }
+        for body in [
+            "",
+            " ",
+            "{}",
+            "[1]",
+            r#"[{"url":"https://a.example","uniqueKey":"k"}, null]"#,
+            r#"[{"url":"https://a.example","uniqueKey":"k"}] x"#,
+            r#"[{"url":"https://a.example","uniqueKey":"k"}"#,
+        ] {
+            assert!(parse_request_batch(body.as_bytes()).is_none(), "{body}");
+        }
+        assert!(parse_request_batch(b"[{\"uniqueKey\":\"\xff\"}]").is_none());
+    }
+
+    #[test]
+    fn whitespace_in_urls() {
+        for (url, ok) in [
+            ("https://a.example/x", true),
+            ("https://a.example/\u{e9}", true),
+            ("https://a.example/ x", false),
+            ("https://a.example/\u{b}x", false),
+            ("https://a.example/\u{a0}x", false),
+            ("https://a.example/\u{3000}", false),
+            ("https://a.example/\u{1f}", true),
+        ] {
+            assert_eq!(is_http_url(url), ok, "{url:?}");
+        }
     }
 
     #[test]

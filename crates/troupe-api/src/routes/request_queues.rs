@@ -13,8 +13,8 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use troupe_model::queue::{
-    parse_request_raw, request_id, validate_client_key, QueueRequest, RequestError, MAX_BATCH,
-    MAX_HEAD_LIMIT, MAX_LIST_LIMIT, MAX_LOCK_LIMIT, MAX_LOCK_SECS,
+    parse_request_batch, parse_request_raw, request_id, validate_client_key, QueueRequest,
+    RequestError, MAX_BATCH, MAX_HEAD_LIMIT, MAX_LIST_LIMIT, MAX_LOCK_LIMIT, MAX_LOCK_SECS,
 };
 use troupe_model::storage::StorageKind;
 use troupe_model::{format_ts, now_ms};
@@ -188,19 +188,29 @@ async fn batch_add_requests(
 ) -> ApiResult<Response> {
     let client = client_key(&params)?;
     let forefront = params.bool("forefront", false)?;
-    let requests = batch_entries(&body)?
-        .into_iter()
-        .enumerate()
-        .map(|(index, entry)| {
-            parse_request_raw(entry, None).map_err(|err| {
-                let message = format!("Request at index {index}: {}", err.message());
-                request_error(match err {
-                    RequestError::Invalid(_) => RequestError::Invalid(message),
-                    RequestError::IdMismatch(_) => RequestError::IdMismatch(message),
-                })
-            })
+    let at_index = |index: usize, err: RequestError| {
+        let message = format!("Request at index {index}: {}", err.message());
+        request_error(match err {
+            RequestError::Invalid(_) => RequestError::Invalid(message),
+            RequestError::IdMismatch(_) => RequestError::IdMismatch(message),
         })
-        .collect::<ApiResult<Vec<QueueRequest>>>()?;
+    };
+    // One pass over a well-formed body (an array of objects); anything else is read entry by
+    // entry, which tells what is wrong (the same answers either way).
+    let requests = match parse_request_batch(&body) {
+        Some(entries) if entries.len() <= MAX_BATCH => entries
+            .into_iter()
+            .enumerate()
+            .map(|(index, entry)| entry.parse().map_err(|err| at_index(index, err)))
+            .collect::<ApiResult<Vec<QueueRequest>>>()?,
+        _ => batch_entries(&body)?
+            .into_iter()
+            .enumerate()
+            .map(|(index, entry)| {
+                parse_request_raw(entry, None).map_err(|err| at_index(index, err))
+            })
+            .collect::<ApiResult<Vec<QueueRequest>>>()?,
+    };
     let outcomes = if requests.is_empty() {
         Vec::new()
     } else {
