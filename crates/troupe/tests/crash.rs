@@ -232,7 +232,14 @@ async fn acknowledged_records_survive_kill_9() {
 }
 
 /// Locks and handles requests until the server dies; records what it saw acknowledged as handled.
-async fn consumer(api: String, token: String, client_key: String, handled: Arc<Acked>) {
+/// Locks go by the queue's name, updates by its id (`queue`), as the SDKs make them.
+async fn consumer(
+    api: String,
+    token: String,
+    client_key: String,
+    handled: Arc<Acked>,
+    queue: String,
+) {
     let http = client();
     loop {
         let url = format!("{api}/request-queues/~crash/head/lock?lockSecs=60&limit=5&clientKey={client_key}&token={token}");
@@ -257,7 +264,7 @@ async fn consumer(api: String, token: String, client_key: String, handled: Arc<A
             let mut request = item.clone();
             request["handledAt"] = json!(troupe_model::format_ts(troupe_model::now_ms()));
             let url = format!(
-                "{api}/request-queues/~crash/requests/{id}?clientKey={client_key}&token={token}"
+                "{api}/request-queues/{queue}/requests/{id}?clientKey={client_key}&token={token}"
             );
             match http.put(&url).json(&request).send().await {
                 Ok(response) if response.status().is_success() => {
@@ -280,14 +287,16 @@ async fn queue_draining_survives_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = TestServer::start_in(dir.path(), &[]);
     let http = client();
-    assert_eq!(
-        http.post(server.url("/request-queues?name=crash"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        201
-    );
+    let created = http
+        .post(server.url("/request-queues?name=crash"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let queue = created.json::<Value>().await.unwrap()["data"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     const TOTAL: u64 = 2000;
     for chunk in (0..TOTAL).collect::<Vec<_>>().chunks(25) {
         let batch: Vec<Value> = chunk.iter().map(|n| json!({"url": format!("http://example.test/{n}"), "uniqueKey": format!("u{n}")})).collect();
@@ -308,6 +317,7 @@ async fn queue_draining_survives_kill_9() {
                     server.token.clone(),
                     format!("c{round}x{c}"),
                     handled.clone(),
+                    queue.clone(),
                 ))
             })
             .collect();

@@ -14,7 +14,8 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use troupe_model::queue::QueueRequest;
 use troupe_model::storage::StorageKind;
 
-use super::SqliteStorage;
+use super::group::{BatchState, Changes};
+use super::{optional, SqliteStorage};
 use crate::queues::{
     DeleteTarget, Head, HeadEntries, HeadItem, ListedHead, LockOutcome, RequestFilter,
     RequestOutcome, RequestsPage,
@@ -756,6 +757,136 @@ fn update_existing(
     Ok(true)
 }
 
+/// What a batch's request updates add to one queue's catalog row (see [`QueueDeltas`]).
+#[derive(Clone, Debug, Default)]
+struct QueueDelta {
+    handled: i64,
+    writes: i64,
+    bytes: i64,
+    /// The latest write's time: `modifiedAt` and `accessedAt`.
+    now: i64,
+    /// The first call's client (`Some(None)`: a call without clientKey); `None`: no call yet.
+    first_client: Option<Option<String>>,
+    /// A later call came from another client than the first, or one of them had no key: the
+    /// calls alone make `hadMultipleClients` (the rules of [`track`], applied in order).
+    multiple: bool,
+}
+
+impl QueueDelta {
+    fn track(&mut self, client: &Option<String>) {
+        match &self.first_client {
+            None => self.first_client = Some(client.clone()),
+            Some(first) => {
+                if first.is_none() || client.is_none() || first != client {
+                    self.multiple = true;
+                }
+            }
+        }
+    }
+
+    fn add(&mut self, other: &QueueDelta) {
+        self.handled += other.handled;
+        self.writes += other.writes;
+        self.bytes += other.bytes;
+        self.now = self.now.max(other.now);
+        if let Some(client) = &other.first_client {
+            self.track(client);
+        }
+        self.multiple |= other.multiple;
+    }
+}
+
+/// The queue counters and client tracking of a batch's request updates, written with one
+/// `UPDATE storages` per queue before COMMIT instead of one per update (a [`BatchState`], see
+/// `super::group`): a consumer's "handled" PUT then changes one row, the request's, and needs
+/// no savepoint. Plain writes (everything that reads the queue's row) run after a flush.
+#[derive(Default)]
+pub(crate) struct QueueDeltas {
+    /// Per queue number: what the batch's successful updates add.
+    done: Vec<(i64, QueueDelta)>,
+    /// What the running update adds (merged into `done` when it succeeds).
+    job: Option<(i64, QueueDelta)>,
+    /// Queues (number, id) found in this batch: only plain writes delete queues, and this
+    /// state is dropped before any of them runs.
+    checked: Vec<(i64, String)>,
+}
+
+impl QueueDeltas {
+    /// Whether row `num` is still the queue `id` (numbers of deleted storages may be reused).
+    fn check(&mut self, conn: &Connection, num: i64, id: &str) -> Result<bool> {
+        if self.checked.iter().any(|(n, i)| *n == num && i == id) {
+            return Ok(true);
+        }
+        let found = optional(
+            conn.prepare_cached("SELECT 1 FROM storages WHERE num = ?1 AND id = ?2 AND kind = ?3")?
+                .query_row(params![num, id, StorageKind::RequestQueue.code()], |_| {
+                    Ok(())
+                }),
+        )?
+        .is_some();
+        if found {
+            self.checked.push((num, id.to_string()));
+        }
+        Ok(found)
+    }
+}
+
+impl BatchState for QueueDeltas {
+    fn job_succeeded(&mut self) {
+        if let Some((num, delta)) = self.job.take() {
+            match self.done.iter_mut().find(|(n, _)| *n == num) {
+                Some((_, sum)) => sum.add(&delta),
+                None => self.done.push((num, delta)),
+            }
+        }
+    }
+
+    fn job_failed(&mut self) {
+        self.job = None;
+    }
+
+    fn flush(&mut self, tx: &Transaction<'_>) -> Result<()> {
+        debug_assert!(self.job.is_none());
+        if self.done.is_empty() {
+            return Ok(());
+        }
+        // `hadMultipleClients` / `last_client_key` as `track` leaves them after the batch's
+        // calls: ?2 = the calls alone make several clients, ?3 = the first call's client.
+        let mut stmt = tx.prepare_cached(
+            "UPDATE storages SET handled_request_count = handled_request_count + ?1,
+                 had_multiple_clients = CASE
+                     WHEN had_multiple_clients != 0 THEN had_multiple_clients
+                     WHEN last_client_key IS NULL THEN ?2
+                     WHEN ?2 != 0 OR ?3 IS NULL OR last_client_key != ?3 THEN 1 ELSE 0 END,
+                 last_client_key = CASE
+                     WHEN had_multiple_clients = 0 AND last_client_key IS NULL THEN coalesce(?3, '')
+                     ELSE last_client_key END,
+                 modified_at = ?4, accessed_at = ?4, write_count = write_count + ?5,
+                 storage_bytes = max(0, storage_bytes + ?6)
+             WHERE num = ?7",
+        )?;
+        for (num, d) in self.done.drain(..) {
+            let changed = stmt.execute(params![
+                d.handled,
+                d.multiple as i64,
+                d.first_client.flatten(),
+                d.now,
+                d.writes,
+                d.bytes,
+                num
+            ])?;
+            if changed == 0 {
+                // Cannot happen: queues are deleted by plain writes only, which run after a
+                // flush.
+                return Err(Error::Internal(anyhow::anyhow!(
+                    "request queue {num} vanished within a write batch"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Inserts `r`, which the queue does not hold (the caller checked): see [`insert_rows`].
 fn insert(
     tx: &Transaction<'_>,
@@ -986,6 +1117,63 @@ impl SqliteStorage {
             Ok(q.multiple)
         })
         .await
+    }
+
+    /// A handled request's update in the queue with row number `num` (checked), as a batched
+    /// write: the request's row is its only change, the queue's counters and client tracking
+    /// go to the batch's [`QueueDeltas`]. Gives the request back (`Err`), having changed
+    /// nothing, when the queue does not hold it (an insert, for the general path).
+    #[allow(clippy::type_complexity)]
+    async fn mark_handled(
+        &self,
+        queue_id: &str,
+        num: i64,
+        request: QueueRequest,
+        client_key: Option<String>,
+        now: i64,
+    ) -> Result<std::result::Result<RequestOutcome, (QueueRequest, Option<String>)>> {
+        let guard = HeadInvalidation {
+            storage: self.clone(),
+            queue_id: queue_id.to_string(),
+        };
+        let this = self.clone();
+        let (value, guard) = self
+            .write_batched(Changes::OneStatement, move |tx, batch| {
+                let deltas = batch.state::<QueueDeltas>();
+                if !deltas.check(tx, num, &guard.queue_id)? {
+                    return Err(Error::NotFound("Request queue was not found".into()));
+                }
+                let r = &request;
+                let Some(existing) = find(tx, &this.inner.recent_ids, num, &r.id)? else {
+                    return Ok((Err((request, client_key)), guard));
+                };
+                // The write's one change, and its last fallible step.
+                tx.prepare_cached(
+                    "UPDATE rq_requests SET handled_at = ?1, locked_until = 0, lock_client = NULL, lapse_to = NULL,
+                         unique_key = ?2, url = ?3, method = ?4, retry_count = ?5, data = ?6
+                     WHERE rid = ?7",
+                )?
+                .execute(params![r.handled_at, r.unique_key, r.url, r.method, r.retry_count, r.json, existing.rid])?;
+                let mut delta = QueueDelta {
+                    handled: (!existing.handled) as i64,
+                    writes: 1,
+                    bytes: r.json.len() as i64 - existing.size,
+                    now,
+                    ..QueueDelta::default()
+                };
+                delta.track(&client_key);
+                deltas.job = Some((num, delta));
+                let outcome = RequestOutcome {
+                    request_id: r.id.clone(),
+                    unique_key: r.unique_key.clone(),
+                    was_already_present: true,
+                    was_already_handled: existing.handled,
+                };
+                Ok((Ok(outcome), guard))
+            })
+            .await?;
+        drop(guard);
+        Ok(value)
     }
 
     /// [`QueueStore::update_request`] with `hint`, the queue's row number if known: a hot
@@ -1260,6 +1448,20 @@ impl QueueStore for SqliteStorage {
             .caches
             .cached_access(StorageKind::RequestQueue, queue_id)
             .map(|access| access.num);
+        if let (Some(num), Some(_)) = (hint, request.handled_at) {
+            // The hot path (a consumer marking its request handled) changes one row.
+            match self
+                .mark_handled(queue_id, num, request, client_key, now)
+                .await?
+            {
+                Ok(outcome) => return Ok(outcome),
+                Err((request, client_key)) => {
+                    return self
+                        .update_request_at(queue_id, hint, request, forefront, client_key, now)
+                        .await
+                }
+            }
+        }
         self.update_request_at(queue_id, hint, request, forefront, client_key, now)
             .await
     }
@@ -2006,5 +2208,162 @@ mod tests {
             (2, 1)
         );
         assert_eq!(after.modified_at, 6);
+    }
+    /// Batched "handled" updates (`QueueDeltas`): in one batch, a failed write's counters and
+    /// client are dropped, a plain write in the middle sees exact counters, a repeated update
+    /// is `wasAlreadyHandled` and counted once, an unknown request goes back to the general
+    /// path unchanged, an update of a queue deleted earlier in the batch fails, and the queue
+    /// rows after the batch are exact (counters, clients, modifiedAt).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batched_handled_updates_stay_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = SqliteStorage::open(dir.path(), SqliteOptions::default()).unwrap();
+        let info = |id: String| {
+            let storage = storage.clone();
+            async move {
+                storage
+                    .get_storage(StorageKind::RequestQueue, &id)
+                    .await
+                    .unwrap()
+                    .unwrap()
+            }
+        };
+        let (one, two, doomed) = (
+            new_queue(&storage).await,
+            new_queue(&storage).await,
+            new_queue(&storage).await,
+        );
+        for q in [&one, &two, &doomed] {
+            let reqs = keys(0..3).iter().map(|k| req(k)).collect();
+            storage
+                .add_requests(q, reqs, false, Some("a".into()), 1)
+                .await
+                .unwrap();
+        }
+        let nums = (
+            info(one.clone()).await.num,
+            info(two.clone()).await.num,
+            info(doomed.clone()).await.num,
+        );
+        let before = info(one.clone()).await;
+        let handled = |key: &str| {
+            parse_request(
+                json!({"url": format!("https://example.com/{key}"), "uniqueKey": key,
+                       "handledAt": "2026-01-01T00:00:00.000Z"}),
+                None,
+            )
+            .unwrap()
+        };
+        type Out = std::result::Result<String, String>;
+        let (_, writes_before) = storage.group_stats();
+        let held = storage.inner.writer.lock();
+        let mut queued = 0u64;
+        let mut tasks: Vec<tokio::task::JoinHandle<Out>> = Vec::new();
+        macro_rules! queue {
+            ($body:expr) => {{
+                let write = $body;
+                tasks.push(tokio::spawn(async move {
+                    write.await.map_err(|err: Error| format!("{err:?}"))
+                }));
+                queued += 1;
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+                while storage.writes_submitted() - writes_before < queued {
+                    assert!(std::time::Instant::now() < deadline, "write did not queue");
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+            }};
+        }
+        let mark = |queue: &str, num: i64, key: &str, client: Option<&str>, now: i64| {
+            let (s, queue, r) = (storage.clone(), queue.to_string(), handled(key));
+            let client = client.map(str::to_string);
+            async move {
+                s.mark_handled(&queue, num, r, client, now)
+                    .await
+                    .map(|out| match out {
+                        Ok(o) => format!("{}{}", o.was_already_present, o.was_already_handled),
+                        Err((r, _)) => format!("back {}", r.unique_key),
+                    })
+            }
+        };
+        // 0: k0 of queue one handled by client a.
+        queue!(mark(&one, nums.0, "k0", Some("a"), 10));
+        // 1: counts a handled request and client b for queue one, then fails: both dropped.
+        let (s, num) = (storage.clone(), nums.0);
+        queue!(async move {
+            s.write_batched(Changes::OneStatement, move |_tx, batch| {
+                let mut delta = QueueDelta {
+                    handled: 1,
+                    writes: 1,
+                    now: 99,
+                    ..QueueDelta::default()
+                };
+                delta.track(&Some("b".into()));
+                batch.state::<QueueDeltas>().job = Some((num, delta));
+                Err::<String, _>(Error::Invalid("refused".into()))
+            })
+            .await
+        });
+        // 2: queue two: clients b then c (two clients).
+        queue!(mark(&two, nums.1, "k0", Some("b"), 11));
+        queue!(mark(&two, nums.1, "k1", Some("c"), 12));
+        // 4: a plain write reads queue one's row exactly.
+        let (s, num) = (storage.clone(), nums.0);
+        queue!(async move {
+            s.write(move |tx| {
+                let row: (i64, i64, i64, Option<String>) = tx.query_row(
+                    "SELECT handled_request_count, write_count, had_multiple_clients, last_client_key
+                     FROM storages WHERE num = ?1",
+                    [num],
+                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+                )?;
+                Ok(format!("{row:?}"))
+            })
+            .await
+        });
+        // 5: k0 again (already handled), k1, by client a; an unknown request comes back.
+        queue!(mark(&one, nums.0, "k0", Some("a"), 13));
+        queue!(mark(&one, nums.0, "k1", Some("a"), 14));
+        queue!(mark(&one, nums.0, "nope", Some("z"), 15));
+        // 8: queue doomed is deleted (a plain write), so an update of it fails.
+        let (s, id) = (storage.clone(), doomed.clone());
+        queue!(async move {
+            s.delete_storage(StorageKind::RequestQueue, &id)
+                .await
+                .map(|b| b.to_string())
+        });
+        queue!(mark(&doomed, nums.2, "k0", Some("a"), 16));
+        drop(held);
+        let mut results = Vec::new();
+        for task in tasks {
+            results.push(task.await.unwrap());
+        }
+        let ok = |s: &str| Ok::<String, String>(s.to_string());
+        assert_eq!(results[0], ok("truefalse"));
+        assert!(results[1].as_ref().unwrap_err().contains("refused"));
+        assert_eq!(results[2], ok("truefalse"));
+        assert_eq!(results[3], ok("truefalse"));
+        assert_eq!(
+            results[4],
+            ok(&format!("(1, {}, 0, Some(\"a\"))", before.write_count + 1))
+        );
+        assert_eq!(results[5], ok("truetrue"));
+        assert_eq!(results[6], ok("truefalse"));
+        assert_eq!(results[7], ok("back nope"));
+        assert_eq!(results[8], ok("true"));
+        assert!(results[9].as_ref().unwrap_err().contains("NotFound"));
+        let one = info(one).await;
+        assert_eq!((one.total_request_count, one.handled_request_count), (3, 2));
+        assert_eq!(one.write_count, before.write_count + 3);
+        assert!(!one.had_multiple_clients);
+        assert_eq!(one.modified_at, 14);
+        let stored = handled("k0").json.len() as i64 - req("k0").json.len() as i64;
+        assert_eq!(
+            one.storage_bytes as i64,
+            before.storage_bytes as i64 + 2 * stored
+        );
+        let two = info(two).await;
+        assert_eq!((two.total_request_count, two.handled_request_count), (3, 2));
+        assert!(two.had_multiple_clients);
+        assert_eq!(two.modified_at, 12);
     }
 }
