@@ -121,7 +121,12 @@ fn parse_u64(value: &str) -> Option<u64> {
 impl<S: Send + Sync> FromRequestParts<S> for Params {
     type Rejection = ApiError;
 
+    /// The storage extractors (`resolve::StorageTarget`, `resolve::WriteTarget`) parse the
+    /// query first and leave it in the request's extensions: taken from there, not parsed twice.
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        if let Some(params) = parts.extensions.remove::<Params>() {
+            return Ok(params);
+        }
         Params::parse(parts.uri.query())
     }
 }

@@ -319,6 +319,8 @@ impl<K: KindMarker> FromRequestParts<AppState> for StorageTarget<K> {
             )
         })
         .await?;
+        // The handler's own `Params` takes this one instead of parsing the query again.
+        parts.extensions.insert(params);
         Ok(StorageTarget(resolved, std::marker::PhantomData))
     }
 }
@@ -357,6 +359,7 @@ impl<K: KindMarker> FromRequestParts<AppState> for WriteTarget<K> {
                         access,
                         false,
                     )?;
+                    parts.extensions.insert(params);
                     return Ok(WriteTarget(found, std::marker::PhantomData));
                 }
             }
@@ -371,6 +374,7 @@ impl<K: KindMarker> FromRequestParts<AppState> for WriteTarget<K> {
             general_access: info.general_access,
             url_signing_secret_key: info.url_signing_secret_key,
         };
+        parts.extensions.insert(params);
         Ok(WriteTarget(found, std::marker::PhantomData))
     }
 }
