@@ -94,8 +94,8 @@ struct Inner {
     options: SqliteOptions,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
-    /// Writes waiting for the next group commit (see `group`).
-    writes: Mutex<group::WriteQueue>,
+    /// Writes waiting for the next group commit, and the writer thread's state (see `group`).
+    writes: Arc<group::WriteShared>,
     /// Reader connections for long range scans (dataset items): a scan reads each page once,
     /// so it gets a small cache of its own and never evicts the hot pages (catalog, records,
     /// queue heads) from the general readers' caches.
@@ -109,6 +109,13 @@ struct Inner {
     recent_ids: queues::RecentIds,
     /// Bumped on every token revocation, so caches in front of token lookups can tell.
     token_generation: std::sync::atomic::AtomicU64,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.writes.close();
+        kv::flush_on_close(self);
+    }
 }
 
 impl SqliteStorage {
@@ -128,7 +135,7 @@ impl SqliteStorage {
                 options,
                 writer: Mutex::new(writer),
                 readers: Mutex::new(Vec::new()),
-                writes: Mutex::new(group::WriteQueue::default()),
+                writes: Arc::default(),
                 scanners: Mutex::new(Vec::new()),
                 kv: kv::KvState::default(),
                 caches: cache::Caches::new(),
@@ -137,6 +144,11 @@ impl SqliteStorage {
                 token_generation: std::sync::atomic::AtomicU64::new(0),
             }),
         };
+        storage
+            .inner
+            .writes
+            .start(Arc::downgrade(&storage.inner))
+            .context("starting the writer thread")?;
         kv::init(&storage)?;
         queues::init(&storage)?;
         Ok(storage)
@@ -312,6 +324,69 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let storage = SqliteStorage::open(dir.path(), SqliteOptions::default()).unwrap();
         (dir, storage)
+    }
+
+    /// Replies of committed writes go through a settler task on the caller's multi-thread
+    /// runtime (see `group`). When that runtime shuts down, writes from another runtime (of
+    /// either flavour) still get their replies, and a write queued behind a batch in flight
+    /// when the runtime went away is not lost.
+    #[test]
+    fn writes_are_answered_across_runtimes() {
+        let (_dir, storage) = open_temp();
+        storage
+            .write_blocking(|tx| Ok(tx.execute_batch("CREATE TABLE rt (v INTEGER NOT NULL)")?))
+            .unwrap();
+        let insert = |storage: &SqliteStorage, v: i64| {
+            let storage = storage.clone();
+            async move {
+                storage
+                    .write(move |tx| Ok(tx.execute("INSERT INTO rt (v) VALUES (?1)", [v])?))
+                    .await
+            }
+        };
+        let multi = || {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap()
+        };
+        let first = multi();
+        assert_eq!(first.block_on(insert(&storage, 1)).unwrap(), 1);
+        // A write whose batch commits while its runtime shuts down.
+        let submitted = storage.writes_submitted();
+        let held = storage.inner.writer.lock();
+        let pending = first.spawn(insert(&storage, 2));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while storage.writes_submitted() == submitted {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the write did not queue"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        drop(pending);
+        first.shutdown_timeout(std::time::Duration::from_secs(10));
+        drop(held);
+        let second = multi();
+        assert_eq!(second.block_on(insert(&storage, 3)).unwrap(), 1);
+        drop(second);
+        let current = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        assert_eq!(current.block_on(insert(&storage, 4)).unwrap(), 1);
+        let third = multi();
+        assert_eq!(third.block_on(insert(&storage, 5)).unwrap(), 1);
+        let stored: Vec<i64> = storage
+            .read_blocking(|c| {
+                let mut stmt = c.prepare("SELECT v FROM rt ORDER BY v")?;
+                let rows = stmt.query_map([], |r| r.get(0))?;
+                Ok(rows.collect::<rusqlite::Result<Vec<i64>>>()?)
+            })
+            .unwrap();
+        // The write of the runtime that shut down was queued: it commits, unanswered.
+        assert_eq!(stored, vec![1, 2, 3, 4, 5]);
     }
 
     /// Group commit: writes queued while the writer is busy share one transaction, a write

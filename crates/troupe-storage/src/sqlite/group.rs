@@ -1,12 +1,29 @@
 //! Group commit: every `SqliteStorage::write` of concurrent callers shares one transaction on
 //! the single writer connection.
 //!
-//! A write is queued with a reply channel. The first writer that finds no batch in flight
-//! becomes the leader (a task on the blocking pool) and commits batches until the queue is
-//! empty. Inside a batch each write runs in its own savepoint, so a write that fails (or
-//! panics) is rolled back alone and the others go on. Replies are sent only after the
-//! transaction holding the write has committed, so an acknowledged write is exactly as durable
-//! as with one transaction per write; when the commit fails, every write of the batch fails.
+//! A write is queued with a reply channel. The storage's writer thread (one per storage,
+//! `troupe-writer`) takes every queued write as one batch and commits it. Inside a batch each
+//! write runs in its own savepoint, so a write that fails (or panics) is rolled back alone and
+//! the others go on. Replies are sent only after the transaction holding the write has
+//! committed, so an acknowledged write is exactly as durable as with one transaction per write;
+//! when the commit fails, every write of the batch fails.
+//!
+//! ## Scheduling
+//!
+//! The writer thread runs under `SCHED_BATCH` (Linux): waking it does not preempt the runtime
+//! worker that queued the write, so the worker goes on reading the requests that are already
+//! there and queueing their writes, and the writer takes them all in one batch when the worker
+//! has nothing left to do (or on another CPU, when there is one). With the default policy each
+//! wake-up switched to the writer at once, so batches stayed small and every write paid two
+//! thread switches. The writer still gets its fair share of the CPU: `SCHED_BATCH` only gives
+//! up preemption on wake-up.
+//!
+//! Replies go back the same way in one hop: the writer hands a committed batch's replies to the
+//! storage's settler task on the async runtime with a single wake-up, and the settler sends
+//! them from there (a reply sent from a runtime thread wakes its request without a system
+//! call). Sending each reply from the writer thread woke the runtime once per reply, and the
+//! runtime worker preempted the writer at each. Without a multi-thread runtime to run the
+//! settler on, the writer sends replies itself.
 //!
 //! Per write this saves BEGIN/COMMIT, the lock round trips on the database and the WAL index,
 //! the WAL frame writes of pages the batch's writes share (the catalog row, index pages), and
@@ -28,10 +45,13 @@
 
 use std::any::{Any, TypeId};
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 
+use parking_lot::{Condvar, Mutex};
 use rusqlite::Transaction;
 
-use super::SqliteStorage;
+use super::{Inner, SqliteStorage};
 use crate::{Error, Result};
 
 /// A queued write (one allocation per write): runs inside the batch's transaction and says
@@ -154,14 +174,189 @@ impl BatchContext {
     }
 }
 
+/// The write queue of one storage, shared by the storage, its writer thread and its settler.
+#[derive(Default)]
+pub(crate) struct WriteShared {
+    queue: Mutex<WriteQueue>,
+    /// Signalled when a write is queued while the writer thread waits, and at shutdown.
+    wake: Condvar,
+    inbox: Mutex<SettlerInbox>,
+    /// A settler task is running (fast check of `inbox.alive`).
+    settler_alive: AtomicBool,
+    /// Wakes the settler: replies are waiting, or the storage is gone.
+    settle: tokio::sync::Notify,
+    /// The storage is gone: the writer thread and the settler stop.
+    closed: AtomicBool,
+}
+
 /// Writes waiting for the next batch.
 #[derive(Default)]
-pub(crate) struct WriteQueue {
+struct WriteQueue {
     jobs: Vec<Job>,
-    leader_active: bool,
+    /// The writer thread waits on `wake` (a queued write must signal it).
+    waiting: bool,
     /// Batches and writes committed so far (how well writes coalesce; see `group_stats`).
     batches: u64,
     writes: u64,
+}
+
+/// Committed batches whose replies wait for the settler.
+#[derive(Default)]
+struct SettlerInbox {
+    alive: bool,
+    batches: Vec<(Vec<Completion>, Option<String>)>,
+}
+
+impl WriteShared {
+    /// Starts the writer thread of `storage` (see the module docs).
+    pub(crate) fn start(self: &Arc<Self>, storage: Weak<Inner>) -> std::io::Result<()> {
+        let shared = Arc::clone(self);
+        std::thread::Builder::new()
+            .name("troupe-writer".into())
+            .spawn(move || writer_thread(shared, storage))?;
+        Ok(())
+    }
+
+    /// The storage is gone: stops the writer thread and the settler.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        {
+            // Under the lock, so a writer about to wait sees `closed`.
+            let _queue = self.queue.lock();
+            self.wake.notify_all();
+        }
+        self.settle.notify_one();
+    }
+
+    /// Sends the replies of a settled batch: through the settler when one runs, else here.
+    fn deliver(&self, completions: Vec<Completion>, failure: Option<String>) {
+        let mut inbox = self.inbox.lock();
+        if inbox.alive {
+            inbox.batches.push((completions, failure));
+            drop(inbox);
+            self.settle.notify_one();
+        } else {
+            drop(inbox);
+            settle_all(completions, failure.as_deref());
+        }
+    }
+
+    /// Makes sure a settler task runs on the current runtime, if it is a multi-thread one (a
+    /// current-thread runtime runs its tasks only while something blocks on it).
+    fn ensure_settler(self: &Arc<Self>) {
+        if self.settler_alive.load(Ordering::Acquire) {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+            return;
+        }
+        {
+            let mut inbox = self.inbox.lock();
+            if inbox.alive {
+                return;
+            }
+            inbox.alive = true;
+            self.settler_alive.store(true, Ordering::Release);
+        }
+        let guard = SettlerGuard(Arc::clone(self));
+        handle.spawn(settler(guard));
+    }
+}
+
+fn settle_all(completions: Vec<Completion>, failure: Option<&str>) {
+    for completion in completions {
+        completion.settle(failure);
+    }
+}
+
+/// The settler task: sends the replies of committed batches from the runtime.
+async fn settler(guard: SettlerGuard) {
+    let shared = &guard.0;
+    loop {
+        shared.settle.notified().await;
+        if shared.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        let batches = std::mem::take(&mut shared.inbox.lock().batches);
+        for (completions, failure) in batches {
+            settle_all(completions, failure.as_deref());
+        }
+    }
+}
+
+/// Owned by the settler task: when the task ends (its runtime shuts down, or the storage is
+/// gone), replies go back to being sent by the writer, and those left in the inbox are sent.
+struct SettlerGuard(Arc<WriteShared>);
+
+impl Drop for SettlerGuard {
+    fn drop(&mut self) {
+        let batches = {
+            let mut inbox = self.0.inbox.lock();
+            inbox.alive = false;
+            self.0.settler_alive.store(false, Ordering::Release);
+            std::mem::take(&mut inbox.batches)
+        };
+        for (completions, failure) in batches {
+            settle_all(completions, failure.as_deref());
+        }
+    }
+}
+
+/// Asks the kernel not to preempt the waking thread when this one is woken (see the module
+/// docs). Best effort: without it, batching is merely smaller.
+fn lower_wakeup_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        if std::env::var_os("TROUPE_WRITER_NORMAL").is_some() {
+            return;
+        }
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: plain system call on the calling thread with a valid parameter.
+        let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+        if rc != 0 {
+            tracing::debug!(
+                error = %std::io::Error::last_os_error(),
+                "could not set SCHED_BATCH on the writer thread"
+            );
+        }
+    }
+}
+
+/// The writer thread: commits batches until the storage is gone.
+fn writer_thread(shared: Arc<WriteShared>, storage: Weak<Inner>) {
+    lower_wakeup_priority();
+    loop {
+        let jobs: Vec<Job> = {
+            let mut queue = shared.queue.lock();
+            while queue.jobs.is_empty() {
+                if shared.closed.load(Ordering::SeqCst) {
+                    return;
+                }
+                queue.waiting = true;
+                shared.wake.wait(&mut queue);
+            }
+            queue.waiting = false;
+            let take = queue.jobs.len().min(MAX_BATCH);
+            queue.batches += 1;
+            queue.writes += take as u64;
+            if take == queue.jobs.len() {
+                std::mem::take(&mut queue.jobs)
+            } else {
+                queue.jobs.drain(..take).collect()
+            }
+        };
+        // Writes hold the storage while they wait, so it is there unless they were given up.
+        let Some(inner) = storage.upgrade() else {
+            return;
+        };
+        let storage = SqliteStorage { inner };
+        let (completions, failure) = storage.commit_batch(jobs);
+        drop(storage);
+        shared.deliver(completions, failure);
+    }
 }
 
 impl SqliteStorage {
@@ -202,38 +397,37 @@ impl SqliteStorage {
             batched,
             one_statement,
         };
-        let lead = {
-            let mut queue = self.inner.writes.lock();
+        let shared = &self.inner.writes;
+        let wake = {
+            let mut queue = shared.queue.lock();
             queue.jobs.push(job);
-            !std::mem::replace(&mut queue.leader_active, true)
+            std::mem::replace(&mut queue.waiting, false)
         };
-        if lead {
-            let leader = Leader {
-                storage: self.clone(),
-                finished: false,
-            };
-            tokio::task::spawn_blocking(move || leader.run());
+        if wake {
+            shared.wake.notify_one();
         }
+        shared.ensure_settler();
         receiver
             .await
             .unwrap_or_else(|_| Err(Error::Internal(anyhow::anyhow!("write was dropped"))))
     }
 
-    /// Writes queued or taken by a leader so far (tests wait on it).
+    /// Writes queued or taken by the writer thread so far (tests wait on it).
     #[cfg(test)]
     pub(crate) fn writes_submitted(&self) -> u64 {
-        let queue = self.inner.writes.lock();
+        let queue = self.inner.writes.queue.lock();
         queue.jobs.len() as u64 + queue.writes
     }
 
-    /// (batches, writes) taken by the group-commit leader so far.
+    /// (batches, writes) taken by the writer thread so far.
     pub fn group_stats(&self) -> (u64, u64) {
-        let queue = self.inner.writes.lock();
+        let queue = self.inner.writes.queue.lock();
         (queue.batches, queue.writes)
     }
 
-    /// Runs one batch in one transaction and settles its writes.
-    fn commit_batch(&self, jobs: Vec<Job>) {
+    /// Runs one batch in one transaction; returns its writes (to settle) and the batch's
+    /// failure, if any.
+    fn commit_batch(&self, jobs: Vec<Job>) -> (Vec<Completion>, Option<String>) {
         let count = jobs.len();
         let mut completions: Vec<Completion> = Vec::with_capacity(count);
         let outcome = {
@@ -244,9 +438,7 @@ impl SqliteStorage {
         if let Some(message) = &failure {
             tracing::error!(error = %message, writes = count, "write transaction failed");
         }
-        for completion in completions {
-            completion.settle(failure.as_deref());
-        }
+        (completions, failure)
     }
 }
 
@@ -308,50 +500,4 @@ fn run_batch(
         tx.rollback()?;
     }
     Ok(())
-}
-
-/// The blocking-pool task that commits batches until the queue is empty.
-struct Leader {
-    storage: SqliteStorage,
-    finished: bool,
-}
-
-impl Leader {
-    fn run(mut self) {
-        loop {
-            let jobs: Vec<Job> = {
-                let mut queue = self.storage.inner.writes.lock();
-                if queue.jobs.is_empty() {
-                    queue.leader_active = false;
-                    self.finished = true;
-                    return;
-                }
-                let take = queue.jobs.len().min(MAX_BATCH);
-                queue.batches += 1;
-                queue.writes += take as u64;
-                if take == queue.jobs.len() {
-                    std::mem::take(&mut queue.jobs)
-                } else {
-                    queue.jobs.drain(..take).collect()
-                }
-            };
-            self.storage.commit_batch(jobs);
-        }
-    }
-}
-
-impl Drop for Leader {
-    /// A leader that never ran (the runtime is shutting down) or unwound hands leadership
-    /// back; the writes it leaves queued fail rather than wait forever.
-    fn drop(&mut self) {
-        if self.finished {
-            return;
-        }
-        let stranded = {
-            let mut queue = self.storage.inner.writes.lock();
-            queue.leader_active = false;
-            std::mem::take(&mut queue.jobs)
-        };
-        drop(stranded);
-    }
 }

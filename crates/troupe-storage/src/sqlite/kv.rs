@@ -289,13 +289,14 @@ fn write_counters(tx: &Transaction<'_>, pending: &HashMap<i64, Pending>) -> Resu
     Ok(())
 }
 
-impl Drop for Inner {
-    fn drop(&mut self) {
-        let pending = std::mem::take(&mut *self.kv.pending.lock());
-        if pending.is_empty() {
-            return;
-        }
-        let mut conn = self.writer.lock();
+/// Writes the read counters still pending when the storage closes.
+pub(super) fn flush_on_close(inner: &Inner) {
+    let pending = std::mem::take(&mut *inner.kv.pending.lock());
+    if pending.is_empty() {
+        return;
+    }
+    {
+        let mut conn = inner.writer.lock();
         let result = conn.transaction().map_err(Error::from).and_then(|tx| {
             write_counters(&tx, &pending)?;
             tx.commit()?;
