@@ -353,9 +353,14 @@ fn writer_thread(shared: Arc<WriteShared>, storage: Weak<Inner>) {
             return;
         };
         let storage = SqliteStorage { inner };
-        let (completions, failure) = storage.commit_batch(jobs);
+        // The writes' own panics are caught in the batch; this catches the rest, so the writer
+        // outlives any panic (the batch's callers then get "write was dropped").
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| storage.commit_batch(jobs)));
         drop(storage);
-        shared.deliver(completions, failure);
+        match outcome {
+            Ok((completions, failure)) => shared.deliver(completions, failure),
+            Err(_) => tracing::error!("the writer thread panicked while committing a batch"),
+        }
     }
 }
 
