@@ -111,6 +111,18 @@ pub fn parse_request_raw(
     parse_fields(fields, raw.get().len(), path_id)
 }
 
+/// [`parse_request_raw`] straight from a request body in one pass, when the body is one JSON
+/// object (what clients send); `None` for anything else (malformed JSON, another value): the
+/// caller then checks the body as JSON first and calls [`parse_request_raw`], which tells what
+/// is wrong, so answers are the same either way.
+pub fn parse_request_body(
+    body: &[u8],
+    path_id: Option<&str>,
+) -> Option<Result<QueueRequest, RequestError>> {
+    let fields = serde_json::from_slice::<Fields<'_>>(body).ok()?;
+    Some(parse_fields(fields, body.len(), path_id))
+}
+
 /// One request of a batch body read by [`parse_request_batch`]: its fields, not validated yet.
 pub struct BatchEntry<'a> {
     fields: Fields<'a>,
@@ -575,6 +587,49 @@ mod tests {
             assert!(parse_request_batch(body.as_bytes()).is_none(), "{body}");
         }
         assert!(parse_request_batch(b"[{\"uniqueKey\":\"\xff\"}]").is_none());
+    }
+
+    /// The one-pass body reader of `PUT …/requests/{id}` answers as the raw-value path for
+    /// objects (valid or not as requests, path id matching or not), and declines anything else.
+    #[test]
+    fn body_parse_matches_raw_parse() {
+        let id = request_id("k1");
+        let bodies = [
+            r#"{"url":"https://a.example/1","uniqueKey":"k1"}"#.to_string(),
+            format!(
+                r#" {{ "id": "{id}", "url":"HTTP://b.example","uniqueKey":"k1","method":"POST","userData":{{"x":[1,{{"y":null}}]}},"x":1,"x":2, "handledAt": "2026-08-21T10:23:31.607Z" }} "#
+            ),
+            r#"{"url":"https://a.example/1","uniqueKey":"k2"}"#.to_string(),
+            r#"{"url":"https://a.example/1","uniqueKey":"k1","id":"nope"}"#.to_string(),
+            r#"{"url":"ftp://a","uniqueKey":"k1"}"#.to_string(),
+            r#"{"url":"https://a.example","uniqueKey":"k1","retryCount":-1}"#.to_string(),
+            r#"{"url":"https://a.example","uniqueKey":"k1","handledAt":"yesterday"}"#.to_string(),
+            r#"{"uniqueKey":"é", "url":"https://a.example/é"}"#.to_string(),
+            "{}".to_string(),
+        ];
+        for body in &bodies {
+            for path_id in [Some(id.as_str()), Some("other"), None] {
+                let fast = parse_request_body(body.as_bytes(), path_id)
+                    .unwrap_or_else(|| panic!("{body}"));
+                let raw: &RawValue = serde_json::from_str(body).unwrap();
+                assert_eq!(fast, parse_request_raw(raw, path_id), "{body}");
+            }
+        }
+        for body in [
+            "",
+            " ",
+            "[]",
+            "1",
+            "null",
+            r#"{"url":"https://a.example","uniqueKey":"k1"} x"#,
+            r#"{"url":"https://a.example","uniqueKey":"k1""#,
+        ] {
+            assert!(
+                parse_request_body(body.as_bytes(), None).is_none(),
+                "{body}"
+            );
+        }
+        assert!(parse_request_body(b"{\"uniqueKey\":\"\xff\"}", None).is_none());
     }
 
     #[test]

@@ -105,6 +105,8 @@ struct Inner {
     caches: Arc<cache::Caches>,
     /// Cached request-queue head answers (see `queues::HeadCache`).
     queue_heads: queues::HeadCache,
+    /// Where the requests that `head/lock` handed out are (see `queues::LockHints`).
+    lock_hints: queues::LockHints,
     /// Ids of requests added since the last merge into `rq_ids` (see `queues::RecentIds`).
     recent_ids: queues::RecentIds,
     /// Bumped on every token revocation, so caches in front of token lookups can tell.
@@ -140,6 +142,7 @@ impl SqliteStorage {
                 kv: kv::KvState::default(),
                 caches: cache::Caches::new(),
                 queue_heads: queues::HeadCache::default(),
+                lock_hints: queues::LockHints::default(),
                 recent_ids: queues::RecentIds::default(),
                 token_generation: std::sync::atomic::AtomicU64::new(0),
             }),

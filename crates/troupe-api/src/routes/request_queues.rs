@@ -13,8 +13,9 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use troupe_model::queue::{
-    parse_request_batch, parse_request_raw, request_id, validate_client_key, QueueRequest,
-    RequestError, MAX_BATCH, MAX_HEAD_LIMIT, MAX_LIST_LIMIT, MAX_LOCK_LIMIT, MAX_LOCK_SECS,
+    parse_request_batch, parse_request_body, parse_request_raw, request_id, validate_client_key,
+    QueueRequest, RequestError, MAX_BATCH, MAX_HEAD_LIMIT, MAX_LIST_LIMIT, MAX_LOCK_LIMIT,
+    MAX_LOCK_SECS,
 };
 use troupe_model::storage::StorageKind;
 use troupe_model::{format_ts, now_ms};
@@ -350,7 +351,11 @@ async fn update_request(
 ) -> ApiResult<Response> {
     let client = client_key(&params)?;
     let forefront = params.bool("forefront", false)?;
-    let request = parse_request_raw(parse_json_raw(&body)?, Some(&id)).map_err(request_error)?;
+    let request = match parse_request_body(&body, Some(&id)) {
+        Some(parsed) => parsed,
+        None => parse_request_raw(parse_json_raw(&body)?, Some(&id)),
+    }
+    .map_err(request_error)?;
     let outcome = state
         .storage
         .update_request(&target.0.id, request, forefront, client, now_ms())
@@ -385,54 +390,85 @@ async fn delete_request(
     }
 }
 
-/// One entry of a head, serialised straight from storage's row (no JSON tree per entry).
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct HeadItemJson<'a> {
-    id: &'a str,
-    unique_key: &'a str,
-    url: &'a str,
-    method: &'a str,
-    retry_count: i64,
-    /// Only in `head/lock` answers (`null` when unset).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    lock_expires_at: Option<Option<String>>,
-}
-
-fn head_items(head: &Head, locked: bool) -> Vec<HeadItemJson<'_>> {
-    head.items
-        .iter()
-        .map(|item| HeadItemJson {
-            id: &item.id,
-            unique_key: &item.unique_key,
-            url: &item.url,
-            method: &item.method,
-            retry_count: item.retry_count,
-            lock_expires_at: locked.then(|| item.lock_expires_at.map(format_ts)),
-        })
-        .collect()
-}
-
-/// `{"data": head}` serialised into a buffer sized for the entries (no regrowth on the way).
-fn head_response<T: Serialize>(status: StatusCode, head: &Head, value: T) -> Response {
-    #[derive(Serialize)]
-    struct Envelope<T> {
-        data: T,
+/// Appends `s` as a JSON string (what `serde_json` writes: only `"`, `\\` and control
+/// characters escaped).
+fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        serde_json::to_writer(&mut *out, s).expect("writing to a Vec cannot fail");
     }
+}
+
+/// The `head/lock` answer, `{"data": …}`, written straight into a buffer sized for it (each
+/// distinct lock expiry formatted once: one call's locks share theirs).
+fn locked_head_body(head: &Head, limit: u64, secs: u64, client: Option<&str>) -> Vec<u8> {
     let estimate = 256
         + head
             .items
             .iter()
-            .map(|i| 96 + i.id.len() + i.unique_key.len() + i.url.len() + i.method.len())
+            .map(|i| 128 + i.id.len() + i.unique_key.len() + i.url.len() + i.method.len())
             .sum::<usize>();
-    let mut body = Vec::with_capacity(estimate);
-    serde_json::to_writer(&mut body, &Envelope { data: value }).expect("serialisable");
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        axum::body::Bytes::from(body),
-    )
-        .into_response()
+    let mut out = Vec::with_capacity(estimate);
+    let mut num = itoa::Buffer::new();
+    out.extend_from_slice(b"{\"data\":{\"limit\":");
+    out.extend_from_slice(num.format(limit).as_bytes());
+    out.extend_from_slice(b",\"lockSecs\":");
+    out.extend_from_slice(num.format(secs).as_bytes());
+    out.extend_from_slice(b",\"queueModifiedAt\":\"");
+    out.extend_from_slice(format_ts(head.queue_modified_at).as_bytes());
+    out.extend_from_slice(b"\",\"hadMultipleClients\":");
+    out.extend_from_slice(bool_json(head.had_multiple_clients));
+    out.extend_from_slice(b",\"queueHasLockedRequests\":");
+    out.extend_from_slice(bool_json(head.queue_has_locked_requests));
+    out.extend_from_slice(b",\"clientKey\":");
+    match client {
+        Some(key) => push_json_str(&mut out, key),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"items\":[");
+    let mut expiry: Option<(i64, String)> = None;
+    for (i, item) in head.items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"id\":");
+        push_json_str(&mut out, &item.id);
+        out.extend_from_slice(b",\"uniqueKey\":");
+        push_json_str(&mut out, &item.unique_key);
+        out.extend_from_slice(b",\"url\":");
+        push_json_str(&mut out, &item.url);
+        out.extend_from_slice(b",\"method\":");
+        push_json_str(&mut out, &item.method);
+        out.extend_from_slice(b",\"retryCount\":");
+        out.extend_from_slice(num.format(item.retry_count).as_bytes());
+        out.extend_from_slice(b",\"lockExpiresAt\":");
+        match item.lock_expires_at {
+            None => out.extend_from_slice(b"null"),
+            Some(ms) => {
+                let text = match &expiry {
+                    Some((at, text)) if *at == ms => text,
+                    _ => &expiry.insert((ms, format_ts(ms))).1,
+                };
+                out.push(b'"');
+                out.extend_from_slice(text.as_bytes());
+                out.push(b'"');
+            }
+        }
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"]}}");
+    out
+}
+
+fn bool_json(value: bool) -> &'static [u8] {
+    if value {
+        b"true"
+    } else {
+        b"false"
+    }
 }
 
 /// GET …/head — the first pending requests, without locking (available ones first). The
@@ -500,27 +536,12 @@ async fn lock_head(
             now_ms(),
         )
         .await?;
-    #[derive(Serialize)]
-    #[serde(rename_all = "camelCase")]
-    struct LockedHeadJson<'a> {
-        limit: u64,
-        lock_secs: u64,
-        queue_modified_at: String,
-        had_multiple_clients: bool,
-        queue_has_locked_requests: bool,
-        client_key: Option<String>,
-        items: Vec<HeadItemJson<'a>>,
-    }
-    let value = LockedHeadJson {
-        limit,
-        lock_secs: secs,
-        queue_modified_at: format_ts(head.queue_modified_at),
-        had_multiple_clients: head.had_multiple_clients,
-        queue_has_locked_requests: head.queue_has_locked_requests,
-        client_key: client,
-        items: head_items(&head, true),
-    };
-    Ok(head_response(StatusCode::CREATED, &head, value))
+    Ok((
+        StatusCode::CREATED,
+        [(header::CONTENT_TYPE, "application/json")],
+        axum::body::Bytes::from(locked_head_body(&head, limit, secs, client.as_deref())),
+    )
+        .into_response())
 }
 
 fn lock_error(outcome: LockOutcome) -> ApiError {
@@ -709,5 +730,48 @@ mod tests {
         assert_eq!(decode_cursor(&cursor).unwrap(), "68TjCdZL3o3hbQM");
         assert!(decode_cursor("!!!").is_err());
         assert!(decode_cursor("e30").is_err());
+    }
+
+    /// The hand-written `head/lock` answer is the JSON the fields make, escapes included.
+    #[test]
+    fn locked_head_body_is_the_fields_json() {
+        use troupe_storage::queues::HeadItem;
+        let item = |id: &str, key: &str, expires: Option<i64>| HeadItem {
+            id: id.into(),
+            unique_key: key.into(),
+            url: format!("https://a.example/{key}"),
+            method: "GET".into(),
+            retry_count: 3,
+            lock_expires_at: expires,
+        };
+        let head = Head {
+            items: vec![
+                item("a", "plain", Some(1_700_000_000_123)),
+                item("b", "q\"u\\o\u{1}t\u{e9}\u{7f}", Some(1_700_000_000_123)),
+                item("c", "later", Some(1_700_000_060_000)),
+                item("d", "none", None),
+            ],
+            queue_modified_at: 1_600_000_000_000,
+            had_multiple_clients: true,
+            queue_has_locked_requests: false,
+        };
+        let items: Vec<Value> = head
+            .items
+            .iter()
+            .map(|i| {
+                json!({"id": i.id, "uniqueKey": i.unique_key, "url": i.url, "method": i.method,
+                       "retryCount": i.retry_count, "lockExpiresAt": i.lock_expires_at.map(format_ts)})
+            })
+            .collect();
+        for client in [Some("k\"1"), None] {
+            let body = locked_head_body(&head, 25, 60, client);
+            let expected = json!({"data": {"limit": 25, "lockSecs": 60,
+                "queueModifiedAt": format_ts(head.queue_modified_at), "hadMultipleClients": true,
+                "queueHasLockedRequests": false, "clientKey": client, "items": items}});
+            let parsed: Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(parsed, expected);
+            // Byte for byte what serde_json writes (same escapes, same field order).
+            assert_eq!(String::from_utf8(body).unwrap(), expected.to_string());
+        }
     }
 }

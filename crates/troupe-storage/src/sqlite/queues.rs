@@ -119,6 +119,61 @@ impl Drop for HeadInvalidation {
     }
 }
 
+/// Lock hints held at most (all queues); past that the map starts over.
+const LOCK_HINTS_MAX: usize = 1 << 16;
+
+/// Where the requests that `head/lock` handed out are: queue number → request id → (`rid`,
+/// bytes of the stored JSON), so the consumer's "handled" PUT that follows needs no lookup of
+/// the request (`rq_ids` or the map of recent ids, then its row).
+///
+/// Correctness: an entry is only a hint. The PUT that uses it changes the row only where it is
+/// still exactly what the hint says: `rid` is the queue's request with that id, not handled,
+/// with a stored JSON of that many bytes (one UPDATE, all of it in its WHERE); then the
+/// request was pending and the counters' deltas are exact. Otherwise (the request was handled,
+/// rewritten, deleted meanwhile; or a write that made the hint was rolled back) it changed
+/// nothing and the PUT takes the general path. An entry is taken out when used.
+///
+/// Memory: at most `LOCK_HINTS_MAX` entries (~100 bytes each); entries of requests that are
+/// never PUT back (released locks, consumers that died) go when the map starts over.
+#[derive(Default)]
+pub(crate) struct LockHints {
+    state: Mutex<LockHintState>,
+}
+
+#[derive(Default)]
+struct LockHintState {
+    queues: HashMap<i64, FastMap<String, (i64, i64)>>,
+    len: usize,
+}
+
+impl LockHints {
+    fn insert(&self, num: i64, hints: impl Iterator<Item = (String, i64, i64)>) {
+        let mut state = self.state.lock();
+        if state.len >= LOCK_HINTS_MAX {
+            *state = LockHintState::default();
+        }
+        let mut added = 0;
+        let queue = state.queues.entry(num).or_default();
+        for (id, rid, size) in hints {
+            if queue.insert(id, (rid, size)).is_none() {
+                added += 1;
+            }
+        }
+        state.len += added;
+    }
+
+    fn take(&self, num: i64, id: &str) -> Option<(i64, i64)> {
+        let mut state = self.state.lock();
+        let queue = state.queues.get_mut(&num)?;
+        let hint = queue.remove(id)?;
+        if queue.is_empty() {
+            state.queues.remove(&num);
+        }
+        state.len -= 1;
+        Some(hint)
+    }
+}
+
 /// Requests in the map at which a merge into `rq_ids` starts (in the background, after the add
 /// that reached it). ~80 bytes of memory each.
 const MERGE_AT: usize = 50_000;
@@ -457,7 +512,8 @@ fn locate(conn: &Connection, recent: &RecentIds, num: i64, id: &str) -> Result<O
 // the query itself).
 
 /// The first available requests in queue order, for locking.
-const SQL_LOCKABLE: &str = "SELECT id, unique_key, url, method, retry_count, rid FROM rq_requests
+const SQL_LOCKABLE: &str =
+    "SELECT id, unique_key, url, method, retry_count, rid, octet_length(data) FROM rq_requests
      WHERE queue = ?1 AND handled_at IS NULL AND locked_until = 0 ORDER BY ord LIMIT ?2 + 0";
 /// A queue's counters after one of its requests was rewritten, as deltas (no read of the
 /// queue's row), with the caller's client counted for `hadMultipleClients` (the rules of
@@ -1144,16 +1200,56 @@ impl SqliteStorage {
                     return Err(Error::NotFound("Request queue was not found".into()));
                 }
                 let r = &request;
-                let Some(existing) = find(tx, &this.inner.recent_ids, num, &r.id)? else {
-                    return Ok((Err((request, client_key)), guard));
+                // A request `head/lock` handed out: one UPDATE that changes the row only if it
+                // is still the pending request of the hint (see `LockHints`).
+                let hinted = match this.inner.lock_hints.take(num, &r.id) {
+                    Some((rid, size)) => {
+                        let changed = tx
+                            .prepare_cached(
+                                "UPDATE rq_requests SET handled_at = ?1, locked_until = 0, lock_client = NULL,
+                                     lapse_to = NULL, unique_key = ?2, url = ?3, method = ?4, retry_count = ?5,
+                                     data = ?6
+                                 WHERE rid = ?7 AND queue = ?8 AND id = ?9 AND handled_at IS NULL
+                                     AND octet_length(data) = ?10",
+                            )?
+                            .execute(params![
+                                r.handled_at,
+                                r.unique_key,
+                                r.url,
+                                r.method,
+                                r.retry_count,
+                                r.json,
+                                rid,
+                                num,
+                                r.id,
+                                size
+                            ])?;
+                        (changed == 1).then_some(Existing {
+                            rid,
+                            handled: false,
+                            locked_until: 0,
+                            lock_client: None,
+                            size,
+                        })
+                    }
+                    None => None,
                 };
-                // The write's one change, and its last fallible step.
-                tx.prepare_cached(
-                    "UPDATE rq_requests SET handled_at = ?1, locked_until = 0, lock_client = NULL, lapse_to = NULL,
-                         unique_key = ?2, url = ?3, method = ?4, retry_count = ?5, data = ?6
-                     WHERE rid = ?7",
-                )?
-                .execute(params![r.handled_at, r.unique_key, r.url, r.method, r.retry_count, r.json, existing.rid])?;
+                let existing = match hinted {
+                    Some(existing) => existing,
+                    None => {
+                        let Some(existing) = find(tx, &this.inner.recent_ids, num, &r.id)? else {
+                            return Ok((Err((request, client_key)), guard));
+                        };
+                        // The write's one change, and its last fallible step.
+                        tx.prepare_cached(
+                            "UPDATE rq_requests SET handled_at = ?1, locked_until = 0, lock_client = NULL, lapse_to = NULL,
+                                 unique_key = ?2, url = ?3, method = ?4, retry_count = ?5, data = ?6
+                             WHERE rid = ?7",
+                        )?
+                        .execute(params![r.handled_at, r.unique_key, r.url, r.method, r.retry_count, r.json, existing.rid])?;
+                        existing
+                    }
+                };
                 let mut delta = QueueDelta {
                     handled: (!existing.handled) as i64,
                     writes: 1,
@@ -1558,15 +1654,16 @@ impl QueueStore for SqliteStorage {
         now: i64,
     ) -> Result<Head> {
         let queue_id = queue_id.to_string();
+        let this = self.clone();
         self.queue_write(queue_id.clone(), move |tx| {
             let mut q = QueueRow::load(tx, &queue_id)?;
             q.track(&client_key);
             reap_expired(tx, &mut q, now)?;
             let expires = now + lock_ms;
-            let mut items: Vec<(i64, HeadItem)> = tx
+            let mut items: Vec<(i64, i64, HeadItem)> = tx
                 .prepare_cached(SQL_LOCKABLE)?
                 .query_map(params![q.num, limit.min(i64::MAX as u64) as i64], |row| {
-                    Ok((row.get(5)?, head_item(row)?))
+                    Ok((row.get(5)?, row.get(6)?, head_item(row)?))
                 })?
                 .collect::<rusqlite::Result<_>>()?;
             {
@@ -1574,16 +1671,22 @@ impl QueueStore for SqliteStorage {
                     "UPDATE rq_requests SET locked_until = ?1, lock_client = ?2, lapse_to = NULL WHERE rid = ?3",
                 )?;
                 let holder = client_key.clone().unwrap_or_default();
-                for (rid, item) in &mut items {
+                for (rid, _, item) in &mut items {
                     stmt.execute(params![expires, holder, *rid])?;
                     item.lock_expires_at = Some(expires);
                 }
             }
+            this.inner.lock_hints.insert(
+                q.num,
+                items
+                    .iter()
+                    .map(|(rid, size, item)| (item.id.clone(), *rid, *size)),
+            );
             // A lock of at least a millisecond was just taken, unless nothing was available.
             let locked = (!items.is_empty() && lock_ms > 0) || has_locked(tx, q.num, now)?;
             q.save(tx, now)?;
             Ok(Head {
-                items: items.into_iter().map(|(_, item)| item).collect(),
+                items: items.into_iter().map(|(_, _, item)| item).collect(),
                 queue_modified_at: q.modified_at,
                 had_multiple_clients: q.multiple,
                 queue_has_locked_requests: locked,
