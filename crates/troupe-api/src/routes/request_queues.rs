@@ -21,7 +21,7 @@ use troupe_model::storage::StorageKind;
 use troupe_model::{format_ts, now_ms};
 use troupe_storage::{DeleteTarget, Head, LockOutcome, RequestFilter, RequestOutcome};
 
-use super::{data, no_content, storages};
+use super::{data, json_body, no_content, storages};
 use crate::body::{parse_json_raw, ApifyJson, DecodedBody};
 use crate::error::{ApiError, ApiResult};
 use crate::params::Params;
@@ -360,7 +360,23 @@ async fn update_request(
         .storage
         .update_request(&target.0.id, request, forefront, client, now_ms())
         .await?;
-    Ok(data(StatusCode::OK, outcome_json(&outcome)))
+    Ok(json_body(
+        StatusCode::OK,
+        axum::body::Bytes::from(outcome_body(&outcome)),
+    ))
+}
+
+/// `{"data": outcome}`, written straight (what `data` serialises, without serde's machinery).
+fn outcome_body(outcome: &RequestOutcome) -> Vec<u8> {
+    let mut body = Vec::with_capacity(112 + outcome.request_id.len());
+    body.extend_from_slice(b"{\"data\":{\"requestId\":");
+    push_json_str(&mut body, &outcome.request_id);
+    body.extend_from_slice(b",\"wasAlreadyPresent\":");
+    body.extend_from_slice(bool_json(outcome.was_already_present));
+    body.extend_from_slice(b",\"wasAlreadyHandled\":");
+    body.extend_from_slice(bool_json(outcome.was_already_handled));
+    body.extend_from_slice(b"}}");
+    body
 }
 
 /// DELETE …/requests/{requestId}.
@@ -730,6 +746,21 @@ mod tests {
         assert_eq!(decode_cursor(&cursor).unwrap(), "68TjCdZL3o3hbQM");
         assert!(decode_cursor("!!!").is_err());
         assert!(decode_cursor("e30").is_err());
+    }
+
+    /// The hand-written request outcome is what `data` writes.
+    #[test]
+    fn outcome_body_is_data_json() {
+        for (id, present, handled) in [("abc", true, false), ("q\"x", false, true)] {
+            let outcome = RequestOutcome {
+                request_id: id.into(),
+                unique_key: "k".into(),
+                was_already_present: present,
+                was_already_handled: handled,
+            };
+            let expected = super::super::data_body(outcome_json(&outcome)).unwrap();
+            assert_eq!(outcome_body(&outcome), expected.to_vec());
+        }
     }
 
     /// The hand-written `head/lock` answer is the JSON the fields make, escapes included.

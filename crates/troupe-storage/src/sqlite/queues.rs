@@ -2312,6 +2312,144 @@ mod tests {
         );
         assert_eq!(after.modified_at, 6);
     }
+    /// Lock hints: a handled PUT of a request `head/lock` handed out takes its hint (one
+    /// UPDATE); a hint that no longer matches the row (handled meanwhile, rewritten with another
+    /// size, deleted) changes nothing and the general path answers exactly; counters and
+    /// storage bytes stay exact.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lock_hints_stay_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = SqliteStorage::open(dir.path(), SqliteOptions::default()).unwrap();
+        let q = new_queue(&storage).await;
+        let reqs = keys(0..6).iter().map(|k| req(k)).collect();
+        storage
+            .add_requests(&q, reqs, false, Some("a".into()), 1)
+            .await
+            .unwrap();
+        let num = storage
+            .get_storage(StorageKind::RequestQueue, &q)
+            .await
+            .unwrap()
+            .unwrap()
+            .num;
+        let handled = |key: &str| {
+            parse_request(
+                json!({"url": format!("https://example.com/{key}"), "uniqueKey": key,
+                       "handledAt": "2026-01-01T00:00:00.000Z"}),
+                None,
+            )
+            .unwrap()
+        };
+        let hints = |storage: &SqliteStorage| {
+            let state = storage.inner.lock_hints.state.lock();
+            let mut ids: Vec<String> = state
+                .queues
+                .get(&num)
+                .map(|m| m.keys().cloned().collect())
+                .unwrap_or_default();
+            ids.sort();
+            (ids, state.len)
+        };
+        let mark = |key: &str, now: i64| {
+            let (s, q, r) = (storage.clone(), q.clone(), handled(key));
+            async move {
+                match s
+                    .mark_handled(&q, num, r, Some("a".into()), now)
+                    .await
+                    .unwrap()
+                {
+                    Ok(o) => (o.was_already_present, o.was_already_handled),
+                    Err((r, _)) => panic!("back: {}", r.unique_key),
+                }
+            }
+        };
+        let head = storage
+            .lock_head(&q, 4, 60_000, Some("a".into()), 2)
+            .await
+            .unwrap();
+        assert_eq!(head.items.len(), 4);
+        let id = |key: &str| troupe_model::queue::request_id(key);
+        let mut locked: Vec<String> = keys(0..4).iter().map(|k| id(k)).collect();
+        locked.sort();
+        assert_eq!(hints(&storage), (locked, 4));
+        // k0: the hint is used.
+        assert_eq!(mark("k0", 3).await, (true, false));
+        assert_eq!(hints(&storage).1, 3);
+        // k1: handled on the general path (its hint stays), then again: the hint does not match
+        // a handled row, so nothing changes through it and the answer is "already handled".
+        let out = storage
+            .update_request_at(&q, None, handled("k1"), false, Some("a".into()), 4)
+            .await
+            .unwrap();
+        assert!(out.was_already_present && !out.was_already_handled);
+        assert_eq!(mark("k1", 5).await, (true, true));
+        // k2: put back into the queue with a longer JSON (its hint stays, its size is stale).
+        let longer = parse_request(
+            json!({"url": "https://example.com/k2", "uniqueKey": "k2", "userData": {"x": 1}}),
+            None,
+        )
+        .unwrap();
+        storage
+            .update_request_at(&q, None, longer, false, Some("a".into()), 6)
+            .await
+            .unwrap();
+        assert_eq!(mark("k2", 7).await, (true, false));
+        // k3: deleted: the hint matches nothing and the request is not in the queue.
+        storage
+            .delete_requests(
+                &q,
+                vec![DeleteTarget {
+                    id: id("k3"),
+                    unique_key: None,
+                }],
+                Some("a".into()),
+                8,
+            )
+            .await
+            .unwrap();
+        let back = storage
+            .mark_handled(&q, num, handled("k3"), Some("a".into()), 9)
+            .await
+            .unwrap();
+        assert!(back.is_err());
+        // k4: never locked, no hint.
+        assert_eq!(mark("k4", 10).await, (true, false));
+        assert_eq!(hints(&storage), (Vec::new(), 0));
+        // Counters and bytes as the rows say.
+        let (row, rows) = storage
+            .read(move |conn| {
+                let row: (i64, i64, i64) = conn.query_row(
+                    "SELECT total_request_count, handled_request_count, storage_bytes
+                     FROM storages WHERE num = ?1",
+                    [num],
+                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+                )?;
+                let rows: (i64, i64, i64) = conn.query_row(
+                    "SELECT count(*), count(handled_at), sum(length(data)) FROM rq_requests
+                     WHERE queue = ?1",
+                    [num],
+                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+                )?;
+                Ok((row, rows))
+            })
+            .await
+            .unwrap();
+        assert_eq!(row, rows);
+        assert_eq!(row.0, 5);
+        assert_eq!(row.1, 4);
+        // The map starts over when full.
+        let many = (0..LOCK_HINTS_MAX).map(|i| (format!("x{i}"), i as i64, 0));
+        storage.inner.lock_hints.insert(-1, many);
+        assert_eq!(storage.inner.lock_hints.state.lock().len, LOCK_HINTS_MAX);
+        storage
+            .inner
+            .lock_hints
+            .insert(-1, std::iter::once(("y".to_string(), 1, 0)));
+        assert_eq!(storage.inner.lock_hints.state.lock().len, 1);
+        assert_eq!(storage.inner.lock_hints.take(-1, "y"), Some((1, 0)));
+        assert_eq!(storage.inner.lock_hints.take(-1, "y"), None);
+    }
+
     /// Batched "handled" updates (`QueueDeltas`): in one batch, a failed write's counters and
     /// client are dropped, a plain write in the middle sees exact counters, a repeated update
     /// is `wasAlreadyHandled` and counted once, an unknown request goes back to the general
