@@ -11,7 +11,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
-use troupe_model::queue::QueueRequest;
+use troupe_model::queue::{QueueRequest, REQUEST_ID_LEN};
 use troupe_model::storage::StorageKind;
 
 use super::group::{BatchState, Changes};
@@ -175,8 +175,41 @@ impl LockHints {
 }
 
 /// Requests in the map at which a merge into `rq_ids` starts (in the background, after the add
-/// that reached it). ~80 bytes of memory each.
-const MERGE_AT: usize = 50_000;
+/// that reached it). ~33 bytes of memory each (a 16-byte key and the `rid` in a table at least
+/// half full): 100,000 take ~3.3 MB. Each merge rewrites about every leaf of the queue's part
+/// of `rq_ids` (the ids are hashes, so a sorted run of them lands on every leaf), so the larger
+/// the run, the fewer times a growing queue's ids are rewritten.
+const MERGE_AT: usize = 100_000;
+
+/// A request id as a key of the map of recent ids: its bytes, zero-padded, and its length in
+/// the last byte (ids are at most [`REQUEST_ID_LEN`] bytes). No allocation per entry, and a
+/// lookup compares the key inside the table instead of following a pointer to a `String`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct IdKey([u8; 16]);
+
+impl std::hash::Hash for IdKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u128(u128::from_ne_bytes(self.0));
+    }
+}
+
+impl IdKey {
+    /// `None` for ids longer than a request id (no request has one).
+    fn new(id: &str) -> Option<IdKey> {
+        let bytes = id.as_bytes();
+        if bytes.len() > REQUEST_ID_LEN {
+            return None;
+        }
+        let mut key = [0u8; 16];
+        key[..bytes.len()].copy_from_slice(bytes);
+        key[15] = bytes.len() as u8;
+        Some(IdKey(key))
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0[..self.0[15] as usize]).expect("keys are made from strings")
+    }
+}
 
 /// Where to find the requests added since the last merge: queue number → request id → `rid`.
 ///
@@ -210,7 +243,7 @@ pub(crate) struct RecentIds {
 
 #[derive(Default)]
 struct RecentState {
-    queues: HashMap<i64, FastMap<String, i64>>,
+    queues: HashMap<i64, FastMap<IdKey, i64>>,
     len: usize,
 }
 
@@ -218,20 +251,45 @@ type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 impl RecentIds {
     fn get(&self, num: i64, id: &str) -> Option<i64> {
-        self.state.lock().queues.get(&num)?.get(id).copied()
+        let key = IdKey::new(id)?;
+        self.state.lock().queues.get(&num)?.get(&key).copied()
     }
 
-    fn insert(&self, num: i64, id: &str, rid: i64) {
+    /// Records the `rid`s of new rows of queue `num` (ids with their first `rid`, the next ones
+    /// counting up), under one lock.
+    fn insert_run<'a>(
+        &self,
+        num: i64,
+        ids: impl Iterator<Item = &'a str>,
+        first_rid: i64,
+    ) -> Result<()> {
         let mut state = self.state.lock();
-        if state
-            .queues
-            .entry(num)
-            .or_default()
-            .insert(id.to_string(), rid)
-            .is_none()
-        {
-            state.len += 1;
+        let RecentState { queues, len } = &mut *state;
+        let map = queues.entry(num).or_default();
+        for (id, rid) in ids.zip(first_rid..) {
+            // Request ids are never longer (`request_id`); refusing the write keeps the map
+            // holding every row above the watermark.
+            let key = IdKey::new(id)
+                .ok_or_else(|| Error::Internal(anyhow::anyhow!("request id {id:?} is too long")))?;
+            if map.insert(key, rid).is_none() {
+                *len += 1;
+            }
         }
+        Ok(())
+    }
+
+    /// The (queue, id) pairs of the entries with `rid` in `(above, up_to]`.
+    fn ids_between(&self, above: i64, up_to: i64) -> Vec<(i64, IdKey)> {
+        let state = self.state.lock();
+        let mut out = Vec::with_capacity(state.len);
+        for (num, ids) in &state.queues {
+            out.extend(
+                ids.iter()
+                    .filter(|(_, rid)| above < **rid && **rid <= up_to)
+                    .map(|(key, _)| (*num, *key)),
+            );
+        }
+        out
     }
 
     fn has_queue(&self, num: i64) -> bool {
@@ -395,7 +453,8 @@ pub(crate) fn init(storage: &SqliteStorage) -> Result<()> {
     let mut rows = stmt.query([])?;
     let recent = &storage.inner.recent_ids;
     while let Some(row) = rows.next()? {
-        recent.insert(row.get(0)?, &row.get::<_, String>(1)?, row.get(2)?);
+        let id = row.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
+        recent.insert_run(row.get(0)?, std::iter::once(id), row.get(2)?)?;
     }
     drop(rows);
     drop(stmt);
@@ -709,6 +768,29 @@ struct Existing {
     size: i64,
 }
 
+/// The length of a stored request's full JSON (as `length(data)` counts it), from its row in
+/// `rq_requests` (see [`compact_json`]).
+macro_rules! size_sql {
+    ($t:literal) => {
+        concat!(
+            "CASE WHEN substr(",
+            $t,
+            "data, 1, 1) = '{' THEN length(",
+            $t,
+            "data) ELSE length(",
+            $t,
+            "data) - instr(",
+            $t,
+            "data, ';') + length(",
+            $t,
+            "id) + length(",
+            $t,
+            "unique_key) + length(",
+            $t,
+            "url) + 12 END"
+        )
+    };
+}
 fn find(tx: &Connection, recent: &RecentIds, num: i64, id: &str) -> Result<Option<Existing>> {
     // What `locate` does, with the row read in the same statement (one statement, not two).
     let existing = |row: &rusqlite::Row<'_>| {
@@ -722,10 +804,11 @@ fn find(tx: &Connection, recent: &RecentIds, num: i64, id: &str) -> Result<Optio
     };
     if let Some(rid) = recent.get(num, id) {
         let found = tx
-            .prepare_cached(
-                "SELECT rid, handled_at IS NOT NULL, locked_until, lock_client, length(data)
-                 FROM rq_requests WHERE rid = ?1 AND queue = ?2 AND id = ?3",
-            )?
+            .prepare_cached(concat!(
+                "SELECT rid, handled_at IS NOT NULL, locked_until, lock_client, ",
+                size_sql!(""),
+                " FROM rq_requests WHERE rid = ?1 AND queue = ?2 AND id = ?3"
+            ))?
             .query_row(params![rid, num, id], existing)
             .optional()?;
         if found.is_some() {
@@ -733,10 +816,11 @@ fn find(tx: &Connection, recent: &RecentIds, num: i64, id: &str) -> Result<Optio
         }
     }
     Ok(tx
-        .prepare_cached(
-            "SELECT r.rid, r.handled_at IS NOT NULL, r.locked_until, r.lock_client, length(r.data)
-             FROM rq_ids i JOIN rq_requests r ON r.rid = i.rid WHERE i.queue = ?1 AND i.id = ?2",
-        )?
+        .prepare_cached(concat!(
+            "SELECT r.rid, r.handled_at IS NOT NULL, r.locked_until, r.lock_client, ",
+            size_sql!("r."),
+            " FROM rq_ids i JOIN rq_requests r ON r.rid = i.rid WHERE i.queue = ?1 AND i.id = ?2"
+        ))?
         .query_row(params![num, id], existing)
         .optional()?)
 }
@@ -943,6 +1027,112 @@ impl BatchState for QueueDeltas {
     }
 }
 
+/// How a request's JSON is stored in `rq_requests.data`.
+///
+/// A request's `id`, `uniqueKey` and `url` have columns of their own, and the JSON the clients
+/// read back (`request.json`, built by `parse_request`) starts with `{"id":"…"` and holds the
+/// other two again as JSON strings. Stored in full they made a typical row ~450 bytes; a
+/// *compact* `data` leaves them out (~160 bytes less per row, fewer pages written per batch and
+/// read per merge):
+///
+/// `P1,P2;REST`: take the JSON without its leading `{"id":"…"` (`T0`), cut the first occurrence
+/// of `"uniqueKey"` (the column's value in quotes) out of it at byte `P1` (`T1`), then the first
+/// occurrence of `"url"` out of `T1` at byte `P2` (`REST`). Reading splices the same bytes back
+/// at the same places, so the client gets back exactly the text it was given, whichever
+/// occurrence was cut (escapes, key order and everything else untouched). A JSON whose values
+/// are not found verbatim (escaped in the client's text) is stored in full, as every request
+/// was before: full JSON starts with `{`, compact data with a digit, and both are read.
+///
+/// Request updates (`update_request`) store the full JSON; the size a request counts in
+/// `storageBytes` is always the length of its full JSON ([`SIZE_SQL`]).
+fn compact_json(r: &QueueRequest, scratch: &mut String, out: &mut String) -> bool {
+    /// Where `value` in quotes first occurs in `text` (a JSON text: quotes are few, so the
+    /// candidates are its quotes).
+    fn quoted(text: &str, value: &str) -> Option<usize> {
+        let (bytes, value) = (text.as_bytes(), value.as_bytes());
+        memchr::memchr_iter(b'"', bytes).find(|&at| {
+            let end = at + 1 + value.len();
+            bytes.get(end) == Some(&b'"') && &bytes[at + 1..end] == value
+        })
+    }
+    fn push_number(out: &mut String, mut n: usize) {
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        out.push_str(std::str::from_utf8(&digits[i..]).expect("digits"));
+    }
+    let json = r.json.as_str();
+    let prefix_len = 8 + r.id.len();
+    if json.len() < prefix_len
+        || !json.starts_with("{\"id\":\"")
+        || &json.as_bytes()[7..7 + r.id.len()] != r.id.as_bytes()
+        || json.as_bytes()[prefix_len - 1] != b'"'
+    {
+        return false;
+    }
+    let t0 = &json[prefix_len..];
+    let Some(p1) = quoted(t0, &r.unique_key) else {
+        return false;
+    };
+    scratch.clear();
+    scratch.push_str(&t0[..p1]);
+    scratch.push_str(&t0[p1 + r.unique_key.len() + 2..]);
+    let Some(p2) = quoted(scratch, &r.url) else {
+        return false;
+    };
+    push_number(out, p1);
+    out.push(',');
+    push_number(out, p2);
+    out.push(';');
+    out.push_str(&scratch[..p2]);
+    out.push_str(&scratch[p2 + r.url.len() + 2..]);
+    true
+}
+
+/// The JSON of a stored request from its row (see [`compact_json`]).
+fn request_json(id: &str, data: String, unique_key: &str, url: &str) -> Result<String> {
+    if data.starts_with('{') {
+        return Ok(data);
+    }
+    let bad = || Error::Internal(anyhow::anyhow!("stored request {id} is malformed"));
+    let (header, rest) = data.split_once(';').ok_or_else(bad)?;
+    let (p1, p2) = header.split_once(',').ok_or_else(bad)?;
+    let p1: usize = p1.parse().map_err(|_| bad())?;
+    let p2: usize = p2.parse().map_err(|_| bad())?;
+    if p2 > rest.len() || !rest.is_char_boundary(p2) {
+        return Err(bad());
+    }
+    let mut t1 = String::with_capacity(rest.len() + url.len() + 2);
+    t1.push_str(&rest[..p2]);
+    t1.push('"');
+    t1.push_str(url);
+    t1.push('"');
+    t1.push_str(&rest[p2..]);
+    if p1 > t1.len() || !t1.is_char_boundary(p1) {
+        return Err(bad());
+    }
+    let mut out = String::with_capacity(t1.len() + id.len() + unique_key.len() + 10);
+    out.push_str("{\"id\":\"");
+    out.push_str(id);
+    out.push('"');
+    out.push_str(&t1[..p1]);
+    out.push('"');
+    out.push_str(unique_key);
+    out.push('"');
+    out.push_str(&t1[p1..]);
+    Ok(out)
+}
+
+#[cfg(test)]
+const SIZE_SQL: &str = size_sql!("");
+
 /// Inserts `r`, which the queue does not hold (the caller checked): see [`insert_rows`].
 fn insert(
     tx: &Transaction<'_>,
@@ -1009,6 +1199,8 @@ fn insert_rows(
         )?
         .query_row([], |row| row.get(0))?;
     let mut rest = rows;
+    let (mut compact, mut scratch) = (String::new(), String::new());
+    let mut ends = Vec::with_capacity(INSERT_SIZES[0]);
     while !rest.is_empty() {
         let n = INSERT_SIZES
             .into_iter()
@@ -1016,8 +1208,18 @@ fn insert_rows(
             .expect("size 1");
         let (chunk, tail) = rest.split_at(n);
         let first = rid + 1;
+        // The stored `data` of each row (compact where possible), one buffer for the chunk.
+        compact.clear();
+        ends.clear();
+        for r in chunk {
+            if !compact_json(r, &mut scratch, &mut compact) {
+                compact.push_str(&r.json);
+            }
+            ends.push(compact.len());
+        }
         let mut stmt = tx.prepare_cached(insert_sql(n))?;
         for (i, r) in chunk.iter().enumerate() {
+            let data = &compact[if i == 0 { 0 } else { ends[i - 1] }..ends[i]];
             rid += 1;
             let ord = q.next_ord(forefront);
             let at = i * INSERT_COLUMNS;
@@ -1030,11 +1232,11 @@ fn insert_rows(
             stmt.raw_bind_parameter(at + 7, r.url.as_str())?;
             stmt.raw_bind_parameter(at + 8, r.method.as_str())?;
             stmt.raw_bind_parameter(at + 9, r.retry_count)?;
-            stmt.raw_bind_parameter(at + 10, r.json.as_str())?;
+            stmt.raw_bind_parameter(at + 10, data)?;
         }
         stmt.raw_execute()?;
-        for (r, rid) in chunk.iter().zip(first..) {
-            recent.insert(q.num, &r.id, rid);
+        recent.insert_run(q.num, chunk.iter().map(|r| r.id.as_str()), first)?;
+        for r in chunk.iter() {
             q.total += 1;
             if r.handled_at.is_some() {
                 q.handled += 1;
@@ -1343,15 +1545,15 @@ fn list_page(
 ) -> Result<RequestsPage> {
     let sql = match filter {
         RequestFilter::All => {
-            "SELECT i.id, r.data FROM rq_ids i CROSS JOIN rq_requests r ON r.rid = i.rid
+            "SELECT i.id, r.data, r.unique_key, r.url FROM rq_ids i CROSS JOIN rq_requests r ON r.rid = i.rid
              WHERE i.queue = ?1 AND i.id > ?2 ORDER BY i.id LIMIT ?3 + 0"
         }
         RequestFilter::Pending => {
-            "SELECT i.id, r.data FROM rq_ids i CROSS JOIN rq_requests r ON r.rid = i.rid
+            "SELECT i.id, r.data, r.unique_key, r.url FROM rq_ids i CROSS JOIN rq_requests r ON r.rid = i.rid
              WHERE i.queue = ?1 AND i.id > ?2 AND r.handled_at IS NULL ORDER BY i.id LIMIT ?3 + 0"
         }
         RequestFilter::Locked => {
-            "SELECT id, data FROM rq_requests INDEXED BY rq_head
+            "SELECT id, data, unique_key, url FROM rq_requests INDEXED BY rq_head
              WHERE queue = ?1 AND id > ?2 AND handled_at IS NULL AND locked_until > ?4
              ORDER BY id LIMIT ?3 + 0"
         }
@@ -1359,14 +1561,21 @@ fn list_page(
     let mut stmt = conn.prepare_cached(sql)?;
     let after = after.unwrap_or_default();
     let fetch = (limit.min(i64::MAX as u64 - 1) + 1) as i64;
-    let map = |row: &rusqlite::Row<'_>| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?));
-    let rows: Vec<(String, String)> = if filter == RequestFilter::Locked {
+    let map = |row: &rusqlite::Row<'_>| {
+        let id = row.get::<_, String>(0)?;
+        let data = row.get::<_, String>(1)?;
+        let key = row.get_ref(2)?.as_str().map_err(rusqlite::Error::from)?;
+        let url = row.get_ref(3)?.as_str().map_err(rusqlite::Error::from)?;
+        Ok(request_json(&id, data, key, url).map(|json| (id, json)))
+    };
+    let rows: Vec<Result<(String, String)>> = if filter == RequestFilter::Locked {
         stmt.query_map(params![q.num, after, fetch, now], map)?
             .collect::<rusqlite::Result<_>>()?
     } else {
         stmt.query_map(params![q.num, after, fetch], map)?
             .collect::<rusqlite::Result<_>>()?
     };
+    let rows = rows.into_iter().collect::<Result<Vec<_>>>()?;
     let more = rows.len() as u64 > limit;
     let mut items = Vec::with_capacity(rows.len());
     let mut last = None;
@@ -1423,12 +1632,16 @@ impl SqliteStorage {
                 )?;
                 tx.execute("UPDATE rq_merged SET watermark = ?1", [new])?;
                 // Before the commit, so the filter holds these ids before the map drops them.
-                let mut stmt =
-                    tx.prepare("SELECT queue, id FROM rq_requests WHERE rid > ?1 AND rid <= ?2")?;
-                fill_filter(
-                    &this.inner.recent_ids.merged,
-                    stmt.query(params![old, new])?,
-                )?;
+                // From the map, which holds every row the INSERT above merged (and maybe ids of
+                // rows that are gone: false positives, harmless), instead of reading the rows a
+                // second time.
+                let recent = &this.inner.recent_ids;
+                for chunk in recent.ids_between(old, new).chunks(4096) {
+                    let mut filter = recent.merged.lock();
+                    for (num, key) in chunk {
+                        filter.add(*num, key.as_str());
+                    }
+                }
                 Ok(new)
             })
             .await?;
@@ -1521,10 +1734,18 @@ impl QueueStore for SqliteStorage {
             let Some(rid) = locate(conn, &this.inner.recent_ids, q.num, &request_id)? else {
                 return Ok(None);
             };
-            Ok(conn
-                .prepare_cached("SELECT data FROM rq_requests WHERE rid = ?1")?
-                .query_row(params![rid], |row| row.get(0))
-                .optional()?)
+            let row = conn
+                .prepare_cached("SELECT data, unique_key, url FROM rq_requests WHERE rid = ?1")?
+                .query_row(params![rid], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, String>(2)?,
+                    ))
+                })
+                .optional()?;
+            row.map(|(data, key, url)| request_json(&request_id, data, &key, &url))
+                .transpose()
         })
         .await
     }
@@ -1907,6 +2128,196 @@ mod tests {
             .collect()
     }
 
+    /// Requests as clients send them, odd ones included: escapes (values not stored compact),
+    /// unicode, key order, the url or uniqueKey repeated elsewhere in the request, large
+    /// userData.
+    fn odd_requests() -> Vec<QueueRequest> {
+        let big = "x".repeat(200_000);
+        let texts = [
+            r#"{"url":"https://a.example/1","uniqueKey":"k1"}"#.to_string(),
+            r#"{"uniqueKey":"https://a.example/2","url":"https://a.example/2","method":"POST","userData":{"label":"L","n":[1,2.50,-0e3]}}"#.to_string(),
+            r#"{ "userData" : {"url": "https://a.example/3", "uniqueKey": "k3"}, "url" : "https://a.example/3", "uniqueKey" : "k3" }"#.to_string(),
+            r#"{"url":"https:\/\/a.example\/4","uniqueKey":"k4"}"#.to_string(),
+            r#"{"url":"https://a.example/5","uniqueKey":"k\"5\\"}"#.to_string(),
+            r#"{"url":"https://a.example/\u00e9","uniqueKey":"\u00e9","x":"é"}"#.to_string(),
+            r#"{"url":"https://a.example/é/日本","uniqueKey":"é/日本","userData":{"é":"日本 \ud83d\ude00"}}"#.to_string(),
+            r#"{"id":null,"handledAt":"2026-08-21 10:23:31.607000+00:00","url":"https://a.example/7","uniqueKey":"","retryCount":3}"#.to_string(),
+            r#"{"url":"https://a.example/8","uniqueKey":"https://a.example/8#x","note":"https://a.example/8"}"#.to_string(),
+            r#"{"uniqueKey":"https://a.example/9","url":"https://a.example/9","url2":"\"https://a.example/9\""}"#.to_string(),
+            r#"{"url":"https://a.example/10","uniqueKey":"s\"","a":"s\"","b":"\"s\""}"#.to_string(),
+            format!(r#"{{"url":"https://a.example/11","uniqueKey":"k11","userData":{{"big":"{big}","url":"https://a.example/11"}}}}"#),
+            r#"{"url":"https://a.example/12","uniqueKey":"1,2;x","userData":{}}"#.to_string(),
+        ];
+        texts
+            .iter()
+            .map(|text| {
+                let raw: &serde_json::value::RawValue = serde_json::from_str(text).unwrap();
+                troupe_model::queue::parse_request_raw(raw, None).unwrap()
+            })
+            .collect()
+    }
+
+    /// A request's JSON comes back byte for byte from its stored form, compact or full, and
+    /// `SIZE_SQL` gives the full JSON's length from the row.
+    #[test]
+    fn stored_request_json_round_trips() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t (id TEXT, unique_key TEXT, url TEXT, data TEXT)")
+            .unwrap();
+        let mut full = Vec::new();
+        for (i, r) in odd_requests().into_iter().enumerate() {
+            let mut stored = String::new();
+            let compact = compact_json(&r, &mut String::new(), &mut stored);
+            if compact {
+                assert!(!stored.starts_with('{'), "{stored}");
+                assert!(
+                    stored.len() + r.unique_key.len() + r.url.len() + r.id.len() + 4
+                        <= r.json.len() + 20
+                );
+            } else {
+                full.push(i);
+                stored = r.json.clone();
+            }
+            let back = request_json(&r.id, stored.clone(), &r.unique_key, &r.url).unwrap();
+            assert_eq!(back, r.json, "{stored}");
+            conn.execute("DELETE FROM t", []).unwrap();
+            conn.execute(
+                "INSERT INTO t VALUES (?1, ?2, ?3, ?4)",
+                params![r.id, r.unique_key, r.url, stored],
+            )
+            .unwrap();
+            let size: i64 = conn
+                .query_row(&format!("SELECT {SIZE_SQL} FROM t"), [], |row| row.get(0))
+                .unwrap();
+            assert_eq!(size as usize, r.json.chars().count(), "{}", r.json);
+        }
+        // Values escaped in the client's text are stored in full; the others compact.
+        assert_eq!(full, [3, 4, 5, 10]);
+        for bad in ["", "1;x", "a,b;{}", "5,0;x", "0,9;x"] {
+            assert!(
+                request_json("id", bad.to_string(), "k", "u").is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    /// Stored compact or in full (as before session 6: a database written by an older
+    /// version), requests read back exactly (get, listing), deduplicate, and count their full
+    /// JSON in `storageBytes` through updates and deletes.
+    #[tokio::test]
+    async fn compact_and_full_rows_read_back_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = SqliteStorage::open(dir.path(), SqliteOptions::default()).unwrap();
+        let queue = new_queue(&storage).await;
+        let requests = odd_requests();
+        let outcomes = storage
+            .add_requests(&queue, requests.clone(), false, None, 1)
+            .await
+            .unwrap();
+        assert!(outcomes.iter().all(|o| !o.was_already_present));
+        // Half of the rows rewritten as older versions stored them (full JSON).
+        storage
+            .write_blocking(|tx| {
+                for r in requests.iter().step_by(2) {
+                    tx.execute(
+                        "UPDATE rq_requests SET data = ?1 WHERE id = ?2",
+                        params![r.json, r.id],
+                    )?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        let full: i64 = storage
+            .read_blocking(|conn| {
+                Ok(conn.query_row(
+                    "SELECT count(*) FROM rq_requests WHERE substr(data, 1, 1) = '{'",
+                    [],
+                    |row| row.get(0),
+                )?)
+            })
+            .unwrap();
+        // Rows 0, 2, …, 12 and the escaped 3 and 5.
+        assert_eq!(full, 9);
+        let total_bytes: usize = requests.iter().map(|r| r.json.len()).sum();
+        let bytes = |storage: SqliteStorage, queue: String| async move {
+            storage
+                .get_storage(StorageKind::RequestQueue, &queue)
+                .await
+                .unwrap()
+                .unwrap()
+                .storage_bytes as usize
+        };
+        assert_eq!(bytes(storage.clone(), queue.clone()).await, total_bytes);
+        check_read_back(&storage, &queue, &requests).await;
+        // After a restart (the map of recent ids rebuilt from the rows) and a merge.
+        drop(storage);
+        let storage = SqliteStorage::open(dir.path(), SqliteOptions::default()).unwrap();
+        check_read_back(&storage, &queue, &requests).await;
+        storage.merge_recent_ids().await.unwrap();
+        check_read_back(&storage, &queue, &requests).await;
+        // Updates replace what each row counts, compact or full; deletes remove it (ASCII
+        // requests: `length(data)` counts bytes).
+        let ascii: Vec<&QueueRequest> = requests.iter().filter(|r| r.json.is_ascii()).collect();
+        let mut expected = bytes(storage.clone(), queue.clone()).await as i64;
+        for r in &ascii[..4] {
+            let mut handled = (*r).clone();
+            handled.handled_at = Some(5);
+            handled.json = r
+                .json
+                .replacen('{', "{\"handledAt\":\"1970-01-01T00:00:00.005Z\",", 1);
+            storage
+                .update_request(&queue, handled.clone(), false, None, 3)
+                .await
+                .unwrap();
+            expected += handled.json.len() as i64 - r.json.len() as i64;
+            assert_eq!(bytes(storage.clone(), queue.clone()).await as i64, expected);
+            assert_eq!(
+                storage.get_request(&queue, &r.id).await.unwrap(),
+                Some(handled.json.clone())
+            );
+        }
+        let targets: Vec<DeleteTarget> = ascii[4..]
+            .iter()
+            .map(|r| DeleteTarget {
+                id: r.id.clone(),
+                unique_key: None,
+            })
+            .collect();
+        storage
+            .delete_requests(&queue, targets, None, 4)
+            .await
+            .unwrap();
+        expected -= ascii[4..].iter().map(|r| r.json.len() as i64).sum::<i64>();
+        assert_eq!(bytes(storage.clone(), queue.clone()).await as i64, expected);
+    }
+
+    async fn check_read_back(storage: &SqliteStorage, queue: &str, requests: &[QueueRequest]) {
+        for r in requests {
+            assert_eq!(
+                storage.get_request(queue, &r.id).await.unwrap().as_deref(),
+                Some(r.json.as_str())
+            );
+        }
+        let page = storage
+            .list_requests(queue, None, 1000, RequestFilter::All, None, 1)
+            .await
+            .unwrap();
+        let mut want: Vec<(&str, &str)> = requests
+            .iter()
+            .map(|r| (r.id.as_str(), r.json.as_str()))
+            .collect();
+        want.sort();
+        let got: Vec<&str> = page.items.iter().map(String::as_str).collect();
+        assert_eq!(got, want.iter().map(|(_, j)| *j).collect::<Vec<_>>());
+        let again = storage
+            .add_requests(queue, requests.to_vec(), true, None, 2)
+            .await
+            .unwrap();
+        for (o, r) in again.iter().zip(requests) {
+            assert!(o.was_already_present);
+            assert_eq!(o.was_already_handled, r.handled_at.is_some());
+        }
+    }
     /// The filter of merged ids never misses an id it was given, across its growing blocks,
     /// and rarely claims one it was not; it switches itself off (always "maybe") past its
     /// last block.
