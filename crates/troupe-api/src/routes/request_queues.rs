@@ -220,36 +220,49 @@ async fn batch_add_requests(
             .add_requests(&target.info().id, requests, forefront, client, now_ms())
             .await?
     };
-    #[derive(Serialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Processed<'a> {
-        request_id: &'a str,
-        unique_key: &'a str,
-        was_already_present: bool,
-        was_already_handled: bool,
+    Ok(json_body(StatusCode::CREATED, batch_added_body(&outcomes)))
+}
+
+/// `{"data":{"processedRequests":[…],"unprocessedRequests":[]}}` of a batch add, written
+/// directly (what serde writes for it, byte for byte; ~2k instructions less per request).
+fn batch_added_body(outcomes: &[RequestOutcome]) -> axum::body::Bytes {
+    /// A JSON string as serde_json writes it (escapes only `"`, `\` and control characters).
+    fn string(out: &mut Vec<u8>, s: &str) {
+        if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+            out.push(b'"');
+            out.extend_from_slice(s.as_bytes());
+            out.push(b'"');
+        } else {
+            serde_json::to_writer(&mut *out, s).expect("writing to a Vec cannot fail");
+        }
     }
-    #[derive(Serialize)]
-    #[serde(rename_all = "camelCase")]
-    struct BatchResult<'a> {
-        processed_requests: Vec<Processed<'a>>,
-        unprocessed_requests: [(); 0],
-    }
-    let processed = outcomes
+    let size: usize = outcomes
         .iter()
-        .map(|o| Processed {
-            request_id: &o.request_id,
-            unique_key: &o.unique_key,
-            was_already_present: o.was_already_present,
-            was_already_handled: o.was_already_handled,
-        })
-        .collect();
-    Ok(data(
-        StatusCode::CREATED,
-        BatchResult {
-            processed_requests: processed,
-            unprocessed_requests: [],
-        },
-    ))
+        .map(|o| o.request_id.len() + o.unique_key.len() + 96)
+        .sum();
+    let mut out = Vec::with_capacity(64 + size);
+    out.extend_from_slice(b"{\"data\":{\"processedRequests\":[");
+    for (i, o) in outcomes.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"requestId\":");
+        string(&mut out, &o.request_id);
+        out.extend_from_slice(b",\"uniqueKey\":");
+        string(&mut out, &o.unique_key);
+        out.extend_from_slice(if o.was_already_present {
+            b",\"wasAlreadyPresent\":true"
+        } else {
+            b",\"wasAlreadyPresent\":false"
+        });
+        out.extend_from_slice(if o.was_already_handled {
+            b",\"wasAlreadyHandled\":true}"
+        } else {
+            b",\"wasAlreadyHandled\":false}"
+        });
+    }
+    out.extend_from_slice(b"],\"unprocessedRequests\":[]}}");
+    out.into()
 }
 
 /// DELETE …/requests/batch — delete up to 25 requests given by `id` or `uniqueKey`.
@@ -803,6 +816,63 @@ mod tests {
             assert_eq!(parsed, expected);
             // Byte for byte what serde_json writes (same escapes, same field order).
             assert_eq!(String::from_utf8(body).unwrap(), expected.to_string());
+        }
+    }
+}
+
+#[cfg(test)]
+mod batch_body_tests {
+    use super::*;
+
+    /// The hand-written batch answer is what serde writes for the same outcomes.
+    #[test]
+    fn batch_added_body_matches_serde() {
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Processed<'a> {
+            request_id: &'a str,
+            unique_key: &'a str,
+            was_already_present: bool,
+            was_already_handled: bool,
+        }
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct BatchResult<'a> {
+            processed_requests: Vec<Processed<'a>>,
+            unprocessed_requests: [(); 0],
+        }
+        let keys = [
+            "https://a.example/x?y=1&z=2",
+            "",
+            "k\"q\\",
+            "tab\there\nnl\u{1}\u{1f}",
+            "é日本😀\u{7f}\u{2028}/<>",
+        ];
+        for n in 0..=keys.len() {
+            let outcomes: Vec<RequestOutcome> = keys[..n]
+                .iter()
+                .enumerate()
+                .map(|(i, k)| RequestOutcome {
+                    request_id: request_id(k),
+                    unique_key: k.to_string(),
+                    was_already_present: i % 2 == 1,
+                    was_already_handled: i % 3 == 2,
+                })
+                .collect();
+            let serde = crate::routes::data_body(BatchResult {
+                processed_requests: outcomes
+                    .iter()
+                    .map(|o| Processed {
+                        request_id: &o.request_id,
+                        unique_key: &o.unique_key,
+                        was_already_present: o.was_already_present,
+                        was_already_handled: o.was_already_handled,
+                    })
+                    .collect(),
+                unprocessed_requests: [],
+            })
+            .unwrap();
+            assert_eq!(batch_added_body(&outcomes), serde, "{n}");
         }
     }
 }
