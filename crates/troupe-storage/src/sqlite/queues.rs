@@ -556,10 +556,38 @@ fn locate(conn: &Connection, recent: &RecentIds, num: i64, id: &str) -> Result<O
 // parameter, so every new binding would re-prepare the statement (~100k instructions, more than
 // the query itself).
 
+/// The length in bytes of a stored request's full JSON (what `request.json.len()` was), from
+/// its row in `rq_requests` (`$t`: the table's alias with its dot, or ""): compact rows store
+/// less (see [`compact_json`]). Every size a request counts in `storageBytes` comes from here.
+macro_rules! size_sql {
+    ($t:literal) => {
+        concat!(
+            "CASE WHEN substr(",
+            $t,
+            "data, 1, 1) = '{' THEN octet_length(",
+            $t,
+            "data) ELSE octet_length(",
+            $t,
+            "data) - instr(",
+            $t,
+            "data, ';') + octet_length(",
+            $t,
+            "id) + octet_length(",
+            $t,
+            "unique_key) + octet_length(",
+            $t,
+            "url) + 12 END"
+        )
+    };
+}
+
 /// The first available requests in queue order, for locking.
-const SQL_LOCKABLE: &str =
-    "SELECT id, unique_key, url, method, retry_count, rid, octet_length(data) FROM rq_requests
-     WHERE queue = ?1 AND handled_at IS NULL AND locked_until = 0 ORDER BY ord LIMIT ?2 + 0";
+const SQL_LOCKABLE: &str = concat!(
+    "SELECT id, unique_key, url, method, retry_count, rid, ",
+    size_sql!(""),
+    " FROM rq_requests
+     WHERE queue = ?1 AND handled_at IS NULL AND locked_until = 0 ORDER BY ord LIMIT ?2 + 0"
+);
 /// A queue's counters after one of its requests was rewritten, as deltas (no read of the
 /// queue's row), with the caller's client counted for `hadMultipleClients` (the rules of
 /// [`track`]) and `rq_front`/`rq_back` stepped for a request that goes back into the queue.
@@ -754,29 +782,6 @@ struct Existing {
     size: i64,
 }
 
-/// The length of a stored request's full JSON (as `length(data)` counts it), from its row in
-/// `rq_requests` (see [`compact_json`]).
-macro_rules! size_sql {
-    ($t:literal) => {
-        concat!(
-            "CASE WHEN substr(",
-            $t,
-            "data, 1, 1) = '{' THEN length(",
-            $t,
-            "data) ELSE length(",
-            $t,
-            "data) - instr(",
-            $t,
-            "data, ';') + length(",
-            $t,
-            "id) + length(",
-            $t,
-            "unique_key) + length(",
-            $t,
-            "url) + 12 END"
-        )
-    };
-}
 fn find(tx: &Connection, recent: &RecentIds, num: i64, id: &str) -> Result<Option<Existing>> {
     // What `locate` does, with the row read in the same statement (one statement, not two).
     let existing = |row: &rusqlite::Row<'_>| {
@@ -1393,13 +1398,15 @@ impl SqliteStorage {
                 let hinted = match this.inner.lock_hints.take(num, &r.id) {
                     Some((rid, size)) => {
                         let changed = tx
-                            .prepare_cached(
+                            .prepare_cached(concat!(
                                 "UPDATE rq_requests SET handled_at = ?1, locked_until = 0, lock_client = NULL,
                                      lapse_to = NULL, unique_key = ?2, url = ?3, method = ?4, retry_count = ?5,
                                      data = ?6
                                  WHERE rid = ?7 AND queue = ?8 AND id = ?9 AND handled_at IS NULL
-                                     AND octet_length(data) = ?10",
-                            )?
+                                     AND ",
+                                size_sql!(""),
+                                " = ?10"
+                            ))?
                             .execute(params![
                                 r.handled_at,
                                 r.unique_key,
@@ -2193,7 +2200,7 @@ mod tests {
             let size: i64 = conn
                 .query_row(&format!("SELECT {SIZE_SQL} FROM t"), [], |row| row.get(0))
                 .unwrap();
-            assert_eq!(size as usize, r.json.chars().count(), "{}", r.json);
+            assert_eq!(size as usize, r.json.len(), "{}", r.json);
         }
         // Values escaped in the client's text are stored in full; the others compact.
         assert_eq!(full, [3, 4, 5, 10]);
@@ -2259,8 +2266,7 @@ mod tests {
         check_read_back(&storage, &queue, &requests).await;
         storage.merge_recent_ids().await.unwrap();
         check_read_back(&storage, &queue, &requests).await;
-        // Updates replace what each row counts, compact or full; deletes remove it (ASCII
-        // requests: `length(data)` counts bytes).
+        // Updates replace what each row counts, compact or full; deletes remove it.
         let ascii: Vec<&QueueRequest> = requests.iter().filter(|r| r.json.is_ascii()).collect();
         let mut expected = bytes(storage.clone(), queue.clone()).await as i64;
         for r in &ascii[..4] {
@@ -2840,8 +2846,11 @@ mod tests {
                     |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
                 )?;
                 let rows: (i64, i64, i64) = conn.query_row(
-                    "SELECT count(*), count(handled_at), sum(length(data)) FROM rq_requests
-                     WHERE queue = ?1",
+                    concat!(
+                        "SELECT count(*), count(handled_at), sum(",
+                        size_sql!(""),
+                        ") FROM rq_requests WHERE queue = ?1"
+                    ),
                     [num],
                     |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
                 )?;
