@@ -8,17 +8,15 @@
 //! committed, so an acknowledged write is exactly as durable as with one transaction per write;
 //! when the commit fails, every write of the batch fails.
 //!
-//! ## Scheduling
+//! ## Hand-offs
 //!
-//! The writer thread runs under `SCHED_BATCH` (Linux): waking it does not preempt the runtime
-//! worker that queued the write, so the worker goes on reading the requests that are already
-//! there and queueing their writes, and the writer takes them all in one batch when the worker
-//! has nothing left to do (or on another CPU, when there is one). With the default policy each
-//! wake-up switched to the writer at once, so batches stayed small and every write paid two
-//! thread switches. The writer still gets its fair share of the CPU: `SCHED_BATCH` only gives
-//! up preemption on wake-up.
+//! The writer is a thread of its own, not a blocking-pool task started per batch: a queued write
+//! wakes it only when it waits, and it takes every write queued meanwhile. (Running it under
+//! `SCHED_BATCH`, so that its wake-up would not preempt the runtime worker, made batches larger
+//! on an otherwise idle CPU but made writes wait behind any other busy process, such as the
+//! Actors troupe runs: see docs/benchmarks.md, session 6.)
 //!
-//! Replies go back the same way in one hop: the writer hands a committed batch's replies to the
+//! Replies go back in one hop: the writer hands a committed batch's replies to the
 //! storage's settler task on the async runtime with a single wake-up, and the settler sends
 //! them from there (a reply sent from a runtime thread wakes its request without a system
 //! call). Sending each reply from the writer thread woke the runtime once per reply, and the
@@ -305,29 +303,8 @@ impl Drop for SettlerGuard {
     }
 }
 
-/// Asks the kernel not to preempt the waking thread when this one is woken (see the module
-/// docs). Best effort: without it, batching is merely smaller.
-fn lower_wakeup_priority() {
-    #[cfg(target_os = "linux")]
-    {
-        if std::env::var_os("TROUPE_WRITER_NORMAL").is_some() {
-            return;
-        }
-        let param = libc::sched_param { sched_priority: 0 };
-        // SAFETY: plain system call on the calling thread with a valid parameter.
-        let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
-        if rc != 0 {
-            tracing::debug!(
-                error = %std::io::Error::last_os_error(),
-                "could not set SCHED_BATCH on the writer thread"
-            );
-        }
-    }
-}
-
 /// The writer thread: commits batches until the storage is gone.
 fn writer_thread(shared: Arc<WriteShared>, storage: Weak<Inner>) {
-    lower_wakeup_priority();
     loop {
         let jobs: Vec<Job> = {
             let mut queue = shared.queue.lock();
