@@ -26,6 +26,7 @@ use rusqlite::{Connection, OpenFlags, Transaction};
 use crate::{Error, Result};
 
 pub use datasets::item_key as dataset_item_key;
+pub use group::wake_deferred_writers;
 
 /// Schema migrations, applied in order; each name is recorded once applied. Append only.
 const MIGRATIONS: &[(&str, &str)] = &[
@@ -390,6 +391,71 @@ mod tests {
             .unwrap();
         // The write of the runtime that shut down was queued: it commits, unanswered.
         assert_eq!(stored, vec![1, 2, 3, 4, 5]);
+    }
+
+    /// A runtime thread that parked once defers the writer's wake-up of its writes to its next
+    /// park (`group::wake_deferred_writers`), and a write on a thread that never parks again
+    /// wakes the writer itself after `DEFER_LIMIT`.
+    #[test]
+    fn deferred_writer_wake_ups_are_given() {
+        let (_dir, storage) = open_temp();
+        storage
+            .write_blocking(|tx| Ok(tx.execute_batch("CREATE TABLE dw (v INTEGER NOT NULL)")?))
+            .unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .on_thread_park(wake_deferred_writers)
+            .build()
+            .unwrap();
+        let wait_for_idle_writer = || {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while !storage.writer_state().0 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the writer never waited"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        };
+        let insert = |v: i64| {
+            let storage = storage.clone();
+            async move {
+                storage
+                    .write(move |tx| Ok(tx.execute("INSERT INTO dw (v) VALUES (?1)", [v])?))
+                    .await
+            }
+        };
+        // The thread parks once (it may defer from then on).
+        runtime.block_on(async { tokio::time::sleep(std::time::Duration::from_millis(1)).await });
+        // The write defers the wake-up; the thread, with nothing else to do, parks and gives it.
+        wait_for_idle_writer();
+        let deferred = storage.writer_state().1;
+        assert_eq!(runtime.block_on(insert(1)).unwrap(), 1);
+        assert_eq!(storage.writer_state().1, deferred + 1);
+        // The thread stays busy (it yields, so it never parks): the write's own bound wakes the
+        // writer.
+        wait_for_idle_writer();
+        let answered = runtime.block_on(async {
+            let write = tokio::spawn(insert(2));
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while !write.is_finished() {
+                if std::time::Instant::now() > deadline {
+                    return false;
+                }
+                tokio::task::yield_now().await;
+            }
+            write.await.unwrap().unwrap() == 1
+        });
+        assert!(answered, "the deferred write was never committed");
+        assert_eq!(storage.writer_state().1, deferred + 2);
+        let stored: Vec<i64> = storage
+            .read_blocking(|c| {
+                let mut stmt = c.prepare("SELECT v FROM dw ORDER BY v")?;
+                let rows = stmt.query_map([], |r| r.get(0))?;
+                Ok(rows.collect::<rusqlite::Result<Vec<i64>>>()?)
+            })
+            .unwrap();
+        assert_eq!(stored, vec![1, 2]);
     }
 
     /// Group commit: writes queued while the writer is busy share one transaction, a write

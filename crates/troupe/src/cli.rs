@@ -192,6 +192,8 @@ pub fn main() -> anyhow::Result<()> {
             crate::memory::spawn_trimmer();
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
+                // Writes queued on a runtime thread wake the writer when the thread parks.
+                .on_thread_park(troupe_storage::sqlite::wake_deferred_writers)
                 .build()?;
             runtime.block_on(server::run(ServeOptions {
                 listen: args.listen,

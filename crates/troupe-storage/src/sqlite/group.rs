@@ -11,10 +11,16 @@
 //! ## Hand-offs
 //!
 //! The writer is a thread of its own, not a blocking-pool task started per batch: a queued write
-//! wakes it only when it waits, and it takes every write queued meanwhile. (Running it under
-//! `SCHED_BATCH`, so that its wake-up would not preempt the runtime worker, made batches larger
-//! on an otherwise idle CPU but made writes wait behind any other busy process, such as the
-//! Actors troupe runs: see docs/benchmarks.md, session 6.)
+//! wakes it only when it waits, and it takes every write queued meanwhile.
+//!
+//! On a runtime thread that has the [`wake_deferred_writers`] hook (the server's runtime, as
+//! tokio's `on_thread_park`), the wake-up waits until the thread is about to park: the thread
+//! first reads every request already there and queues their writes, and the writer then takes
+//! them in one batch. Waking the writer at once made it preempt the runtime thread on a shared
+//! CPU after the first write. A write whose thread stays busy wakes the writer itself after
+//! `DEFER_LIMIT` (1 ms), and `DEFER_MAX_JOBS` queued writes wake it at once. (Running the
+//! writer under `SCHED_BATCH` instead made writes wait behind any other busy process, such as
+//! the Actors troupe runs: see docs/benchmarks.md, session 6.)
 //!
 //! Replies go back in one hop: the writer hands a committed batch's replies to the
 //! storage's settler task on the async runtime with a single wake-up, and the settler sends
@@ -193,6 +199,12 @@ struct WriteQueue {
     jobs: Vec<Job>,
     /// The writer thread waits on `wake` (a queued write must signal it).
     waiting: bool,
+    /// A runtime thread owes the waiting writer a wake-up, given when that thread parks (see
+    /// [`wake_deferred_writers`]) or when its write has waited `DEFER_LIMIT`.
+    wake_owed: bool,
+    /// Writes that deferred the writer's wake-up (tests check the path is taken).
+    #[cfg(test)]
+    deferred: u64,
     /// Batches and writes committed so far (how well writes coalesce; see `group_stats`).
     batches: u64,
     writes: u64,
@@ -264,6 +276,79 @@ impl WriteShared {
     }
 }
 
+impl WriteShared {
+    /// Gives the owed wake-up, if it is still owed (see `WriteQueue::wake_owed`).
+    fn wake_owed_now(&self) {
+        let wake = {
+            let mut queue = self.queue.lock();
+            let wake = queue.wake_owed && queue.waiting;
+            queue.wake_owed = false;
+            if wake {
+                queue.waiting = false;
+            }
+            wake
+        };
+        if wake {
+            self.wake.notify_one();
+        }
+    }
+}
+
+/// How a queued write wakes the writer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wake {
+    /// Not at all: the writer is busy, or a wake-up is owed already.
+    None,
+    /// At once.
+    Now,
+    /// When this runtime thread parks (see [`wake_deferred_writers`]).
+    Deferred,
+}
+
+/// Longest a write waits for the wake-up its runtime thread owes (a thread busy with other
+/// requests that does not park); then the write wakes the writer itself.
+const DEFER_LIMIT: std::time::Duration = std::time::Duration::from_millis(1);
+/// Queued writes past which a write wakes the writer at once even though a wake-up is owed.
+const DEFER_MAX_JOBS: usize = 64;
+
+/// The writers a thread owes a wake-up; `None` on threads that never parked through
+/// [`wake_deferred_writers`] (they wake the writer at once). A thread that exits (its runtime
+/// shuts down) gives the wake-ups it still owes.
+struct Owed(Option<Vec<Arc<WriteShared>>>);
+
+impl Drop for Owed {
+    fn drop(&mut self) {
+        for shared in self.0.take().unwrap_or_default() {
+            shared.wake_owed_now();
+        }
+    }
+}
+
+thread_local! {
+    static DEFERRED: std::cell::RefCell<Owed> = const { std::cell::RefCell::new(Owed(None)) };
+}
+
+/// Hook for the async runtime's `on_thread_park`: a runtime thread that is about to park gives
+/// the wake-ups it owes to writers. After its first park, writes queued on the thread wake the
+/// writer only when the thread has nothing else to do, so the writer (which would otherwise
+/// preempt the thread on a shared CPU) takes every write of the requests already read in one
+/// batch. A write waits at most `DEFER_LIMIT` for this.
+pub fn wake_deferred_writers() {
+    let owed = DEFERRED.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        match cell.0.as_mut() {
+            None => {
+                cell.0 = Some(Vec::new());
+                Vec::new()
+            }
+            Some(list) => std::mem::take(list),
+        }
+    });
+    for shared in owed {
+        shared.wake_owed_now();
+    }
+}
+
 fn settle_all(completions: Vec<Completion>, failure: Option<&str>) {
     for completion in completions {
         completion.settle(failure);
@@ -316,6 +401,7 @@ fn writer_thread(shared: Arc<WriteShared>, storage: Weak<Inner>) {
                 shared.wake.wait(&mut queue);
             }
             queue.waiting = false;
+            queue.wake_owed = false;
             let take = queue.jobs.len().min(MAX_BATCH);
             queue.batches += 1;
             queue.writes += take as u64;
@@ -380,18 +466,56 @@ impl SqliteStorage {
             one_statement,
         };
         let shared = &self.inner.writes;
-        let wake = {
+        let can_defer = DEFERRED.with(|cell| cell.borrow().0.is_some());
+        let action = {
             let mut queue = shared.queue.lock();
             queue.jobs.push(job);
-            std::mem::replace(&mut queue.waiting, false)
+            if !queue.waiting {
+                // The writer is busy: it takes this write with the next batch.
+                Wake::None
+            } else if queue.wake_owed && queue.jobs.len() < DEFER_MAX_JOBS {
+                // Another write owes the wake-up already.
+                Wake::None
+            } else if can_defer && !queue.wake_owed {
+                queue.wake_owed = true;
+                #[cfg(test)]
+                {
+                    queue.deferred += 1;
+                }
+                Wake::Deferred
+            } else {
+                queue.waiting = false;
+                queue.wake_owed = false;
+                Wake::Now
+            }
         };
-        if wake {
-            shared.wake.notify_one();
+        match action {
+            Wake::None => {}
+            Wake::Now => {
+                shared.wake.notify_one();
+            }
+            Wake::Deferred => DEFERRED.with(|cell| {
+                if let Some(list) = cell.borrow_mut().0.as_mut() {
+                    list.push(Arc::clone(shared));
+                }
+            }),
         }
         shared.ensure_settler();
-        receiver
-            .await
-            .unwrap_or_else(|_| Err(Error::Internal(anyhow::anyhow!("write was dropped"))))
+        let reply = if action == Wake::Deferred {
+            // Bound the wait for a runtime thread that stays busy and does not park.
+            tokio::pin!(receiver);
+            tokio::select! {
+                biased;
+                reply = &mut receiver => reply,
+                () = tokio::time::sleep(DEFER_LIMIT) => {
+                    shared.wake_owed_now();
+                    receiver.await
+                }
+            }
+        } else {
+            receiver.await
+        };
+        reply.unwrap_or_else(|_| Err(Error::Internal(anyhow::anyhow!("write was dropped"))))
     }
 
     /// Writes queued or taken by the writer thread so far (tests wait on it).
@@ -399,6 +523,13 @@ impl SqliteStorage {
     pub(crate) fn writes_submitted(&self) -> u64 {
         let queue = self.inner.writes.queue.lock();
         queue.jobs.len() as u64 + queue.writes
+    }
+
+    /// (writer thread waiting for work, writes that deferred its wake-up so far).
+    #[cfg(test)]
+    pub(crate) fn writer_state(&self) -> (bool, u64) {
+        let queue = self.inner.writes.queue.lock();
+        (queue.waiting, queue.deferred)
     }
 
     /// (batches, writes) taken by the writer thread so far.
