@@ -334,7 +334,7 @@ thread_local! {
 /// preempt the thread on a shared CPU) takes every write of the requests already read in one
 /// batch. A write waits at most `DEFER_LIMIT` for this.
 pub fn wake_deferred_writers() {
-    let owed = DEFERRED.with(|cell| {
+    let owed = DEFERRED.try_with(|cell| {
         let mut cell = cell.borrow_mut();
         match cell.0.as_mut() {
             None => {
@@ -344,7 +344,7 @@ pub fn wake_deferred_writers() {
             Some(list) => std::mem::take(list),
         }
     });
-    for shared in owed {
+    for shared in owed.unwrap_or_default() {
         shared.wake_owed_now();
     }
 }
@@ -466,7 +466,10 @@ impl SqliteStorage {
             one_statement,
         };
         let shared = &self.inner.writes;
-        let can_defer = DEFERRED.with(|cell| cell.borrow().0.is_some());
+        // (`try_with`: a thread being torn down wakes the writer at once.)
+        let can_defer = DEFERRED
+            .try_with(|cell| cell.borrow().0.is_some())
+            .unwrap_or(false);
         let action = {
             let mut queue = shared.queue.lock();
             queue.jobs.push(job);
@@ -494,11 +497,14 @@ impl SqliteStorage {
             Wake::Now => {
                 shared.wake.notify_one();
             }
-            Wake::Deferred => DEFERRED.with(|cell| {
-                if let Some(list) = cell.borrow_mut().0.as_mut() {
-                    list.push(Arc::clone(shared));
-                }
-            }),
+            Wake::Deferred => {
+                // Should this fail, the write's own bound below still wakes the writer.
+                let _ = DEFERRED.try_with(|cell| {
+                    if let Some(list) = cell.borrow_mut().0.as_mut() {
+                        list.push(Arc::clone(shared));
+                    }
+                });
+            }
         }
         shared.ensure_settler();
         let reply = if action == Wake::Deferred {
