@@ -226,16 +226,6 @@ async fn batch_add_requests(
 /// `{"data":{"processedRequests":[…],"unprocessedRequests":[]}}` of a batch add, written
 /// directly (what serde writes for it, byte for byte; ~2k instructions less per request).
 fn batch_added_body(outcomes: &[RequestOutcome]) -> axum::body::Bytes {
-    /// A JSON string as serde_json writes it (escapes only `"`, `\` and control characters).
-    fn string(out: &mut Vec<u8>, s: &str) {
-        if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
-            out.push(b'"');
-            out.extend_from_slice(s.as_bytes());
-            out.push(b'"');
-        } else {
-            serde_json::to_writer(&mut *out, s).expect("writing to a Vec cannot fail");
-        }
-    }
     let size: usize = outcomes
         .iter()
         .map(|o| o.request_id.len() + o.unique_key.len() + 96)
@@ -247,9 +237,9 @@ fn batch_added_body(outcomes: &[RequestOutcome]) -> axum::body::Bytes {
             out.push(b',');
         }
         out.extend_from_slice(b"{\"requestId\":");
-        string(&mut out, &o.request_id);
+        push_json_str(&mut out, &o.request_id);
         out.extend_from_slice(b",\"uniqueKey\":");
-        string(&mut out, &o.unique_key);
+        push_json_str(&mut out, &o.unique_key);
         out.extend_from_slice(if o.was_already_present {
             b",\"wasAlreadyPresent\":true"
         } else {
