@@ -558,21 +558,11 @@ mod tests {
         let (batches_before, writes_before) = storage.group_stats();
         let held = storage.inner.writer.lock();
         // Each write is queued before the next one starts, so they run in this order.
-        let mut queued = 0u64;
         let mut tasks: Vec<tokio::task::JoinHandle<std::result::Result<u64, String>>> = Vec::new();
         macro_rules! queue {
-            ($body:expr) => {{
-                let write = $body;
-                tasks.push(tokio::spawn(async move {
-                    write.await.map_err(|err: Error| format!("{err:?}"))
-                }));
-                queued += 1;
-                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-                while storage.writes_submitted() - writes_before < queued {
-                    assert!(std::time::Instant::now() < deadline, "write did not queue");
-                    std::thread::sleep(std::time::Duration::from_millis(2));
-                }
-            }};
+            ($body:expr) => {
+                storage.spawn_queued(&mut tasks, $body)
+            };
         }
         let put = |storage: &SqliteStorage, store: &StorageInfo, key: &str, len: usize| {
             let (storage, store, key) = (storage.clone(), store.clone(), key.to_string());

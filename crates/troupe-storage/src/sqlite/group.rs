@@ -274,9 +274,7 @@ impl WriteShared {
         let guard = SettlerGuard(Arc::clone(self));
         handle.spawn(settler(guard));
     }
-}
 
-impl WriteShared {
     /// Gives the owed wake-up, if it is still owed (see `WriteQueue::wake_owed`).
     fn wake_owed_now(&self) {
         let wake = {
@@ -529,6 +527,25 @@ impl SqliteStorage {
     pub(crate) fn writes_submitted(&self) -> u64 {
         let queue = self.inner.writes.queue.lock();
         queue.jobs.len() as u64 + queue.writes
+    }
+
+    /// Spawns `write` and returns once it is queued (tests hold the writer connection, so
+    /// writes queued one after another this way run in that order, in one batch).
+    #[cfg(test)]
+    pub(crate) fn spawn_queued<T: Send + 'static>(
+        &self,
+        tasks: &mut Vec<tokio::task::JoinHandle<std::result::Result<T, String>>>,
+        write: impl std::future::Future<Output = Result<T>> + Send + 'static,
+    ) {
+        let before = self.writes_submitted();
+        tasks.push(tokio::spawn(async move {
+            write.await.map_err(|err| format!("{err:?}"))
+        }));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while self.writes_submitted() == before {
+            assert!(std::time::Instant::now() < deadline, "write did not queue");
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
     }
 
     /// (writer thread waiting for work, writes that deferred its wake-up so far).

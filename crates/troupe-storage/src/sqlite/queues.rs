@@ -2920,23 +2920,12 @@ mod tests {
             .unwrap()
         };
         type Out = std::result::Result<String, String>;
-        let (_, writes_before) = storage.group_stats();
         let held = storage.inner.writer.lock();
-        let mut queued = 0u64;
         let mut tasks: Vec<tokio::task::JoinHandle<Out>> = Vec::new();
         macro_rules! queue {
-            ($body:expr) => {{
-                let write = $body;
-                tasks.push(tokio::spawn(async move {
-                    write.await.map_err(|err: Error| format!("{err:?}"))
-                }));
-                queued += 1;
-                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-                while storage.writes_submitted() - writes_before < queued {
-                    assert!(std::time::Instant::now() < deadline, "write did not queue");
-                    std::thread::sleep(std::time::Duration::from_millis(2));
-                }
-            }};
+            ($body:expr) => {
+                storage.spawn_queued(&mut tasks, $body)
+            };
         }
         let mark = |queue: &str, num: i64, key: &str, client: Option<&str>, now: i64| {
             let (s, queue, r) = (storage.clone(), queue.to_string(), handled(key));
