@@ -467,7 +467,7 @@ mod tests {
             .write_blocking(|tx| Ok(tx.execute_batch("CREATE TABLE gc (v INTEGER NOT NULL)")?))
             .unwrap();
         let (batches_before, writes_before) = storage.group_stats();
-        // Holding the writer connection makes the writes below queue up behind the leader.
+        // Holding the writer connection makes the writes below queue up behind the writer thread.
         let held = storage.inner.writer.lock();
         let mut tasks = Vec::new();
         for i in 0..30i64 {
@@ -522,7 +522,7 @@ mod tests {
         assert_eq!(stored, committed);
         let (batches, writes) = storage.group_stats();
         assert_eq!(writes - writes_before, 30);
-        // The leader took what was queued when it started, then everything else at once.
+        // The writer took what was queued when it started, then everything else at once.
         assert!(
             batches - batches_before <= 2,
             "{} batches",

@@ -246,7 +246,7 @@ enum What {
 
 /// Bumps a version when dropped. A write returns it inside its result, so it is dropped after
 /// the transaction committed: by the caller before it acknowledges the write, or by the group
-/// commit leader when the caller is gone. Dropped unused (a failed write), it only costs a miss.
+/// commit's writer thread or settler task when the caller is gone. Dropped unused (a failed write), it only costs a miss.
 #[must_use]
 pub(crate) struct Bump {
     caches: Arc<Caches>,
