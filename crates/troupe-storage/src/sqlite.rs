@@ -64,6 +64,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0010_request_queue_ids",
         include_str!("sqlite/migrations/0010_request_queue_ids.sql"),
     ),
+    (
+        "0011_request_queue_pending",
+        include_str!("sqlite/migrations/0011_request_queue_pending.sql"),
+    ),
 ];
 
 /// How hard commits are pushed to disk.
@@ -844,8 +848,9 @@ mod tests {
             .unwrap();
         for (sql, plan) in plans {
             assert!(!plan.contains("SCAN rq_requests"), "{sql}: {plan}");
+            assert!(!plan.contains("SCAN p"), "{sql}: {plan}");
+            assert!(!plan.contains("SCAN rq_pending"), "{sql}: {plan}");
             assert!(!plan.contains("TEMP B-TREE"), "{sql}: {plan}");
-            assert!(plan.contains("rq_head"), "{sql}: {plan}");
         }
     }
 

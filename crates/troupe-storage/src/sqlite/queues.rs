@@ -123,15 +123,18 @@ impl Drop for HeadInvalidation {
 const LOCK_HINTS_MAX: usize = 1 << 16;
 
 /// Where the requests that `head/lock` handed out are: queue number → request id → (`rid`,
-/// bytes of the stored JSON), so the consumer's "handled" PUT that follows needs no lookup of
-/// the request (`rq_ids` or the map of recent ids, then its row).
+/// bytes of the stored JSON, key of its `rq_pending` entry), so the consumer's "handled" PUT
+/// that follows needs no lookup of the request (`rq_ids` or the map of recent ids, then its
+/// row and lock state).
 ///
 /// Correctness: an entry is only a hint. The PUT that uses it changes the row only where it is
 /// still exactly what the hint says: `rid` is the queue's request with that id, not handled,
 /// with a stored JSON of that many bytes (one UPDATE, all of it in its WHERE); then the
 /// request was pending and the counters' deltas are exact. Otherwise (the request was handled,
 /// rewritten, deleted meanwhile; or a write that made the hint was rolled back) it changed
-/// nothing and the PUT takes the general path. An entry is taken out when used.
+/// nothing and the PUT takes the general path. Its pending entry is then removed at the
+/// hint's key, checked against `rid`, or, if the lock moved meanwhile (lapsed, released,
+/// taken again), found by `rid` ([`remove_pending`]). An entry is taken out when used.
 ///
 /// Memory: at most `LOCK_HINTS_MAX` entries (~100 bytes each); entries of requests that are
 /// never PUT back (released locks, consumers that died) go when the map starts over.
@@ -142,27 +145,38 @@ pub(crate) struct LockHints {
 
 #[derive(Default)]
 struct LockHintState {
-    queues: HashMap<i64, FastMap<String, (i64, i64)>>,
+    queues: HashMap<i64, FastMap<String, LockHint>>,
     len: usize,
 }
 
+/// Where a locked request was when `head/lock` handed it out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct LockHint {
+    rid: i64,
+    /// Bytes of its stored JSON.
+    size: i64,
+    /// Its `rq_pending` entry: the lock's expiry and the request's position.
+    locked_until: i64,
+    ord: i64,
+}
+
 impl LockHints {
-    fn insert(&self, num: i64, hints: impl Iterator<Item = (String, i64, i64)>) {
+    fn insert(&self, num: i64, hints: impl Iterator<Item = (String, LockHint)>) {
         let mut state = self.state.lock();
         if state.len >= LOCK_HINTS_MAX {
             *state = LockHintState::default();
         }
         let mut added = 0;
         let queue = state.queues.entry(num).or_default();
-        for (id, rid, size) in hints {
-            if queue.insert(id, (rid, size)).is_none() {
+        for (id, hint) in hints {
+            if queue.insert(id, hint).is_none() {
                 added += 1;
             }
         }
         state.len += added;
     }
 
-    fn take(&self, num: i64, id: &str) -> Option<(i64, i64)> {
+    fn take(&self, num: i64, id: &str) -> Option<LockHint> {
         let mut state = self.state.lock();
         let queue = state.queues.get_mut(&num)?;
         let hint = queue.remove(id)?;
@@ -581,12 +595,13 @@ macro_rules! size_sql {
     };
 }
 
-/// The first available requests in queue order, for locking.
+/// The first available requests in queue order, for locking (with each one's `rid`, stored
+/// size and position).
 const SQL_LOCKABLE: &str = concat!(
-    "SELECT id, unique_key, url, method, retry_count, rid, ",
-    size_sql!(""),
-    " FROM rq_requests
-     WHERE queue = ?1 AND handled_at IS NULL AND locked_until = 0 ORDER BY ord LIMIT ?2 + 0"
+    "SELECT r.id, r.unique_key, r.url, r.method, r.retry_count, p.rid, ",
+    size_sql!("r."),
+    ", p.ord FROM rq_pending p CROSS JOIN rq_requests r ON r.rid = p.rid
+     WHERE p.queue = ?1 AND p.locked_until = 0 ORDER BY p.ord LIMIT ?2 + 0"
 );
 /// A queue's counters after one of its requests was rewritten, as deltas (no read of the
 /// queue's row), with the caller's client counted for `hadMultipleClients` (the rules of
@@ -613,21 +628,35 @@ const SQL_REQUEST_WRITTEN: &str = sql_request_written!();
 /// new ends (RETURNING costs about a statement of its own, so only this path has it).
 const SQL_REQUEST_REQUEUED: &str = concat!(sql_request_written!(), " RETURNING rq_front, rq_back");
 /// Locks that expired by ?2.
-const SQL_EXPIRED: &str = "SELECT rid, lapse_to FROM rq_requests
-     WHERE queue = ?1 AND handled_at IS NULL AND locked_until > 0 AND locked_until <= ?2";
+const SQL_EXPIRED: &str = "SELECT locked_until, ord, rid, lapse_to FROM rq_pending
+     WHERE queue = ?1 AND locked_until > 0 AND locked_until <= ?2";
 /// Whether any pending request holds an unexpired lock.
-const SQL_HAS_LOCKED: &str = "SELECT EXISTS (SELECT 1 FROM rq_requests
-     WHERE queue = ?1 AND handled_at IS NULL AND locked_until > ?2)";
+const SQL_HAS_LOCKED: &str = "SELECT EXISTS (SELECT 1 FROM rq_pending
+     WHERE queue = ?1 AND locked_until > ?2)";
 /// The first available requests in queue order, for the non-locking head.
-const SQL_AVAILABLE: &str = "SELECT id, unique_key, url, method, retry_count, ord FROM rq_requests
-     WHERE queue = ?1 AND handled_at IS NULL AND locked_until = 0 ORDER BY ord LIMIT ?2 + 0";
+const SQL_AVAILABLE: &str = "SELECT r.id, r.unique_key, r.url, r.method, r.retry_count, p.ord
+     FROM rq_pending p CROSS JOIN rq_requests r ON r.rid = p.rid
+     WHERE p.queue = ?1 AND p.locked_until = 0 ORDER BY p.ord LIMIT ?2 + 0";
+/// Requests whose lock expired by ?2 (not cleared yet), soonest expiry first.
+const SQL_LAPSED: &str = "SELECT r.id, r.unique_key, r.url, r.method, r.retry_count, p.ord, p.lapse_to
+     FROM rq_pending p CROSS JOIN rq_requests r ON r.rid = p.rid
+     WHERE p.queue = ?1 AND p.locked_until > 0 AND p.locked_until <= ?2
+     ORDER BY p.locked_until LIMIT 10000";
 /// Locked requests, soonest expiry first.
-const SQL_LOCKED: &str = "SELECT id, unique_key, url, method, retry_count, locked_until FROM rq_requests
-     WHERE queue = ?1 AND handled_at IS NULL AND locked_until > ?2 ORDER BY locked_until, ord LIMIT ?3 + 0";
+const SQL_LOCKED: &str = "SELECT r.id, r.unique_key, r.url, r.method, r.retry_count, p.locked_until
+     FROM rq_pending p CROSS JOIN rq_requests r ON r.rid = p.rid
+     WHERE p.queue = ?1 AND p.locked_until > ?2 ORDER BY p.locked_until, p.ord LIMIT ?3 + 0";
 
 /// The first lock expiry after ?2.
-const SQL_NEXT_EXPIRY: &str = "SELECT locked_until FROM rq_requests
-     WHERE queue = ?1 AND handled_at IS NULL AND locked_until > ?2 ORDER BY locked_until LIMIT 1";
+const SQL_NEXT_EXPIRY: &str = "SELECT locked_until FROM rq_pending
+     WHERE queue = ?1 AND locked_until > ?2 ORDER BY locked_until LIMIT 1";
+
+/// A pending request's entry in `rq_pending` moved to another key (lock state and position).
+const SQL_MOVE_PENDING: &str = "UPDATE rq_pending SET locked_until = ?1, ord = ?2, lock_client = ?3, lapse_to = ?4
+     WHERE queue = ?5 AND locked_until = ?6 AND ord = ?7";
+/// A pending request's entry removed (it was handled or deleted), checked against its `rid`.
+const SQL_DELETE_PENDING: &str =
+    "DELETE FROM rq_pending WHERE queue = ?1 AND locked_until = ?2 AND ord = ?3 AND rid = ?4";
 
 /// Query plans of the head queries (tests assert they are index range scans).
 #[cfg(test)]
@@ -638,8 +667,14 @@ pub(crate) fn explain_head_queries(conn: &Connection) -> Result<Vec<(&'static st
         SQL_EXPIRED,
         SQL_HAS_LOCKED,
         SQL_AVAILABLE,
+        SQL_LAPSED,
         SQL_LOCKED,
         SQL_NEXT_EXPIRY,
+        SQL_MOVE_PENDING,
+        SQL_DELETE_PENDING,
+        SQL_FIND_BY_RID,
+        SQL_FIND_BY_ID,
+        SQL_UNLOCKABLE,
     ] {
         let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
         let count = stmt.parameter_count();
@@ -657,6 +692,7 @@ pub(crate) fn explain_head_queries(conn: &Connection) -> Result<Vec<(&'static st
 /// Removes every request of the queue `num` (called when the queue is deleted).
 pub(crate) fn delete_requests(tx: &Transaction<'_>, num: i64) -> Result<()> {
     tx.execute("DELETE FROM rq_requests WHERE queue = ?1", [num])?;
+    tx.execute("DELETE FROM rq_pending WHERE queue = ?1", [num])?;
     tx.execute("DELETE FROM rq_ids WHERE queue = ?1", [num])?;
     Ok(())
 }
@@ -777,44 +813,170 @@ fn next_lock_expiry(conn: &Connection, num: i64, now: i64) -> Result<Option<i64>
 struct Existing {
     rid: i64,
     handled: bool,
+    /// 0 = not locked (or handled).
     locked_until: i64,
     lock_client: Option<String>,
     size: i64,
+    /// Position (a pending request's entry is `(queue, locked_until, ord)` in `rq_pending`).
+    ord: i64,
 }
 
-fn find(tx: &Connection, recent: &RecentIds, num: i64, id: &str) -> Result<Option<Existing>> {
-    // What `locate` does, with the row read in the same statement (one statement, not two).
-    let existing = |row: &rusqlite::Row<'_>| {
+impl Existing {
+    fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Existing> {
         Ok(Existing {
             rid: row.get(0)?,
             handled: row.get(1)?,
             locked_until: row.get(2)?,
             lock_client: row.get(3)?,
             size: row.get(4)?,
+            ord: row.get(5)?,
         })
-    };
+    }
+}
+
+/// A request's row and lock state by `rid` (checked against queue and id): a locked request's
+/// entry is found through `rq_pending_locked`.
+const SQL_FIND_BY_RID: &str = concat!(
+    "SELECT r.rid, r.handled_at IS NOT NULL, coalesce(p.locked_until, 0), p.lock_client, ",
+    size_sql!("r."),
+    ", r.ord FROM rq_requests r LEFT JOIN rq_pending p ON p.rid = r.rid AND p.locked_until > 0
+     WHERE r.rid = ?1 AND r.queue = ?2 AND r.id = ?3"
+);
+/// [`SQL_FIND_BY_RID`] by id, through `rq_ids`.
+const SQL_FIND_BY_ID: &str = concat!(
+    "SELECT r.rid, r.handled_at IS NOT NULL, coalesce(p.locked_until, 0), p.lock_client, ",
+    size_sql!("r."),
+    ", r.ord FROM rq_ids i CROSS JOIN rq_requests r ON r.rid = i.rid
+     LEFT JOIN rq_pending p ON p.rid = r.rid AND p.locked_until > 0
+     WHERE i.queue = ?1 AND i.id = ?2"
+);
+/// A client's locks in a queue.
+const SQL_UNLOCKABLE: &str = "SELECT locked_until, ord FROM rq_pending
+     WHERE queue = ?1 AND locked_until > 0 AND lock_client = ?2";
+
+fn find(tx: &Connection, recent: &RecentIds, num: i64, id: &str) -> Result<Option<Existing>> {
+    // What `locate` does, with the row read in the same statement (one statement, not two).
     if let Some(rid) = recent.get(num, id) {
         let found = tx
-            .prepare_cached(concat!(
-                "SELECT rid, handled_at IS NOT NULL, locked_until, lock_client, ",
-                size_sql!(""),
-                " FROM rq_requests WHERE rid = ?1 AND queue = ?2 AND id = ?3"
-            ))?
-            .query_row(params![rid, num, id], existing)
+            .prepare_cached(SQL_FIND_BY_RID)?
+            .query_row(params![rid, num, id], Existing::from_row)
             .optional()?;
         if found.is_some() {
             return Ok(found);
         }
     }
     Ok(tx
-        .prepare_cached(concat!(
-            "SELECT r.rid, r.handled_at IS NOT NULL, r.locked_until, r.lock_client, ",
-            size_sql!("r."),
-            " FROM rq_ids i JOIN rq_requests r ON r.rid = i.rid WHERE i.queue = ?1 AND i.id = ?2"
-        ))?
-        .query_row(params![num, id], existing)
+        .prepare_cached(SQL_FIND_BY_ID)?
+        .query_row(params![num, id], Existing::from_row)
         .optional()?)
 }
+
+/// Moves the pending request `rid`'s entry from `from` (locked_until, ord) to `to`, with the
+/// lock's client and lapse (a new position goes to its row too: the caller's, or [`set_ord`]).
+#[allow(clippy::too_many_arguments)]
+fn move_pending(
+    tx: &Connection,
+    num: i64,
+    rid: i64,
+    from: (i64, i64),
+    to: (i64, i64),
+    client: Option<&str>,
+    lapse_to: Option<i64>,
+) -> Result<()> {
+    let changed = tx.prepare_cached(SQL_MOVE_PENDING)?.execute(params![
+        to.0, to.1, client, lapse_to, num, from.0, from.1
+    ])?;
+    if changed != 1 {
+        return Err(Error::Internal(anyhow::anyhow!(
+            "request {rid} of queue {num} has no pending entry"
+        )));
+    }
+    Ok(())
+}
+
+/// A request's new position in its row (see [`move_pending`]).
+fn set_ord(tx: &Connection, rid: i64, ord: i64) -> Result<()> {
+    tx.prepare_cached("UPDATE rq_requests SET ord = ?1 WHERE rid = ?2")?
+        .execute(params![ord, rid])?;
+    Ok(())
+}
+
+/// Removes the pending request `rid`'s entry, at `at` (locked_until, ord) if that is where it
+/// is, else wherever it is. Returns whether there was one.
+fn remove_pending(tx: &Connection, num: i64, rid: i64, at: (i64, i64)) -> Result<bool> {
+    if tx
+        .prepare_cached(SQL_DELETE_PENDING)?
+        .execute(params![num, at.0, at.1, rid])?
+        == 1
+    {
+        return Ok(true);
+    }
+    // A stale lock hint: the entry moved (the lock lapsed, was released or taken again).
+    if tx
+        .prepare_cached("DELETE FROM rq_pending WHERE rid = ?1 AND locked_until > 0")?
+        .execute([rid])?
+        > 0
+    {
+        return Ok(true);
+    }
+    Ok(tx
+        .prepare_cached(
+            "DELETE FROM rq_pending WHERE queue = ?1 AND locked_until = 0
+             AND ord = (SELECT ord FROM rq_requests WHERE rid = ?2) AND rid = ?2",
+        )?
+        .execute(params![num, rid])?
+        > 0)
+}
+
+/// Entries of new pending requests (`rid`, position) locked until `locked_until` (0: available)
+/// by `client`, in multi-row INSERTs like [`insert_rows`].
+fn insert_pending(
+    tx: &Connection,
+    num: i64,
+    locked_until: i64,
+    client: Option<&str>,
+    entries: &[(i64, i64)],
+) -> Result<()> {
+    static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let all = SQL.get_or_init(|| {
+        INSERT_SIZES
+            .iter()
+            .map(|&n| {
+                let values: Vec<String> = (0..n)
+                    .map(|row| format!("(?1, ?2, ?3, ?{}, ?{})", 4 + 2 * row, 5 + 2 * row))
+                    .collect();
+                format!(
+                    "INSERT INTO rq_pending (queue, locked_until, lock_client, rid, ord) VALUES {}",
+                    values.join(", ")
+                )
+            })
+            .collect()
+    });
+    let mut rest = entries;
+    while !rest.is_empty() {
+        let i = INSERT_SIZES
+            .iter()
+            .position(|&n| n <= rest.len())
+            .expect("size 1");
+        let (chunk, tail) = rest.split_at(INSERT_SIZES[i]);
+        let mut stmt = tx.prepare_cached(&all[i])?;
+        stmt.raw_bind_parameter(1, num)?;
+        stmt.raw_bind_parameter(2, locked_until)?;
+        stmt.raw_bind_parameter(3, client)?;
+        for (row, (rid, ord)) in chunk.iter().enumerate() {
+            stmt.raw_bind_parameter(4 + 2 * row, *rid)?;
+            stmt.raw_bind_parameter(5 + 2 * row, *ord)?;
+        }
+        stmt.raw_execute()?;
+        rest = tail;
+    }
+    Ok(())
+}
+
+/// A request's row marked handled (its `rq_pending` entry is removed apart).
+const SQL_HANDLED: &str = "UPDATE rq_requests SET handled_at = ?1, unique_key = ?2, url = ?3, method = ?4,
+         retry_count = ?5, data = ?6
+     WHERE rid = ?7";
 
 /// Where and by whom an existing request is rewritten (see [`update_existing`]).
 struct Rewrite<'a> {
@@ -861,12 +1023,23 @@ fn update_existing(
         if tx.prepare_cached(SQL_REQUEST_WRITTEN)?.execute(args)? == 0 {
             return Ok(false);
         }
-        tx.prepare_cached(
-            "UPDATE rq_requests SET handled_at = ?1, locked_until = 0, lock_client = NULL, lapse_to = NULL,
-                 unique_key = ?2, url = ?3, method = ?4, retry_count = ?5, data = ?6
-             WHERE rid = ?7",
-        )?
-        .execute(params![r.handled_at, r.unique_key, r.url, r.method, r.retry_count, r.json, existing.rid])?;
+        tx.prepare_cached(SQL_HANDLED)?.execute(params![
+            r.handled_at,
+            r.unique_key,
+            r.url,
+            r.method,
+            r.retry_count,
+            r.json,
+            existing.rid
+        ])?;
+        if !existing.handled {
+            remove_pending(
+                tx,
+                w.num,
+                existing.rid,
+                (existing.locked_until, existing.ord),
+            )?;
+        }
     } else {
         let Some((front, back)) = tx
             .prepare_cached(SQL_REQUEST_REQUEUED)?
@@ -879,11 +1052,24 @@ fn update_existing(
         };
         let ord = if w.forefront { front } else { back };
         tx.prepare_cached(
-            "UPDATE rq_requests SET handled_at = NULL, ord = ?1, locked_until = 0, lock_client = NULL,
-                 lapse_to = NULL, unique_key = ?2, url = ?3, method = ?4, retry_count = ?5, data = ?6
+            "UPDATE rq_requests SET handled_at = NULL, ord = ?1, unique_key = ?2, url = ?3, method = ?4,
+                 retry_count = ?5, data = ?6
              WHERE rid = ?7",
         )?
         .execute(params![ord, r.unique_key, r.url, r.method, r.retry_count, r.json, existing.rid])?;
+        if existing.handled {
+            insert_pending(tx, w.num, 0, None, &[(existing.rid, ord)])?;
+        } else {
+            move_pending(
+                tx,
+                w.num,
+                existing.rid,
+                (existing.locked_until, existing.ord),
+                (0, ord),
+                None,
+                None,
+            )?;
+        }
     }
     Ok(true)
 }
@@ -1192,6 +1378,8 @@ fn insert_rows(
     let mut rest = rows;
     let (mut compact, mut scratch) = (String::new(), String::new());
     let mut ends = Vec::with_capacity(INSERT_SIZES[0]);
+    // (rid, position) of the new pending requests: their `rq_pending` entries.
+    let mut pending = Vec::with_capacity(rows.len());
     while !rest.is_empty() {
         let n = INSERT_SIZES
             .into_iter()
@@ -1224,6 +1412,9 @@ fn insert_rows(
             stmt.raw_bind_parameter(at + 8, r.method.as_str())?;
             stmt.raw_bind_parameter(at + 9, r.retry_count)?;
             stmt.raw_bind_parameter(at + 10, data)?;
+            if r.handled_at.is_none() {
+                pending.push((rid, ord));
+            }
         }
         stmt.raw_execute()?;
         recent.insert_run(q.num, chunk.iter().map(|r| r.id.as_str()), first)?;
@@ -1237,23 +1428,29 @@ fn insert_rows(
         }
         rest = tail;
     }
+    insert_pending(tx, q.num, 0, None, &pending)?;
     q.modified = true;
     Ok(())
 }
 
 /// Clears locks that expired by `now`, putting each request where its lock said.
 fn reap_expired(tx: &Transaction<'_>, q: &mut QueueRow, now: i64) -> Result<()> {
-    let expired: Vec<(i64, Option<i64>)> = tx
+    let expired: Vec<(i64, i64, i64, Option<i64>)> = tx
         .prepare_cached(SQL_EXPIRED)?
-        .query_map(params![q.num, now], |row| Ok((row.get(0)?, row.get(1)?)))?
+        .query_map(params![q.num, now], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+        })?
         .collect::<rusqlite::Result<_>>()?;
-    let mut stmt = tx.prepare_cached(
-        "UPDATE rq_requests SET locked_until = 0, lock_client = NULL, lapse_to = NULL, ord = coalesce(?1, ord)
-         WHERE rid = ?2",
-    )?;
-    for (rid, lapse_to) in expired {
-        let ord = lapse_to.map(|to| q.next_ord(to != 0));
-        stmt.execute(params![ord, rid])?;
+    for (until, ord, rid, lapse_to) in expired {
+        let to = match lapse_to {
+            Some(to) => {
+                let to = q.next_ord(to != 0);
+                set_ord(tx, rid, to)?;
+                to
+            }
+            None => ord,
+        };
+        move_pending(tx, q.num, rid, (until, ord), (0, to), None, None)?;
     }
     Ok(())
 }
@@ -1286,11 +1483,7 @@ fn read_head(conn: &Connection, num: i64, limit: u64, now: i64) -> Result<Vec<He
         })?
         .collect::<rusqlite::Result<_>>()?;
     let expired: Vec<(i64, Option<i64>, HeadItem)> = conn
-        .prepare_cached(
-            "SELECT id, unique_key, url, method, retry_count, ord, lapse_to FROM rq_requests
-             WHERE queue = ?1 AND handled_at IS NULL AND locked_until > 0 AND locked_until <= ?2
-             ORDER BY locked_until LIMIT 10000",
-        )?
+        .prepare_cached(SQL_LAPSED)?
         .query_map(params![num, now], |row| {
             Ok((row.get(5)?, row.get(6)?, head_item(row)?))
         })?
@@ -1396,12 +1589,11 @@ impl SqliteStorage {
                 // A request `head/lock` handed out: one UPDATE that changes the row only if it
                 // is still the pending request of the hint (see `LockHints`).
                 let hinted = match this.inner.lock_hints.take(num, &r.id) {
-                    Some((rid, size)) => {
+                    Some(hint) => {
                         let changed = tx
                             .prepare_cached(concat!(
-                                "UPDATE rq_requests SET handled_at = ?1, locked_until = 0, lock_client = NULL,
-                                     lapse_to = NULL, unique_key = ?2, url = ?3, method = ?4, retry_count = ?5,
-                                     data = ?6
+                                "UPDATE rq_requests SET handled_at = ?1, unique_key = ?2, url = ?3, method = ?4,
+                                     retry_count = ?5, data = ?6
                                  WHERE rid = ?7 AND queue = ?8 AND id = ?9 AND handled_at IS NULL
                                      AND ",
                                 size_sql!(""),
@@ -1414,17 +1606,18 @@ impl SqliteStorage {
                                 r.method,
                                 r.retry_count,
                                 r.json,
-                                rid,
+                                hint.rid,
                                 num,
                                 r.id,
-                                size
+                                hint.size
                             ])?;
                         (changed == 1).then_some(Existing {
-                            rid,
+                            rid: hint.rid,
                             handled: false,
-                            locked_until: 0,
+                            locked_until: hint.locked_until,
                             lock_client: None,
-                            size,
+                            size: hint.size,
+                            ord: hint.ord,
                         })
                     }
                     None => None,
@@ -1435,16 +1628,32 @@ impl SqliteStorage {
                         let Some(existing) = find(tx, &this.inner.recent_ids, num, &r.id)? else {
                             return Ok((Err((request, client_key)), guard));
                         };
-                        // The write's one change, and its last fallible step.
-                        tx.prepare_cached(
-                            "UPDATE rq_requests SET handled_at = ?1, locked_until = 0, lock_client = NULL, lapse_to = NULL,
-                                 unique_key = ?2, url = ?3, method = ?4, retry_count = ?5, data = ?6
-                             WHERE rid = ?7",
-                        )?
-                        .execute(params![r.handled_at, r.unique_key, r.url, r.method, r.retry_count, r.json, existing.rid])?;
+                        // The write's first change: fails having changed nothing.
+                        tx.prepare_cached(SQL_HANDLED)?.execute(params![
+                            r.handled_at,
+                            r.unique_key,
+                            r.url,
+                            r.method,
+                            r.retry_count,
+                            r.json,
+                            existing.rid
+                        ])?;
                         existing
                     }
                 };
+                if !existing.handled {
+                    // The second change (this write has no savepoint): if it fails, SQLite
+                    // rolled the whole transaction back (only I/O errors, a full disk, ... can
+                    // fail a single-row DELETE), which fails the batch; anything else would
+                    // leave a handled request in the queue's head, so the batch must fail.
+                    let at = (existing.locked_until, existing.ord);
+                    if let Err(err) = remove_pending(tx, num, existing.rid, at) {
+                        if tx.is_autocommit() {
+                            return Err(err);
+                        }
+                        panic!("removing a handled request's queue entry failed: {err}");
+                    }
+                }
                 let mut delta = QueueDelta {
                     handled: (!existing.handled) as i64,
                     writes: 1,
@@ -1526,7 +1735,7 @@ impl SqliteStorage {
 }
 
 /// One page of a queue's requests in id order. Locked requests are few (bounded by the locks
-/// held): they come from rq_head and are sorted; the other listings walk `rq_ids` (so every
+/// held): they come from `rq_pending` and are sorted; the other listings walk `rq_ids` (so every
 /// request of the queue must be merged, see [`RecentIds`]).
 fn list_page(
     conn: &Connection,
@@ -1546,9 +1755,9 @@ fn list_page(
              WHERE i.queue = ?1 AND i.id > ?2 AND r.handled_at IS NULL ORDER BY i.id LIMIT ?3 + 0"
         }
         RequestFilter::Locked => {
-            "SELECT id, data, unique_key, url FROM rq_requests INDEXED BY rq_head
-             WHERE queue = ?1 AND id > ?2 AND handled_at IS NULL AND locked_until > ?4
-             ORDER BY id LIMIT ?3 + 0"
+            "SELECT r.id, r.data, r.unique_key, r.url FROM rq_pending p CROSS JOIN rq_requests r ON r.rid = p.rid
+             WHERE p.queue = ?1 AND p.locked_until > ?4 AND r.id > ?2
+             ORDER BY r.id LIMIT ?3 + 0"
         }
     };
     let mut stmt = conn.prepare_cached(sql)?;
@@ -1815,6 +2024,14 @@ impl QueueStore for SqliteStorage {
                 };
                 tx.prepare_cached("DELETE FROM rq_requests WHERE rid = ?1")?
                     .execute([existing.rid])?;
+                if !existing.handled {
+                    remove_pending(
+                        tx,
+                        q.num,
+                        existing.rid,
+                        (existing.locked_until, existing.ord),
+                    )?;
+                }
                 // Merged requests have an `rq_ids` row; a recent one's map entry goes stale.
                 tx.prepare_cached("DELETE FROM rq_ids WHERE queue = ?1 AND id = ?2")?
                     .execute(params![q.num, target.id])?;
@@ -1892,33 +2109,49 @@ impl QueueStore for SqliteStorage {
             q.track(&client_key);
             reap_expired(tx, &mut q, now)?;
             let expires = now + lock_ms;
-            let mut items: Vec<(i64, i64, HeadItem)> = tx
+            let mut items: Vec<(LockHint, HeadItem)> = tx
                 .prepare_cached(SQL_LOCKABLE)?
                 .query_map(params![q.num, limit.min(i64::MAX as u64) as i64], |row| {
-                    Ok((row.get(5)?, row.get(6)?, head_item(row)?))
+                    let hint = LockHint {
+                        rid: row.get(5)?,
+                        size: row.get(6)?,
+                        locked_until: expires,
+                        ord: row.get(7)?,
+                    };
+                    Ok((hint, head_item(row)?))
                 })?
                 .collect::<rusqlite::Result<_>>()?;
-            {
-                let mut stmt = tx.prepare_cached(
-                    "UPDATE rq_requests SET locked_until = ?1, lock_client = ?2, lapse_to = NULL WHERE rid = ?3",
-                )?;
-                let holder = client_key.clone().unwrap_or_default();
-                for (rid, _, item) in &mut items {
-                    stmt.execute(params![expires, holder, *rid])?;
-                    item.lock_expires_at = Some(expires);
+            if let Some((last, _)) = items.last() {
+                // The requests taken are the queue's first available ones: one key range of
+                // `rq_pending`, re-added under the lock's expiry.
+                let taken = tx
+                    .prepare_cached(
+                        "DELETE FROM rq_pending WHERE queue = ?1 AND locked_until = 0 AND ord <= ?2",
+                    )?
+                    .execute(params![q.num, last.ord])?;
+                if taken != items.len() {
+                    return Err(Error::Internal(anyhow::anyhow!(
+                        "queue {} head changed while locking it",
+                        q.num
+                    )));
                 }
+                let entries: Vec<(i64, i64)> =
+                    items.iter().map(|(hint, _)| (hint.rid, hint.ord)).collect();
+                let holder = client_key.as_deref().unwrap_or_default();
+                insert_pending(tx, q.num, expires, Some(holder), &entries)?;
+            }
+            for (_, item) in &mut items {
+                item.lock_expires_at = Some(expires);
             }
             this.inner.lock_hints.insert(
                 q.num,
-                items
-                    .iter()
-                    .map(|(rid, size, item)| (item.id.clone(), *rid, *size)),
+                items.iter().map(|(hint, item)| (item.id.clone(), *hint)),
             );
             // A lock of at least a millisecond was just taken, unless nothing was available.
             let locked = (!items.is_empty() && lock_ms > 0) || has_locked(tx, q.num, now)?;
             q.save(tx, now)?;
             Ok(Head {
-                items: items.into_iter().map(|(_, _, item)| item).collect(),
+                items: items.into_iter().map(|(_, item)| item).collect(),
                 queue_modified_at: q.modified_at,
                 had_multiple_clients: q.multiple,
                 queue_has_locked_requests: locked,
@@ -1950,10 +2183,15 @@ impl QueueStore for SqliteStorage {
                 }
                 Some(r) => {
                     let expires = now + lock_ms;
-                    tx.prepare_cached(
-                        "UPDATE rq_requests SET locked_until = ?1, lock_client = ?2, lapse_to = ?3 WHERE rid = ?4",
-                    )?
-                    .execute(params![expires, holder, forefront as i64, r.rid])?;
+                    move_pending(
+                        tx,
+                        q.num,
+                        r.rid,
+                        (r.locked_until, r.ord),
+                        (expires, r.ord),
+                        Some(&holder),
+                        Some(forefront as i64),
+                    )?;
                     LockOutcome::Ok(Some(expires))
                 }
             };
@@ -1990,11 +2228,16 @@ impl QueueStore for SqliteStorage {
                 }
                 Some(r) => {
                     let ord = q.next_ord(forefront);
-                    tx.prepare_cached(
-                        "UPDATE rq_requests SET locked_until = 0, lock_client = NULL, lapse_to = NULL, ord = ?1
-                         WHERE rid = ?2",
-                    )?
-                    .execute(params![ord, r.rid])?;
+                    move_pending(
+                        tx,
+                        q.num,
+                        r.rid,
+                        (r.locked_until, r.ord),
+                        (0, ord),
+                        None,
+                        None,
+                    )?;
+                    set_ord(tx, r.rid, ord)?;
                     LockOutcome::Ok(None)
                 }
             };
@@ -2016,18 +2259,13 @@ impl QueueStore for SqliteStorage {
             q.track(&client_key);
             let holder = client_key.unwrap_or_default();
             let held: Vec<(i64, i64)> = tx
-                .prepare_cached(
-                    "SELECT rid, locked_until FROM rq_requests
-                     WHERE queue = ?1 AND handled_at IS NULL AND locked_until > 0 AND lock_client = ?2",
-                )?
+                .prepare_cached(SQL_UNLOCKABLE)?
                 .query_map(params![q.num, holder], |row| Ok((row.get(0)?, row.get(1)?)))?
                 .collect::<rusqlite::Result<_>>()?;
             let mut count = 0;
-            let mut stmt = tx.prepare_cached(
-                "UPDATE rq_requests SET locked_until = 0, lock_client = NULL, lapse_to = NULL WHERE rid = ?1",
-            )?;
-            for (rid, until) in held {
-                stmt.execute([rid])?;
+            let mut stmt = tx.prepare_cached(SQL_MOVE_PENDING)?;
+            for (until, ord) in held {
+                stmt.execute(params![0, ord, None::<&str>, None::<i64>, q.num, until, ord])?;
                 if until > now {
                     count += 1;
                 }
@@ -2861,17 +3099,225 @@ mod tests {
         assert_eq!(row, rows);
         assert_eq!(row.0, 5);
         assert_eq!(row.1, 4);
+        assert_eq!(check_pending(&storage, num).await.len(), 1);
         // The map starts over when full.
-        let many = (0..LOCK_HINTS_MAX).map(|i| (format!("x{i}"), i as i64, 0));
+        let hint = |rid: i64| LockHint {
+            rid,
+            size: 0,
+            locked_until: 1,
+            ord: rid,
+        };
+        let many = (0..LOCK_HINTS_MAX).map(|i| (format!("x{i}"), hint(i as i64)));
         storage.inner.lock_hints.insert(-1, many);
         assert_eq!(storage.inner.lock_hints.state.lock().len, LOCK_HINTS_MAX);
         storage
             .inner
             .lock_hints
-            .insert(-1, std::iter::once(("y".to_string(), 1, 0)));
+            .insert(-1, std::iter::once(("y".to_string(), hint(1))));
         assert_eq!(storage.inner.lock_hints.state.lock().len, 1);
-        assert_eq!(storage.inner.lock_hints.take(-1, "y"), Some((1, 0)));
+        assert_eq!(storage.inner.lock_hints.take(-1, "y"), Some(hint(1)));
         assert_eq!(storage.inner.lock_hints.take(-1, "y"), None);
+    }
+
+    /// Asserts that queue `num`'s `rq_pending` entries are exactly its pending requests, at
+    /// their rows' positions; returns them as (locked_until, ord, lock_client, lapse_to, id).
+    async fn check_pending(
+        storage: &SqliteStorage,
+        num: i64,
+    ) -> Vec<(i64, i64, Option<String>, Option<i64>, String)> {
+        storage
+            .read(move |conn| {
+                let pending: i64 = conn.query_row(
+                    "SELECT count(*) FROM rq_requests WHERE queue = ?1 AND handled_at IS NULL",
+                    [num],
+                    |row| row.get(0),
+                )?;
+                let mut stmt = conn.prepare(
+                    "SELECT p.locked_until, p.ord, p.lock_client, p.lapse_to, r.id, r.ord, r.queue,
+                            r.handled_at IS NULL
+                     FROM rq_pending p LEFT JOIN rq_requests r ON r.rid = p.rid
+                     WHERE p.queue = ?1 ORDER BY p.locked_until, p.ord",
+                )?;
+                let rows = stmt
+                    .query_map([num], |row| {
+                        let entry = (
+                            row.get::<_, i64>(0)?,
+                            row.get::<_, i64>(1)?,
+                            row.get::<_, Option<String>>(2)?,
+                            row.get::<_, Option<i64>>(3)?,
+                            row.get::<_, String>(4)?,
+                        );
+                        let (ord, queue, pending): (i64, i64, bool) =
+                            (row.get(5)?, row.get(6)?, row.get(7)?);
+                        assert_eq!((entry.1, num, true), (ord, queue, pending), "{entry:?}");
+                        Ok(entry)
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                assert_eq!(rows.len() as i64, pending);
+                Ok(rows)
+            })
+            .await
+            .unwrap()
+    }
+
+    /// A database from before migration 0011 (lock state in `rq_requests`, index `rq_head`)
+    /// opened by this version: the pending entries are built from the rows (locks held before
+    /// the upgrade hold on, lapse as they said, handled requests stay out), counters and the
+    /// head are unchanged; then stale lock hints (the lock released, or lapsed and taken
+    /// again) still remove the right entry.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn migration_builds_pending_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = |key: &str| troupe_model::queue::request_id(key);
+        let handled = |key: &str| {
+            parse_request(
+                json!({"url": format!("https://example.com/{key}"), "uniqueKey": key,
+                       "handledAt": "2026-01-01T00:00:00.000Z"}),
+                None,
+            )
+            .unwrap()
+        };
+        let (q, num, before) = {
+            let storage = SqliteStorage::open(dir.path(), SqliteOptions::default()).unwrap();
+            let q = new_queue(&storage).await;
+            let reqs = keys(0..10).iter().map(|k| req(k)).collect();
+            storage
+                .add_requests(&q, reqs, false, Some("a".into()), 1)
+                .await
+                .unwrap();
+            let num = storage
+                .get_storage(StorageKind::RequestQueue, &q)
+                .await
+                .unwrap()
+                .unwrap()
+                .num;
+            let head = storage
+                .lock_head(&q, 2, 1_000_000, Some("a".into()), 10)
+                .await
+                .unwrap();
+            assert_eq!(head.items.len(), 2);
+            // k2: a lock that lapses at 25 (stays in place).
+            storage
+                .lock_head(&q, 1, 5, Some("b".into()), 20)
+                .await
+                .unwrap();
+            // k3: locked by prolonging, goes to the front when it lapses.
+            let out = storage
+                .prolong_lock(&q, &id("k3"), 1_000_000, true, Some("c".into()), 30)
+                .await
+                .unwrap();
+            assert_eq!(out, LockOutcome::Ok(Some(1_000_030)));
+            storage
+                .update_request_at(&q, None, handled("k4"), false, Some("a".into()), 40)
+                .await
+                .unwrap();
+            let before = check_pending(&storage, num).await;
+            assert_eq!(before.len(), 9);
+            (q, num, before)
+        };
+        // The schema and rows as the previous version kept them.
+        {
+            let mut conn = Connection::open(dir.path().join("troupe.db")).unwrap();
+            let tx = conn.transaction().unwrap();
+            tx.execute_batch(
+                "CREATE INDEX rq_head ON rq_requests (queue, locked_until, ord) WHERE handled_at IS NULL;
+                 UPDATE rq_requests SET (locked_until, lock_client, lapse_to) =
+                     (SELECT locked_until, lock_client, lapse_to FROM rq_pending p WHERE p.rid = rq_requests.rid)
+                     WHERE handled_at IS NULL;
+                 DROP TABLE rq_pending;
+                 DELETE FROM _migrations WHERE name = '0011_request_queue_pending';",
+            )
+            .unwrap();
+            tx.commit().unwrap();
+        }
+        let storage = SqliteStorage::open(dir.path(), SqliteOptions::default()).unwrap();
+        assert_eq!(check_pending(&storage, num).await, before);
+        let info = storage
+            .get_storage(StorageKind::RequestQueue, &q)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((info.total_request_count, info.handled_request_count), (10, 1));
+        // k2's lock lapsed: it is the head again, in its place; k0, k1, k3 stay locked.
+        let head = storage
+            .lock_head(&q, 10, 1_000, Some("d".into()), 100)
+            .await
+            .unwrap();
+        let got: Vec<String> = head.items.iter().map(|i| i.unique_key.clone()).collect();
+        assert_eq!(got, ["k2", "k5", "k6", "k7", "k8", "k9"]);
+        assert!(head.queue_has_locked_requests);
+        let out = storage
+            .delete_lock(&q, &id("k3"), false, Some("d".into()), 101)
+            .await
+            .unwrap();
+        assert_eq!(out, LockOutcome::LockedByOther);
+        let out = storage
+            .delete_lock(&q, &id("k0"), false, Some("a".into()), 102)
+            .await
+            .unwrap();
+        assert_eq!(out, LockOutcome::Ok(None));
+        // k1 (locked before the upgrade, no hint): handled on the general path.
+        let out = storage
+            .update_request(&q, handled("k1"), false, Some("a".into()), 103)
+            .await
+            .unwrap();
+        assert!(out.was_already_present && !out.was_already_handled);
+        check_pending(&storage, num).await;
+        // k2: its lock released after it was handed out (the hint's key is stale).
+        assert_eq!(
+            storage
+                .unlock_requests(&q, Some("d".into()), 104)
+                .await
+                .unwrap(),
+            6
+        );
+        let lock_one = |client: &str, ms: i64, now: i64| {
+            let (s, q, client) = (storage.clone(), q.clone(), client.to_string());
+            async move {
+                let head = s.lock_head(&q, 1, ms, Some(client), now).await.unwrap();
+                head.items[0].unique_key.clone()
+            }
+        };
+        assert_eq!(lock_one("e", 1_000, 105).await, "k2");
+        storage
+            .unlock_requests(&q, Some("e".into()), 106)
+            .await
+            .unwrap();
+        let out = storage
+            .update_request(&q, handled("k2"), false, Some("e".into()), 107)
+            .await
+            .unwrap();
+        assert!(out.was_already_present && !out.was_already_handled);
+        check_pending(&storage, num).await;
+        // k5: its lock lapsed and was taken again by another client (the hint kept is the
+        // first lock's).
+        assert_eq!(lock_one("f", 5, 200).await, "k5");
+        let stale = storage.inner.lock_hints.take(num, &id("k5")).unwrap();
+        assert_eq!(lock_one("g", 1_000, 300).await, "k5");
+        let fresh = storage.inner.lock_hints.take(num, &id("k5")).unwrap();
+        assert_ne!(stale.locked_until, fresh.locked_until);
+        storage
+            .inner
+            .lock_hints
+            .insert(num, std::iter::once((id("k5"), stale)));
+        let out = storage
+            .update_request(&q, handled("k5"), false, Some("g".into()), 301)
+            .await
+            .unwrap();
+        assert!(out.was_already_present && !out.was_already_handled);
+        let left = check_pending(&storage, num).await;
+        let left: Vec<&str> = left.iter().map(|e| e.4.as_str()).collect();
+        let mut want = vec![id("k0"), id("k3"), id("k6"), id("k7"), id("k8"), id("k9")];
+        want.sort();
+        let mut left: Vec<String> = left.iter().map(|s| s.to_string()).collect();
+        left.sort();
+        assert_eq!(left, want);
+        let info = storage
+            .get_storage(StorageKind::RequestQueue, &q)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((info.total_request_count, info.handled_request_count), (10, 4));
     }
 
     /// Batched "handled" updates (`QueueDeltas`): in one batch, a failed write's counters and
