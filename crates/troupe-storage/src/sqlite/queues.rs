@@ -638,7 +638,8 @@ const SQL_AVAILABLE: &str = "SELECT r.id, r.unique_key, r.url, r.method, r.retry
      FROM rq_pending p CROSS JOIN rq_requests r ON r.rid = p.rid
      WHERE p.queue = ?1 AND p.locked_until = 0 ORDER BY p.ord LIMIT ?2 + 0";
 /// Requests whose lock expired by ?2 (not cleared yet), soonest expiry first.
-const SQL_LAPSED: &str = "SELECT r.id, r.unique_key, r.url, r.method, r.retry_count, p.ord, p.lapse_to
+const SQL_LAPSED: &str =
+    "SELECT r.id, r.unique_key, r.url, r.method, r.retry_count, p.ord, p.lapse_to
      FROM rq_pending p CROSS JOIN rq_requests r ON r.rid = p.rid
      WHERE p.queue = ?1 AND p.locked_until > 0 AND p.locked_until <= ?2
      ORDER BY p.locked_until LIMIT 10000";
@@ -652,7 +653,8 @@ const SQL_NEXT_EXPIRY: &str = "SELECT locked_until FROM rq_pending
      WHERE queue = ?1 AND locked_until > ?2 ORDER BY locked_until LIMIT 1";
 
 /// A pending request's entry in `rq_pending` moved to another key (lock state and position).
-const SQL_MOVE_PENDING: &str = "UPDATE rq_pending SET locked_until = ?1, ord = ?2, lock_client = ?3, lapse_to = ?4
+const SQL_MOVE_PENDING: &str =
+    "UPDATE rq_pending SET locked_until = ?1, ord = ?2, lock_client = ?3, lapse_to = ?4
      WHERE queue = ?5 AND locked_until = ?6 AND ord = ?7";
 /// A pending request's entry removed (it was handled or deleted), checked against its `rid`.
 const SQL_DELETE_PENDING: &str =
@@ -883,9 +885,9 @@ fn move_pending(
     client: Option<&str>,
     lapse_to: Option<i64>,
 ) -> Result<()> {
-    let changed = tx.prepare_cached(SQL_MOVE_PENDING)?.execute(params![
-        to.0, to.1, client, lapse_to, num, from.0, from.1
-    ])?;
+    let changed = tx
+        .prepare_cached(SQL_MOVE_PENDING)?
+        .execute(params![to.0, to.1, client, lapse_to, num, from.0, from.1])?;
     if changed != 1 {
         return Err(Error::Internal(anyhow::anyhow!(
             "request {rid} of queue {num} has no pending entry"
@@ -974,7 +976,8 @@ fn insert_pending(
 }
 
 /// A request's row marked handled (its `rq_pending` entry is removed apart).
-const SQL_HANDLED: &str = "UPDATE rq_requests SET handled_at = ?1, unique_key = ?2, url = ?3, method = ?4,
+const SQL_HANDLED: &str =
+    "UPDATE rq_requests SET handled_at = ?1, unique_key = ?2, url = ?3, method = ?4,
          retry_count = ?5, data = ?6
      WHERE rid = ?7";
 
@@ -2265,7 +2268,15 @@ impl QueueStore for SqliteStorage {
             let mut count = 0;
             let mut stmt = tx.prepare_cached(SQL_MOVE_PENDING)?;
             for (until, ord) in held {
-                stmt.execute(params![0, ord, None::<&str>, None::<i64>, q.num, until, ord])?;
+                stmt.execute(params![
+                    0,
+                    ord,
+                    None::<&str>,
+                    None::<i64>,
+                    q.num,
+                    until,
+                    ord
+                ])?;
                 if until > now {
                     count += 1;
                 }
@@ -3237,7 +3248,10 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!((info.total_request_count, info.handled_request_count), (10, 1));
+        assert_eq!(
+            (info.total_request_count, info.handled_request_count),
+            (10, 1)
+        );
         // k2's lock lapsed: it is the head again, in its place; k0, k1, k3 stay locked.
         let head = storage
             .lock_head(&q, 10, 1_000, Some("d".into()), 100)
@@ -3317,7 +3331,10 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!((info.total_request_count, info.handled_request_count), (10, 4));
+        assert_eq!(
+            (info.total_request_count, info.handled_request_count),
+            (10, 4)
+        );
     }
 
     /// Batched "handled" updates (`QueueDeltas`): in one batch, a failed write's counters and
