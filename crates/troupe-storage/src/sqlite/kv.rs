@@ -45,6 +45,69 @@ pub(crate) struct KvState {
     /// Blobs of deleted stores: removed once no row references them (the deleting transaction
     /// may still be open when they are queued). `(blob, attempts)`.
     doomed: Mutex<Vec<(String, u32)>>,
+    /// Where recently written inline records are (see [`RecordHints`]).
+    hints: RecordHints,
+}
+
+/// Most entries [`RecordHints`] holds; it starts over when full.
+const RECORD_HINTS_MAX: usize = 1 << 16;
+
+/// Store number → key → (row id, size) of inline records written recently, so overwriting one
+/// is a single UPDATE by row id instead of a lookup by key and then the UPDATE.
+///
+/// Correctness: an entry is only a hint. The UPDATE that uses it changes the row only where
+/// it is still exactly what the hint says: row `id` is the record `key` of store `num`, of
+/// `size` bytes, inline (all of it in its WHERE). Then the old size, for the store's
+/// `storageBytes`, is the hint's, and there is no old file to remove. Otherwise (the record
+/// was deleted, rewritten by a write that rolled back, moved to a file, its store deleted) it
+/// changes nothing and the write takes the general path.
+///
+/// Only the writer thread uses it (inside write jobs), so its lock is never contended. Memory:
+/// at most [`RECORD_HINTS_MAX`] entries.
+#[derive(Default)]
+struct RecordHints {
+    state: Mutex<RecordHintState>,
+}
+
+/// Key → (row id, size) of one store's hinted records.
+type StoreHints = HashMap<Box<str>, (i64, i64), foldhash::fast::RandomState>;
+
+#[derive(Default)]
+struct RecordHintState {
+    stores: HashMap<i64, StoreHints>,
+    len: usize,
+}
+
+impl RecordHints {
+    fn get(&self, num: i64, key: &str) -> Option<(i64, i64)> {
+        self.state.lock().stores.get(&num)?.get(key).copied()
+    }
+
+    fn put(&self, num: i64, key: &str, id: i64, size: i64) {
+        let mut state = self.state.lock();
+        if let Some(hint) = state.stores.get_mut(&num).and_then(|s| s.get_mut(key)) {
+            *hint = (id, size);
+            return;
+        }
+        if state.len >= RECORD_HINTS_MAX {
+            *state = RecordHintState::default();
+        }
+        state.len += 1;
+        state
+            .stores
+            .entry(num)
+            .or_default()
+            .insert(key.into(), (id, size));
+    }
+
+    fn remove(&self, num: i64, key: &str) {
+        let mut state = self.state.lock();
+        if let Some(store) = state.stores.get_mut(&num) {
+            if store.remove(key).is_some() {
+                state.len -= 1;
+            }
+        }
+    }
 }
 
 #[derive(Default, Clone, Copy)]
@@ -321,6 +384,7 @@ enum Stored {
 fn upsert_record(
     tx: &Connection,
     deltas: &mut CatalogDeltas,
+    hints: &RecordHints,
     num: i64,
     store_id: &str,
     key: &str,
@@ -331,6 +395,60 @@ fn upsert_record(
     if !deltas.check(tx, num, store_id)? {
         return Err(not_found());
     }
+    let Stored::Inline(bytes) = stored else {
+        hints.remove(num, key);
+        return upsert_row(tx, deltas, None, num, key, record, size, stored);
+    };
+    if let Some((id, old_size)) = hints.get(num, key) {
+        // Verified in the WHERE clause: see `RecordHints`.
+        let now = troupe_model::now_ms();
+        let changed = tx
+            .prepare_cached(
+                "UPDATE kv_records SET size = ?3, content_type = ?4, content_encoding = ?5,
+                 modified_at = ?6, data = ?7
+                 WHERE id = ?8 AND store_num = ?1 AND key = ?2 AND size = ?9 AND blob IS NULL",
+            )?
+            .execute(params![
+                num,
+                key,
+                size as i64,
+                record.content_type,
+                record.content_encoding,
+                now,
+                &bytes[..],
+                id,
+                old_size
+            ])?;
+        if changed == 1 {
+            hints.put(num, key, id, size as i64);
+            deltas.add(
+                num,
+                Delta {
+                    bytes: size as i64 - old_size,
+                    writes: 1,
+                    now,
+                    ..Delta::default()
+                },
+            );
+            return Ok(None);
+        }
+    }
+    upsert_row(tx, deltas, Some(hints), num, key, record, size, stored)
+}
+
+/// [`upsert_record`] without a usable hint: the old row by key, then an UPDATE or INSERT.
+/// The row written goes to `hints` when given (inline records only).
+#[allow(clippy::too_many_arguments)]
+fn upsert_row(
+    tx: &Connection,
+    deltas: &mut CatalogDeltas,
+    hints: Option<&RecordHints>,
+    num: i64,
+    key: &str,
+    record: &NewRecord,
+    size: u64,
+    stored: &Stored,
+) -> Result<Option<String>> {
     // The old row, if any, then a plain UPDATE by row id or a plain INSERT: both single-row
     // statements, which SQLite runs without a statement journal (an `INSERT … ON CONFLICT DO
     // UPDATE` needs one). The writer lock makes the lookup and the write one step.
@@ -366,6 +484,12 @@ fn upsert_record(
         data,
         old.as_ref().map(|(id, _, _)| *id)
     ])?;
+    if let Some(hints) = hints {
+        let id = old
+            .as_ref()
+            .map_or_else(|| tx.last_insert_rowid(), |(id, _, _)| *id);
+        hints.put(num, key, id, size as i64);
+    }
     deltas.add(
         num,
         Delta {
@@ -600,11 +724,21 @@ impl KvStore for SqliteStorage {
         // Dropped once the write committed: cached reads of the record are stale from then on.
         let bump = self.inner.caches.record_write(&store_id, &key);
         // Concurrent record writes share one transaction (group commit, see `super::group`).
+        let storage = self.clone();
         let result = self
             .write_batched(Changes::OneStatement, move |tx, batch| {
                 let deltas = batch.state::<CatalogDeltas>();
-                let old_blob =
-                    upsert_record(tx, deltas, num, &store_id, &key, &record, size, &stored)?;
+                let old_blob = upsert_record(
+                    tx,
+                    deltas,
+                    &storage.inner.kv.hints,
+                    num,
+                    &store_id,
+                    &key,
+                    &record,
+                    size,
+                    &stored,
+                )?;
                 Ok((old_blob, bump))
             })
             .await;
@@ -630,6 +764,7 @@ impl KvStore for SqliteStorage {
         let bump = self.inner.caches.record_write(store.id(), key);
         let key = key.to_string();
         let store_id = store.id().to_string();
+        let storage = self.clone();
         let (removed, bump) = self
             .write_batched(Changes::OneStatement, move |tx, batch| {
                 let deltas = batch.state::<CatalogDeltas>();
@@ -637,6 +772,7 @@ impl KvStore for SqliteStorage {
                     // The store is gone (its number may now name another one).
                     return Err(not_found());
                 }
+                storage.inner.kv.hints.remove(num, &key);
                 let old: Option<(i64, i64, Option<String>)> = optional(
                     tx.prepare_cached(
                         "SELECT id, size, blob FROM kv_records WHERE store_num = ?1 AND key = ?2",
@@ -725,5 +861,102 @@ impl KvStore for SqliteStorage {
             .await?;
         self.note_access(num, true, troupe_model::now_ms());
         Ok(page)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::StorageCatalog;
+    use troupe_model::storage::StorageOrigin;
+
+    /// A record hint is only a hint: one with a wrong size, one naming another record's row
+    /// and one of a deleted record change nothing but the record written, and `storageBytes`
+    /// stays exact.
+    #[tokio::test]
+    async fn record_hints_are_only_hints() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = SqliteStorage::open(dir.path(), Default::default()).unwrap();
+        let user = crate::conformance::test_user(&storage).await;
+        let (store, _) = storage
+            .create_storage(
+                StorageKind::KeyValueStore,
+                &user,
+                None,
+                StorageOrigin::default(),
+            )
+            .await
+            .unwrap();
+        let put = |key: &'static str, body: &'static str| {
+            let (storage, store) = (storage.clone(), store.clone());
+            async move {
+                let meta = NewRecord {
+                    content_type: "text/plain".into(),
+                    content_encoding: None,
+                };
+                storage
+                    .put_record(&store, key, meta, RecordSource::Bytes(body.into()))
+                    .await
+                    .unwrap();
+            }
+        };
+        let check = |expected: &'static [(&'static str, &'static str)]| {
+            let (storage, store) = (storage.clone(), store.clone());
+            async move {
+                let mut bytes = 0;
+                for (key, body) in expected {
+                    let record = storage.get_record(&store, key, false).await.unwrap();
+                    let Some(RecordContent::Inline(got)) = record.and_then(|r| r.content) else {
+                        panic!("record {key} missing");
+                    };
+                    assert_eq!(&got[..], body.as_bytes(), "record {key}");
+                    bytes += body.len() as u64;
+                }
+                let info = storage
+                    .get_storage(StorageKind::KeyValueStore, &store.id)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(info.storage_bytes, bytes);
+            }
+        };
+        let hints = &storage.inner.kv.hints;
+        put("a", "0123456789").await;
+        put("b", "xy").await;
+        let (a_id, a_size) = hints.get(store.num, "a").expect("a hint");
+        let (b_id, _) = hints.get(store.num, "b").expect("b hint");
+        assert_eq!(a_size, 10);
+        // A good hint: one UPDATE.
+        put("a", "0123").await;
+        assert_eq!(hints.get(store.num, "a"), Some((a_id, 4)));
+        check(&[("a", "0123"), ("b", "xy")]).await;
+        // Wrong size.
+        hints.put(store.num, "a", a_id, 3);
+        put("a", "abcde").await;
+        check(&[("a", "abcde"), ("b", "xy")]).await;
+        // Another record's row (with its size).
+        hints.put(store.num, "a", b_id, 2);
+        put("a", "abcdefg").await;
+        check(&[("a", "abcdefg"), ("b", "xy")]).await;
+        assert_eq!(hints.get(store.num, "a"), Some((a_id, 7)));
+        // A deleted record.
+        assert!(storage.delete_record(&store, "b").await.unwrap());
+        assert_eq!(hints.get(store.num, "b"), None);
+        hints.put(store.num, "b", b_id, 2);
+        put("b", "zz").await;
+        check(&[("a", "abcdefg"), ("b", "zz")]).await;
+        // A record moved to a file and back: no hint while it is a file.
+        let big = Bytes::from(vec![b'x'; INLINE_MAX + 1]);
+        let meta = NewRecord {
+            content_type: "text/plain".into(),
+            content_encoding: None,
+        };
+        storage
+            .put_record(&store, "a", meta, RecordSource::Bytes(big))
+            .await
+            .unwrap();
+        assert_eq!(hints.get(store.num, "a"), None);
+        put("a", "back").await;
+        check(&[("a", "back"), ("b", "zz")]).await;
     }
 }
