@@ -68,6 +68,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0011_request_queue_pending",
         include_str!("sqlite/migrations/0011_request_queue_pending.sql"),
     ),
+    (
+        "0012_request_id_runs",
+        include_str!("sqlite/migrations/0012_request_id_runs.sql"),
+    ),
 ];
 
 /// How hard commits are pushed to disk.

@@ -190,9 +190,9 @@ impl LockHints {
 
 /// Requests in the map at which a merge into `rq_ids` starts (in the background, after the add
 /// that reached it). ~33 bytes of memory each (a 16-byte key and the `rid` in a table at least
-/// half full): 100,000 take ~3.3 MB. Each merge rewrites about every leaf of the queue's part
-/// of `rq_ids` (the ids are hashes, so a sorted run of them lands on every leaf), so the larger
-/// the run, the fewer times a growing queue's ids are rewritten.
+/// half full): 100,000 take ~3.3 MB. Each merge appends its ids to `rq_ids` as a new sorted run
+/// (see `migrations/0012_request_id_runs.sql`); runs of about the same size are compacted
+/// (`compact_runs`).
 const MERGE_AT: usize = 100_000;
 
 /// A request id as a key of the map of recent ids: its bytes, zero-padded, and its length in
@@ -248,11 +248,19 @@ impl IdKey {
 #[derive(Default)]
 pub(crate) struct RecentIds {
     state: Mutex<RecentState>,
-    /// Which ids `rq_ids` may hold (see [`MergedFilter`]).
-    merged: Mutex<MergedFilter>,
+    /// Which ids each run of `rq_ids` may hold (see [`RunFilters`]).
+    merged: Mutex<RunFilters>,
+    /// A background merge or compaction runs.
     merging: std::sync::atomic::AtomicBool,
     /// Tests lower the merge threshold (0 = `MERGE_AT`).
     merge_at: std::sync::atomic::AtomicUsize,
+    /// Tests lower the compaction fan-in (0 = `COMPACT_FAN_IN`).
+    fan_in: std::sync::atomic::AtomicUsize,
+    /// Tests lower the ids one compaction transaction moves (0 = `COMPACT_CHUNK`).
+    compact_chunk: std::sync::atomic::AtomicUsize,
+    /// Tests stop compactions after this many transactions (0 = never), as a crash would.
+    #[cfg(test)]
+    compact_stop: std::sync::atomic::AtomicUsize,
 }
 
 #[derive(Default)]
@@ -322,6 +330,93 @@ impl RecentIds {
             n => n,
         }
     }
+
+    fn fan_in(&self) -> usize {
+        match self.fan_in.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => COMPACT_FAN_IN,
+            n => n.max(2),
+        }
+    }
+
+    fn compact_chunk(&self) -> usize {
+        match self
+            .compact_chunk
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            0 => COMPACT_CHUNK,
+            n => n,
+        }
+    }
+
+    /// Whether run `run` of `rq_ids` may hold the pair whose [`filter_hash`] is `hash`.
+    fn may_hold(&self, run: i64, hash: u64) -> bool {
+        self.merged.lock().may_hold(run, hash)
+    }
+}
+
+/// Runs of about the same size compacted into one at once: each request id is rewritten about
+/// log_F(n / `MERGE_AT`) times as a queue grows to n requests, and a lookup checks at most
+/// F − 1 runs per size class (fewer: the runs' filters rule most of them out).
+const COMPACT_FAN_IN: usize = 8;
+/// Ids one transaction of a compaction moves at most (~20 ms of the writer).
+const COMPACT_CHUNK: usize = 16_384;
+
+/// The size class of a run of `ids` ids: 0 below `fan_in × base`, one more per factor `fan_in`.
+fn run_level(ids: i64, base: usize, fan_in: usize) -> u32 {
+    let mut level = 0;
+    let base = base.min(i64::MAX as usize) as i64;
+    let mut bound = base.saturating_mul(fan_in as i64);
+    while ids >= bound && bound < i64::MAX {
+        level += 1;
+        bound = bound.saturating_mul(fan_in as i64);
+    }
+    level
+}
+
+/// The filters of merged ids, one per run of `rq_ids` (see [`MergedFilter`]).
+#[derive(Default)]
+struct RunFilters {
+    runs: HashMap<i64, MergedFilter>,
+}
+
+impl RunFilters {
+    /// Whether run `run` may hold the pair whose [`filter_hash`] is `hash`. True for a run
+    /// without a filter here: one compacted away while an older snapshot still lists it.
+    fn may_hold(&self, run: i64, hash: u64) -> bool {
+        self.runs
+            .get(&run)
+            .is_none_or(|filter| filter.may_hold_hash(hash))
+    }
+
+    /// The filter of a run this process writes: complete from the start, since every id is
+    /// added before the write that puts it into the run commits.
+    fn written(&mut self, run: i64) -> &mut MergedFilter {
+        self.runs.entry(run).or_insert_with(|| MergedFilter {
+            ready: true,
+            ..MergedFilter::default()
+        })
+    }
+}
+
+/// On a connection outside a transaction (a reader), a read transaction, so the statements
+/// that follow share one snapshot: a compaction moves ids between runs, and statements with
+/// snapshots of their own could miss an id it moved between them (or see it twice). Taken
+/// after the map of recent ids was consulted (see [`RecentIds`]).
+fn snapshot(conn: &Connection) -> Result<Option<rusqlite::Transaction<'_>>> {
+    Ok(if conn.is_autocommit() {
+        Some(conn.unchecked_transaction()?)
+    } else {
+        None
+    })
+}
+
+/// The runs of `rq_ids` in `conn`'s snapshot, newest first.
+fn id_runs(conn: &Connection) -> Result<Vec<i64>> {
+    let mut stmt = conn.prepare_cached("SELECT run FROM rq_runs ORDER BY run DESC")?;
+    let runs = stmt
+        .query_map([], |row| row.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(runs)
 }
 
 /// Ids the first block of a [`MergedFilter`] takes; each next block takes twice as many.
@@ -332,15 +427,16 @@ const FILTER_BITS_PER_ID: usize = 16;
 /// itself off (every lookup seeks, as without a filter) until the next start-up.
 const FILTER_MAX_BLOCKS: usize = 11;
 
-/// A Bloom filter over the (queue number, id) pairs of `rq_ids`, in front of the seeks that
-/// tell a batch add whether its ids are merged: a new id (most of what is added) then needs no
-/// seek into `rq_ids`, a random leaf page each.
+/// A Bloom filter over the (queue number, id) pairs of one run of `rq_ids`, in front of the
+/// seeks that tell a batch add (or a lookup) whether the run holds an id: a new id (most of
+/// what is added) then needs no seek into `rq_ids`, and a merged one seeks the run holding it.
 ///
-/// It never lacks a pair that `rq_ids` holds (no false negative): it is filled from `rq_ids`
-/// at start-up and by every merge inside the merge's transaction, before the merge commits and
-/// so before those ids can leave the map of recent ids ([`RecentIds::prune`] runs after the
-/// commit); `rq_ids` has no other writer but deletes. Pairs of a merge that was rolled back, of
-/// deleted requests and of deleted queues stay in it: false positives, which only cost the seek.
+/// It never lacks a pair that its run holds (no false negative): it is filled from `rq_ids` at
+/// start-up, and by the merge or compaction that writes the run inside each of its
+/// transactions, before they commit, so before those ids can leave the map of recent ids
+/// ([`RecentIds::prune`] runs after the commit) or their older run; runs have no other writer
+/// but deletes. Pairs of a write that was rolled back, of deleted requests and of deleted
+/// queues stay in it: false positives, which only cost the seek.
 ///
 /// Split-block layout: an id sets 8 bits, one in each 64-bit word of one 64-byte line, so a
 /// lookup reads one cache line per block. The filter grows by blocks (each twice the one before,
@@ -398,6 +494,10 @@ fn filter_index(hash: u64, lines: usize) -> usize {
 
 impl MergedFilter {
     fn add(&mut self, num: i64, id: &str) {
+        self.add_hash(filter_hash(num, id));
+    }
+
+    fn add_hash(&mut self, hash: u64) {
         if self.off {
             return;
         }
@@ -418,19 +518,22 @@ impl MergedFilter {
             self.blocks.push(vec![[0u64; 8]; lines].into_boxed_slice());
             self.last_len = 0;
         }
-        let hash = filter_hash(num, id);
         let block = self.blocks.last_mut().expect("a block");
         let line = filter_index(hash, block.len());
         filter_line(&mut block[line], hash, true);
         self.last_len += 1;
     }
 
-    /// Whether `rq_ids` may hold the pair (false: it surely does not).
+    /// Whether the run may hold the pair (false: it surely does not).
+    #[cfg(test)]
     fn may_hold(&self, num: i64, id: &str) -> bool {
+        self.may_hold_hash(filter_hash(num, id))
+    }
+
+    fn may_hold_hash(&self, hash: u64) -> bool {
         if self.off || !self.ready {
             return true;
         }
-        let hash = filter_hash(num, id);
         self.blocks.iter().any(|block| {
             let mut line = block[filter_index(hash, block.len())];
             filter_line(&mut line, hash, false)
@@ -458,22 +561,36 @@ pub(crate) fn init(storage: &SqliteStorage) -> Result<()> {
     }
     drop(rows);
     drop(stmt);
+    // One filter per run, not ready (every lookup seeks that run) until the scan below filled it.
+    {
+        let runs = id_runs(&conn)?;
+        let mut filters = recent.merged.lock();
+        for run in runs {
+            filters.runs.entry(run).or_default();
+        }
+    }
     drop(conn);
-    // The filter of merged ids is filled from `rq_ids` in the background (~250 ns per id, on a
-    // scan connection with a small page cache): start-up does not wait for it, and batch adds
-    // seek as before until it is ready. Merges that commit meanwhile add their ids themselves,
-    // and the scan's snapshot holds every merge committed before it, so nothing is missed.
+    // The filters of merged ids are filled from `rq_ids` in the background (~250 ns per id, on
+    // a scan connection with a small page cache): start-up does not wait for them, and lookups
+    // seek every run until they are ready. Runs written meanwhile (merges, compactions) have
+    // complete filters of their own, runs compacted away meanwhile have none any more (the
+    // scan skips their ids), and the scan's snapshot holds every run listed above, so nothing
+    // is missed.
     let this = storage.clone();
     let spawned = std::thread::Builder::new()
         .name("rq-ids-filter".into())
         .spawn(move || {
             let filled = this.scan_blocking(|conn| {
-                let mut stmt = conn.prepare("SELECT queue, id FROM rq_ids")?;
-                let filled = fill_filter(&this.inner.recent_ids.merged, stmt.query([])?);
+                let mut stmt = conn.prepare("SELECT run, queue, id FROM rq_ids")?;
+                let filled = fill_filters(&this.inner.recent_ids.merged, stmt.query([])?);
                 filled
             });
             match filled {
-                Ok(()) => this.inner.recent_ids.merged.lock().ready = true,
+                Ok(()) => {
+                    for filter in this.inner.recent_ids.merged.lock().runs.values_mut() {
+                        filter.ready = true;
+                    }
+                }
                 Err(err) => {
                     tracing::error!(error = %err, "filling the filter of request ids failed")
                 }
@@ -485,16 +602,19 @@ pub(crate) fn init(storage: &SqliteStorage) -> Result<()> {
     Ok(())
 }
 
-/// Adds the (queue, id) rows of `rows` to the filter of merged ids (locking it per 4096 rows).
-fn fill_filter(filter: &Mutex<MergedFilter>, mut rows: rusqlite::Rows<'_>) -> Result<()> {
+/// Adds the (run, queue, id) rows of `rows` to the filters of their runs, those listed at
+/// start-up (locking them per 4096 rows).
+fn fill_filters(filters: &Mutex<RunFilters>, mut rows: rusqlite::Rows<'_>) -> Result<()> {
     loop {
-        let mut filter = filter.lock();
+        let mut filters = filters.lock();
         for _ in 0..4096 {
             let Some(row) = rows.next()? else {
                 return Ok(());
             };
-            let id = row.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
-            filter.add(row.get(0)?, id);
+            let id = row.get_ref(2)?.as_str().map_err(rusqlite::Error::from)?;
+            if let Some(filter) = filters.runs.get_mut(&row.get(0)?) {
+                filter.add(row.get(1)?, id);
+            }
         }
     }
 }
@@ -502,8 +622,8 @@ fn fill_filter(filter: &Mutex<MergedFilter>, mut rows: rusqlite::Rows<'_>) -> Re
 /// Ids one [`merged_among`] statement checks.
 const MERGED_CHUNK: usize = 25;
 
-/// For each request, whether `rq_ids` holds its id: one statement per 25 requests whose ids the
-/// filter of merged ids may hold, none for the others.
+/// For each request, whether `rq_ids` holds its id: per run, one statement per 25 requests
+/// whose ids the run's filter may hold, none for the others.
 fn merged_among(
     conn: &Connection,
     recent: &RecentIds,
@@ -512,42 +632,69 @@ fn merged_among(
 ) -> Result<Vec<bool>> {
     static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     let sql = SQL.get_or_init(|| {
-        let list: Vec<String> = (0..MERGED_CHUNK).map(|i| format!("?{}", i + 2)).collect();
+        let list: Vec<String> = (0..MERGED_CHUNK).map(|i| format!("?{}", i + 3)).collect();
         format!(
-            "SELECT id FROM rq_ids WHERE queue = ?1 AND id IN ({})",
+            "SELECT id FROM rq_ids WHERE run = ?1 AND queue = ?2 AND id IN ({})",
             list.join(", ")
         )
     });
     let mut merged = vec![false; requests.len()];
-    let candidates: Vec<&QueueRequest> = {
-        let filter = recent.merged.lock();
-        requests
-            .iter()
-            .filter(|r| filter.may_hold(num, &r.id))
-            .collect()
-    };
-    if candidates.is_empty() {
+    let runs = id_runs(conn)?;
+    if runs.is_empty() {
         return Ok(merged);
     }
-    let mut stmt = conn.prepare_cached(sql)?;
-    for chunk in candidates.chunks(MERGED_CHUNK) {
-        stmt.raw_bind_parameter(1, num)?;
-        for i in 0..MERGED_CHUNK {
-            // Short chunks repeat their first id.
-            let id = &chunk.get(i).unwrap_or(&chunk[0]).id;
-            stmt.raw_bind_parameter(i + 2, id.as_str())?;
+    let hashes: Vec<u64> = requests.iter().map(|r| filter_hash(num, &r.id)).collect();
+    for run in runs {
+        let candidates: Vec<&QueueRequest> = {
+            let filters = recent.merged.lock();
+            // No filter here: a run compacted away while this snapshot still lists it.
+            let filter = filters.runs.get(&run);
+            requests
+                .iter()
+                .zip(&hashes)
+                .zip(&merged)
+                .filter(|((_, hash), merged)| {
+                    !**merged && filter.is_none_or(|filter| filter.may_hold_hash(**hash))
+                })
+                .map(|((r, _), _)| r)
+                .collect()
+        };
+        if candidates.is_empty() {
+            continue;
         }
-        let mut rows = stmt.raw_query();
-        while let Some(row) = rows.next()? {
-            let id: String = row.get(0)?;
-            for (r, flag) in requests.iter().zip(merged.iter_mut()) {
-                if r.id == id {
-                    *flag = true;
+        let mut stmt = conn.prepare_cached(sql)?;
+        for chunk in candidates.chunks(MERGED_CHUNK) {
+            stmt.raw_bind_parameter(1, run)?;
+            stmt.raw_bind_parameter(2, num)?;
+            for i in 0..MERGED_CHUNK {
+                // Short chunks repeat their first id.
+                let id = &chunk.get(i).unwrap_or(&chunk[0]).id;
+                stmt.raw_bind_parameter(i + 3, id.as_str())?;
+            }
+            let mut rows = stmt.raw_query();
+            while let Some(row) = rows.next()? {
+                let id = row.get_ref(0)?.as_str().map_err(rusqlite::Error::from)?;
+                for (r, flag) in requests.iter().zip(merged.iter_mut()) {
+                    if r.id == id {
+                        *flag = true;
+                    }
                 }
             }
         }
     }
     Ok(merged)
+}
+
+/// Removes the queue's request `id` from `rq_ids`, whichever run holds it.
+fn delete_id(tx: &Connection, recent: &RecentIds, num: i64, id: &str) -> Result<()> {
+    let hash = filter_hash(num, id);
+    for run in id_runs(tx)? {
+        if recent.may_hold(run, hash) {
+            tx.prepare_cached("DELETE FROM rq_ids WHERE run = ?1 AND queue = ?2 AND id = ?3")?
+                .execute(params![run, num, id])?;
+        }
+    }
+    Ok(())
 }
 
 /// Rows one multi-row INSERT into `rq_ids` takes: a merge writes its run by statements of these
@@ -562,10 +709,12 @@ fn id_insert_sql(rows: usize) -> &'static str {
             .iter()
             .map(|&n| {
                 let values: Vec<String> = (0..n)
-                    .map(|row| format!("(?{}, ?{}, ?{})", row * 3 + 1, row * 3 + 2, row * 3 + 3))
+                    .map(|row| {
+                        format!("(?1, ?{}, ?{}, ?{})", row * 3 + 2, row * 3 + 3, row * 3 + 4)
+                    })
                     .collect();
                 format!(
-                    "INSERT INTO rq_ids (queue, id, rid) VALUES {}",
+                    "INSERT INTO rq_ids (run, queue, id, rid) VALUES {}",
                     values.join(", ")
                 )
             })
@@ -578,8 +727,9 @@ fn id_insert_sql(rows: usize) -> &'static str {
     &all[i]
 }
 
-/// Inserts the (queue, id, rid) `rows` into `rq_ids`, in their order.
-fn insert_ids(tx: &Transaction<'_>, rows: &[(i64, IdKey, i64)]) -> Result<()> {
+/// Inserts the (queue, id, rid) `rows` into run `run` of `rq_ids`, in their order (sorted by
+/// queue and id, above every id of the run: each insert appends).
+fn insert_ids(tx: &Transaction<'_>, run: i64, rows: &[(i64, IdKey, i64)]) -> Result<()> {
     let mut rest = rows;
     while !rest.is_empty() {
         let n = ID_INSERT_SIZES
@@ -588,10 +738,11 @@ fn insert_ids(tx: &Transaction<'_>, rows: &[(i64, IdKey, i64)]) -> Result<()> {
             .expect("size 1");
         let (chunk, tail) = rest.split_at(n);
         let mut stmt = tx.prepare_cached(id_insert_sql(n))?;
+        stmt.raw_bind_parameter(1, run)?;
         for (i, (num, key, rid)) in chunk.iter().enumerate() {
-            stmt.raw_bind_parameter(i * 3 + 1, *num)?;
-            stmt.raw_bind_parameter(i * 3 + 2, key.as_str())?;
-            stmt.raw_bind_parameter(i * 3 + 3, *rid)?;
+            stmt.raw_bind_parameter(i * 3 + 2, *num)?;
+            stmt.raw_bind_parameter(i * 3 + 3, key.as_str())?;
+            stmt.raw_bind_parameter(i * 3 + 4, *rid)?;
         }
         stmt.raw_execute()?;
         rest = tail;
@@ -601,7 +752,9 @@ fn insert_ids(tx: &Transaction<'_>, rows: &[(i64, IdKey, i64)]) -> Result<()> {
 
 /// The `rid` of the queue's request `id`, in `conn`'s view (see [`RecentIds`]).
 fn locate(conn: &Connection, recent: &RecentIds, num: i64, id: &str) -> Result<Option<i64>> {
-    if let Some(rid) = recent.get(num, id) {
+    let candidate = recent.get(num, id);
+    let _snapshot = snapshot(conn)?;
+    if let Some(rid) = candidate {
         let live = conn
             .prepare_cached("SELECT 1 FROM rq_requests WHERE rid = ?1 AND queue = ?2 AND id = ?3")?
             .exists(params![rid, num, id])?;
@@ -609,10 +762,20 @@ fn locate(conn: &Connection, recent: &RecentIds, num: i64, id: &str) -> Result<O
             return Ok(Some(rid));
         }
     }
-    Ok(conn
-        .prepare_cached("SELECT rid FROM rq_ids WHERE queue = ?1 AND id = ?2")?
-        .query_row(params![num, id], |row| row.get(0))
-        .optional()?)
+    let hash = filter_hash(num, id);
+    for run in id_runs(conn)? {
+        if !recent.may_hold(run, hash) {
+            continue;
+        }
+        let rid = conn
+            .prepare_cached("SELECT rid FROM rq_ids WHERE run = ?1 AND queue = ?2 AND id = ?3")?
+            .query_row(params![run, num, id], |row| row.get(0))
+            .optional()?;
+        if rid.is_some() {
+            return Ok(rid);
+        }
+    }
+    Ok(None)
 }
 
 // `LIMIT ?n + 0`, never a bare `LIMIT ?n`: SQLite plans with the value bound to a bare LIMIT
@@ -744,7 +907,12 @@ pub(crate) fn explain_head_queries(conn: &Connection) -> Result<Vec<(&'static st
 pub(crate) fn delete_requests(tx: &Transaction<'_>, num: i64) -> Result<()> {
     tx.execute("DELETE FROM rq_requests WHERE queue = ?1", [num])?;
     tx.execute("DELETE FROM rq_pending WHERE queue = ?1", [num])?;
-    tx.execute("DELETE FROM rq_ids WHERE queue = ?1", [num])?;
+    for run in id_runs(tx)? {
+        tx.execute(
+            "DELETE FROM rq_ids WHERE run = ?1 AND queue = ?2",
+            [run, num],
+        )?;
+    }
     Ok(())
 }
 
@@ -893,13 +1061,13 @@ const SQL_FIND_BY_RID: &str = concat!(
     ", r.ord FROM rq_requests r LEFT JOIN rq_pending p ON p.rid = r.rid AND p.locked_until > 0
      WHERE r.rid = ?1 AND r.queue = ?2 AND r.id = ?3"
 );
-/// [`SQL_FIND_BY_RID`] by id, through `rq_ids`.
+/// [`SQL_FIND_BY_RID`] by id, through run ?1 of `rq_ids`.
 const SQL_FIND_BY_ID: &str = concat!(
     "SELECT r.rid, r.handled_at IS NOT NULL, coalesce(p.locked_until, 0), p.lock_client, ",
     size_sql!("r."),
     ", r.ord FROM rq_ids i CROSS JOIN rq_requests r ON r.rid = i.rid
      LEFT JOIN rq_pending p ON p.rid = r.rid AND p.locked_until > 0
-     WHERE i.queue = ?1 AND i.id = ?2"
+     WHERE i.run = ?1 AND i.queue = ?2 AND i.id = ?3"
 );
 /// A client's locks in a queue.
 const SQL_UNLOCKABLE: &str = "SELECT locked_until, ord FROM rq_pending
@@ -916,10 +1084,20 @@ fn find(tx: &Connection, recent: &RecentIds, num: i64, id: &str) -> Result<Optio
             return Ok(found);
         }
     }
-    Ok(tx
-        .prepare_cached(SQL_FIND_BY_ID)?
-        .query_row(params![num, id], Existing::from_row)
-        .optional()?)
+    let hash = filter_hash(num, id);
+    for run in id_runs(tx)? {
+        if !recent.may_hold(run, hash) {
+            continue;
+        }
+        let found = tx
+            .prepare_cached(SQL_FIND_BY_ID)?
+            .query_row(params![run, num, id], Existing::from_row)
+            .optional()?;
+        if found.is_some() {
+            return Ok(found);
+        }
+    }
+    Ok(None)
 }
 
 /// Moves the pending request `rid`'s entry from `from` (locked_until, ord) to `to`, with the
@@ -1797,14 +1975,16 @@ fn list_page(
     filter: RequestFilter,
     now: i64,
 ) -> Result<RequestsPage> {
+    let _snapshot = snapshot(conn)?;
+    // All and pending requests: in id order in each run of `rq_ids` (?4), merged below.
     let sql = match filter {
         RequestFilter::All => {
             "SELECT i.id, r.data, r.unique_key, r.url FROM rq_ids i CROSS JOIN rq_requests r ON r.rid = i.rid
-             WHERE i.queue = ?1 AND i.id > ?2 ORDER BY i.id LIMIT ?3 + 0"
+             WHERE i.run = ?4 AND i.queue = ?1 AND i.id > ?2 ORDER BY i.id LIMIT ?3 + 0"
         }
         RequestFilter::Pending => {
             "SELECT i.id, r.data, r.unique_key, r.url FROM rq_ids i CROSS JOIN rq_requests r ON r.rid = i.rid
-             WHERE i.queue = ?1 AND i.id > ?2 AND r.handled_at IS NULL ORDER BY i.id LIMIT ?3 + 0"
+             WHERE i.run = ?4 AND i.queue = ?1 AND i.id > ?2 AND r.handled_at IS NULL ORDER BY i.id LIMIT ?3 + 0"
         }
         RequestFilter::Locked => {
             "SELECT r.id, r.data, r.unique_key, r.url FROM rq_pending p CROSS JOIN rq_requests r ON r.rid = p.rid
@@ -1826,10 +2006,21 @@ fn list_page(
         stmt.query_map(params![q.num, after, fetch, now], map)?
             .collect::<rusqlite::Result<_>>()?
     } else {
-        stmt.query_map(params![q.num, after, fetch], map)?
-            .collect::<rusqlite::Result<_>>()?
+        let mut rows = Vec::new();
+        for run in id_runs(conn)? {
+            for row in stmt.query_map(params![q.num, after, fetch, run], map)? {
+                rows.push(row?);
+            }
+        }
+        rows
     };
-    let rows = rows.into_iter().collect::<Result<Vec<_>>>()?;
+    let mut rows = rows.into_iter().collect::<Result<Vec<_>>>()?;
+    if filter != RequestFilter::Locked {
+        // A queue's ids are spread over the runs (each id in one run): the first `fetch` of
+        // their union, in id order (`String` order is SQLite's BINARY order).
+        rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        rows.truncate(fetch as usize);
+    }
     let more = rows.len() as u64 > limit;
     let mut items = Vec::with_capacity(rows.len());
     let mut last = None;
@@ -1844,16 +2035,34 @@ fn list_page(
 }
 
 impl SqliteStorage {
-    /// Starts a merge in the background once the map of recent ids is large enough.
+    /// Starts a merge in the background once the map of recent ids is large enough (and, after
+    /// it, the compactions it makes due).
     fn maybe_merge_recent_ids(&self) {
-        use std::sync::atomic::Ordering;
         let recent = &self.inner.recent_ids;
-        if recent.len() < recent.threshold() || recent.merging.swap(true, Ordering::AcqRel) {
+        if recent.len() >= recent.threshold() {
+            self.spawn_background_merge(true);
+        }
+    }
+
+    /// Runs a merge (`merge`) and then every compaction due, in the background, unless one
+    /// runs already (it compacts whatever is due when it finishes its current step).
+    fn spawn_background_merge(&self, merge: bool) {
+        use std::sync::atomic::Ordering;
+        if self.inner.recent_ids.merging.swap(true, Ordering::AcqRel) {
             return;
         }
         let this = self.clone();
         tokio::spawn(async move {
-            if let Err(err) = this.merge_recent_ids().await {
+            let merged = if merge {
+                this.merge_recent_ids().await
+            } else {
+                Ok(())
+            };
+            let done = match merged {
+                Ok(()) => this.compact_runs().await,
+                Err(err) => Err(err),
+            };
+            if let Err(err) = done {
                 tracing::error!(error = %err, "merging request ids failed");
             }
             this.inner
@@ -1863,8 +2072,8 @@ impl SqliteStorage {
         });
     }
 
-    /// Moves the ids of every request added since the last merge into `rq_ids` (one sorted
-    /// run, one transaction) and, once that committed, drops them from the map.
+    /// Moves the ids of every request added since the last merge into a new run of `rq_ids`
+    /// (one sorted run, one transaction) and, once that committed, drops them from the map.
     pub(crate) async fn merge_recent_ids(&self) -> Result<()> {
         let this = self.clone();
         let watermark = self
@@ -1879,9 +2088,8 @@ impl SqliteStorage {
                     return Ok(old);
                 }
                 // The rows' ids, read in `rid` order and sorted here (SQLite's sorter cost ~5k
-                // instructions per id), then inserted in (queue, id) order: each `rq_ids` leaf
-                // takes its new ids one after the other. `IdKey`s order as SQLite orders the
-                // ids (bytes, then length; ids hold no NUL).
+                // instructions per id), then appended to the new run in (queue, id) order.
+                // `IdKey`s order as SQLite orders the ids (bytes, then length; ids hold no NUL).
                 let mut rows: Vec<(i64, IdKey, i64)> = Vec::new();
                 {
                     let mut stmt = tx.prepare_cached(
@@ -1897,12 +2105,21 @@ impl SqliteStorage {
                     }
                 }
                 rows.sort_unstable_by_key(|a| (a.0, a.1 .0));
-                insert_ids(tx, &rows)?;
                 tx.execute("UPDATE rq_merged SET watermark = ?1", [new])?;
+                if rows.is_empty() {
+                    return Ok(new);
+                }
+                let run: i64 = tx.query_row(
+                    "INSERT INTO rq_runs (run, ids)
+                     SELECT coalesce(max(run), 0) + 1, ?1 FROM rq_runs RETURNING run",
+                    [rows.len() as i64],
+                    |row| row.get(0),
+                )?;
+                insert_ids(tx, run, &rows)?;
                 // Before the commit, so the filter holds these ids before the map drops them.
-                let recent = &this.inner.recent_ids;
                 for chunk in rows.chunks(4096) {
-                    let mut filter = recent.merged.lock();
+                    let mut filters = this.inner.recent_ids.merged.lock();
+                    let filter = filters.written(run);
                     for (num, key, _) in chunk {
                         filter.add(*num, key.as_str());
                     }
@@ -1912,6 +2129,178 @@ impl SqliteStorage {
             .await?;
         self.inner.recent_ids.prune(watermark);
         Ok(())
+    }
+
+    /// Compacts runs of `rq_ids` while some size class (see [`run_level`]) holds `fan_in` runs
+    /// or more: those runs' ids move into one new run, in transactions of at most
+    /// `compact_chunk` ids (writes go on in between). After every transaction each id is in
+    /// exactly one run (moved ids are inserted into the new run and deleted from their old one
+    /// in the same transaction), so lookups, listings and a restart at any point see a valid
+    /// set of runs; an interrupted compaction leaves a partly filled run, compacted later.
+    pub(crate) async fn compact_runs(&self) -> Result<()> {
+        let recent = &self.inner.recent_ids;
+        loop {
+            let (base, fan_in) = (recent.threshold(), recent.fan_in());
+            let runs: Vec<(i64, i64)> = self
+                .read(|conn| {
+                    let mut stmt =
+                        conn.prepare_cached("SELECT run, ids FROM rq_runs ORDER BY run")?;
+                    let runs = stmt
+                        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+                        .collect::<rusqlite::Result<_>>()?;
+                    Ok(runs)
+                })
+                .await?;
+            let mut levels: std::collections::BTreeMap<u32, Vec<i64>> = Default::default();
+            for (run, ids) in runs {
+                levels
+                    .entry(run_level(ids, base, fan_in))
+                    .or_default()
+                    .push(run);
+            }
+            let Some(sources) = levels.into_values().find(|runs| runs.len() >= fan_in) else {
+                return Ok(());
+            };
+            self.compact(Arc::new(sources)).await?;
+        }
+    }
+
+    /// Moves every id of the runs `sources` into one new run (see [`Self::compact_runs`]).
+    async fn compact(&self, sources: Arc<Vec<i64>>) -> Result<()> {
+        let chunk = self.inner.recent_ids.compact_chunk();
+        let mut target: Option<i64> = None;
+        let mut after: (i64, String) = (i64::MIN, String::new());
+        #[cfg(test)]
+        let mut chunks = 0;
+        loop {
+            let this = self.clone();
+            let sources = sources.clone();
+            let from = after.clone();
+            let (run, bound) = self
+                .write(move |tx| {
+                    let run = match target {
+                        Some(run) => run,
+                        None => tx.query_row(
+                            "INSERT INTO rq_runs (run, ids)
+                             SELECT coalesce(max(run), 0) + 1, 0 FROM rq_runs RETURNING run",
+                            [],
+                            |row| row.get(0),
+                        )?,
+                    };
+                    // The next `chunk` ids of each source after `from`; past the smallest
+                    // last id of a source that had more, a later transaction goes on.
+                    let mut rows: Vec<(i64, IdKey, i64, i64)> = Vec::new();
+                    let mut bound: Option<(i64, IdKey)> = None;
+                    {
+                        let mut stmt = tx.prepare_cached(
+                            "SELECT queue, id, rid FROM rq_ids WHERE run = ?1 AND (queue, id) > (?2, ?3)
+                             ORDER BY queue, id LIMIT ?4 + 0",
+                        )?;
+                        for &source in sources.iter() {
+                            let mut found =
+                                stmt.query(params![source, from.0, from.1, chunk as i64])?;
+                            let mut read = 0;
+                            let mut last = None;
+                            while let Some(row) = found.next()? {
+                                let id = row.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
+                                let key = IdKey::new(id).ok_or_else(|| {
+                                    Error::Internal(anyhow::anyhow!(
+                                        "request id {id:?} is too long"
+                                    ))
+                                })?;
+                                let num: i64 = row.get(0)?;
+                                rows.push((num, key, row.get(2)?, source));
+                                last = Some((num, key));
+                                read += 1;
+                            }
+                            if read == chunk {
+                                let last = last.expect("a full chunk");
+                                if bound.is_none_or(|b| (last.0, last.1 .0) < (b.0, b.1 .0)) {
+                                    bound = Some(last);
+                                }
+                            }
+                        }
+                    }
+                    if let Some((num, key)) = bound {
+                        rows.retain(|r| (r.0, r.1 .0) <= (num, key.0));
+                    }
+                    // Newest source first among equal ids (there are none: an id is in one
+                    // run; a duplicate would only be a stale row, and the new run keeps one).
+                    rows.sort_unstable_by(|a, b| (a.0, a.1 .0, b.3).cmp(&(b.0, b.1 .0, a.3)));
+                    rows.dedup_by(|a, b| (a.0, a.1) == (b.0, b.1));
+                    let moved: Vec<(i64, IdKey, i64)> =
+                        rows.iter().map(|&(num, key, rid, _)| (num, key, rid)).collect();
+                    insert_ids(tx, run, &moved)?;
+                    for &source in sources.iter() {
+                        let deleted = match bound {
+                            Some((num, key)) => tx
+                                .prepare_cached(
+                                    "DELETE FROM rq_ids WHERE run = ?1 AND (queue, id) > (?2, ?3)
+                                     AND (queue, id) <= (?4, ?5)",
+                                )?
+                                .execute(params![source, from.0, from.1, num, key.as_str()])?,
+                            None => tx
+                                .prepare_cached(
+                                    "DELETE FROM rq_ids WHERE run = ?1 AND (queue, id) > (?2, ?3)",
+                                )?
+                                .execute(params![source, from.0, from.1])?,
+                        };
+                        if bound.is_none() {
+                            tx.prepare_cached("DELETE FROM rq_runs WHERE run = ?1")?
+                                .execute([source])?;
+                        } else {
+                            tx.prepare_cached("UPDATE rq_runs SET ids = ids - ?2 WHERE run = ?1")?
+                                .execute(params![source, deleted as i64])?;
+                        }
+                    }
+                    tx.prepare_cached("UPDATE rq_runs SET ids = ids + ?2 WHERE run = ?1")?
+                        .execute(params![run, moved.len() as i64])?;
+                    // Before the commit: the new run's filter holds its ids before they leave
+                    // their old runs.
+                    for part in moved.chunks(4096) {
+                        let mut filters = this.inner.recent_ids.merged.lock();
+                        let filter = filters.written(run);
+                        for (num, key, _) in part {
+                            filter.add(*num, key.as_str());
+                        }
+                    }
+                    Ok((run, bound.map(|(num, key)| (num, key.as_str().to_string()))))
+                })
+                .await?;
+            target = Some(run);
+            #[cfg(test)]
+            {
+                chunks += 1;
+                let stop = self
+                    .inner
+                    .recent_ids
+                    .compact_stop
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                if chunks == stop {
+                    return Err(Error::Internal(anyhow::anyhow!("compaction stopped")));
+                }
+            }
+            match bound {
+                Some(bound) => after = bound,
+                None => break,
+            }
+        }
+        let mut filters = self.inner.recent_ids.merged.lock();
+        for source in sources.iter() {
+            filters.runs.remove(source);
+        }
+        Ok(())
+    }
+
+    /// Sets the fan-in of compactions, the ids one compaction transaction moves and after how
+    /// many transactions compactions stop (0 = never; tests).
+    #[cfg(test)]
+    pub(crate) fn set_compaction(&self, fan_in: usize, chunk: usize, stop: usize) {
+        use std::sync::atomic::Ordering;
+        let recent = &self.inner.recent_ids;
+        recent.fan_in.store(fan_in, Ordering::Relaxed);
+        recent.compact_chunk.store(chunk, Ordering::Relaxed);
+        recent.compact_stop.store(stop, Ordering::Relaxed);
     }
 
     /// Sets the number of recent ids at which a merge starts (tests).
@@ -2078,8 +2467,7 @@ impl QueueStore for SqliteStorage {
                     )?;
                 }
                 // Merged requests have an `rq_ids` row; a recent one's map entry goes stale.
-                tx.prepare_cached("DELETE FROM rq_ids WHERE queue = ?1 AND id = ?2")?
-                    .execute(params![q.num, target.id])?;
+                delete_id(tx, recent, q.num, &target.id)?;
                 q.total -= 1;
                 if existing.handled {
                     q.handled -= 1;
@@ -2359,6 +2747,8 @@ impl QueueStore for SqliteStorage {
                 Some(listed) => break listed,
                 None => {
                     self.merge_recent_ids().await?;
+                    // The merge added a run: compact in the background if that made it due.
+                    self.spawn_background_merge(false);
                     merged = true;
                 }
             }
@@ -2678,7 +3068,8 @@ mod tests {
         };
         let holds = |storage: &SqliteStorage, num: i64, key: &str| {
             let id = troupe_model::queue::request_id(key);
-            storage.inner.recent_ids.merged.lock().may_hold(num, &id)
+            let filters = storage.inner.recent_ids.merged.lock();
+            filters.runs.values().any(|f| f.may_hold(num, &id))
         };
         let absent = |storage: &SqliteStorage, num: i64| {
             (1000..1100)
@@ -2688,7 +3079,15 @@ mod tests {
         // (Filled in the background at start-up: wait, with a generous deadline.)
         let ready = |storage: &SqliteStorage| {
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-            while !storage.inner.recent_ids.merged.lock().ready {
+            while !storage
+                .inner
+                .recent_ids
+                .merged
+                .lock()
+                .runs
+                .values()
+                .all(|f| f.ready)
+            {
                 assert!(std::time::Instant::now() < deadline, "filter never ready");
                 std::thread::sleep(std::time::Duration::from_millis(5));
             }
@@ -2723,11 +3122,13 @@ mod tests {
 
         // Every lookup a false positive: the same answers, through the seeks.
         {
-            let mut filter = storage.inner.recent_ids.merged.lock();
-            *filter = MergedFilter {
-                off: true,
-                ..MergedFilter::default()
-            };
+            let mut filters = storage.inner.recent_ids.merged.lock();
+            for filter in filters.runs.values_mut() {
+                *filter = MergedFilter {
+                    off: true,
+                    ..MergedFilter::default()
+                };
+            }
         }
         let mut want = vec![true; 65];
         want.extend([false; 5]);
@@ -2739,6 +3140,164 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(info.total_request_count, 70);
+    }
+
+    #[test]
+    fn run_levels() {
+        assert_eq!(run_level(0, 100, 8), 0);
+        assert_eq!(run_level(799, 100, 8), 0);
+        assert_eq!(run_level(800, 100, 8), 1);
+        assert_eq!(run_level(6399, 100, 8), 1);
+        assert_eq!(run_level(6400, 100, 8), 2);
+        assert_eq!(run_level(i64::MAX, 100, 8), 18);
+        assert_eq!(run_level(i64::MAX, usize::MAX, 8), 0);
+    }
+
+    /// Every id is found (dedup, get, listings in id order, pages) while its queue's ids are
+    /// spread over several runs of `rq_ids`, in the middle of a compaction that stopped (as
+    /// after a crash), after a restart and once the compaction finished; each id stays in
+    /// exactly one run; deleting a request or a queue removes its ids from whichever run.
+    #[tokio::test]
+    async fn id_runs_across_compactions_and_restarts() {
+        async fn check(storage: &SqliteStorage, queue: &str, present: &[String]) {
+            for key in present {
+                let id = troupe_model::queue::request_id(key);
+                let got = storage.get_request(queue, &id).await.unwrap();
+                let got: serde_json::Value = serde_json::from_str(&got.expect(key)).unwrap();
+                assert_eq!(got["uniqueKey"], key.as_str());
+            }
+            for key in keys(900..905) {
+                let id = troupe_model::queue::request_id(&key);
+                assert!(storage.get_request(queue, &id).await.unwrap().is_none());
+            }
+            assert_eq!(
+                add(storage, queue, present).await,
+                vec![true; present.len()]
+            );
+            let mut by_id = present.to_vec();
+            by_id.sort_by_key(|k| troupe_model::queue::request_id(k));
+            assert_eq!(listed(storage, queue).await, by_id);
+            // Pages of 7 across the runs.
+            let mut paged = Vec::new();
+            let mut after = None;
+            loop {
+                let page = storage
+                    .list_requests(queue, after, 7, RequestFilter::Pending, None, 1)
+                    .await
+                    .unwrap();
+                for data in &page.items {
+                    let v: serde_json::Value = serde_json::from_str(data).unwrap();
+                    paged.push(v["uniqueKey"].as_str().unwrap().to_string());
+                }
+                match page.next_after {
+                    Some(next) => after = Some(next),
+                    None => break,
+                }
+            }
+            assert_eq!(paged, by_id);
+        }
+        fn counts(storage: &SqliteStorage) -> (i64, i64, i64, i64) {
+            storage
+                .read_blocking(|conn| {
+                    Ok(conn.query_row(
+                        "SELECT (SELECT count(*) FROM rq_runs), (SELECT count(*) FROM rq_ids),
+                            (SELECT count(*) FROM (SELECT DISTINCT queue, id FROM rq_ids)),
+                            (SELECT coalesce(sum(ids), 0) FROM rq_runs)",
+                        [],
+                        |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+                    )?)
+                })
+                .unwrap()
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let storage = SqliteStorage::open(dir.path(), SqliteOptions::default()).unwrap();
+        storage.set_merge_threshold(usize::MAX);
+        storage.set_compaction(3, 7, 0);
+        let queue = new_queue(&storage).await;
+        let other = new_queue(&storage).await;
+        // Five merges, five runs holding ids of both queues.
+        for round in 0..5 {
+            let new = keys(round * 20..round * 20 + 20);
+            assert_eq!(add(&storage, &queue, &new).await, vec![false; 20]);
+            let new = keys(round * 3..round * 3 + 3);
+            assert_eq!(add(&storage, &other, &new).await, vec![false; 3]);
+            storage.merge_recent_ids().await.unwrap();
+        }
+        assert_eq!(counts(&storage), (5, 115, 115, 115));
+        let mut present = keys(0..100);
+        check(&storage, &queue, &present).await;
+        // Delete a merged request (in run 2), and one more after it was added back.
+        let delete = |key: &str| DeleteTarget {
+            id: troupe_model::queue::request_id(key),
+            unique_key: None,
+        };
+        let deleted = storage
+            .delete_requests(&queue, vec![delete("k30")], None, 1)
+            .await
+            .unwrap();
+        assert_eq!(deleted, vec![true]);
+        present.retain(|k| k != "k30");
+        check(&storage, &queue, &present).await;
+        assert_eq!(counts(&storage).1, 114);
+
+        // A compaction that stops after two of its transactions (7 ids from each run each).
+        storage.set_compaction(3, 7, 2);
+        assert!(storage.compact_runs().await.is_err());
+        let (runs, ids, distinct, _) = counts(&storage);
+        assert_eq!((runs, ids, distinct), (6, 114, 114));
+        check(&storage, &queue, &present).await;
+        check(&storage, &other, &keys(0..15)).await;
+        drop(storage);
+
+        // After a restart (the runs' filters are refilled in the background: both before and
+        // after that, lookups find every id).
+        let storage = SqliteStorage::open(dir.path(), SqliteOptions::default()).unwrap();
+        storage.set_merge_threshold(usize::MAX);
+        storage.set_compaction(3, 7, 0);
+        check(&storage, &queue, &present).await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !storage
+            .inner
+            .recent_ids
+            .merged
+            .lock()
+            .runs
+            .values()
+            .all(|f| f.ready)
+        {
+            assert!(std::time::Instant::now() < deadline, "filters never ready");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        check(&storage, &queue, &present).await;
+        check(&storage, &other, &keys(0..15)).await;
+
+        // The compaction finishes: one run, counts exact.
+        storage.compact_runs().await.unwrap();
+        assert_eq!(counts(&storage), (1, 114, 114, 114));
+        check(&storage, &queue, &present).await;
+        check(&storage, &other, &keys(0..15)).await;
+        // A request deleted after its id moved, and added back.
+        let deleted = storage
+            .delete_requests(&queue, vec![delete("k31")], None, 1)
+            .await
+            .unwrap();
+        assert_eq!(deleted, vec![true]);
+        assert_eq!(
+            add(&storage, &queue, &["k31".to_string()]).await,
+            vec![false]
+        );
+        storage.merge_recent_ids().await.unwrap();
+        assert_eq!(counts(&storage), (2, 114, 114, 115));
+        check(&storage, &queue, &present).await;
+        // Deleting a queue removes its ids from every run.
+        assert!(storage
+            .delete_storage(StorageKind::RequestQueue, &other)
+            .await
+            .unwrap());
+        assert_eq!(counts(&storage).1, 99);
+        drop(storage);
+        let storage = SqliteStorage::open(dir.path(), SqliteOptions::default()).unwrap();
+        check(&storage, &queue, &present).await;
     }
 
     /// A batch larger than one insert statement (25 + 8 + 1s) keeps its order at the back
