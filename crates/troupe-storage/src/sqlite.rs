@@ -72,6 +72,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0012_request_id_runs",
         include_str!("sqlite/migrations/0012_request_id_runs.sql"),
     ),
+    (
+        "0013_request_queue_pending_unindexed",
+        include_str!("sqlite/migrations/0013_request_queue_pending_unindexed.sql"),
+    ),
 ];
 
 /// How hard commits are pushed to disk.

@@ -176,6 +176,10 @@ impl LockHints {
         state.len += added;
     }
 
+    fn peek(&self, num: i64, id: &str) -> Option<LockHint> {
+        self.state.lock().queues.get(&num)?.get(id).copied()
+    }
+
     fn take(&self, num: i64, id: &str) -> Option<LockHint> {
         let mut state = self.state.lock();
         let queue = state.queues.get_mut(&num)?;
@@ -569,6 +573,7 @@ pub(crate) fn init(storage: &SqliteStorage) -> Result<()> {
             filters.runs.entry(run).or_default();
         }
     }
+    load_lock_hints(&conn, &storage.inner.lock_hints)?;
     drop(conn);
     // The filters of merged ids are filled from `rq_ids` in the background (~250 ns per id, on
     // a scan connection with a small page cache): start-up does not wait for them, and lookups
@@ -889,6 +894,8 @@ pub(crate) fn explain_head_queries(conn: &Connection) -> Result<Vec<(&'static st
         SQL_FIND_BY_RID,
         SQL_FIND_BY_ID,
         SQL_UNLOCKABLE,
+        SQL_ENTRY_AT,
+        SQL_LOCKED_ENTRY,
     ] {
         let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
         let count = stmt.parameter_count();
@@ -1053,25 +1060,134 @@ impl Existing {
     }
 }
 
-/// A request's row and lock state by `rid` (checked against queue and id): a locked request's
-/// entry is found through `rq_pending_locked`.
+/// A request's row by `rid` (checked against queue and id); its lock state is read apart
+/// ([`lock_state`]), where needed.
 const SQL_FIND_BY_RID: &str = concat!(
-    "SELECT r.rid, r.handled_at IS NOT NULL, coalesce(p.locked_until, 0), p.lock_client, ",
-    size_sql!("r."),
-    ", r.ord FROM rq_requests r LEFT JOIN rq_pending p ON p.rid = r.rid AND p.locked_until > 0
-     WHERE r.rid = ?1 AND r.queue = ?2 AND r.id = ?3"
+    "SELECT rid, handled_at IS NOT NULL, 0, NULL, ",
+    size_sql!(""),
+    ", ord FROM rq_requests WHERE rid = ?1 AND queue = ?2 AND id = ?3"
 );
 /// [`SQL_FIND_BY_RID`] by id, through run ?1 of `rq_ids`.
 const SQL_FIND_BY_ID: &str = concat!(
-    "SELECT r.rid, r.handled_at IS NOT NULL, coalesce(p.locked_until, 0), p.lock_client, ",
+    "SELECT r.rid, r.handled_at IS NOT NULL, 0, NULL, ",
     size_sql!("r."),
     ", r.ord FROM rq_ids i CROSS JOIN rq_requests r ON r.rid = i.rid
-     LEFT JOIN rq_pending p ON p.rid = r.rid AND p.locked_until > 0
      WHERE i.run = ?1 AND i.queue = ?2 AND i.id = ?3"
 );
+/// The lock client of the entry at a key, checked against its `rid` (no row: not there).
+const SQL_ENTRY_AT: &str = "SELECT lock_client FROM rq_pending
+     WHERE queue = ?1 AND locked_until = ?2 AND ord = ?3 AND rid = ?4";
+/// A locked request's entry found without its key: a scan of the queue's locked entries (only
+/// when no lock hint knows it: after the hints started over; see [`lock_state`]).
+const SQL_LOCKED_ENTRY: &str = "SELECT locked_until, lock_client FROM rq_pending
+     WHERE queue = ?1 AND locked_until > 0 AND ord = ?2 AND rid = ?3";
 /// A client's locks in a queue.
 const SQL_UNLOCKABLE: &str = "SELECT locked_until, ord FROM rq_pending
      WHERE queue = ?1 AND locked_until > 0 AND lock_client = ?2";
+
+/// Reads where the pending request `e` (found by [`find`], id `id`) is locked (its
+/// `rq_pending` entry's key and client): the entry a lock hint points at if the hint is still
+/// right, else `(queue, 0, ord)` if it is available, else a scan of the queue's locked entries
+/// (then remembered as a hint). Every step checks the entry's `rid`.
+fn lock_state(
+    tx: &Connection,
+    hints: &LockHints,
+    num: i64,
+    id: &str,
+    e: &mut Existing,
+) -> Result<()> {
+    if e.handled {
+        return Ok(());
+    }
+    let mut at = tx.prepare_cached(SQL_ENTRY_AT)?;
+    if let Some(hint) = hints.peek(num, id) {
+        if hint.rid == e.rid && hint.ord == e.ord && hint.locked_until > 0 {
+            if let Some(client) = at
+                .query_row(params![num, hint.locked_until, e.ord, e.rid], |row| {
+                    row.get::<_, Option<String>>(0)
+                })
+                .optional()?
+            {
+                e.locked_until = hint.locked_until;
+                e.lock_client = client;
+                return Ok(());
+            }
+        }
+    }
+    if at
+        .query_row(params![num, 0, e.ord, e.rid], |_| Ok(()))
+        .optional()?
+        .is_some()
+    {
+        e.locked_until = 0;
+        e.lock_client = None;
+        return Ok(());
+    }
+    drop(at);
+    let (until, client) = tx
+        .prepare_cached(SQL_LOCKED_ENTRY)?
+        .query_row(params![num, e.ord, e.rid], |row| {
+            Ok((row.get::<_, i64>(0)?, row.get::<_, Option<String>>(1)?))
+        })
+        .optional()?
+        .ok_or_else(|| {
+            Error::Internal(anyhow::anyhow!(
+                "request {} of queue {num} has no pending entry",
+                e.rid
+            ))
+        })?;
+    hints.insert(
+        num,
+        std::iter::once((
+            id.to_string(),
+            LockHint {
+                rid: e.rid,
+                size: e.size,
+                locked_until: until,
+                ord: e.ord,
+            },
+        )),
+    );
+    e.locked_until = until;
+    e.lock_client = client;
+    Ok(())
+}
+
+/// Lock hints of the locked requests in the database (at start-up), as many as the map holds.
+fn load_lock_hints(conn: &Connection, hints: &LockHints) -> Result<()> {
+    let queues: Vec<i64> = conn
+        .prepare("SELECT num FROM storages WHERE kind = ?1")?
+        .query_map([StorageKind::RequestQueue.code()], |row| row.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut stmt = conn.prepare(concat!(
+        "SELECT r.id, p.rid, ",
+        size_sql!("r."),
+        ", p.locked_until, p.ord FROM rq_pending p CROSS JOIN rq_requests r ON r.rid = p.rid
+         WHERE p.queue = ?1 AND p.locked_until > 0 LIMIT ?2"
+    ))?;
+    let mut room = LOCK_HINTS_MAX - 1;
+    for num in queues {
+        if room == 0 {
+            break;
+        }
+        let found: Vec<(String, LockHint)> = stmt
+            .query_map(params![num, room as i64], |row| {
+                Ok((
+                    row.get(0)?,
+                    LockHint {
+                        rid: row.get(1)?,
+                        size: row.get(2)?,
+                        locked_until: row.get(3)?,
+                        ord: row.get(4)?,
+                    },
+                ))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        room -= found.len();
+        hints.insert(num, found.into_iter());
+    }
+    Ok(())
+}
 
 fn find(tx: &Connection, recent: &RecentIds, num: i64, id: &str) -> Result<Option<Existing>> {
     // What `locate` does, with the row read in the same statement (one statement, not two).
@@ -1140,17 +1256,21 @@ fn remove_pending(tx: &Connection, num: i64, rid: i64, at: (i64, i64)) -> Result
     {
         return Ok(true);
     }
-    // A stale lock hint: the entry moved (the lock lapsed, was released or taken again).
+    // A stale lock hint: the entry moved (the lock lapsed or was released: available at the
+    // row's position; or taken again: a scan of the queue's locked entries).
     if tx
-        .prepare_cached("DELETE FROM rq_pending WHERE rid = ?1 AND locked_until > 0")?
-        .execute([rid])?
+        .prepare_cached(
+            "DELETE FROM rq_pending WHERE queue = ?1 AND locked_until = 0
+             AND ord = (SELECT ord FROM rq_requests WHERE rid = ?2) AND rid = ?2",
+        )?
+        .execute(params![num, rid])?
         > 0
     {
         return Ok(true);
     }
     Ok(tx
         .prepare_cached(
-            "DELETE FROM rq_pending WHERE queue = ?1 AND locked_until = 0
+            "DELETE FROM rq_pending WHERE queue = ?1 AND locked_until > 0
              AND ord = (SELECT ord FROM rq_requests WHERE rid = ?2) AND rid = ?2",
         )?
         .execute(params![num, rid])?
@@ -1855,9 +1975,11 @@ impl SqliteStorage {
                 let existing = match hinted {
                     Some(existing) => existing,
                     None => {
-                        let Some(existing) = find(tx, &this.inner.recent_ids, num, &r.id)? else {
+                        let Some(mut existing) = find(tx, &this.inner.recent_ids, num, &r.id)?
+                        else {
                             return Ok((Err((request, client_key)), guard));
                         };
+                        lock_state(tx, &this.inner.lock_hints, num, &r.id, &mut existing)?;
                         // The write's first change: fails having changed nothing.
                         tx.prepare_cached(SQL_HANDLED)?.execute(params![
                             r.handled_at,
@@ -1937,7 +2059,8 @@ impl SqliteStorage {
                 now,
             };
             if let Some(num) = hint {
-                if let Some(existing) = find(tx, recent, num, &r.id)? {
+                if let Some(mut existing) = find(tx, recent, num, &r.id)? {
+                    lock_state(tx, &this.inner.lock_hints, num, &r.id, &mut existing)?;
                     w.num = num;
                     if update_existing(tx, &w, r, &existing)? {
                         return Ok(outcome(true, existing.handled));
@@ -1946,12 +2069,13 @@ impl SqliteStorage {
                 }
             }
             let mut q = QueueRow::load(tx, &queue_id)?;
-            let Some(existing) = find(tx, recent, q.num, &r.id)? else {
+            let Some(mut existing) = find(tx, recent, q.num, &r.id)? else {
                 q.track(&client_key);
                 insert(tx, recent, &mut q, r, forefront)?;
                 q.save(tx, now)?;
                 return Ok(outcome(false, false));
             };
+            lock_state(tx, &this.inner.lock_hints, q.num, &r.id, &mut existing)?;
             w.num = q.num;
             if !update_existing(tx, &w, r, &existing)? {
                 return Err(Error::Internal(anyhow::anyhow!(
@@ -2452,10 +2576,11 @@ impl QueueStore for SqliteStorage {
             q.track(&client_key);
             let mut deleted = Vec::with_capacity(targets.len());
             for target in &targets {
-                let Some(existing) = find(tx, recent, q.num, &target.id)? else {
+                let Some(mut existing) = find(tx, recent, q.num, &target.id)? else {
                     deleted.push(false);
                     continue;
                 };
+                lock_state(tx, &this.inner.lock_hints, q.num, &target.id, &mut existing)?;
                 tx.prepare_cached("DELETE FROM rq_requests WHERE rid = ?1")?
                     .execute([existing.rid])?;
                 if !existing.handled {
@@ -2608,7 +2733,11 @@ impl QueueStore for SqliteStorage {
             let mut q = QueueRow::load(tx, &queue_id)?;
             q.track(&client_key);
             let holder = client_key.unwrap_or_default();
-            let outcome = match find(tx, &this.inner.recent_ids, q.num, &request_id)? {
+            let mut found = find(tx, &this.inner.recent_ids, q.num, &request_id)?;
+            if let Some(e) = &mut found {
+                lock_state(tx, &this.inner.lock_hints, q.num, &request_id, e)?;
+            }
+            let outcome = match found {
                 None => LockOutcome::NotFound,
                 Some(r) if r.handled => LockOutcome::Handled,
                 Some(r) if r.locked_until > now && r.lock_client.as_deref() != Some(&holder) => {
@@ -2625,6 +2754,15 @@ impl QueueStore for SqliteStorage {
                         Some(&holder),
                         Some(forefront as i64),
                     )?;
+                    let hint = LockHint {
+                        rid: r.rid,
+                        size: r.size,
+                        locked_until: expires,
+                        ord: r.ord,
+                    };
+                    this.inner
+                        .lock_hints
+                        .insert(q.num, std::iter::once((request_id.clone(), hint)));
                     LockOutcome::Ok(Some(expires))
                 }
             };
@@ -2648,7 +2786,11 @@ impl QueueStore for SqliteStorage {
             let mut q = QueueRow::load(tx, &queue_id)?;
             q.track(&client_key);
             let holder = client_key.unwrap_or_default();
-            let outcome = match find(tx, &this.inner.recent_ids, q.num, &request_id)? {
+            let mut found = find(tx, &this.inner.recent_ids, q.num, &request_id)?;
+            if let Some(e) = &mut found {
+                lock_state(tx, &this.inner.lock_hints, q.num, &request_id, e)?;
+            }
+            let outcome = match found {
                 None => LockOutcome::NotFound,
                 Some(r) if r.handled => LockOutcome::Handled,
                 Some(r) if r.locked_until == 0 => LockOutcome::NotLocked,
@@ -2671,6 +2813,7 @@ impl QueueStore for SqliteStorage {
                         None,
                     )?;
                     set_ord(tx, r.rid, ord)?;
+                    this.inner.lock_hints.take(q.num, &request_id);
                     LockOutcome::Ok(None)
                 }
             };
@@ -3837,13 +3980,19 @@ mod tests {
                      (SELECT locked_until, lock_client, lapse_to FROM rq_pending p WHERE p.rid = rq_requests.rid)
                      WHERE handled_at IS NULL;
                  DROP TABLE rq_pending;
-                 DELETE FROM _migrations WHERE name = '0011_request_queue_pending';",
+                 DELETE FROM _migrations WHERE name IN
+                     ('0011_request_queue_pending', '0013_request_queue_pending_unindexed');",
             )
             .unwrap();
             tx.commit().unwrap();
         }
         let storage = SqliteStorage::open(dir.path(), SqliteOptions::default()).unwrap();
         assert_eq!(check_pending(&storage, num).await, before);
+        // The locks held are known as hints from start-up.
+        for key in ["k0", "k1", "k2", "k3"] {
+            let hint = storage.inner.lock_hints.peek(num, &id(key)).unwrap();
+            assert!(hint.locked_until > 0, "{key}");
+        }
         let info = storage
             .get_storage(StorageKind::RequestQueue, &q)
             .await
@@ -3861,6 +4010,8 @@ mod tests {
         let got: Vec<String> = head.items.iter().map(|i| i.unique_key.clone()).collect();
         assert_eq!(got, ["k2", "k5", "k6", "k7", "k8", "k9"]);
         assert!(head.queue_has_locked_requests);
+        // Without hints, a locked request's entry is found by a scan.
+        *storage.inner.lock_hints.state.lock() = LockHintState::default();
         let out = storage
             .delete_lock(&q, &id("k3"), false, Some("d".into()), 101)
             .await
