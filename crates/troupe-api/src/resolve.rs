@@ -336,7 +336,7 @@ pub type QueueTarget = StorageTarget<QueueKind>;
 /// checked: what a write needs, without counters. A storage named by id (the hot path) comes
 /// from the catalog's access cache; names and run prefixes go through [`resolve_storage`].
 #[derive(Debug, Clone)]
-pub struct WriteTarget<K: KindMarker>(pub StoreAccess, std::marker::PhantomData<K>);
+pub struct WriteTarget<K: KindMarker>(pub std::sync::Arc<StoreAccess>, std::marker::PhantomData<K>);
 
 impl<K: KindMarker> FromRequestParts<AppState> for WriteTarget<K> {
     type Rejection = ApiError;
@@ -345,9 +345,20 @@ impl<K: KindMarker> FromRequestParts<AppState> for WriteTarget<K> {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let (path, params, caller, access) = storage_request(parts, state).await?;
+        // What `storage_request` reads, in its order, with the path map built only when the
+        // storage is not named by id (the common case needs no copy of the path params).
+        let raw = RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|err| ApiError::invalid_parameter(err.to_string()))?;
+        let params = Params::parse(parts.uri.query())?;
+        let caller = Caller::from_request_parts(parts, state).await?;
+        let access = Access::of(&parts.method);
+        let direct = raw
+            .iter()
+            .find(|(name, _)| *name == direct_param(K::KIND))
+            .map(|(_, value)| value);
         // Signatures open reads only, so they play no part here.
-        if let Some(reference) = path.get(direct_param(K::KIND)) {
+        if let Some(reference) = direct {
             // As in `find_storage`: an id first.
             if split_name_ref(reference).is_none() {
                 if let Some(found) = state.storage.get_storage_access(K::KIND, reference).await? {
@@ -364,16 +375,17 @@ impl<K: KindMarker> FromRequestParts<AppState> for WriteTarget<K> {
                 }
             }
         }
+        let path = path_map(&raw);
         let resolved =
             resolve_storage(state, &caller, K::KIND, &path, &params, access, |_| false).await?;
         let info = resolved.info;
-        let found = StoreAccess {
+        let found = std::sync::Arc::new(StoreAccess {
             num: info.num,
             id: info.id,
             user_id: info.user_id,
             general_access: info.general_access,
             url_signing_secret_key: info.url_signing_secret_key,
-        };
+        });
         parts.extensions.insert(params);
         Ok(WriteTarget(found, std::marker::PhantomData))
     }

@@ -26,7 +26,11 @@ pub trait StorageCatalog {
     /// What an access check and a write need to know about the storage with id `id` (no
     /// counters). The hot path of writes: served from memory until a rename, an access change or
     /// a deletion of any storage commits. `None` when there is no such storage.
-    async fn get_storage_access(&self, kind: StorageKind, id: &str) -> Result<Option<StoreAccess>>;
+    async fn get_storage_access(
+        &self,
+        kind: StorageKind,
+        id: &str,
+    ) -> Result<Option<std::sync::Arc<StoreAccess>>>;
     /// A storage by its owner and name.
     async fn get_storage_by_name(
         &self,

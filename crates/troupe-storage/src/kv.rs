@@ -115,6 +115,16 @@ impl StoreRef for StoreAccess {
     }
 }
 
+/// The shared [`StoreAccess`] that write lookups return.
+impl<T: StoreRef + Send> StoreRef for std::sync::Arc<T> {
+    fn num(&self) -> i64 {
+        (**self).num()
+    }
+    fn id(&self) -> &str {
+        (**self).id()
+    }
+}
+
 /// One key of a listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyEntry {

@@ -619,7 +619,7 @@ async fn store_access(storage: &dyn Storage) {
     // the deletion and committed after it would carry, had the number been reused).
     let stale = StoreAccess {
         num: newer.num,
-        ..access
+        ..(*access).clone()
     };
     let result = storage
         .put_record(

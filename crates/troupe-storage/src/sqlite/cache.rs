@@ -196,7 +196,7 @@ impl Caches {
     }
 
     /// The cached access data of a storage, if still current.
-    pub(crate) fn cached_access(&self, kind: StorageKind, id: &str) -> Option<StoreAccess> {
+    pub(crate) fn cached_access(&self, kind: StorageKind, id: &str) -> Option<Arc<StoreAccess>> {
         let tag = self.access_tag();
         let hash = self.access_hash(kind, id);
         let shard = self.access.shard(hash).lock();
@@ -206,7 +206,7 @@ impl Caches {
     }
 
     /// Caches a storage's access data read with version tag `tag` (taken before the read).
-    pub(crate) fn put_access(&self, kind: StorageKind, tag: u64, access: &StoreAccess) {
+    pub(crate) fn put_access(&self, kind: StorageKind, tag: u64, access: &Arc<StoreAccess>) {
         let hash = self.access_hash(kind, &access.id);
         let mut shard = self.access.shard(hash).lock();
         if shard.len() >= ACCESS_CACHE_ENTRIES / ACCESS_SHARDS && !shard.contains_key(&hash) {
@@ -287,7 +287,8 @@ pub(crate) struct CachedRecord {
 /// A storage's access data as last read.
 struct CachedAccess {
     kind: StorageKind,
-    access: StoreAccess,
+    /// Shared with the writes that found it (no copy of its strings per write).
+    access: Arc<StoreAccess>,
     tag: u64,
 }
 
@@ -478,10 +479,10 @@ mod tests {
     fn access_entries_follow_catalog_writes() {
         let caches = Caches::new();
         let tag = caches.access_tag();
-        caches.put_access(StorageKind::Dataset, tag, &access("s"));
+        caches.put_access(StorageKind::Dataset, tag, &Arc::new(access("s")));
         assert_eq!(
-            caches.cached_access(StorageKind::Dataset, "s"),
-            Some(access("s"))
+            caches.cached_access(StorageKind::Dataset, "s").as_deref(),
+            Some(&access("s"))
         );
         // Another kind or id is not this entry.
         assert!(caches
@@ -492,12 +493,16 @@ mod tests {
         drop(caches.catalog_write(StorageKind::RequestQueue));
         assert!(caches.cached_access(StorageKind::Dataset, "s").is_none());
         // An entry read before the write committed (older tag) is never served.
-        caches.put_access(StorageKind::Dataset, tag, &access("s"));
+        caches.put_access(StorageKind::Dataset, tag, &Arc::new(access("s")));
         assert!(caches.cached_access(StorageKind::Dataset, "s").is_none());
         // Bounded.
         let tag = caches.access_tag();
         for i in 0..3 * ACCESS_CACHE_ENTRIES {
-            caches.put_access(StorageKind::Dataset, tag, &access(&format!("s{i}")));
+            caches.put_access(
+                StorageKind::Dataset,
+                tag,
+                &Arc::new(access(&format!("s{i}"))),
+            );
         }
         let entries: usize = caches.access.iter().map(|s| s.lock().len()).sum();
         assert!(entries <= ACCESS_CACHE_ENTRIES);

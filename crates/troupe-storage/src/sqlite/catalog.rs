@@ -8,6 +8,8 @@ use troupe_model::user::User;
 
 use super::group::BatchState;
 use super::{optional, SqliteStorage};
+use std::sync::Arc;
+
 use crate::kv::StoreAccess;
 use crate::{Error, Result, StorageCatalog};
 
@@ -137,7 +139,11 @@ impl StorageCatalog for SqliteStorage {
         self.read_blocking(|conn| load_storage(conn, kind, id))
     }
 
-    async fn get_storage_access(&self, kind: StorageKind, id: &str) -> Result<Option<StoreAccess>> {
+    async fn get_storage_access(
+        &self,
+        kind: StorageKind,
+        id: &str,
+    ) -> Result<Option<Arc<StoreAccess>>> {
         // Cached (see `super::cache`): a miss reads the row and caches it with the version
         // loaded before the read, so a rename, access change or deletion that committed after
         // that read makes the entry unusable.
@@ -151,13 +157,13 @@ impl StorageCatalog for SqliteStorage {
                 "SELECT num, user_id, general_access, secret FROM storages WHERE id = ?1 AND kind = ?2",
             )?;
             Ok(optional(stmt.query_row(params![id, kind.code()], |row| {
-                Ok(StoreAccess {
+                Ok(Arc::new(StoreAccess {
                     num: row.get(0)?,
                     id: id.to_string(),
                     user_id: row.get(1)?,
                     general_access: row.get(2)?,
                     url_signing_secret_key: row.get(3)?,
-                })
+                }))
             }))?)
         })?;
         if let Some(access) = &found {
