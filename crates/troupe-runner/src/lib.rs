@@ -399,6 +399,8 @@ impl Runner {
             before != schedule.queue.len()
         };
         if queued {
+            // Tokens first: the run must not be seen as ended while its token still works.
+            storage.revoke_run_tokens(run_id).await?;
             let run = storage
                 .update_run(
                     run_id,
@@ -409,7 +411,6 @@ impl Runner {
                     }),
                 )
                 .await?;
-            storage.revoke_run_tokens(run_id).await?;
             self.notify();
             self.emit(JobEvent::run_finished(run.clone()));
             return Ok(run);

@@ -444,6 +444,15 @@ pub(crate) async fn run_task(runner: Runner, id: String, mut rx: mpsc::Unbounded
         "The run ended with status {}",
         outcome.status.as_str()
     ));
+    // The run's token stops working before the run is seen as ended: a client that waits
+    // for the end and then tries the token must be refused.
+    if token.is_some() {
+        let _ = storage.revoke_run_tokens(&id).await;
+        let callback = inner.on_tokens_revoked.lock().clone();
+        if let Some(callback) = callback {
+            callback();
+        }
+    }
     let finished = now_ms();
     let (mem_max, cpu_max) = counters;
     let result = storage
@@ -478,13 +487,6 @@ pub(crate) async fn run_task(runner: Runner, id: String, mut rx: mpsc::Unbounded
             None
         }
     };
-    if token.is_some() {
-        let _ = storage.revoke_run_tokens(&id).await;
-        let callback = inner.on_tokens_revoked.lock().clone();
-        if let Some(callback) = callback {
-            callback();
-        }
-    }
     runner.notify();
     if let Some(run) = ended {
         runner.emit(crate::JobEvent::run_finished(run));
