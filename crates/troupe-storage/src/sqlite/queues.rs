@@ -392,12 +392,12 @@ impl RunFilters {
             .is_none_or(|filter| filter.may_hold_hash(hash))
     }
 
-    /// The filter of a run this process writes: complete from the start, since every id is
-    /// added before the write that puts it into the run commits.
-    fn written(&mut self, run: i64) -> &mut MergedFilter {
+    /// The filter of a run this process writes (about `ids` ids): complete from the start,
+    /// since every id is added before the write that puts it into the run commits.
+    fn written(&mut self, run: i64, ids: usize) -> &mut MergedFilter {
         self.runs.entry(run).or_insert_with(|| MergedFilter {
             ready: true,
-            ..MergedFilter::default()
+            ..MergedFilter::sized(ids)
         })
     }
 }
@@ -497,6 +497,20 @@ fn filter_index(hash: u64, lines: usize) -> usize {
 }
 
 impl MergedFilter {
+    /// An empty filter whose first block takes `ids` ids (at least [`FILTER_FIRST_IDS`], at
+    /// most the 128 MiB of all blocks): a run's filter sized to the run is one block, so a
+    /// lookup reads one line of it.
+    fn sized(ids: usize) -> MergedFilter {
+        let ids = ids.clamp(
+            FILTER_FIRST_IDS,
+            FILTER_FIRST_IDS << (FILTER_MAX_BLOCKS - 1),
+        );
+        MergedFilter {
+            blocks: vec![vec![[0u64; 8]; ids * FILTER_BITS_PER_ID / 512].into_boxed_slice()],
+            ..MergedFilter::default()
+        }
+    }
+
     fn add(&mut self, num: i64, id: &str) {
         self.add_hash(filter_hash(num, id));
     }
@@ -567,10 +581,17 @@ pub(crate) fn init(storage: &SqliteStorage) -> Result<()> {
     drop(stmt);
     // One filter per run, not ready (every lookup seeks that run) until the scan below filled it.
     {
-        let runs = id_runs(&conn)?;
+        let mut stmt = conn.prepare("SELECT run, ids FROM rq_runs")?;
+        let runs: Vec<(i64, i64)> = stmt
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        drop(stmt);
         let mut filters = recent.merged.lock();
-        for run in runs {
-            filters.runs.entry(run).or_default();
+        for (run, ids) in runs {
+            filters
+                .runs
+                .entry(run)
+                .or_insert_with(|| MergedFilter::sized(ids.max(0) as usize));
         }
     }
     load_lock_hints(&conn, &storage.inner.lock_hints)?;
@@ -2243,7 +2264,7 @@ impl SqliteStorage {
                 // Before the commit, so the filter holds these ids before the map drops them.
                 for chunk in rows.chunks(4096) {
                     let mut filters = this.inner.recent_ids.merged.lock();
-                    let filter = filters.written(run);
+                    let filter = filters.written(run, rows.len());
                     for (num, key, _) in chunk {
                         filter.add(*num, key.as_str());
                     }
@@ -2275,22 +2296,25 @@ impl SqliteStorage {
                     Ok(runs)
                 })
                 .await?;
-            let mut levels: std::collections::BTreeMap<u32, Vec<i64>> = Default::default();
+            let mut levels: std::collections::BTreeMap<u32, Vec<(i64, i64)>> = Default::default();
             for (run, ids) in runs {
                 levels
                     .entry(run_level(ids, base, fan_in))
                     .or_default()
-                    .push(run);
+                    .push((run, ids));
             }
             let Some(sources) = levels.into_values().find(|runs| runs.len() >= fan_in) else {
                 return Ok(());
             };
-            self.compact(Arc::new(sources)).await?;
+            let expected = sources.iter().map(|(_, ids)| ids.max(&0)).sum::<i64>() as usize;
+            let sources = sources.into_iter().map(|(run, _)| run).collect();
+            self.compact(Arc::new(sources), expected).await?;
         }
     }
 
-    /// Moves every id of the runs `sources` into one new run (see [`Self::compact_runs`]).
-    async fn compact(&self, sources: Arc<Vec<i64>>) -> Result<()> {
+    /// Moves every id of the runs `sources` (about `expected`) into one new run (see
+    /// [`Self::compact_runs`]).
+    async fn compact(&self, sources: Arc<Vec<i64>>, expected: usize) -> Result<()> {
         let chunk = self.inner.recent_ids.compact_chunk();
         let mut target: Option<i64> = None;
         let mut after: (i64, String) = (i64::MIN, String::new());
@@ -2383,7 +2407,7 @@ impl SqliteStorage {
                     // their old runs.
                     for part in moved.chunks(4096) {
                         let mut filters = this.inner.recent_ids.merged.lock();
-                        let filter = filters.written(run);
+                        let filter = filters.written(run, expected);
                         for (num, key, _) in part {
                             filter.add(*num, key.as_str());
                         }
@@ -3192,6 +3216,24 @@ mod tests {
         filter.add(1, "a");
         assert!(filter.off && filter.blocks.is_empty());
         assert!(filter.may_hold(1, "never added"));
+
+        // Sized to its run: one block for its ids, another block past them.
+        let mut filter = MergedFilter {
+            ready: true,
+            ..MergedFilter::sized(100_000)
+        };
+        for i in 0..100_000 {
+            filter.add(1, &id(i));
+        }
+        assert_eq!(filter.blocks.len(), 1);
+        filter.add(1, &id(100_000));
+        assert_eq!(filter.blocks.len(), 2);
+        assert!((0..=100_000).all(|i| filter.may_hold(1, &id(i))));
+        let fresh = (200_000..300_000)
+            .filter(|&i| filter.may_hold(1, &id(i)))
+            .count();
+        assert!(fresh < 500, "{fresh}");
+        assert_eq!(MergedFilter::sized(0).bytes(), FILTER_FIRST_IDS * 2);
     }
 
     /// Ids of merged requests are in the filter after a merge and after a restart (rebuilt from
