@@ -731,20 +731,11 @@ const ID_INSERT_SIZES: [usize; 3] = [128, 16, 1];
 fn id_insert_sql(rows: usize) -> &'static str {
     static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
     let all = SQL.get_or_init(|| {
-        ID_INSERT_SIZES
-            .iter()
-            .map(|&n| {
-                let values: Vec<String> = (0..n)
-                    .map(|row| {
-                        format!("(?1, ?{}, ?{}, ?{})", row * 3 + 2, row * 3 + 3, row * 3 + 4)
-                    })
-                    .collect();
-                format!(
-                    "INSERT INTO rq_ids (run, queue, id, rid) VALUES {}",
-                    values.join(", ")
-                )
-            })
-            .collect()
+        multi_row_inserts(
+            "INSERT INTO rq_ids (run, queue, id, rid)",
+            &ID_INSERT_SIZES,
+            |row| format!("(?1, ?{}, ?{}, ?{})", row * 3 + 2, row * 3 + 3, row * 3 + 4),
+        )
     });
     let i = ID_INSERT_SIZES
         .iter()
@@ -1309,18 +1300,11 @@ fn insert_pending(
 ) -> Result<()> {
     static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
     let all = SQL.get_or_init(|| {
-        INSERT_SIZES
-            .iter()
-            .map(|&n| {
-                let values: Vec<String> = (0..n)
-                    .map(|row| format!("(?1, ?2, ?3, ?{}, ?{})", 4 + 2 * row, 5 + 2 * row))
-                    .collect();
-                format!(
-                    "INSERT INTO rq_pending (queue, locked_until, lock_client, rid, ord) VALUES {}",
-                    values.join(", ")
-                )
-            })
-            .collect()
+        multi_row_inserts(
+            "INSERT INTO rq_pending (queue, locked_until, lock_client, rid, ord)",
+            &INSERT_SIZES,
+            |row| format!("(?1, ?2, ?3, ?{}, ?{})", 4 + 2 * row, 5 + 2 * row),
+        )
     });
     let mut rest = entries;
     while !rest.is_empty() {
@@ -1692,6 +1676,19 @@ fn insert(
     insert_rows(tx, recent, q, &[r], forefront)
 }
 
+/// One multi-row INSERT per size in `sizes`: `head VALUES r0, r1, …` with `row(i)` the
+/// placeholders of row `i` (the multi-row statements of batch adds, pending entries and runs
+/// of ids).
+fn multi_row_inserts(head: &str, sizes: &[usize], row: impl Fn(usize) -> String) -> Vec<String> {
+    sizes
+        .iter()
+        .map(|&n| {
+            let values: Vec<String> = (0..n).map(&row).collect();
+            format!("{head} VALUES {}", values.join(", "))
+        })
+        .collect()
+}
+
 /// Rows one multi-row INSERT statement takes: a batch is written by statements of these sizes
 /// (largest first), which share the per-statement costs (prepare-cache lookup, VDBE start,
 /// reset) among their rows.
@@ -1702,24 +1699,16 @@ const INSERT_COLUMNS: usize = 10;
 fn insert_sql(rows: usize) -> &'static str {
     static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
     let all = SQL.get_or_init(|| {
-        INSERT_SIZES
-            .iter()
-            .map(|&n| {
-                let values: Vec<String> = (0..n)
-                    .map(|row| {
-                        let params: Vec<String> = (1..=INSERT_COLUMNS)
-                            .map(|col| format!("?{}", row * INSERT_COLUMNS + col))
-                            .collect();
-                        format!("({})", params.join(", "))
-                    })
+        multi_row_inserts(
+            "INSERT INTO rq_requests (rid, queue, id, ord, handled_at, unique_key, url, method, retry_count, data)",
+            &INSERT_SIZES,
+            |row| {
+                let params: Vec<String> = (1..=INSERT_COLUMNS)
+                    .map(|col| format!("?{}", row * INSERT_COLUMNS + col))
                     .collect();
-                format!(
-                    "INSERT INTO rq_requests (rid, queue, id, ord, handled_at, unique_key, url, method, retry_count, data)
-                     VALUES {}",
-                    values.join(", ")
-                )
-            })
-            .collect()
+                format!("({})", params.join(", "))
+            },
+        )
     });
     let i = INSERT_SIZES
         .iter()
@@ -2943,6 +2932,51 @@ mod tests {
         .unwrap()
     }
 
+    /// Waits (with a generous deadline) until the Bloom filters of every run of ids are
+    /// filled (in the background at start-up).
+    fn wait_for_run_filters(storage: &SqliteStorage) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !storage
+            .inner
+            .recent_ids
+            .merged
+            .lock()
+            .runs
+            .values()
+            .all(|f| f.ready)
+        {
+            assert!(std::time::Instant::now() < deadline, "filters never ready");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    /// [`req`] marked handled.
+    fn handled_req(key: &str) -> QueueRequest {
+        parse_request(
+            json!({"url": format!("https://example.com/{key}"), "uniqueKey": key,
+                   "handledAt": "2026-01-01T00:00:00.000Z"}),
+            None,
+        )
+        .unwrap()
+    }
+
+    /// A new queue holding the requests `keys(0..n)`, added by client "a": its id and number.
+    async fn seeded_queue(storage: &SqliteStorage, n: usize) -> (String, i64) {
+        let q = new_queue(storage).await;
+        let reqs = keys(0..n).iter().map(|k| req(k)).collect();
+        storage
+            .add_requests(&q, reqs, false, Some("a".into()), 1)
+            .await
+            .unwrap();
+        let num = storage
+            .get_storage(StorageKind::RequestQueue, &q)
+            .await
+            .unwrap()
+            .unwrap()
+            .num;
+        (q, num)
+    }
+
     async fn new_queue(storage: &dyn Storage) -> String {
         let user = crate::conformance::test_user(storage).await;
         storage
@@ -3262,21 +3296,7 @@ mod tests {
                 .count()
         };
         // (Filled in the background at start-up: wait, with a generous deadline.)
-        let ready = |storage: &SqliteStorage| {
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-            while !storage
-                .inner
-                .recent_ids
-                .merged
-                .lock()
-                .runs
-                .values()
-                .all(|f| f.ready)
-            {
-                assert!(std::time::Instant::now() < deadline, "filter never ready");
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-        };
+        let ready = wait_for_run_filters;
         ready(&storage);
         assert_eq!(add(&storage, &queue, &keys(0..40)).await, vec![false; 40]);
         let n = num(&storage);
@@ -3440,19 +3460,7 @@ mod tests {
         storage.set_merge_threshold(usize::MAX);
         storage.set_compaction(3, 7, 0);
         check(&storage, &queue, &present).await;
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while !storage
-            .inner
-            .recent_ids
-            .merged
-            .lock()
-            .runs
-            .values()
-            .all(|f| f.ready)
-        {
-            assert!(std::time::Instant::now() < deadline, "filters never ready");
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
+        wait_for_run_filters(&storage);
         check(&storage, &queue, &present).await;
         check(&storage, &other, &keys(0..15)).await;
 
@@ -3776,26 +3784,8 @@ mod tests {
     async fn lock_hints_stay_exact() {
         let dir = tempfile::tempdir().unwrap();
         let storage = SqliteStorage::open(dir.path(), SqliteOptions::default()).unwrap();
-        let q = new_queue(&storage).await;
-        let reqs = keys(0..6).iter().map(|k| req(k)).collect();
-        storage
-            .add_requests(&q, reqs, false, Some("a".into()), 1)
-            .await
-            .unwrap();
-        let num = storage
-            .get_storage(StorageKind::RequestQueue, &q)
-            .await
-            .unwrap()
-            .unwrap()
-            .num;
-        let handled = |key: &str| {
-            parse_request(
-                json!({"url": format!("https://example.com/{key}"), "uniqueKey": key,
-                       "handledAt": "2026-01-01T00:00:00.000Z"}),
-                None,
-            )
-            .unwrap()
-        };
+        let (q, num) = seeded_queue(&storage, 6).await;
+        let handled = handled_req;
         let hints = |storage: &SqliteStorage| {
             let state = storage.inner.lock_hints.state.lock();
             let mut ids: Vec<String> = state
@@ -3966,28 +3956,10 @@ mod tests {
     async fn migration_builds_pending_entries() {
         let dir = tempfile::tempdir().unwrap();
         let id = |key: &str| troupe_model::queue::request_id(key);
-        let handled = |key: &str| {
-            parse_request(
-                json!({"url": format!("https://example.com/{key}"), "uniqueKey": key,
-                       "handledAt": "2026-01-01T00:00:00.000Z"}),
-                None,
-            )
-            .unwrap()
-        };
+        let handled = handled_req;
         let (q, num, before) = {
             let storage = SqliteStorage::open(dir.path(), SqliteOptions::default()).unwrap();
-            let q = new_queue(&storage).await;
-            let reqs = keys(0..10).iter().map(|k| req(k)).collect();
-            storage
-                .add_requests(&q, reqs, false, Some("a".into()), 1)
-                .await
-                .unwrap();
-            let num = storage
-                .get_storage(StorageKind::RequestQueue, &q)
-                .await
-                .unwrap()
-                .unwrap()
-                .num;
+            let (q, num) = seeded_queue(&storage, 10).await;
             let head = storage
                 .lock_head(&q, 2, 1_000_000, Some("a".into()), 10)
                 .await
@@ -4168,14 +4140,7 @@ mod tests {
             info(doomed.clone()).await.num,
         );
         let before = info(one.clone()).await;
-        let handled = |key: &str| {
-            parse_request(
-                json!({"url": format!("https://example.com/{key}"), "uniqueKey": key,
-                       "handledAt": "2026-01-01T00:00:00.000Z"}),
-                None,
-            )
-            .unwrap()
-        };
+        let handled = handled_req;
         type Out = std::result::Result<String, String>;
         let held = storage.inner.writer.lock();
         let mut tasks: Vec<tokio::task::JoinHandle<Out>> = Vec::new();
