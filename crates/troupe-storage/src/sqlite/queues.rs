@@ -1333,6 +1333,20 @@ const SQL_HANDLED: &str =
          retry_count = ?5, data = ?6
      WHERE rid = ?7";
 
+/// Row `rid` rewritten as the handled request `r` (its `rq_pending` entry is removed apart).
+fn mark_handled(tx: &Connection, r: &QueueRequest, rid: i64) -> Result<()> {
+    tx.prepare_cached(SQL_HANDLED)?.execute(params![
+        r.handled_at,
+        r.unique_key,
+        r.url,
+        r.method,
+        r.retry_count,
+        r.json,
+        rid
+    ])?;
+    Ok(())
+}
+
 /// Where and by whom an existing request is rewritten (see [`update_existing`]).
 struct Rewrite<'a> {
     num: i64,
@@ -1378,15 +1392,7 @@ fn update_existing(
         if tx.prepare_cached(SQL_REQUEST_WRITTEN)?.execute(args)? == 0 {
             return Ok(false);
         }
-        tx.prepare_cached(SQL_HANDLED)?.execute(params![
-            r.handled_at,
-            r.unique_key,
-            r.url,
-            r.method,
-            r.retry_count,
-            r.json,
-            existing.rid
-        ])?;
+        mark_handled(tx, r, existing.rid)?;
         if !existing.handled {
             remove_pending(
                 tx,
@@ -1991,15 +1997,7 @@ impl SqliteStorage {
                         };
                         lock_state(tx, &this.inner.lock_hints, num, &r.id, &mut existing)?;
                         // The write's first change: fails having changed nothing.
-                        tx.prepare_cached(SQL_HANDLED)?.execute(params![
-                            r.handled_at,
-                            r.unique_key,
-                            r.url,
-                            r.method,
-                            r.retry_count,
-                            r.json,
-                            existing.rid
-                        ])?;
+                        mark_handled(tx, r, existing.rid)?;
                         existing
                     }
                 };
