@@ -1341,10 +1341,23 @@ fn mark_handled(tx: &Connection, r: &QueueRequest, rid: i64) -> Result<()> {
         r.url,
         r.method,
         r.retry_count,
-        r.json,
+        stored_data(r).as_ref(),
         rid
     ])?;
     Ok(())
+}
+
+/// What `rq_requests.data` holds for `r`: its compact form where it has one, else its full
+/// JSON (see [`compact_json`]). Updates store it as batch adds do, so a rewritten row keeps
+/// about its size (the full JSON repeats id, uniqueKey and url: ~160 bytes more per row, which
+/// split the table's pages as consumers marked requests handled).
+fn stored_data(r: &QueueRequest) -> std::borrow::Cow<'_, str> {
+    let mut out = String::with_capacity(r.json.len());
+    if compact_json(r, &mut String::with_capacity(r.json.len()), &mut out) {
+        std::borrow::Cow::Owned(out)
+    } else {
+        std::borrow::Cow::Borrowed(&r.json)
+    }
 }
 
 /// Where and by whom an existing request is rewritten (see [`update_existing`]).
@@ -1417,7 +1430,7 @@ fn update_existing(
                  retry_count = ?5, data = ?6
              WHERE rid = ?7",
         )?
-        .execute(params![ord, r.unique_key, r.url, r.method, r.retry_count, r.json, existing.rid])?;
+        .execute(params![ord, r.unique_key, r.url, r.method, r.retry_count, stored_data(r).as_ref(), existing.rid])?;
         if existing.handled {
             insert_pending(tx, w.num, 0, None, &[(existing.rid, ord)])?;
         } else {
@@ -1581,8 +1594,8 @@ impl BatchState for QueueDeltas {
 /// are not found verbatim (escaped in the client's text) is stored in full, as every request
 /// was before: full JSON starts with `{`, compact data with a digit, and both are read.
 ///
-/// Request updates (`update_request`) store the full JSON; the size a request counts in
-/// `storageBytes` is always the length of its full JSON ([`SIZE_SQL`]).
+/// Request updates (`update_request`) store the same form ([`stored_data`]); the size a request
+/// counts in `storageBytes` is always the length of its full JSON ([`SIZE_SQL`]).
 fn compact_json(r: &QueueRequest, scratch: &mut String, out: &mut String) -> bool {
     /// Where `value` in quotes first occurs in `text` (a JSON text: quotes are few, so the
     /// candidates are its quotes).
@@ -1971,7 +1984,7 @@ impl SqliteStorage {
                                 r.url,
                                 r.method,
                                 r.retry_count,
-                                r.json,
+                                stored_data(r).as_ref(),
                                 hint.rid,
                                 num,
                                 r.id,
@@ -3179,6 +3192,118 @@ mod tests {
             .unwrap();
         expected -= ascii[4..].iter().map(|r| r.json.len() as i64).sum::<i64>();
         assert_eq!(bytes(storage.clone(), queue.clone()).await as i64, expected);
+    }
+
+    /// Request updates store their request as batch adds do (compact where it can be, in full
+    /// where a value is escaped): the consumer's handled PUT of a locked request (the hinted
+    /// path), a handled update without a hint and a request put back in the queue all read
+    /// back exactly (get, listing, dedup) and count their full JSON in `storageBytes`.
+    #[tokio::test]
+    async fn updated_requests_are_stored_compact() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = SqliteStorage::open(dir.path(), SqliteOptions::default()).unwrap();
+        let queue = new_queue(&storage).await;
+        let requests = odd_requests();
+        storage
+            .add_requests(&queue, requests.clone(), false, None, 1)
+            .await
+            .unwrap();
+        // The pending ones locked by "a" (the handled PUTs of these take the hinted path).
+        let locked = storage
+            .lock_head(&queue, 25, 60_000, Some("a".into()), 2)
+            .await
+            .unwrap();
+        assert_eq!(
+            locked.items.len(),
+            requests.iter().filter(|r| r.handled_at.is_none()).count()
+        );
+        let with = |r: &QueueRequest, extra: &str| {
+            let text = format!("{},{extra}}}", &r.json[..r.json.len() - 1]);
+            let raw: &serde_json::value::RawValue = serde_json::from_str(&text).unwrap();
+            troupe_model::queue::parse_request_raw(raw, None).unwrap()
+        };
+        let handled = r#""handledAt":"2026-01-01T00:00:00.000Z""#;
+        let stored = |storage: SqliteStorage| async move {
+            storage
+                .read_blocking(|conn| {
+                    let mut stmt =
+                        conn.prepare("SELECT id, substr(data, 1, 1) = '{' FROM rq_requests")?;
+                    let rows = stmt
+                        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+                        .collect::<rusqlite::Result<Vec<(String, bool)>>>()?;
+                    Ok(rows)
+                })
+                .unwrap()
+        };
+        let bytes = |storage: SqliteStorage, queue: String| async move {
+            storage
+                .get_storage(StorageKind::RequestQueue, &queue)
+                .await
+                .unwrap()
+                .unwrap()
+                .storage_bytes as usize
+        };
+        // Even ones handled, odd ones back in the queue with more userData; then the other way
+        // round (no hints left: the general paths).
+        for round in 0..2 {
+            let now: Vec<QueueRequest> = requests
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    if i % 2 == round {
+                        with(r, handled)
+                    } else {
+                        with(
+                            r,
+                            &format!(r#""retryCount":{round},"x":"https://a.example/{i}""#),
+                        )
+                    }
+                })
+                .collect();
+            for r in &now {
+                let outcome = storage
+                    .update_request(&queue, r.clone(), false, Some("a".into()), 3 + round as i64)
+                    .await
+                    .unwrap();
+                assert!(outcome.was_already_present);
+            }
+            let full: Vec<String> = stored(storage.clone())
+                .await
+                .into_iter()
+                .filter(|(_, full)| *full)
+                .map(|(id, _)| id)
+                .collect();
+            let mut escaped: Vec<String> =
+                [3, 4, 5, 10].iter().map(|&i| now[i].id.clone()).collect();
+            let mut full = full;
+            full.sort();
+            escaped.sort();
+            assert_eq!(full, escaped, "round {round}");
+            assert_eq!(
+                bytes(storage.clone(), queue.clone()).await,
+                now.iter().map(|r| r.json.len()).sum::<usize>()
+            );
+            check_read_back(&storage, &queue, &now).await;
+            let info = storage
+                .get_storage(StorageKind::RequestQueue, &queue)
+                .await
+                .unwrap()
+                .unwrap();
+            let handled_count = now.iter().filter(|r| r.handled_at.is_some()).count() as u64;
+            assert_eq!(info.handled_request_count, handled_count, "round {round}");
+            let id = queue.clone();
+            let num: i64 = storage
+                .read_blocking(move |conn| {
+                    Ok(
+                        conn.query_row("SELECT num FROM storages WHERE id = ?1", [id], |row| {
+                            row.get(0)
+                        })?,
+                    )
+                })
+                .unwrap();
+            let pending = now.iter().filter(|r| r.handled_at.is_none()).count();
+            assert_eq!(check_pending(&storage, num).await.len(), pending);
+        }
     }
 
     async fn check_read_back(storage: &SqliteStorage, queue: &str, requests: &[QueueRequest]) {
