@@ -268,7 +268,7 @@ impl StorageCatalog for SqliteStorage {
             match kind {
                 StorageKind::Dataset => super::datasets::delete_items(tx, info.num)?,
                 StorageKind::KeyValueStore => super::kv::delete_records(&this, tx, info.num)?,
-                StorageKind::RequestQueue => super::queues::delete_requests(tx, info.num)?,
+                StorageKind::RequestQueue => super::queues::delete_requests(&this, tx, info.num)?,
             }
             tx.execute("DELETE FROM storages WHERE num = ?1", [info.num])?;
             Ok((true, bump))

@@ -127,14 +127,18 @@ const LOCK_HINTS_MAX: usize = 1 << 16;
 /// that follows needs no lookup of the request (`rq_ids` or the map of recent ids, then its
 /// row and lock state).
 ///
-/// Correctness: an entry is only a hint. The PUT that uses it changes the row only where it is
-/// still exactly what the hint says: `rid` is the queue's request with that id, not handled,
-/// with a stored JSON of that many bytes (one UPDATE, all of it in its WHERE); then the
-/// request was pending and the counters' deltas are exact. Otherwise (the request was handled,
-/// rewritten, deleted meanwhile; or a write that made the hint was rolled back) it changed
-/// nothing and the PUT takes the general path. Its pending entry is then removed at the
-/// hint's key, checked against `rid`, or, if the lock moved meanwhile (lapsed, released,
-/// taken again), found by `rid` ([`remove_pending`]). An entry is taken out when used.
+/// Correctness: an entry is only a hint. The PUT that uses it first removes the request's
+/// `rq_pending` entry at the hint's key, checked against `rid` (one DELETE). That entry exists
+/// only while the request is pending under exactly that lock, and every change of a pending
+/// request's row moves or removes its entry (a request put back in the queue gets a new
+/// position, a handled or deleted one loses its entry, a lapse or a new lock changes the
+/// expiry), so when the DELETE removes it, row `rid` is still the request the hint was made
+/// from (that queue and id, pending, a stored JSON of that many bytes): the row is rewritten
+/// by `rid` and the counters' deltas are exact. Otherwise (the request was handled, rewritten,
+/// deleted, released or locked again meanwhile; or the write that made the hint was rolled
+/// back) the DELETE changed nothing and the PUT takes the general path, which finds the
+/// request and its entry ([`lock_state`], [`remove_pending`]). An entry is taken out when
+/// used.
 ///
 /// Memory: at most `LOCK_HINTS_MAX` entries (~100 bytes each); entries of requests that are
 /// never PUT back (released locks, consumers that died) go when the map starts over.
@@ -174,6 +178,14 @@ impl LockHints {
             }
         }
         state.len += added;
+    }
+
+    /// Drops the hints of queue `num` (deleted: its number may be reused).
+    fn forget(&self, num: i64) {
+        let mut state = self.state.lock();
+        if let Some(queue) = state.queues.remove(&num) {
+            state.len -= queue.len();
+        }
     }
 
     fn peek(&self, num: i64, id: &str) -> Option<LockHint> {
@@ -922,8 +934,14 @@ pub(crate) fn explain_head_queries(conn: &Connection) -> Result<Vec<(&'static st
     Ok(out)
 }
 
-/// Removes every request of the queue `num` (called when the queue is deleted).
-pub(crate) fn delete_requests(tx: &Transaction<'_>, num: i64) -> Result<()> {
+/// Removes every request of the queue `num` (called when the queue is deleted), and its lock
+/// hints (a later queue may get its number).
+pub(crate) fn delete_requests(
+    storage: &SqliteStorage,
+    tx: &Transaction<'_>,
+    num: i64,
+) -> Result<()> {
+    storage.inner.lock_hints.forget(num);
     tx.execute("DELETE FROM rq_requests WHERE queue = ?1", [num])?;
     tx.execute("DELETE FROM rq_pending WHERE queue = ?1", [num])?;
     for run in id_runs(tx)? {
@@ -1334,8 +1352,9 @@ const SQL_HANDLED: &str =
      WHERE rid = ?7";
 
 /// Row `rid` rewritten as the handled request `r` (its `rq_pending` entry is removed apart).
-fn mark_handled(tx: &Connection, r: &QueueRequest, rid: i64) -> Result<()> {
-    tx.prepare_cached(SQL_HANDLED)?.execute(params![
+/// Returns the rows changed (1, or 0 if there is no row `rid`).
+fn mark_handled(tx: &Connection, r: &QueueRequest, rid: i64) -> Result<usize> {
+    Ok(tx.prepare_cached(SQL_HANDLED)?.execute(params![
         r.handled_at,
         r.unique_key,
         r.url,
@@ -1343,8 +1362,7 @@ fn mark_handled(tx: &Connection, r: &QueueRequest, rid: i64) -> Result<()> {
         r.retry_count,
         stored_data(r).as_ref(),
         rid
-    ])?;
-    Ok(())
+    ])?)
 }
 
 /// What `rq_requests.data` holds for `r`: its compact form where it has one, else its full
@@ -1965,44 +1983,48 @@ impl SqliteStorage {
                     return Err(Error::NotFound("Request queue was not found".into()));
                 }
                 let r = &request;
-                // A request `head/lock` handed out: one UPDATE that changes the row only if it
-                // is still the pending request of the hint (see `LockHints`).
-                let hinted = match this.inner.lock_hints.take(num, &r.id) {
-                    Some(hint) => {
-                        let changed = tx
-                            .prepare_cached(concat!(
-                                "UPDATE rq_requests SET handled_at = ?1, unique_key = ?2, url = ?3, method = ?4,
-                                     retry_count = ?5, data = ?6
-                                 WHERE rid = ?7 AND queue = ?8 AND id = ?9 AND handled_at IS NULL
-                                     AND ",
-                                size_sql!(""),
-                                " = ?10"
-                            ))?
-                            .execute(params![
-                                r.handled_at,
-                                r.unique_key,
-                                r.url,
-                                r.method,
-                                r.retry_count,
-                                stored_data(r).as_ref(),
-                                hint.rid,
-                                num,
-                                r.id,
-                                hint.size
-                            ])?;
-                        (changed == 1).then_some(Existing {
-                            rid: hint.rid,
-                            handled: false,
-                            locked_until: hint.locked_until,
-                            lock_client: None,
-                            size: hint.size,
-                            ord: hint.ord,
-                        })
+                // A request `head/lock` handed out: its pending entry removed at the hint's key
+                // (checked against `rid`) is the write's first change, and removes something
+                // only if the request is still exactly the pending request of the hint (see
+                // `LockHints`); then the row is rewritten by `rid`, no check needed.
+                let hinted =
+                    match this.inner.lock_hints.take(num, &r.id) {
+                        Some(hint) => {
+                            let removed = tx
+                                .prepare_cached(SQL_DELETE_PENDING)?
+                                .execute(params![num, hint.locked_until, hint.ord, hint.rid])?;
+                            (removed == 1).then_some(Existing {
+                                rid: hint.rid,
+                                handled: false,
+                                locked_until: hint.locked_until,
+                                lock_client: None,
+                                size: hint.size,
+                                ord: hint.ord,
+                            })
+                        }
+                        None => None,
+                    };
+                // The second change (this write has no savepoint): if it fails, SQLite rolled
+                // the whole transaction back (only I/O errors, a full disk, ... can fail a
+                // single-row UPDATE or DELETE), which fails the batch; anything else would
+                // leave the queue half changed (a handled request in the head, or a pending
+                // one out of it), so the batch must fail.
+                let second = |change: Result<bool>, what: &str| -> Result<()> {
+                    match change {
+                        Ok(true) => Ok(()),
+                        Err(err) if tx.is_autocommit() => Err(err),
+                        Err(err) => panic!("{what} failed: {err}"),
+                        Ok(false) => panic!("{what} found nothing"),
                     }
-                    None => None,
                 };
                 let existing = match hinted {
-                    Some(existing) => existing,
+                    Some(existing) => {
+                        second(
+                            mark_handled(tx, r, existing.rid).map(|changed| changed == 1),
+                            "marking a hinted request handled",
+                        )?;
+                        existing
+                    }
                     None => {
                         let Some(mut existing) = find(tx, &this.inner.recent_ids, num, &r.id)?
                         else {
@@ -2011,22 +2033,16 @@ impl SqliteStorage {
                         lock_state(tx, &this.inner.lock_hints, num, &r.id, &mut existing)?;
                         // The write's first change: fails having changed nothing.
                         mark_handled(tx, r, existing.rid)?;
+                        if !existing.handled {
+                            let at = (existing.locked_until, existing.ord);
+                            second(
+                                remove_pending(tx, num, existing.rid, at).map(|_| true),
+                                "removing a handled request's queue entry",
+                            )?;
+                        }
                         existing
                     }
                 };
-                if !existing.handled {
-                    // The second change (this write has no savepoint): if it fails, SQLite
-                    // rolled the whole transaction back (only I/O errors, a full disk, ... can
-                    // fail a single-row DELETE), which fails the batch; anything else would
-                    // leave a handled request in the queue's head, so the batch must fail.
-                    let at = (existing.locked_until, existing.ord);
-                    if let Err(err) = remove_pending(tx, num, existing.rid, at) {
-                        if tx.is_autocommit() {
-                            return Err(err);
-                        }
-                        panic!("removing a handled request's queue entry failed: {err}");
-                    }
-                }
                 let mut delta = QueueDelta {
                     handled: (!existing.handled) as i64,
                     writes: 1,
@@ -3899,10 +3915,11 @@ mod tests {
         );
         assert_eq!(after.modified_at, 6);
     }
-    /// Lock hints: a handled PUT of a request `head/lock` handed out takes its hint (one
-    /// UPDATE); a hint that no longer matches the row (handled meanwhile, rewritten with another
-    /// size, deleted) changes nothing and the general path answers exactly; counters and
-    /// storage bytes stay exact.
+    /// Lock hints: a handled PUT of a request `head/lock` handed out takes its hint (its
+    /// entry's DELETE, then the row's UPDATE); a hint that no longer matches (handled
+    /// meanwhile, put back in the queue with another size, deleted) changes nothing and the
+    /// general path answers exactly; counters and storage bytes stay exact; a deleted queue's
+    /// hints go with it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn lock_hints_stay_exact() {
         let dir = tempfile::tempdir().unwrap();
@@ -4010,6 +4027,19 @@ mod tests {
         assert_eq!(row.0, 5);
         assert_eq!(row.1, 4);
         assert_eq!(check_pending(&storage, num).await.len(), 1);
+        // Deleting the queue drops its hints (its number may be reused).
+        let head = storage
+            .lock_head(&q, 4, 60_000, Some("a".into()), 11)
+            .await
+            .unwrap();
+        assert_eq!(head.items.len(), 1);
+        assert_eq!(hints(&storage), (vec![id("k5")], 1));
+        assert!(storage
+            .delete_storage(StorageKind::RequestQueue, &q)
+            .await
+            .unwrap());
+        assert_eq!(hints(&storage), (Vec::new(), 0));
+        assert!(storage.inner.lock_hints.state.lock().queues.is_empty());
         // The map starts over when full.
         let hint = |rid: i64| LockHint {
             rid,
