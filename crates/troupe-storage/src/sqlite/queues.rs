@@ -836,14 +836,23 @@ macro_rules! size_sql {
     };
 }
 
+/// [`size_sql!`] of a row from its values, in Rust (the same number: `instr` counts characters).
+fn stored_size(id: &str, unique_key: &str, url: &str, data: &str) -> i64 {
+    if data.starts_with('{') {
+        return data.len() as i64;
+    }
+    let instr = match data.find(';') {
+        Some(at) => data[..at].chars().count() as i64 + 1,
+        None => 0,
+    };
+    data.len() as i64 - instr + (id.len() + unique_key.len() + url.len()) as i64 + 12
+}
+
 /// The first available requests in queue order, for locking (with each one's `rid`, stored
-/// size and position).
-const SQL_LOCKABLE: &str = concat!(
-    "SELECT r.id, r.unique_key, r.url, r.method, r.retry_count, p.rid, ",
-    size_sql!("r."),
-    ", p.ord FROM rq_pending p CROSS JOIN rq_requests r ON r.rid = p.rid
-     WHERE p.queue = ?1 AND p.locked_until = 0 ORDER BY p.ord LIMIT ?2 + 0"
-);
+/// data — for its size, [`stored_size`] — and position).
+const SQL_LOCKABLE: &str = "SELECT r.id, r.unique_key, r.url, r.method, r.retry_count, p.rid,
+         r.data, p.ord FROM rq_pending p CROSS JOIN rq_requests r ON r.rid = p.rid
+     WHERE p.queue = ?1 AND p.locked_until = 0 ORDER BY p.ord LIMIT ?2 + 0";
 /// A queue's counters after one of its requests was rewritten, as deltas (no read of the
 /// queue's row), with the caller's client counted for `hadMultipleClients` (the rules of
 /// [`track`]) and `rq_front`/`rq_back` stepped for a request that goes back into the queue.
@@ -2710,13 +2719,15 @@ impl QueueStore for SqliteStorage {
             let mut items: Vec<(LockHint, HeadItem)> = tx
                 .prepare_cached(SQL_LOCKABLE)?
                 .query_map(params![q.num, limit.min(i64::MAX as u64) as i64], |row| {
+                    let item = head_item(row)?;
+                    let data = row.get_ref(6)?.as_str()?;
                     let hint = LockHint {
                         rid: row.get(5)?,
-                        size: row.get(6)?,
+                        size: stored_size(&item.id, &item.unique_key, &item.url, data),
                         locked_until: expires,
                         ord: row.get(7)?,
                     };
-                    Ok((hint, head_item(row)?))
+                    Ok((hint, item))
                 })?
                 .collect::<rusqlite::Result<_>>()?;
             if let Some((last, _)) = items.last() {
@@ -3110,6 +3121,17 @@ mod tests {
                 .query_row(&format!("SELECT {SIZE_SQL} FROM t"), [], |row| row.get(0))
                 .unwrap();
             assert_eq!(size as usize, r.json.len(), "{}", r.json);
+            assert_eq!(stored_size(&r.id, &r.unique_key, &r.url, &stored), size);
+        }
+        // Malformed data counts as `size_sql!` says (no `;`; characters before it).
+        for data in ["", "12", "é,1;ab", "x;y;z", "{\"a\":1}"] {
+            conn.execute("DELETE FROM t", []).unwrap();
+            conn.execute("INSERT INTO t VALUES ('i', 'k', 'u', ?1)", params![data])
+                .unwrap();
+            let size: i64 = conn
+                .query_row(&format!("SELECT {SIZE_SQL} FROM t"), [], |row| row.get(0))
+                .unwrap();
+            assert_eq!(stored_size("i", "k", "u", data), size, "{data}");
         }
         // Values escaped in the client's text are stored in full; the others compact.
         assert_eq!(full, [3, 4, 5, 10]);
