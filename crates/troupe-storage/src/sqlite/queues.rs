@@ -570,8 +570,7 @@ impl MergedFilter {
         })
     }
 
-    /// Bytes held (tests).
-    #[cfg(test)]
+    /// Bytes held.
     fn bytes(&self) -> usize {
         self.blocks.iter().map(|b| b.len() * 64).sum()
     }
@@ -618,16 +617,26 @@ pub(crate) fn init(storage: &SqliteStorage) -> Result<()> {
     let spawned = std::thread::Builder::new()
         .name("rq-ids-filter".into())
         .spawn(move || {
+            let started = std::time::Instant::now();
             let filled = this.scan_blocking(|conn| {
                 let mut stmt = conn.prepare("SELECT run, queue, id FROM rq_ids")?;
                 let filled = fill_filters(&this.inner.recent_ids.merged, stmt.query([])?);
                 filled
             });
             match filled {
-                Ok(()) => {
-                    for filter in this.inner.recent_ids.merged.lock().runs.values_mut() {
+                Ok(ids) => {
+                    let mut filters = this.inner.recent_ids.merged.lock();
+                    for filter in filters.runs.values_mut() {
                         filter.ready = true;
                     }
+                    let bytes: usize = filters.runs.values().map(MergedFilter::bytes).sum();
+                    drop(filters);
+                    tracing::info!(
+                        ids,
+                        filter_bytes = bytes,
+                        ms = started.elapsed().as_millis() as u64,
+                        "filters of request ids filled"
+                    );
                 }
                 Err(err) => {
                     tracing::error!(error = %err, "filling the filter of request ids failed")
@@ -642,13 +651,15 @@ pub(crate) fn init(storage: &SqliteStorage) -> Result<()> {
 
 /// Adds the (run, queue, id) rows of `rows` to the filters of their runs, those listed at
 /// start-up (locking them per 4096 rows).
-fn fill_filters(filters: &Mutex<RunFilters>, mut rows: rusqlite::Rows<'_>) -> Result<()> {
+fn fill_filters(filters: &Mutex<RunFilters>, mut rows: rusqlite::Rows<'_>) -> Result<usize> {
+    let mut ids = 0;
     loop {
         let mut filters = filters.lock();
         for _ in 0..4096 {
             let Some(row) = rows.next()? else {
-                return Ok(());
+                return Ok(ids);
             };
+            ids += 1;
             let id = row.get_ref(2)?.as_str().map_err(rusqlite::Error::from)?;
             if let Some(filter) = filters.runs.get_mut(&row.get(0)?) {
                 filter.add(row.get(1)?, id);
@@ -945,20 +956,32 @@ pub(crate) fn explain_head_queries(conn: &Connection) -> Result<Vec<(&'static st
 
 /// Removes every request of the queue `num` (called when the queue is deleted), and its lock
 /// hints (a later queue may get its number).
+///
+/// By index ranges only (`rq_requests` has no index by queue; a `WHERE queue = ?` scanned
+/// every request of every queue): a request's row is found through its `rq_ids` row if its
+/// `rid` is at or below the merge watermark, else among the rows above it (see [`RecentIds`]).
 pub(crate) fn delete_requests(
     storage: &SqliteStorage,
     tx: &Transaction<'_>,
     num: i64,
 ) -> Result<()> {
     storage.inner.lock_hints.forget(num);
-    tx.execute("DELETE FROM rq_requests WHERE queue = ?1", [num])?;
     tx.execute("DELETE FROM rq_pending WHERE queue = ?1", [num])?;
     for run in id_runs(tx)? {
+        tx.execute(
+            "DELETE FROM rq_requests WHERE rid IN
+                 (SELECT rid FROM rq_ids WHERE run = ?1 AND queue = ?2)",
+            [run, num],
+        )?;
         tx.execute(
             "DELETE FROM rq_ids WHERE run = ?1 AND queue = ?2",
             [run, num],
         )?;
     }
+    tx.execute(
+        "DELETE FROM rq_requests WHERE rid > (SELECT watermark FROM rq_merged) AND queue = ?1",
+        [num],
+    )?;
     Ok(())
 }
 
@@ -2246,8 +2269,10 @@ impl SqliteStorage {
     /// (one sorted run, one transaction) and, once that committed, drops them from the map.
     pub(crate) async fn merge_recent_ids(&self) -> Result<()> {
         let this = self.clone();
-        let watermark = self
+        let started = std::time::Instant::now();
+        let (watermark, ids, held) = self
             .write(move |tx| {
+                let started = std::time::Instant::now();
                 let old: i64 =
                     tx.query_row("SELECT watermark FROM rq_merged", [], |row| row.get(0))?;
                 let new: i64 =
@@ -2255,7 +2280,7 @@ impl SqliteStorage {
                         row.get(0)
                     })?;
                 if new <= old {
-                    return Ok(old);
+                    return Ok((old, 0, started.elapsed()));
                 }
                 // The rows' ids, read in `rid` order and sorted here (SQLite's sorter cost ~5k
                 // instructions per id), then appended to the new run in (queue, id) order.
@@ -2277,7 +2302,7 @@ impl SqliteStorage {
                 rows.sort_unstable_by_key(|a| (a.0, a.1 .0));
                 tx.execute("UPDATE rq_merged SET watermark = ?1", [new])?;
                 if rows.is_empty() {
-                    return Ok(new);
+                    return Ok((new, 0, started.elapsed()));
                 }
                 let run: i64 = tx.query_row(
                     "INSERT INTO rq_runs (run, ids)
@@ -2294,10 +2319,18 @@ impl SqliteStorage {
                         filter.add(*num, key.as_str());
                     }
                 }
-                Ok(new)
+                Ok((new, rows.len(), started.elapsed()))
             })
             .await?;
         self.inner.recent_ids.prune(watermark);
+        if ids > 0 {
+            tracing::info!(
+                ids,
+                write_ms = held.as_millis() as u64,
+                total_ms = started.elapsed().as_millis() as u64,
+                "merged request ids into a new run"
+            );
+        }
         Ok(())
     }
 
@@ -2340,7 +2373,21 @@ impl SqliteStorage {
     /// Moves every id of the runs `sources` (about `expected`) into one new run (see
     /// [`Self::compact_runs`]).
     async fn compact(&self, sources: Arc<Vec<i64>>, expected: usize) -> Result<()> {
-        let chunk = self.inner.recent_ids.compact_chunk();
+        // Each source gives at most its share of the ids one transaction moves, so a
+        // transaction moves at most `compact_chunk` ids whatever the fan-in.
+        let chunk = self
+            .inner
+            .recent_ids
+            .compact_chunk()
+            .div_ceil(sources.len().max(1));
+        let started = std::time::Instant::now();
+        tracing::info!(
+            runs = sources.len(),
+            ids = expected,
+            "compacting runs of request ids"
+        );
+        let (mut transactions, mut moved_ids, mut longest) =
+            (0usize, 0usize, std::time::Duration::ZERO);
         let mut target: Option<i64> = None;
         let mut after: (i64, String) = (i64::MIN, String::new());
         #[cfg(test)]
@@ -2349,8 +2396,9 @@ impl SqliteStorage {
             let this = self.clone();
             let sources = sources.clone();
             let from = after.clone();
-            let (run, bound) = self
+            let (run, bound, moved, held) = self
                 .write(move |tx| {
+                    let started = std::time::Instant::now();
                     let run = match target {
                         Some(run) => run,
                         None => tx.query_row(
@@ -2437,10 +2485,18 @@ impl SqliteStorage {
                             filter.add(*num, key.as_str());
                         }
                     }
-                    Ok((run, bound.map(|(num, key)| (num, key.as_str().to_string()))))
+                    Ok((
+                        run,
+                        bound.map(|(num, key)| (num, key.as_str().to_string())),
+                        moved.len(),
+                        started.elapsed(),
+                    ))
                 })
                 .await?;
             target = Some(run);
+            transactions += 1;
+            moved_ids += moved;
+            longest = longest.max(held);
             #[cfg(test)]
             {
                 chunks += 1;
@@ -2462,6 +2518,15 @@ impl SqliteStorage {
         for source in sources.iter() {
             filters.runs.remove(source);
         }
+        drop(filters);
+        tracing::info!(
+            runs = sources.len(),
+            ids = moved_ids,
+            transactions,
+            longest_write_ms = longest.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "compacted runs of request ids"
+        );
         Ok(())
     }
 
@@ -3606,11 +3671,22 @@ mod tests {
         check(&storage, &queue, &present).await;
         assert_eq!(counts(&storage).1, 114);
 
-        // A compaction that stops after two of its transactions (7 ids from each run each).
+        // A compaction of the five runs that stops after two of its transactions (at most 7
+        // ids each: 2 from each run, up to the smallest last id of a run that had more).
         storage.set_compaction(3, 7, 2);
         assert!(storage.compact_runs().await.is_err());
         let (runs, ids, distinct, _) = counts(&storage);
         assert_eq!((runs, ids, distinct), (6, 114, 114));
+        let target: i64 = storage
+            .read_blocking(|conn| {
+                Ok(conn.query_row(
+                    "SELECT count(*) FROM rq_ids WHERE run = (SELECT max(run) FROM rq_runs)",
+                    [],
+                    |row| row.get(0),
+                )?)
+            })
+            .unwrap();
+        assert!((2..=14).contains(&target), "{target} ids moved");
         check(&storage, &queue, &present).await;
         check(&storage, &other, &keys(0..15)).await;
         drop(storage);
@@ -3643,11 +3719,45 @@ mod tests {
         storage.merge_recent_ids().await.unwrap();
         assert_eq!(counts(&storage), (2, 114, 114, 115));
         check(&storage, &queue, &present).await;
-        // Deleting a queue removes its ids from every run.
+        // Deleting a queue removes its requests (found through every run and among the
+        // requests not merged yet, pending or handled) and nothing of the other queue.
+        let other_num: i64 = storage
+            .read_blocking(|conn| {
+                Ok(
+                    conn.query_row("SELECT num FROM storages WHERE id = ?1", [&other], |row| {
+                        row.get(0)
+                    })?,
+                )
+            })
+            .unwrap();
+        assert_eq!(add(&storage, &other, &keys(500..505)).await, vec![false; 5]);
+        let handled: Vec<QueueRequest> = ["k501", "k2"].map(handled_req).into();
+        for r in handled {
+            storage
+                .update_request(&other, r, false, None, 1)
+                .await
+                .unwrap();
+        }
+        let rows_of = |num: i64| {
+            storage
+                .read_blocking(|conn| {
+                    Ok(conn.query_row(
+                        "SELECT (SELECT count(*) FROM rq_requests WHERE queue = ?1),
+                             (SELECT count(*) FROM rq_pending WHERE queue = ?1),
+                             (SELECT count(*) FROM rq_ids WHERE queue = ?1)",
+                        [num],
+                        |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+                    )?)
+                })
+                .unwrap()
+        };
+        let (rows, pending, ids): (i64, i64, i64) = rows_of(other_num);
+        assert_eq!((rows, pending, ids), (20, 18, 15));
         assert!(storage
             .delete_storage(StorageKind::RequestQueue, &other)
             .await
             .unwrap());
+        assert_eq!(rows_of(other_num), (0, 0, 0));
         assert_eq!(counts(&storage).1, 99);
         drop(storage);
         let storage = SqliteStorage::open(dir.path(), SqliteOptions::default()).unwrap();
