@@ -261,6 +261,9 @@ async fn run_blocking<T: Send + 'static>(
 const MAX_POOLED_READERS: usize = 16;
 /// Process-wide soft limit on SQLite's heap (page caches included).
 const SOFT_HEAP_LIMIT_BYTES: i64 = 96 * 1024 * 1024;
+/// Size the WAL file is cut back to once a large transaction has been checkpointed (normal
+/// traffic keeps it near the autocheckpoint's 1000 pages, ~4 MiB).
+const WAL_SIZE_LIMIT_BYTES: i64 = 32 * 1024 * 1024;
 
 fn open_connection(path: &Path, options: &SqliteOptions, read_only: bool) -> Result<Connection> {
     let flags = if read_only {
@@ -275,6 +278,11 @@ fn open_connection(path: &Path, options: &SqliteOptions, read_only: bool) -> Res
     conn.busy_timeout(std::time::Duration::from_secs(30))?;
     if !read_only {
         conn.pragma_update(None, "journal_mode", "WAL")?;
+        // A large transaction (deleting a queue of millions of requests, a big batch) grows
+        // the WAL file; SQLite reuses it from the start after each checkpoint but never
+        // shrinks it. With a limit, the first commit after the WAL restarts truncates the file
+        // to this size (one `fstat` per restart otherwise).
+        conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT_BYTES)?;
     }
     let sync = match options.durability {
         Durability::Normal => "NORMAL",
@@ -340,6 +348,59 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let storage = SqliteStorage::open(dir.path(), SqliteOptions::default()).unwrap();
         (dir, storage)
+    }
+
+    /// A transaction larger than the WAL size limit grows the WAL file; once it has been
+    /// checkpointed, the next commit cuts the file back to the limit instead of leaving it at
+    /// the largest transaction's size for good. Nothing is lost on the way.
+    #[test]
+    fn wal_file_is_cut_back_after_a_large_transaction() {
+        let (dir, storage) = open_temp();
+        let wal = dir.path().join("troupe.db-wal");
+        let wal_size = || std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        storage
+            .write_blocking(|tx| {
+                Ok(tx.execute_batch("CREATE TABLE big (k INTEGER PRIMARY KEY, v BLOB NOT NULL)")?)
+            })
+            .unwrap();
+        let chunk = vec![7u8; 1 << 20];
+        let rows = (WAL_SIZE_LIMIT_BYTES >> 20) + 8;
+        storage
+            .write_blocking(|tx| {
+                let mut insert = tx.prepare("INSERT INTO big (k, v) VALUES (?1, ?2)")?;
+                for k in 0..rows {
+                    insert.execute(rusqlite::params![k, chunk])?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        let grown = wal_size();
+        assert!(
+            grown > WAL_SIZE_LIMIT_BYTES as u64,
+            "the large transaction's frames are in the WAL ({grown} bytes)"
+        );
+        // (The large commit checkpointed itself: the WAL passed 1000 pages and nothing reads.)
+        for k in 0..3 {
+            storage
+                .write_blocking(|tx| Ok(tx.execute("UPDATE big SET v = x'00' WHERE k = ?1", [k])?))
+                .unwrap();
+        }
+        let after = wal_size();
+        assert!(
+            after <= WAL_SIZE_LIMIT_BYTES as u64,
+            "WAL file {after} bytes after a checkpoint and a restart (grew to {grown})"
+        );
+        let (count, bytes): (i64, i64) = storage
+            .read_blocking(|conn| {
+                Ok(
+                    conn.query_row("SELECT count(*), sum(length(v)) FROM big", [], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })?,
+                )
+            })
+            .unwrap();
+        assert_eq!(count, rows);
+        assert_eq!(bytes, (rows - 3) * (1 << 20) + 3);
     }
 
     /// Replies of committed writes go through a settler task on the caller's multi-thread
