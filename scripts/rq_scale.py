@@ -219,30 +219,13 @@ def main():
     if "second" in phases:
         c = conn(srv)
         other = call(c, "POST", "/v2/request-queues")["data"]["id"]
-        lat = []
-        stop = [False]
-
-        def second():
-            cc = conn(srv); i = 0
-            while not stop[0]:
-                body = json.dumps([rqreq(i * 25 + k, "second") for k in range(25)]).encode()
-                t = time.perf_counter(); call(cc, "POST", f"/v2/request-queues/{other}/requests/batch", body)
-                lat.append(time.perf_counter() - t); i += 1
-                time.sleep(0.002)
-        th = threading.Thread(target=second); th.start()
+        lat, finish = background_adds(srv, other, "second", 0.002)
         extra = int(os.environ.get("SECOND_N", "800000"))
         fill(srv, big, PKEYS[0], extra, label="fill+second")
         PKEYS[0] += extra; N += extra; state["filled"] = N; state["pkeys"] = PKEYS[0]; json.dump(state, open(state_path, "w"))
         # Keep the second writer going until background work is over (quiet log for 3 s).
-        quiet = time.time()
-        while time.time() - quiet < 3:
-            time.sleep(0.5)
-            lines = srv.new_log()
-            for l in lines:
-                log("   server:", re.sub(r"\x1b\[[0-9;]*m", "", l)[:240])
-            if lines:
-                quiet = time.time()
-        stop[0] = True; th.join()
+        wait_quiet_log(srv)
+        finish()
         log(f"second queue: {len(lat)} batches, p50 {pct(lat, .5) * 1e3:.1f} p99 {pct(lat, .99) * 1e3:.1f} max {max(lat) * 1e3:.1f} ms")
     if "crash" in phases:
         # kill -9 in the middle of a compaction (adds go on), restart, check everything.
@@ -292,17 +275,7 @@ def main():
         _, ms = timed(lambda: call(c, "DELETE", f"/v2/request-queues/{small}"))
         log(f"delete of a 1000-request queue beside the big one: {ms:.1f} ms")
         other = call(c, "POST", "/v2/request-queues")["data"]["id"]
-        lat = []
-        stop = [False]
-
-        def writer():
-            cc = conn(srv); i = 0
-            while not stop[0]:
-                body = json.dumps([rqreq(i * 25 + k, "del") for k in range(25)]).encode()
-                t = time.perf_counter(); call(cc, "POST", f"/v2/request-queues/{other}/requests/batch", body)
-                lat.append(time.perf_counter() - t); i += 1
-                time.sleep(0.005)
-        th = threading.Thread(target=writer); th.start()
+        lat, finish = background_adds(srv, other, "del", 0.005)
         time.sleep(1)
         t = time.perf_counter()
         c.request("DELETE", f"/v2/request-queues/{big}", headers=H); r = c.getresponse(); r.read()
@@ -312,15 +285,8 @@ def main():
         assert r.status == 404, r.status
         time.sleep(1)
         # Background cleanup (if any) still going: watch the log for a while.
-        quiet = time.time()
-        while time.time() - quiet < 3:
-            time.sleep(0.5)
-            lines = srv.new_log()
-            for l in lines:
-                log("   server:", re.sub(r"\x1b\[[0-9;]*m", "", l)[:240])
-            if lines:
-                quiet = time.time()
-        stop[0] = True; th.join()
+        wait_quiet_log(srv)
+        finish()
         log(f"delete of the {N}-request queue: {dt * 1e3:.0f} ms; other queue's batch adds meanwhile: "
             f"{len(lat)}, p50 {pct(lat, .5) * 1e3:.1f} p99 {pct(lat, .99) * 1e3:.1f} max {max(lat) * 1e3:.1f} ms; "
             f"db {sizes()['db']:.0f} MB wal {sizes()['-wal']:.0f} MB rss {srv.stat()} MB")
@@ -330,6 +296,37 @@ def main():
     log(f"server log: {args.log}")
     if not args.keep and not args.data_dir:
         subprocess.run(["rm", "-rf", data_dir])
+
+
+def background_adds(srv, queue, tag, pause):
+    """Adds batches of 25 to `queue` on a connection of its own until `finish()` is called;
+    returns (latencies in seconds, finish)."""
+    lat, stop = [], [False]
+
+    def writer():
+        cc = conn(srv); i = 0
+        while not stop[0]:
+            body = json.dumps([rqreq(i * 25 + k, tag) for k in range(25)]).encode()
+            t = time.perf_counter(); call(cc, "POST", f"/v2/request-queues/{queue}/requests/batch", body)
+            lat.append(time.perf_counter() - t); i += 1
+            time.sleep(pause)
+    th = threading.Thread(target=writer); th.start()
+
+    def finish():
+        stop[0] = True; th.join()
+    return lat, finish
+
+
+def wait_quiet_log(srv, quiet_secs=3):
+    """Relays the server's log until it has been quiet for `quiet_secs` (background work over)."""
+    quiet = time.time()
+    while time.time() - quiet < quiet_secs:
+        time.sleep(0.5)
+        lines = srv.new_log()
+        for l in lines:
+            log("   server:", re.sub(r"\x1b\[[0-9;]*m", "", l)[:240])
+        if lines:
+            quiet = time.time()
 
 
 def invariants():

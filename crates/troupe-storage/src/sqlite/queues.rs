@@ -3076,6 +3076,16 @@ mod tests {
         (q, num)
     }
 
+    /// The queue's `storageBytes` as the catalog reports it.
+    async fn queue_bytes(storage: &SqliteStorage, queue: &str) -> usize {
+        storage
+            .get_storage(StorageKind::RequestQueue, queue)
+            .await
+            .unwrap()
+            .unwrap()
+            .storage_bytes as usize
+    }
+
     async fn new_queue(storage: &dyn Storage) -> String {
         let user = crate::conformance::test_user(storage).await;
         storage
@@ -3242,15 +3252,7 @@ mod tests {
         // Rows 0, 2, …, 12 and the escaped 3 and 5.
         assert_eq!(full, 9);
         let total_bytes: usize = requests.iter().map(|r| r.json.len()).sum();
-        let bytes = |storage: SqliteStorage, queue: String| async move {
-            storage
-                .get_storage(StorageKind::RequestQueue, &queue)
-                .await
-                .unwrap()
-                .unwrap()
-                .storage_bytes as usize
-        };
-        assert_eq!(bytes(storage.clone(), queue.clone()).await, total_bytes);
+        assert_eq!(queue_bytes(&storage, &queue).await, total_bytes);
         check_read_back(&storage, &queue, &requests).await;
         // After a restart (the map of recent ids rebuilt from the rows) and a merge.
         drop(storage);
@@ -3260,7 +3262,7 @@ mod tests {
         check_read_back(&storage, &queue, &requests).await;
         // Updates replace what each row counts, compact or full; deletes remove it.
         let ascii: Vec<&QueueRequest> = requests.iter().filter(|r| r.json.is_ascii()).collect();
-        let mut expected = bytes(storage.clone(), queue.clone()).await as i64;
+        let mut expected = queue_bytes(&storage, &queue).await as i64;
         for r in &ascii[..4] {
             let mut handled = (*r).clone();
             handled.handled_at = Some(5);
@@ -3272,7 +3274,7 @@ mod tests {
                 .await
                 .unwrap();
             expected += handled.json.len() as i64 - r.json.len() as i64;
-            assert_eq!(bytes(storage.clone(), queue.clone()).await as i64, expected);
+            assert_eq!(queue_bytes(&storage, &queue).await as i64, expected);
             assert_eq!(
                 storage.get_request(&queue, &r.id).await.unwrap(),
                 Some(handled.json.clone())
@@ -3290,7 +3292,7 @@ mod tests {
             .await
             .unwrap();
         expected -= ascii[4..].iter().map(|r| r.json.len() as i64).sum::<i64>();
-        assert_eq!(bytes(storage.clone(), queue.clone()).await as i64, expected);
+        assert_eq!(queue_bytes(&storage, &queue).await as i64, expected);
     }
 
     /// Request updates store their request as batch adds do (compact where it can be, in full
@@ -3334,14 +3336,6 @@ mod tests {
                 })
                 .unwrap()
         };
-        let bytes = |storage: SqliteStorage, queue: String| async move {
-            storage
-                .get_storage(StorageKind::RequestQueue, &queue)
-                .await
-                .unwrap()
-                .unwrap()
-                .storage_bytes as usize
-        };
         // Even ones handled, odd ones back in the queue with more userData; then the other way
         // round (no hints left: the general paths).
         for round in 0..2 {
@@ -3379,7 +3373,7 @@ mod tests {
             escaped.sort();
             assert_eq!(full, escaped, "round {round}");
             assert_eq!(
-                bytes(storage.clone(), queue.clone()).await,
+                queue_bytes(&storage, &queue).await,
                 now.iter().map(|r| r.json.len()).sum::<usize>()
             );
             check_read_back(&storage, &queue, &now).await;
