@@ -10,6 +10,7 @@ pub mod queues;
 pub mod tasks;
 pub mod users;
 
+use troupe_model::storage::{StorageInfo, StorageKind, StorageOrigin};
 use troupe_model::user::User;
 
 use crate::Storage;
@@ -20,4 +21,14 @@ pub async fn test_user(storage: &dyn Storage) -> User {
         .ensure_default_user("tester", "test-token")
         .await
         .expect("default user")
+}
+
+/// A new unnamed storage of `kind` owned by the test user.
+pub async fn new_storage(storage: &dyn Storage, kind: StorageKind) -> StorageInfo {
+    let user = test_user(storage).await;
+    storage
+        .create_storage(kind, &user, None, StorageOrigin::default())
+        .await
+        .expect("new storage")
+        .0
 }

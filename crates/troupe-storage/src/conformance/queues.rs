@@ -1,8 +1,7 @@
 use serde_json::json;
 use troupe_model::queue::{parse_request, request_id, QueueRequest};
-use troupe_model::storage::{StorageInfo, StorageKind, StorageOrigin};
+use troupe_model::storage::{StorageInfo, StorageKind};
 
-use super::test_user;
 use crate::queues::{DeleteTarget, LockOutcome, RequestFilter};
 use crate::{Error, Storage};
 
@@ -30,17 +29,7 @@ fn ck(key: &str) -> Option<String> {
 }
 
 async fn new_queue(storage: &dyn Storage) -> StorageInfo {
-    let user = test_user(storage).await;
-    storage
-        .create_storage(
-            StorageKind::RequestQueue,
-            &user,
-            None,
-            StorageOrigin::default(),
-        )
-        .await
-        .unwrap()
-        .0
+    super::new_storage(storage, StorageKind::RequestQueue).await
 }
 
 async fn info(storage: &dyn Storage, id: &str) -> StorageInfo {

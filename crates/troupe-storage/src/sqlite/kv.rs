@@ -868,7 +868,6 @@ impl KvStore for SqliteStorage {
 mod tests {
     use super::*;
     use crate::StorageCatalog;
-    use troupe_model::storage::StorageOrigin;
 
     /// A record hint is only a hint: one with a wrong size, one naming another record's row
     /// and one of a deleted record change nothing but the record written, and `storageBytes`
@@ -877,16 +876,7 @@ mod tests {
     async fn record_hints_are_only_hints() {
         let dir = tempfile::tempdir().unwrap();
         let storage = SqliteStorage::open(dir.path(), Default::default()).unwrap();
-        let user = crate::conformance::test_user(&storage).await;
-        let (store, _) = storage
-            .create_storage(
-                StorageKind::KeyValueStore,
-                &user,
-                None,
-                StorageOrigin::default(),
-            )
-            .await
-            .unwrap();
+        let store = crate::conformance::new_storage(&storage, StorageKind::KeyValueStore).await;
         let put = |key: &'static str, body: &'static str| {
             let (storage, store) = (storage.clone(), store.clone());
             async move {

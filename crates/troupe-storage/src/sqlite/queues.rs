@@ -3021,7 +3021,6 @@ mod tests {
     use crate::{Storage, StorageCatalog};
     use serde_json::json;
     use troupe_model::queue::parse_request;
-    use troupe_model::storage::StorageOrigin;
 
     fn req(key: &str) -> QueueRequest {
         parse_request(
@@ -3087,17 +3086,8 @@ mod tests {
     }
 
     async fn new_queue(storage: &dyn Storage) -> String {
-        let user = crate::conformance::test_user(storage).await;
-        storage
-            .create_storage(
-                StorageKind::RequestQueue,
-                &user,
-                None,
-                StorageOrigin::default(),
-            )
+        crate::conformance::new_storage(storage, StorageKind::RequestQueue)
             .await
-            .unwrap()
-            .0
             .id
     }
 
