@@ -58,11 +58,9 @@ fn token_from_parts(parts: &Parts) -> Option<Cow<'_, str>> {
 }
 
 fn form_urlencoded_token(query: &str) -> Option<String> {
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query).ok()?;
-    pairs
-        .into_iter()
+    form_urlencoded::parse(query.as_bytes())
         .find(|(k, v)| k == "token" && !v.is_empty())
-        .map(|(_, v)| v)
+        .map(|(_, v)| v.into_owned())
 }
 
 impl FromRequestParts<AppState> for Caller {

@@ -1,50 +1,50 @@
 //! Query parameters, parsed once with Apify's conventions: booleans as `1/0/true/false`,
 //! non-negative integers, comma lists; unknown parameters are ignored.
 
-use std::collections::HashMap;
-
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use troupe_model::list::{ListParams, MAX_LIST_LIMIT};
 
 use crate::error::ApiError;
 
-/// The query string as a map (the first occurrence of a name wins).
+/// The query string's decoded name/value pairs in their order (the first occurrence of a name
+/// wins). A query has a handful of parameters: a list searched in order costs less than a map
+/// (no hashing, one allocation), and every API request parses one.
 #[derive(Debug, Clone, Default)]
 pub struct Params {
-    map: HashMap<String, String>,
+    pairs: Vec<(String, String)>,
 }
 
 impl Params {
-    /// Parses a raw query string.
+    /// Parses a raw query string (`application/x-www-form-urlencoded`: `+` is a space,
+    /// percent-escapes decoded, invalid UTF-8 replaced). It cannot fail; the `Result` keeps the
+    /// extractors' shape.
     pub fn parse(query: Option<&str>) -> Result<Self, ApiError> {
-        let mut map = HashMap::new();
-        if let Some(query) = query {
-            let pairs: Vec<(String, String)> =
-                serde_urlencoded::from_str(query).map_err(|err| {
-                    ApiError::invalid_parameter(format!("Malformed query string: {err}"))
-                })?;
-            for (key, value) in pairs {
-                map.entry(key).or_insert(value);
-            }
-        }
-        Ok(Self { map })
+        let pairs = query
+            .map(|query| {
+                form_urlencoded::parse(query.as_bytes())
+                    .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Self { pairs })
     }
 
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
         Self {
-            map: pairs
+            pairs: pairs
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         }
     }
 
-    /// The raw value, if present and non-empty.
+    /// The raw value of the first `name`, if present and non-empty.
     pub fn str(&self, name: &str) -> Option<&str> {
-        self.map
-            .get(name)
-            .map(String::as_str)
+        self.pairs
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
             .filter(|v| !v.is_empty())
     }
 
@@ -151,6 +151,23 @@ mod tests {
         assert_eq!(p.u64("f").unwrap(), Some(3));
         assert!(p.u64("neg").is_err());
         assert!(p.u64("bad").is_err());
+    }
+
+    #[test]
+    fn first_occurrence_wins_and_values_are_decoded() {
+        let p = Params::parse(Some("a=1&b=x+y%2Fz&a=2&c=%E2%9C%93&d=&e")).unwrap();
+        assert_eq!(p.str("a"), Some("1"));
+        assert_eq!(p.str("b"), Some("x y/z"));
+        assert_eq!(p.str("c"), Some("\u{2713}"));
+        assert_eq!(p.str("d"), None);
+        assert_eq!(p.str("e"), None);
+        assert_eq!(p.str("missing"), None);
+        assert_eq!(Params::parse(None).unwrap().str("a"), None);
+        // Invalid UTF-8 after decoding is replaced, not refused.
+        assert_eq!(
+            Params::parse(Some("k=%FF")).unwrap().str("k"),
+            Some("\u{fffd}")
+        );
     }
 
     #[test]
