@@ -41,13 +41,12 @@ pub fn request_id(unique_key: &str) -> String {
     let written = base64::engine::general_purpose::STANDARD
         .encode_slice(digest, &mut encoded)
         .expect("44 bytes hold 32 encoded");
-    let id: Vec<u8> = encoded[..written]
+    encoded[..written]
         .iter()
-        .copied()
         .filter(|c| !matches!(c, b'+' | b'/' | b'='))
         .take(REQUEST_ID_LEN)
-        .collect();
-    String::from_utf8(id).expect("base64 is ASCII")
+        .map(|&c| c as char)
+        .collect()
 }
 
 /// A validated request, ready to store.
@@ -141,7 +140,11 @@ impl BatchEntry<'_> {
 /// else (malformed JSON, another shape, an entry that is not an object): the caller then reads
 /// the body the slow way ([`parse_request_raw`] per entry), which says what is wrong.
 pub fn parse_request_batch(body: &[u8]) -> Option<Vec<BatchEntry<'_>>> {
-    serde_json::from_slice::<Vec<Entry<'_>>>(body)
+    // UTF-8 checked once for the whole body: read from a `str`, serde_json checks neither each
+    // string nor each raw value again (a body that is not UTF-8 is refused either way: JSON
+    // holds non-ASCII bytes only inside strings, which `from_slice` checks).
+    let text = std::str::from_utf8(body).ok()?;
+    serde_json::from_str::<Vec<Entry<'_>>>(text)
         .ok()
         .map(|entries| entries.into_iter().map(|Entry(e)| e).collect())
 }
@@ -168,18 +171,31 @@ fn parse_fields(
     len: usize,
     path_id: Option<&str>,
 ) -> Result<QueueRequest, RequestError> {
-    let field = |name: &str| -> Option<&str> {
-        fields
-            .iter()
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| value.get())
-    };
-    let unique_key = match field("uniqueKey").map(Raw::of) {
+    // The known fields' raw values, found in one pass (keys are distinct: see `Fields`).
+    let mut known: [Option<&str>; 9] = [None; 9];
+    for (key, value) in &fields {
+        let slot = match key.as_ref() {
+            "uniqueKey" => 0,
+            "url" => 1,
+            "id" => 2,
+            "method" => 3,
+            "retryCount" => 4,
+            "userData" => 5,
+            "headers" => 6,
+            "payload" => 7,
+            "handledAt" => 8,
+            _ => continue,
+        };
+        known[slot] = Some(value.get());
+    }
+    let [unique_key, url, id_field, method, retry_count, user_data, headers, payload, handled_at] =
+        known;
+    let unique_key = match unique_key.map(Raw::of) {
         Some(Raw::String(key)) => key.into_owned(),
         None | Some(Raw::Null) => return Err(invalid("Request field \"uniqueKey\" is required")),
         Some(_) => return Err(invalid("Request field \"uniqueKey\" must be a string")),
     };
-    let url = match field("url").map(Raw::of) {
+    let url = match url.map(Raw::of) {
         Some(Raw::String(url)) => url.into_owned(),
         None | Some(Raw::Null) => return Err(invalid("Request field \"url\" is required")),
         Some(_) => return Err(invalid("Request field \"url\" must be a string")),
@@ -190,7 +206,7 @@ fn parse_fields(
         )));
     }
     let id = request_id(&unique_key);
-    match field("id").map(Raw::of) {
+    match id_field.map(Raw::of) {
         None | Some(Raw::Null) => {}
         Some(Raw::String(given)) if given == id => {}
         Some(Raw::String(given)) => {
@@ -207,7 +223,7 @@ fn parse_fields(
             )));
         }
     }
-    let method = match field("method").map(Raw::of) {
+    let method = match method.map(Raw::of) {
         None | Some(Raw::Null) => "GET".to_string(),
         Some(Raw::String(m)) if METHODS.contains(&m.as_ref()) => m.into_owned(),
         Some(_) => {
@@ -217,7 +233,7 @@ fn parse_fields(
             )))
         }
     };
-    let retry_count = match field("retryCount") {
+    let retry_count = match retry_count {
         None | Some("null") => 0,
         Some(text) => match serde_json::from_str::<u64>(text) {
             Ok(n) if n <= i64::MAX as u64 => n as i64,
@@ -228,23 +244,20 @@ fn parse_fields(
             }
         },
     };
-    for name in ["userData", "headers"] {
-        if !matches!(
-            field(name).map(Raw::of),
-            None | Some(Raw::Null | Raw::Object)
-        ) {
+    for (name, value) in [("userData", user_data), ("headers", headers)] {
+        if !matches!(value.map(Raw::of), None | Some(Raw::Null | Raw::Object)) {
             return Err(invalid(format!(
                 "Request field \"{name}\" must be an object"
             )));
         }
     }
     if !matches!(
-        field("payload").map(Raw::of),
+        payload.map(Raw::of),
         None | Some(Raw::Null | Raw::String(_) | Raw::Object)
     ) {
         return Err(invalid("Request field \"payload\" must be a string"));
     }
-    let handled_at = match field("handledAt").map(Raw::of) {
+    let handled_at = match handled_at.map(Raw::of) {
         None | Some(Raw::Null) => None,
         Some(Raw::String(s)) if s.trim().is_empty() => None,
         Some(Raw::String(s)) => Some(parse_ts(&s).ok_or_else(|| {
@@ -260,31 +273,30 @@ fn parse_fields(
     };
     // `id` first, then the other fields in their order with their text as received;
     // `handledAt` normalized in place (dropped when empty).
-    let mut out = Vec::with_capacity(len + 32);
-    out.extend_from_slice(b"{\"id\":");
-    write_json_str(&mut out, &id);
+    // (Built from `str` pieces: UTF-8 by construction.)
+    let mut json = String::with_capacity(len + 32);
+    json.push_str("{\"id\":");
+    write_json_str(&mut json, &id);
     for (key, value) in &fields {
         let value = match key.as_ref() {
             "id" => continue,
             "handledAt" => match handled_at {
                 Some(ms) => {
-                    out.extend_from_slice(b",\"handledAt\":\"");
-                    out.extend_from_slice(format_ts(ms).as_bytes());
-                    out.push(b'"');
+                    json.push_str(",\"handledAt\":\"");
+                    json.push_str(&format_ts(ms));
+                    json.push('"');
                     continue;
                 }
                 None => continue,
             },
             _ => value.get(),
         };
-        out.push(b',');
-        write_json_str(&mut out, key);
-        out.push(b':');
-        out.extend_from_slice(value.as_bytes());
+        json.push(',');
+        write_json_str(&mut json, key);
+        json.push(':');
+        json.push_str(value);
     }
-    out.push(b'}');
-    let json = String::from_utf8(out)
-        .map_err(|err| invalid(format!("Request cannot be stored: {err}")))?;
+    json.push('}');
     Ok(QueueRequest {
         id,
         unique_key,
@@ -296,8 +308,23 @@ fn parse_fields(
     })
 }
 
-fn write_json_str(out: &mut Vec<u8>, s: &str) {
-    serde_json::to_writer(out, s).expect("writing to a Vec cannot fail");
+/// Whether `s` is written as a JSON string without escapes (what serde_json escapes: `"`, `\\`
+/// and control characters below U+0020). One branch-free pass (vectorized).
+pub fn json_str_plain(s: &str) -> bool {
+    !s.bytes().fold(false, |bad, b| {
+        bad | (b < 0x20) | (b == b'"') | (b == b'\\')
+    })
+}
+
+/// `s` as a JSON string (as serde_json writes it).
+fn write_json_str(out: &mut String, s: &str) {
+    if json_str_plain(s) {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    } else {
+        out.push_str(&serde_json::to_string(s).expect("a string serializes"));
+    }
 }
 
 /// A JSON object's fields in order, values as raw text; a repeated key keeps its first position
@@ -363,6 +390,11 @@ impl<'a> Raw<'a> {
         match text.as_bytes().first() {
             Some(b'n') => Raw::Null,
             Some(b'{') => Raw::Object,
+            // A JSON string without escapes is its text between the quotes (`text` is valid
+            // JSON: no raw control characters).
+            Some(b'"') if text.len() >= 2 && !text.as_bytes()[1..].contains(&b'\\') => {
+                Raw::String(Cow::Borrowed(&text[1..text.len() - 1]))
+            }
             Some(b'"') => match serde_json::from_str::<Key<'a>>(text) {
                 Ok(Key(s)) => Raw::String(s),
                 Err(_) => Raw::Other,
@@ -373,10 +405,15 @@ impl<'a> Raw<'a> {
 }
 
 fn is_http_url(url: &str) -> bool {
-    let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
-    let rest = if lower.starts_with("https://") {
+    let starts = |scheme: &str| {
+        url.as_bytes()
+            .get(..scheme.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(scheme.as_bytes()))
+    };
+    // (A matched scheme is ASCII: the slices below are at character boundaries.)
+    let rest = if starts("https://") {
         &url[8..]
-    } else if lower.starts_with("http://") {
+    } else if starts("http://") {
         &url[7..]
     } else {
         return false;
@@ -389,8 +426,10 @@ fn has_whitespace(s: &str) -> bool {
     if !s.is_ascii() {
         return s.chars().any(char::is_whitespace);
     }
-    s.bytes()
-        .any(|b| matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r'))
+    // Space, or \t \n \x0b \x0c \r (9 to 13); branch-free, so it vectorizes.
+    s.bytes().fold(false, |found, b| {
+        found | (b == b' ') | (b.wrapping_sub(9) < 5)
+    })
 }
 
 /// `clientKey`: 1 to 32 characters.
@@ -632,6 +671,54 @@ mod tests {
         assert!(parse_request_body(b"{\"uniqueKey\":\"\xff\"}", None).is_none());
     }
 
+    /// The fast paths of the parse (strings without escapes taken as they are, keys and ids
+    /// written without serde) give what serde gives, escapes or not.
+    #[test]
+    fn plain_and_escaped_strings_parse_as_serde_reads_them() {
+        for s in ["", "k", "a\"b", "a\\b", "\u{1}", "\n", "\u{7f}", "é", "/x"] {
+            assert_eq!(
+                json_str_plain(s),
+                serde_json::to_string(s).unwrap() == format!("\"{s}\""),
+                "{s:?}"
+            );
+        }
+        let keys = [
+            r#""k""#,
+            r#""k\"q""#,
+            r#""\u00e9\n""#,
+            r#""é\\""#,
+            r#""https://a.example/x""#,
+            r#""\/""#,
+        ];
+        for key in keys {
+            let body = format!(
+                r#"[{{"url":"https://a.example/\u00e9?q={n}","uniqueKey":{key},"we\"ird":1,"plain":{key}}}]"#,
+                n = key.len()
+            );
+            let r = parse_request_batch(body.as_bytes())
+                .unwrap()
+                .pop()
+                .unwrap()
+                .parse()
+                .unwrap();
+            let want: String = serde_json::from_str(key).unwrap();
+            assert_eq!(r.unique_key, want, "{key}");
+            assert_eq!(r.url, format!("https://a.example/é?q={}", key.len()));
+            let back: Value = serde_json::from_str(&r.json).unwrap();
+            assert_eq!(back["uniqueKey"], want.as_str());
+            assert_eq!(back["plain"], want.as_str());
+            assert_eq!(back["we\"ird"], 1);
+            assert_eq!(back["id"], request_id(&want).as_str());
+            // Values are copied through as received; keys written as serde writes them.
+            assert!(
+                r.json.contains(&format!(r#","uniqueKey":{key},"#)),
+                "{}",
+                r.json
+            );
+            assert!(r.json.contains(r#","we\"ird":1,"#), "{}", r.json);
+        }
+    }
+
     #[test]
     fn whitespace_in_urls() {
         for (url, ok) in [
@@ -642,6 +729,20 @@ mod tests {
             ("https://a.example/\u{a0}x", false),
             ("https://a.example/\u{3000}", false),
             ("https://a.example/\u{1f}", true),
+            ("https://a.example/\tx", false),
+            ("https://a.example/\rx", false),
+            ("https://a.example/\u{c}x", false),
+            ("https://a.example/\u{8}x", true),
+            ("https://a.example/\u{e}x", true),
+            ("HtTpS://a.example", true),
+            ("HTTP://a", true),
+            ("http://", false),
+            ("https:/", false),
+            ("http:/é", false),
+            ("http://é", true),
+            ("httpé://a", false),
+            ("ftp://a.example", false),
+            ("https:///x", false),
         ] {
             assert_eq!(is_http_url(url), ok, "{url:?}");
         }

@@ -412,7 +412,7 @@ async fn delete_request(
 /// Appends `s` as a JSON string (what `serde_json` writes: only `"`, `\\` and control
 /// characters escaped).
 fn push_json_str(out: &mut Vec<u8>, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    if troupe_model::queue::json_str_plain(s) {
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
         out.push(b'"');

@@ -277,6 +277,9 @@ pub(crate) struct RecentIds {
     /// Tests stop compactions after this many transactions (0 = never), as a crash would.
     #[cfg(test)]
     compact_stop: std::sync::atomic::AtomicUsize,
+    /// Merges that took their ids from the map, not from the rows (tests).
+    #[cfg(test)]
+    merges_from_map: std::sync::atomic::AtomicUsize,
 }
 
 #[derive(Default)]
@@ -314,6 +317,20 @@ impl RecentIds {
             }
         }
         Ok(())
+    }
+
+    /// The entries (queue, id, `rid`) with `rid` in `(above, upto]`, in no order.
+    fn entries_between(&self, above: i64, upto: i64) -> Vec<(i64, IdKey, i64)> {
+        let state = self.state.lock();
+        let mut entries = Vec::with_capacity(state.len);
+        for (&num, ids) in &state.queues {
+            entries.extend(
+                ids.iter()
+                    .filter(|(_, &rid)| rid > above && rid <= upto)
+                    .map(|(&key, &rid)| (num, key, rid)),
+            );
+        }
+        entries
     }
 
     fn has_queue(&self, num: i64) -> bool {
@@ -1656,18 +1673,8 @@ fn compact_json(r: &QueueRequest, scratch: &mut String, out: &mut String) -> boo
             bytes.get(end) == Some(&b'"') && &bytes[at + 1..end] == value
         })
     }
-    fn push_number(out: &mut String, mut n: usize) {
-        let mut digits = [0u8; 20];
-        let mut i = digits.len();
-        loop {
-            i -= 1;
-            digits[i] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        out.push_str(std::str::from_utf8(&digits[i..]).expect("digits"));
+    fn push_number(out: &mut String, n: usize) {
+        out.push_str(itoa::Buffer::new().format(n));
     }
     let json = r.json.as_str();
     let prefix_len = 8 + r.id.len();
@@ -1762,9 +1769,12 @@ fn multi_row_inserts(head: &str, sizes: &[usize], row: impl Fn(usize) -> String)
 /// (largest first), which share the per-statement costs (prepare-cache lookup, VDBE start,
 /// reset) among their rows.
 const INSERT_SIZES: [usize; 3] = [25, 8, 1];
-/// Columns of one inserted row.
-const INSERT_COLUMNS: usize = 10;
+/// Parameters of one inserted row (after `?1`, the queue, which every row shares).
+const INSERT_COLUMNS: usize = 9;
 
+/// A row's parameters: `rid`, `id`, `ord`, `handled_at`, `unique_key` (NULL: the `url`, as for
+/// most requests), `url`, `method` (NULL: `GET`), `retry_count`, `data`. Each text bound is a
+/// copy SQLite makes (and frees at the next bind): NULLs for the common values save two of five.
 fn insert_sql(rows: usize) -> &'static str {
     static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
     let all = SQL.get_or_init(|| {
@@ -1772,10 +1782,20 @@ fn insert_sql(rows: usize) -> &'static str {
             "INSERT INTO rq_requests (rid, queue, id, ord, handled_at, unique_key, url, method, retry_count, data)",
             &INSERT_SIZES,
             |row| {
-                let params: Vec<String> = (1..=INSERT_COLUMNS)
-                    .map(|col| format!("?{}", row * INSERT_COLUMNS + col))
-                    .collect();
-                format!("({})", params.join(", "))
+                let p = |col: usize| format!("?{}", 1 + row * INSERT_COLUMNS + col);
+                format!(
+                    "({}, ?1, {}, {}, {}, coalesce({}, {}), {}, coalesce({}, 'GET'), {}, {})",
+                    p(1),
+                    p(2),
+                    p(3),
+                    p(4),
+                    p(5),
+                    p(6),
+                    p(6),
+                    p(7),
+                    p(8),
+                    p(9)
+                )
             },
         )
     });
@@ -1826,21 +1846,23 @@ fn insert_rows(
             ends.push(compact.len());
         }
         let mut stmt = tx.prepare_cached(insert_sql(n))?;
+        stmt.raw_bind_parameter(1, q.num)?;
         for (i, r) in chunk.iter().enumerate() {
             let data = &compact[if i == 0 { 0 } else { ends[i - 1] }..ends[i]];
             rid += 1;
             let ord = q.next_ord(forefront);
-            let at = i * INSERT_COLUMNS;
+            let at = 1 + i * INSERT_COLUMNS;
             stmt.raw_bind_parameter(at + 1, rid)?;
-            stmt.raw_bind_parameter(at + 2, q.num)?;
-            stmt.raw_bind_parameter(at + 3, r.id.as_str())?;
-            stmt.raw_bind_parameter(at + 4, ord)?;
-            stmt.raw_bind_parameter(at + 5, r.handled_at)?;
-            stmt.raw_bind_parameter(at + 6, r.unique_key.as_str())?;
-            stmt.raw_bind_parameter(at + 7, r.url.as_str())?;
-            stmt.raw_bind_parameter(at + 8, r.method.as_str())?;
-            stmt.raw_bind_parameter(at + 9, r.retry_count)?;
-            stmt.raw_bind_parameter(at + 10, data)?;
+            stmt.raw_bind_parameter(at + 2, r.id.as_str())?;
+            stmt.raw_bind_parameter(at + 3, ord)?;
+            stmt.raw_bind_parameter(at + 4, r.handled_at)?;
+            let unique_key = (r.unique_key != r.url).then_some(r.unique_key.as_str());
+            stmt.raw_bind_parameter(at + 5, unique_key)?;
+            stmt.raw_bind_parameter(at + 6, r.url.as_str())?;
+            let method = (r.method != "GET").then_some(r.method.as_str());
+            stmt.raw_bind_parameter(at + 7, method)?;
+            stmt.raw_bind_parameter(at + 8, r.retry_count)?;
+            stmt.raw_bind_parameter(at + 9, data)?;
             if r.handled_at.is_none() {
                 pending.push((rid, ord));
             }
@@ -2282,11 +2304,43 @@ impl SqliteStorage {
                 if new <= old {
                     return Ok((old, 0, started.elapsed()));
                 }
-                // The rows' ids, read in `rid` order and sorted here (SQLite's sorter cost ~5k
-                // instructions per id), then appended to the new run in (queue, id) order.
-                // `IdKey`s order as SQLite orders the ids (bytes, then length; ids hold no NUL).
-                let mut rows: Vec<(i64, IdKey, i64)> = Vec::new();
-                {
+                // The rows' ids, sorted here (SQLite's sorter cost ~5k instructions per id), then
+                // appended to the new run in (queue, id) order. `IdKey`s order as SQLite orders
+                // the ids (bytes, then length; ids hold no NUL).
+                //
+                // They come from the map when its entries in the range are exactly the rows:
+                // every row above the watermark has its entry (see `RecentIds`), but entries of
+                // rolled-back writes and of deleted requests stay. When the range holds a row
+                // for each of its `new - old` rids (counted without decoding a record: rids
+                // are distinct) and the map as many entries with distinct rids in it, both are
+                // that whole range, one entry per row. Otherwise (a deleted request, a stale
+                // entry) the rows themselves are read.
+                let mut rows = this.inner.recent_ids.entries_between(old, new);
+                let span = new - old;
+                let exact = rows.len() as i64 == span && {
+                    let mut seen = vec![0u64; (span as usize).div_ceil(64)];
+                    let distinct = rows.iter().all(|&(_, _, rid)| {
+                        let at = (rid - old - 1) as usize;
+                        let (word, bit) = (at / 64, 1u64 << (at % 64));
+                        let fresh = seen[word] & bit == 0;
+                        seen[word] |= bit;
+                        fresh
+                    });
+                    distinct
+                        && tx
+                            .prepare_cached(
+                                "SELECT count(*) FROM rq_requests WHERE rid > ?1 AND rid <= ?2",
+                            )?
+                            .query_row(params![old, new], |row| row.get::<_, i64>(0))?
+                            == span
+                };
+                #[cfg(test)]
+                this.inner
+                    .recent_ids
+                    .merges_from_map
+                    .fetch_add(exact as usize, std::sync::atomic::Ordering::Relaxed);
+                if !exact {
+                    rows.clear();
                     let mut stmt = tx.prepare_cached(
                         "SELECT queue, id, rid FROM rq_requests WHERE rid > ?1 AND rid <= ?2",
                     )?;
@@ -2299,7 +2353,8 @@ impl SqliteStorage {
                         rows.push((row.get(0)?, key, row.get(2)?));
                     }
                 }
-                rows.sort_unstable_by_key(|a| (a.0, a.1 .0));
+                // (The key's bytes as a big-endian integer: the same order, one comparison.)
+                rows.sort_unstable_by_key(|a| (a.0, u128::from_be_bytes(a.1 .0)));
                 tx.execute("UPDATE rq_merged SET watermark = ?1", [new])?;
                 if rows.is_empty() {
                     return Ok((new, 0, started.elapsed()));
@@ -3809,6 +3864,7 @@ mod tests {
         assert_eq!(storage.recent_id_count(), 13);
         storage.merge_recent_ids().await.unwrap();
         assert_eq!(storage.recent_id_count(), 0);
+        assert_eq!(merges_from_map(&storage), 1);
         let mut want = vec![true; 5];
         want.extend([false; 5]);
         assert_eq!(add(&storage, &queue, &keys(5..15)).await, want);
@@ -3918,11 +3974,109 @@ mod tests {
         );
         storage.merge_recent_ids().await.unwrap();
         assert_eq!(storage.recent_id_count(), 0);
+        // The stale entry of "b" shares its `rid` with "c": the merge read the rows.
+        assert_eq!(merges_from_map(&storage), 0);
+        assert_eq!(ids_as_rows(&storage), (2, true));
         assert_eq!(
             add(&storage, &queue, &["a".into(), "b".into(), "c".into()]).await,
             vec![true, false, true]
         );
         assert_eq!(listed(&storage, &queue).await.len(), 3);
+    }
+
+    fn merges_from_map(storage: &SqliteStorage) -> usize {
+        storage
+            .inner
+            .recent_ids
+            .merges_from_map
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// (ids in `rq_ids`, whether `rq_ids` is exactly the (queue, id, rid) of the rows at or
+    /// below the watermark).
+    fn ids_as_rows(storage: &SqliteStorage) -> (i64, bool) {
+        storage
+            .read_blocking(|conn| {
+                let ids: i64 = conn.query_row("SELECT count(*) FROM rq_ids", [], |r| r.get(0))?;
+                let diff: i64 = conn.query_row(
+                    "SELECT count(*) FROM (
+                         SELECT 1 FROM (
+                             SELECT queue, id, rid FROM rq_ids
+                             UNION ALL
+                             SELECT queue, id, rid FROM rq_requests
+                             WHERE rid <= (SELECT watermark FROM rq_merged))
+                         GROUP BY queue, id, rid HAVING count(*) != 2)",
+                    [],
+                    |r| r.get(0),
+                )?;
+                Ok((ids, diff == 0))
+            })
+            .unwrap()
+    }
+
+    /// A merge takes its ids from the map only when the map's entries are exactly the rows
+    /// above the watermark; entries of deleted requests or queues make it read the rows. Either
+    /// way `rq_ids` ends up holding every merged row's (queue, id, rid).
+    #[tokio::test]
+    async fn merges_take_ids_from_the_map_only_when_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = SqliteStorage::open(dir.path(), SqliteOptions::default()).unwrap();
+        storage.set_merge_threshold(usize::MAX);
+        let queue = new_queue(&storage).await;
+        let other = new_queue(&storage).await;
+        add(&storage, &queue, &keys(0..30)).await;
+        add(&storage, &other, &keys(0..5)).await;
+        storage.merge_recent_ids().await.unwrap();
+        assert_eq!(merges_from_map(&storage), 1);
+        assert_eq!(ids_as_rows(&storage), (35, true));
+        // A deleted recent request (its entry stays): the rows are read.
+        add(&storage, &queue, &keys(30..40)).await;
+        let target = |key: &str| DeleteTarget {
+            id: troupe_model::queue::request_id(key),
+            unique_key: None,
+        };
+        let deleted = storage
+            .delete_requests(&queue, vec![target("k33")], None, 1)
+            .await
+            .unwrap();
+        assert_eq!(deleted, vec![true]);
+        storage.merge_recent_ids().await.unwrap();
+        assert_eq!(merges_from_map(&storage), 1);
+        assert_eq!(ids_as_rows(&storage), (44, true));
+        // The last request deleted: its `rid` is taken again by the next add.
+        add(&storage, &queue, &keys(40..45)).await;
+        let deleted = storage
+            .delete_requests(&queue, vec![target("k44")], None, 1)
+            .await
+            .unwrap();
+        assert_eq!(deleted, vec![true]);
+        add(&storage, &queue, &keys(45..47)).await;
+        storage.merge_recent_ids().await.unwrap();
+        assert_eq!(merges_from_map(&storage), 1);
+        assert_eq!(ids_as_rows(&storage), (50, true));
+        // A deleted queue's recent requests.
+        add(&storage, &other, &keys(5..9)).await;
+        add(&storage, &queue, &keys(47..50)).await;
+        assert!(storage
+            .delete_storage(StorageKind::RequestQueue, &other)
+            .await
+            .unwrap());
+        storage.merge_recent_ids().await.unwrap();
+        assert_eq!(merges_from_map(&storage), 1);
+        assert_eq!(ids_as_rows(&storage), (48, true));
+        // Plain adds again: from the map.
+        add(&storage, &queue, &keys(50..60)).await;
+        storage.merge_recent_ids().await.unwrap();
+        assert_eq!(merges_from_map(&storage), 2);
+        assert_eq!(ids_as_rows(&storage), (58, true));
+        let mut want = vec![true; 58];
+        want.extend([false, false]);
+        let mut all: Vec<String> = keys(0..60)
+            .into_iter()
+            .filter(|k| k != "k33" && k != "k44")
+            .collect();
+        all.extend(["k33".to_string(), "k44".to_string()]);
+        assert_eq!(add(&storage, &queue, &all).await, want);
     }
 
     /// Merges in the background (after every add) while requests are added, read and
