@@ -41,12 +41,20 @@ pub fn request_id(unique_key: &str) -> String {
     let written = base64::engine::general_purpose::STANDARD
         .encode_slice(digest, &mut encoded)
         .expect("44 bytes hold 32 encoded");
-    encoded[..written]
-        .iter()
-        .filter(|c| !matches!(c, b'+' | b'/' | b'='))
-        .take(REQUEST_ID_LEN)
-        .map(|&c| c as char)
-        .collect()
+    let mut id = [0u8; REQUEST_ID_LEN];
+    let mut len = 0;
+    for &c in &encoded[..written] {
+        if len == REQUEST_ID_LEN {
+            break;
+        }
+        if !matches!(c, b'+' | b'/' | b'=') {
+            id[len] = c;
+            len += 1;
+        }
+    }
+    std::str::from_utf8(&id[..len])
+        .expect("base64 is ASCII")
+        .to_owned()
 }
 
 /// A validated request, ready to store.
