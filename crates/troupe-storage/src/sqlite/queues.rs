@@ -140,7 +140,7 @@ const LOCK_HINTS_MAX: usize = 1 << 16;
 /// request and its entry ([`lock_state`], [`remove_pending`]). An entry is taken out when
 /// used.
 ///
-/// Memory: at most `LOCK_HINTS_MAX` entries (~100 bytes each); entries of requests that are
+/// Memory: at most `LOCK_HINTS_MAX` entries (~50 bytes each: keyed by [`IdKey`], no allocation); entries of requests that are
 /// never PUT back (released locks, consumers that died) go when the map starts over.
 #[derive(Default)]
 pub(crate) struct LockHints {
@@ -149,7 +149,7 @@ pub(crate) struct LockHints {
 
 #[derive(Default)]
 struct LockHintState {
-    queues: HashMap<i64, FastMap<String, LockHint>>,
+    queues: HashMap<i64, FastMap<IdKey, LockHint>>,
     len: usize,
 }
 
@@ -165,7 +165,8 @@ struct LockHint {
 }
 
 impl LockHints {
-    fn insert(&self, num: i64, hints: impl Iterator<Item = (String, LockHint)>) {
+    /// Hints of requests whose id is no request id ([`IdKey::new`]) are left out.
+    fn insert<S: AsRef<str>>(&self, num: i64, hints: impl Iterator<Item = (S, LockHint)>) {
         let mut state = self.state.lock();
         if state.len >= LOCK_HINTS_MAX {
             *state = LockHintState::default();
@@ -173,6 +174,9 @@ impl LockHints {
         let mut added = 0;
         let queue = state.queues.entry(num).or_default();
         for (id, hint) in hints {
+            let Some(id) = IdKey::new(id.as_ref()) else {
+                continue;
+            };
             if queue.insert(id, hint).is_none() {
                 added += 1;
             }
@@ -189,13 +193,15 @@ impl LockHints {
     }
 
     fn peek(&self, num: i64, id: &str) -> Option<LockHint> {
-        self.state.lock().queues.get(&num)?.get(id).copied()
+        let id = IdKey::new(id)?;
+        self.state.lock().queues.get(&num)?.get(&id).copied()
     }
 
     fn take(&self, num: i64, id: &str) -> Option<LockHint> {
+        let id = IdKey::new(id)?;
         let mut state = self.state.lock();
         let queue = state.queues.get_mut(&num)?;
-        let hint = queue.remove(id)?;
+        let hint = queue.remove(&id)?;
         if queue.is_empty() {
             state.queues.remove(&num);
         }
@@ -864,13 +870,15 @@ macro_rules! size_sql {
     };
 }
 
-/// [`size_sql!`] of a row from its values, in Rust (the same number: `instr` counts characters).
-fn stored_size(id: &str, unique_key: &str, url: &str, data: &str) -> i64 {
-    if data.starts_with('{') {
+/// [`size_sql!`] of a row from its values, in Rust (the same number: `instr` counts characters,
+/// i.e. the bytes that do not continue a UTF-8 sequence). `data` as bytes: the lock reads it
+/// without checking it is UTF-8 (only its length and the characters before `;` count).
+fn stored_size(id: &str, unique_key: &str, url: &str, data: &[u8]) -> i64 {
+    if data.first() == Some(&b'{') {
         return data.len() as i64;
     }
-    let instr = match data.find(';') {
-        Some(at) => data[..at].chars().count() as i64 + 1,
+    let instr = match memchr::memchr(b';', data) {
+        Some(at) => data[..at].iter().filter(|&&b| b & 0xc0 != 0x80).count() as i64 + 1,
         None => 0,
     };
     data.len() as i64 - instr + (id.len() + unique_key.len() + url.len()) as i64 + 12
@@ -934,6 +942,10 @@ const SQL_NEXT_EXPIRY: &str = "SELECT locked_until FROM rq_pending
 const SQL_MOVE_PENDING: &str =
     "UPDATE rq_pending SET locked_until = ?1, ord = ?2, lock_client = ?3, lapse_to = ?4
      WHERE queue = ?5 AND locked_until = ?6 AND ord = ?7";
+/// A pending request's entry added at its new key (see [`move_pending`]).
+const SQL_INSERT_PENDING: &str =
+    "INSERT INTO rq_pending (queue, locked_until, ord, rid, lock_client, lapse_to)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 /// A pending request's entry removed (it was handled or deleted), checked against its `rid`.
 const SQL_DELETE_PENDING: &str =
     "DELETE FROM rq_pending WHERE queue = ?1 AND locked_until = ?2 AND ord = ?3 AND rid = ?4";
@@ -1218,7 +1230,7 @@ fn lock_state(
     hints.insert(
         num,
         std::iter::once((
-            id.to_string(),
+            id,
             LockHint {
                 rid: e.rid,
                 size: e.size,
@@ -1230,6 +1242,30 @@ fn lock_state(
     e.locked_until = until;
     e.lock_client = client;
     Ok(())
+}
+
+/// A locked request `id` of queue `num` as its lock hint says it is, if its `rq_pending` entry is
+/// still at the hint's key (checked against `rid`): then the request is pending under exactly
+/// that lock (see [`LockHints`]), and neither its row nor `rq_ids` needs reading. `None`: no
+/// hint, or a stale one (the caller then finds the request: [`find`], [`lock_state`]).
+fn hinted_lock(tx: &Connection, hints: &LockHints, num: i64, id: &str) -> Result<Option<Existing>> {
+    let Some(hint) = hints.peek(num, id) else {
+        return Ok(None);
+    };
+    let client = tx
+        .prepare_cached(SQL_ENTRY_AT)?
+        .query_row(params![num, hint.locked_until, hint.ord, hint.rid], |row| {
+            row.get::<_, Option<String>>(0)
+        })
+        .optional()?;
+    Ok(client.map(|client| Existing {
+        rid: hint.rid,
+        handled: false,
+        locked_until: hint.locked_until,
+        lock_client: client,
+        size: hint.size,
+        ord: hint.ord,
+    }))
 }
 
 /// Lock hints of the locked requests in the database (at start-up), as many as the map holds.
@@ -1307,14 +1343,18 @@ fn move_pending(
     client: Option<&str>,
     lapse_to: Option<i64>,
 ) -> Result<()> {
+    // A DELETE and an INSERT: an UPDATE of the key columns of a `WITHOUT ROWID` table costs
+    // about twice as much (SQLite moves the changed keys through an ephemeral table).
     let changed = tx
-        .prepare_cached(SQL_MOVE_PENDING)?
-        .execute(params![to.0, to.1, client, lapse_to, num, from.0, from.1])?;
+        .prepare_cached(SQL_DELETE_PENDING)?
+        .execute(params![num, from.0, from.1, rid])?;
     if changed != 1 {
         return Err(Error::Internal(anyhow::anyhow!(
             "request {rid} of queue {num} has no pending entry"
         )));
     }
+    tx.prepare_cached(SQL_INSERT_PENDING)?
+        .execute(params![num, to.0, to.1, rid, client, lapse_to])?;
     Ok(())
 }
 
@@ -2836,7 +2876,7 @@ impl QueueStore for SqliteStorage {
                 .prepare_cached(SQL_LOCKABLE)?
                 .query_map(params![q.num, limit.min(i64::MAX as u64) as i64], |row| {
                     let item = head_item(row)?;
-                    let data = row.get_ref(6)?.as_str()?;
+                    let data = row.get_ref(6)?.as_bytes()?;
                     let hint = LockHint {
                         rid: row.get(5)?,
                         size: stored_size(&item.id, &item.unique_key, &item.url, data),
@@ -2870,7 +2910,7 @@ impl QueueStore for SqliteStorage {
             }
             this.inner.lock_hints.insert(
                 q.num,
-                items.iter().map(|(hint, item)| (item.id.clone(), *hint)),
+                items.iter().map(|(hint, item)| (item.id.as_str(), *hint)),
             );
             // A lock of at least a millisecond was just taken, unless nothing was available.
             let locked = (!items.is_empty() && lock_ms > 0) || has_locked(tx, q.num, now)?;
@@ -2900,9 +2940,13 @@ impl QueueStore for SqliteStorage {
             let mut q = QueueRow::load(tx, &queue_id)?;
             q.track(&client_key);
             let holder = client_key.unwrap_or_default();
-            let mut found = find(tx, &this.inner.recent_ids, q.num, &request_id)?;
-            if let Some(e) = &mut found {
-                lock_state(tx, &this.inner.lock_hints, q.num, &request_id, e)?;
+            let hints = &this.inner.lock_hints;
+            let mut found = hinted_lock(tx, hints, q.num, &request_id)?;
+            if found.is_none() {
+                found = find(tx, &this.inner.recent_ids, q.num, &request_id)?;
+                if let Some(e) = &mut found {
+                    lock_state(tx, hints, q.num, &request_id, e)?;
+                }
             }
             let outcome = match found {
                 None => LockOutcome::NotFound,
@@ -2953,9 +2997,13 @@ impl QueueStore for SqliteStorage {
             let mut q = QueueRow::load(tx, &queue_id)?;
             q.track(&client_key);
             let holder = client_key.unwrap_or_default();
-            let mut found = find(tx, &this.inner.recent_ids, q.num, &request_id)?;
-            if let Some(e) = &mut found {
-                lock_state(tx, &this.inner.lock_hints, q.num, &request_id, e)?;
+            let hints = &this.inner.lock_hints;
+            let mut found = hinted_lock(tx, hints, q.num, &request_id)?;
+            if found.is_none() {
+                found = find(tx, &this.inner.recent_ids, q.num, &request_id)?;
+                if let Some(e) = &mut found {
+                    lock_state(tx, hints, q.num, &request_id, e)?;
+                }
             }
             let outcome = match found {
                 None => LockOutcome::NotFound,
@@ -3237,7 +3285,10 @@ mod tests {
                 .query_row(&format!("SELECT {SIZE_SQL} FROM t"), [], |row| row.get(0))
                 .unwrap();
             assert_eq!(size as usize, r.json.len(), "{}", r.json);
-            assert_eq!(stored_size(&r.id, &r.unique_key, &r.url, &stored), size);
+            assert_eq!(
+                stored_size(&r.id, &r.unique_key, &r.url, stored.as_bytes()),
+                size
+            );
         }
         // Malformed data counts as `size_sql!` says (no `;`; characters before it).
         for data in ["", "12", "é,1;ab", "x;y;z", "{\"a\":1}"] {
@@ -3247,7 +3298,7 @@ mod tests {
             let size: i64 = conn
                 .query_row(&format!("SELECT {SIZE_SQL} FROM t"), [], |row| row.get(0))
                 .unwrap();
-            assert_eq!(stored_size("i", "k", "u", data), size, "{data}");
+            assert_eq!(stored_size("i", "k", "u", data.as_bytes()), size, "{data}");
         }
         // Values escaped in the client's text are stored in full; the others compact.
         assert_eq!(full, [3, 4, 5, 10]);
@@ -4197,7 +4248,7 @@ mod tests {
             let mut ids: Vec<String> = state
                 .queues
                 .get(&num)
-                .map(|m| m.keys().cloned().collect())
+                .map(|m| m.keys().map(|k| k.as_str().to_string()).collect())
                 .unwrap_or_default();
             ids.sort();
             (ids, state.len)
@@ -4323,6 +4374,143 @@ mod tests {
         assert_eq!(storage.inner.lock_hints.state.lock().len, 1);
         assert_eq!(storage.inner.lock_hints.take(-1, "y"), Some(hint(1)));
         assert_eq!(storage.inner.lock_hints.take(-1, "y"), None);
+    }
+
+    /// Delete-lock and prolong take a locked request from its lock hint when its entry is still
+    /// at the hint's key: every answer and every entry is what the general path (no hints:
+    /// `find`, then `lock_state`'s lookups) gives, stale hints included.
+    #[tokio::test]
+    async fn lock_calls_through_hints_match_the_general_path() {
+        async fn scenario(
+            wipe: bool,
+        ) -> (
+            Vec<LockOutcome>,
+            Vec<(i64, i64, Option<String>, Option<i64>, String)>,
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let storage = SqliteStorage::open(dir.path(), SqliteOptions::default()).unwrap();
+            let (q, num) = seeded_queue(&storage, 8).await;
+            let id = |key: &str| troupe_model::queue::request_id(key);
+            let wipe_hints = |storage: &SqliteStorage| {
+                if wipe {
+                    *storage.inner.lock_hints.state.lock() = LockHintState::default();
+                }
+            };
+            let head = storage
+                .lock_head(&q, 6, 60_000, Some("a".into()), 2)
+                .await
+                .unwrap();
+            assert_eq!(head.items.len(), 6);
+            // (With hints, the calls below take the six locked requests from them.)
+            assert_eq!(storage.inner.lock_hints.state.lock().len, 6);
+            let mut out = Vec::new();
+            let a = || Some("a".to_string());
+            let b = || Some("b".to_string());
+            // (key, delete (else prolong), client, forefront, now)
+            let calls: [(&str, bool, Option<String>, bool, i64); 12] = [
+                ("k0", true, b(), false, 3),   // locked by another client
+                ("k0", true, a(), false, 4),   // released, back of the queue
+                ("k0", true, a(), false, 5),   // not locked any more
+                ("k1", false, a(), true, 6),   // prolonged (front on lapse)
+                ("k1", false, b(), false, 7),  // locked by another client
+                ("k1", true, a(), true, 8),    // released through the prolonged lock's hint
+                ("k2", false, b(), false, 9),  // locked by another client
+                ("k3", true, a(), true, 10),   // released to the front
+                ("k6", true, a(), false, 11),  // never locked
+                ("k7", false, a(), false, 12), // not locked: prolong locks it
+                ("k7", true, a(), false, 13),  // released
+                ("zz", true, a(), false, 14),  // no such request
+            ];
+            for (key, delete, client, forefront, now) in calls {
+                wipe_hints(&storage);
+                let outcome = if delete {
+                    storage
+                        .delete_lock(&q, &id(key), forefront, client, now)
+                        .await
+                } else {
+                    storage
+                        .prolong_lock(&q, &id(key), 30_000, forefront, client, now)
+                        .await
+                }
+                .unwrap();
+                out.push(outcome);
+                check_pending(&storage, num).await;
+            }
+            // Stale hints: every lock released at once (the hints stay), then locked again by
+            // another client after the old locks' expiry.
+            storage
+                .unlock_requests(&q, Some("a".into()), 15)
+                .await
+                .unwrap();
+            wipe_hints(&storage);
+            out.push(
+                storage
+                    .delete_lock(&q, &id("k4"), false, a(), 16)
+                    .await
+                    .unwrap(),
+            );
+            wipe_hints(&storage);
+            out.push(
+                storage
+                    .prolong_lock(&q, &id("k5"), 1_000, false, a(), 17)
+                    .await
+                    .unwrap(),
+            );
+            storage
+                .lock_head(&q, 8, 60_000, Some("b".into()), 100_000)
+                .await
+                .unwrap();
+            for (key, client) in [("k5", a()), ("k5", b()), ("k2", b())] {
+                wipe_hints(&storage);
+                out.push(
+                    storage
+                        .delete_lock(&q, &id(key), false, client, 100_001)
+                        .await
+                        .unwrap(),
+                );
+            }
+            // Handled while locked: delete-lock says so.
+            storage
+                .update_request_at(&q, None, handled_req("k2"), false, b(), 100_002)
+                .await
+                .unwrap();
+            wipe_hints(&storage);
+            out.push(
+                storage
+                    .delete_lock(&q, &id("k2"), false, b(), 100_003)
+                    .await
+                    .unwrap(),
+            );
+            (out, check_pending(&storage, num).await)
+        }
+        let (hinted, entries) = scenario(false).await;
+        let (general, general_entries) = scenario(true).await;
+        assert_eq!(hinted, general);
+        assert_eq!(entries, general_entries);
+        use LockOutcome::*;
+        assert_eq!(
+            hinted,
+            [
+                LockedByOther,
+                Ok(None),
+                NotLocked,
+                Ok(Some(30_006)),
+                LockedByOther,
+                Ok(None),
+                LockedByOther,
+                Ok(None),
+                NotLocked,
+                Ok(Some(30_012)),
+                Ok(None),
+                NotFound,
+                NotLocked,
+                Ok(Some(1_017)),
+                LockedByOther,
+                Ok(None),
+                Ok(None),
+                Handled,
+            ]
+        );
     }
 
     /// Asserts that queue `num`'s `rq_pending` entries are exactly its pending requests, at
