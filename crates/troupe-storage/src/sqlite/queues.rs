@@ -2332,7 +2332,7 @@ impl SqliteStorage {
     pub(crate) async fn merge_recent_ids(&self) -> Result<()> {
         let this = self.clone();
         let started = std::time::Instant::now();
-        let (watermark, ids, held) = self
+        let (watermark, ids, held, from_map) = self
             .write(move |tx| {
                 let started = std::time::Instant::now();
                 let old: i64 =
@@ -2342,7 +2342,7 @@ impl SqliteStorage {
                         row.get(0)
                     })?;
                 if new <= old {
-                    return Ok((old, 0, started.elapsed()));
+                    return Ok((old, 0, started.elapsed(), false));
                 }
                 // The rows' ids, sorted here (SQLite's sorter cost ~5k instructions per id), then
                 // appended to the new run in (queue, id) order. `IdKey`s order as SQLite orders
@@ -2397,7 +2397,7 @@ impl SqliteStorage {
                 rows.sort_unstable_by_key(|a| (a.0, u128::from_be_bytes(a.1 .0)));
                 tx.execute("UPDATE rq_merged SET watermark = ?1", [new])?;
                 if rows.is_empty() {
-                    return Ok((new, 0, started.elapsed()));
+                    return Ok((new, 0, started.elapsed(), exact));
                 }
                 let run: i64 = tx.query_row(
                     "INSERT INTO rq_runs (run, ids)
@@ -2414,13 +2414,14 @@ impl SqliteStorage {
                         filter.add(*num, key.as_str());
                     }
                 }
-                Ok((new, rows.len(), started.elapsed()))
+                Ok((new, rows.len(), started.elapsed(), exact))
             })
             .await?;
         self.inner.recent_ids.prune(watermark);
         if ids > 0 {
             tracing::info!(
                 ids,
+                from_map,
                 write_ms = held.as_millis() as u64,
                 total_ms = started.elapsed().as_millis() as u64,
                 "merged request ids into a new run"
