@@ -92,10 +92,59 @@ fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
     file.sync_all()
 }
 
+/// Name of the file a running server holds locked in its data dir.
+const LOCK_FILE: &str = "serve.lock";
+/// How long `serve` waits for the data dir's lock (a server stopping on the same data dir).
+const LOCK_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Locks the data dir for this server (an exclusive `flock` on `serve.lock`, released by the
+/// kernel when the process ends, however it ends) and writes the server's pid into the file.
+/// A second server on the same data dir would serve the same database with caches of its own
+/// (storage access, lock hints, recent request ids...) and answer from stale ones. The `users`
+/// and `tokens` commands keep no caches and do not take the lock.
+async fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
+    use std::io::{Read, Seek, Write};
+    let path = data_dir.join(LOCK_FILE);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let deadline = std::time::Instant::now() + LOCK_PATIENCE;
+    loop {
+        match file.try_lock() {
+            Ok(()) => break,
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                anyhow::bail!(
+                    "another troupe server (pid {}) is using the data dir {}; stop it first",
+                    holder.trim(),
+                    data_dir.display()
+                );
+            }
+            Err(std::fs::TryLockError::Error(err)) => {
+                return Err(err).with_context(|| format!("locking {}", path.display()))
+            }
+        }
+    }
+    file.set_len(0)?;
+    file.rewind()?;
+    write!(file, "{}", std::process::id())?;
+    Ok(file)
+}
+
 /// Runs the server until a shutdown signal.
 pub async fn run(options: ServeOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(&options.data_dir)
         .with_context(|| format!("creating {}", options.data_dir.display()))?;
+    // Held until the server returns.
+    let _lock = lock_data_dir(&options.data_dir).await?;
     let durability = if options.fsync {
         Durability::Full
     } else {

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{assert_error, client, TestServer};
+use common::{assert_error, client, troupe, TestServer, TOKEN};
 use serde_json::Value;
 
 #[tokio::test]
@@ -185,4 +185,51 @@ async fn sigterm_stops_cleanly_and_data_survives_restart() {
         .await
         .unwrap();
     assert_eq!(items, serde_json::json!([{"a":1},{"a":2}]));
+}
+
+#[tokio::test]
+async fn a_second_server_on_the_same_data_dir_is_refused() {
+    let mut first = TestServer::start();
+    let dir = first.data_dir.clone();
+    // The second server waits a while for the lock (a server stopping), then gives up.
+    let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_troupe"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&dir)
+        .env("TROUPE_TOKEN", TOKEN)
+        .env("RUST_LOG", "warn")
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run a second troupe serve");
+    let deadline = std::time::Instant::now() + common::PATIENCE;
+    while second.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = second.kill();
+            panic!("a second server on the same data dir kept running");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let second = second.wait_with_output().unwrap();
+    assert!(!second.status.success());
+    let stdout = String::from_utf8_lossy(&second.stdout);
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!stdout.contains("listening on"), "{stdout}");
+    assert!(
+        stderr.contains(&format!(
+            "another troupe server (pid {}) is using the data dir",
+            first.pid()
+        )),
+        "{stderr}"
+    );
+    // The first server is unharmed, and the user commands still work beside it.
+    let me = client().get(first.url("/users/me")).send().await.unwrap();
+    assert_eq!(me.status(), 200);
+    let (ok, users) = troupe(&["users", "list"], &dir);
+    assert!(ok, "{users}");
+    // Once it has stopped, a new server takes the data dir.
+    assert!(first.stop(), "clean exit on SIGTERM");
+    let next = TestServer::start_in(&dir, &[]);
+    let me = client().get(next.url("/users/me")).send().await.unwrap();
+    assert_eq!(me.status(), 200);
 }
