@@ -3206,6 +3206,21 @@ mod tests {
             .collect()
     }
 
+    /// Whether each request of `keys` was found and deleted (by its id, without clientKey).
+    async fn delete_keys(storage: &SqliteStorage, queue: &str, keys: &[&str]) -> Vec<bool> {
+        let targets = keys
+            .iter()
+            .map(|key| DeleteTarget {
+                id: troupe_model::queue::request_id(key),
+                unique_key: None,
+            })
+            .collect();
+        storage
+            .delete_requests(queue, targets, None, 1)
+            .await
+            .unwrap()
+    }
+
     fn keys(range: std::ops::Range<usize>) -> Vec<String> {
         range.map(|i| format!("k{i}")).collect()
     }
@@ -3745,14 +3760,7 @@ mod tests {
         let mut present = keys(0..100);
         check(&storage, &queue, &present).await;
         // Delete a merged request (in run 2), and one more after it was added back.
-        let delete = |key: &str| DeleteTarget {
-            id: troupe_model::queue::request_id(key),
-            unique_key: None,
-        };
-        let deleted = storage
-            .delete_requests(&queue, vec![delete("k30")], None, 1)
-            .await
-            .unwrap();
+        let deleted = delete_keys(&storage, &queue, &["k30"]).await;
         assert_eq!(deleted, vec![true]);
         present.retain(|k| k != "k30");
         check(&storage, &queue, &present).await;
@@ -3794,10 +3802,7 @@ mod tests {
         check(&storage, &queue, &present).await;
         check(&storage, &other, &keys(0..15)).await;
         // A request deleted after its id moved, and added back.
-        let deleted = storage
-            .delete_requests(&queue, vec![delete("k31")], None, 1)
-            .await
-            .unwrap();
+        let deleted = delete_keys(&storage, &queue, &["k31"]).await;
         assert_eq!(deleted, vec![true]);
         assert_eq!(
             add(&storage, &queue, &["k31".to_string()]).await,
@@ -3922,21 +3927,7 @@ mod tests {
         assert_eq!(add(&storage, &queue, &keys(5..15)).await, want);
         assert_eq!(storage.recent_id_count(), 5);
         // Delete a merged and a recent request, then add both back.
-        let deleted = storage
-            .delete_requests(
-                &queue,
-                ["k3", "k12"]
-                    .iter()
-                    .map(|k| DeleteTarget {
-                        id: troupe_model::queue::request_id(k),
-                        unique_key: None,
-                    })
-                    .collect(),
-                None,
-                1,
-            )
-            .await
-            .unwrap();
+        let deleted = delete_keys(&storage, &queue, &["k3", "k12"]).await;
         assert_eq!(deleted, vec![true, true]);
         for key in ["k3", "k12"] {
             let id = troupe_model::queue::request_id(key);
@@ -4083,24 +4074,14 @@ mod tests {
         assert_eq!(ids_as_rows(&storage), (35, true));
         // A deleted recent request (its entry stays): the rows are read.
         add(&storage, &queue, &keys(30..40)).await;
-        let target = |key: &str| DeleteTarget {
-            id: troupe_model::queue::request_id(key),
-            unique_key: None,
-        };
-        let deleted = storage
-            .delete_requests(&queue, vec![target("k33")], None, 1)
-            .await
-            .unwrap();
+        let deleted = delete_keys(&storage, &queue, &["k33"]).await;
         assert_eq!(deleted, vec![true]);
         storage.merge_recent_ids().await.unwrap();
         assert_eq!(merges_from_map(&storage), 1);
         assert_eq!(ids_as_rows(&storage), (44, true));
         // The last request deleted: its `rid` is taken again by the next add.
         add(&storage, &queue, &keys(40..45)).await;
-        let deleted = storage
-            .delete_requests(&queue, vec![target("k44")], None, 1)
-            .await
-            .unwrap();
+        let deleted = delete_keys(&storage, &queue, &["k44"]).await;
         assert_eq!(deleted, vec![true]);
         add(&storage, &queue, &keys(45..47)).await;
         storage.merge_recent_ids().await.unwrap();
