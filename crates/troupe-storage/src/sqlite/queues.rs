@@ -1268,6 +1268,26 @@ fn hinted_lock(tx: &Connection, hints: &LockHints, num: i64, id: &str) -> Result
     }))
 }
 
+/// Request `id` of queue `num` with its lock state, for a call on its lock (delete-lock,
+/// prolong): from its lock hint while that still holds ([`hinted_lock`]), else found
+/// ([`find`]) with its entry looked up ([`lock_state`]).
+fn locked_request(
+    tx: &Connection,
+    storage: &SqliteStorage,
+    num: i64,
+    id: &str,
+) -> Result<Option<Existing>> {
+    let hints = &storage.inner.lock_hints;
+    if let Some(found) = hinted_lock(tx, hints, num, id)? {
+        return Ok(Some(found));
+    }
+    let mut found = find(tx, &storage.inner.recent_ids, num, id)?;
+    if let Some(e) = &mut found {
+        lock_state(tx, hints, num, id, e)?;
+    }
+    Ok(found)
+}
+
 /// Lock hints of the locked requests in the database (at start-up), as many as the map holds.
 fn load_lock_hints(conn: &Connection, hints: &LockHints) -> Result<()> {
     let queues: Vec<i64> = conn
@@ -2941,14 +2961,7 @@ impl QueueStore for SqliteStorage {
             let mut q = QueueRow::load(tx, &queue_id)?;
             q.track(&client_key);
             let holder = client_key.unwrap_or_default();
-            let hints = &this.inner.lock_hints;
-            let mut found = hinted_lock(tx, hints, q.num, &request_id)?;
-            if found.is_none() {
-                found = find(tx, &this.inner.recent_ids, q.num, &request_id)?;
-                if let Some(e) = &mut found {
-                    lock_state(tx, hints, q.num, &request_id, e)?;
-                }
-            }
+            let found = locked_request(tx, &this, q.num, &request_id)?;
             let outcome = match found {
                 None => LockOutcome::NotFound,
                 Some(r) if r.handled => LockOutcome::Handled,
@@ -2998,14 +3011,7 @@ impl QueueStore for SqliteStorage {
             let mut q = QueueRow::load(tx, &queue_id)?;
             q.track(&client_key);
             let holder = client_key.unwrap_or_default();
-            let hints = &this.inner.lock_hints;
-            let mut found = hinted_lock(tx, hints, q.num, &request_id)?;
-            if found.is_none() {
-                found = find(tx, &this.inner.recent_ids, q.num, &request_id)?;
-                if let Some(e) = &mut found {
-                    lock_state(tx, hints, q.num, &request_id, e)?;
-                }
-            }
+            let found = locked_request(tx, &this, q.num, &request_id)?;
             let outcome = match found {
                 None => LockOutcome::NotFound,
                 Some(r) if r.handled => LockOutcome::Handled,
@@ -3219,6 +3225,17 @@ mod tests {
             .delete_requests(queue, targets, None, 1)
             .await
             .unwrap()
+    }
+
+    /// A storage whose recent ids merge only when the test says so, and two new queues (the
+    /// data dir comes along for restarts).
+    async fn unmerged_with_two_queues() -> (tempfile::TempDir, SqliteStorage, String, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = SqliteStorage::open(dir.path(), SqliteOptions::default()).unwrap();
+        storage.set_merge_threshold(usize::MAX);
+        let queue = new_queue(&storage).await;
+        let other = new_queue(&storage).await;
+        (dir, storage, queue, other)
     }
 
     fn keys(range: std::ops::Range<usize>) -> Vec<String> {
@@ -3760,8 +3777,7 @@ mod tests {
         let mut present = keys(0..100);
         check(&storage, &queue, &present).await;
         // Delete a merged request (in run 2), and one more after it was added back.
-        let deleted = delete_keys(&storage, &queue, &["k30"]).await;
-        assert_eq!(deleted, vec![true]);
+        assert_eq!(delete_keys(&storage, &queue, &["k30"]).await, [true]);
         present.retain(|k| k != "k30");
         check(&storage, &queue, &present).await;
         assert_eq!(counts(&storage).1, 114);
@@ -3802,8 +3818,7 @@ mod tests {
         check(&storage, &queue, &present).await;
         check(&storage, &other, &keys(0..15)).await;
         // A request deleted after its id moved, and added back.
-        let deleted = delete_keys(&storage, &queue, &["k31"]).await;
-        assert_eq!(deleted, vec![true]);
+        assert_eq!(delete_keys(&storage, &queue, &["k31"]).await, [true]);
         assert_eq!(
             add(&storage, &queue, &["k31".to_string()]).await,
             vec![false]
@@ -3911,11 +3926,7 @@ mod tests {
     /// from the rows above the watermark).
     #[tokio::test]
     async fn recent_and_merged_ids_across_restart() {
-        let dir = tempfile::tempdir().unwrap();
-        let storage = SqliteStorage::open(dir.path(), SqliteOptions::default()).unwrap();
-        storage.set_merge_threshold(usize::MAX);
-        let queue = new_queue(&storage).await;
-        let other = new_queue(&storage).await;
+        let (dir, storage, queue, other) = unmerged_with_two_queues().await;
         assert_eq!(add(&storage, &queue, &keys(0..10)).await, vec![false; 10]);
         assert_eq!(add(&storage, &other, &keys(0..3)).await, vec![false; 3]);
         assert_eq!(storage.recent_id_count(), 13);
@@ -4057,36 +4068,33 @@ mod tests {
             .unwrap()
     }
 
+    /// Merges the recent ids and checks `rq_ids` holds exactly the merged rows; returns (merges
+    /// so far that took their ids from the map, ids in `rq_ids`).
+    async fn merge_and_check(storage: &SqliteStorage) -> (usize, i64) {
+        storage.merge_recent_ids().await.unwrap();
+        let (ids, exact) = ids_as_rows(storage);
+        assert!(exact, "rq_ids is not the merged rows");
+        (merges_from_map(storage), ids)
+    }
+
     /// A merge takes its ids from the map only when the map's entries are exactly the rows
     /// above the watermark; entries of deleted requests or queues make it read the rows. Either
     /// way `rq_ids` ends up holding every merged row's (queue, id, rid).
     #[tokio::test]
     async fn merges_take_ids_from_the_map_only_when_exact() {
-        let dir = tempfile::tempdir().unwrap();
-        let storage = SqliteStorage::open(dir.path(), SqliteOptions::default()).unwrap();
-        storage.set_merge_threshold(usize::MAX);
-        let queue = new_queue(&storage).await;
-        let other = new_queue(&storage).await;
+        let (_dir, storage, queue, other) = unmerged_with_two_queues().await;
         add(&storage, &queue, &keys(0..30)).await;
         add(&storage, &other, &keys(0..5)).await;
-        storage.merge_recent_ids().await.unwrap();
-        assert_eq!(merges_from_map(&storage), 1);
-        assert_eq!(ids_as_rows(&storage), (35, true));
+        assert_eq!(merge_and_check(&storage).await, (1, 35));
         // A deleted recent request (its entry stays): the rows are read.
         add(&storage, &queue, &keys(30..40)).await;
-        let deleted = delete_keys(&storage, &queue, &["k33"]).await;
-        assert_eq!(deleted, vec![true]);
-        storage.merge_recent_ids().await.unwrap();
-        assert_eq!(merges_from_map(&storage), 1);
-        assert_eq!(ids_as_rows(&storage), (44, true));
+        assert_eq!(delete_keys(&storage, &queue, &["k33"]).await, [true]);
+        assert_eq!(merge_and_check(&storage).await, (1, 44));
         // The last request deleted: its `rid` is taken again by the next add.
         add(&storage, &queue, &keys(40..45)).await;
-        let deleted = delete_keys(&storage, &queue, &["k44"]).await;
-        assert_eq!(deleted, vec![true]);
+        assert_eq!(delete_keys(&storage, &queue, &["k44"]).await, [true]);
         add(&storage, &queue, &keys(45..47)).await;
-        storage.merge_recent_ids().await.unwrap();
-        assert_eq!(merges_from_map(&storage), 1);
-        assert_eq!(ids_as_rows(&storage), (50, true));
+        assert_eq!(merge_and_check(&storage).await, (1, 50));
         // A deleted queue's recent requests.
         add(&storage, &other, &keys(5..9)).await;
         add(&storage, &queue, &keys(47..50)).await;
@@ -4094,14 +4102,10 @@ mod tests {
             .delete_storage(StorageKind::RequestQueue, &other)
             .await
             .unwrap());
-        storage.merge_recent_ids().await.unwrap();
-        assert_eq!(merges_from_map(&storage), 1);
-        assert_eq!(ids_as_rows(&storage), (48, true));
+        assert_eq!(merge_and_check(&storage).await, (1, 48));
         // Plain adds again: from the map.
         add(&storage, &queue, &keys(50..60)).await;
-        storage.merge_recent_ids().await.unwrap();
-        assert_eq!(merges_from_map(&storage), 2);
-        assert_eq!(ids_as_rows(&storage), (58, true));
+        assert_eq!(merge_and_check(&storage).await, (2, 58));
         let mut want = vec![true; 58];
         want.extend([false, false]);
         let mut all: Vec<String> = keys(0..60)
@@ -4363,6 +4367,20 @@ mod tests {
     /// `find`, then `lock_state`'s lookups) gives, stale hints included.
     #[tokio::test]
     async fn lock_calls_through_hints_match_the_general_path() {
+        /// Delete-lock of `key` (back of the queue when the lock goes).
+        async fn release(
+            storage: &SqliteStorage,
+            q: &str,
+            key: &str,
+            client: Option<String>,
+            now: i64,
+        ) -> LockOutcome {
+            let id = troupe_model::queue::request_id(key);
+            storage
+                .delete_lock(q, &id, false, client, now)
+                .await
+                .unwrap()
+        }
         async fn scenario(
             wipe: bool,
         ) -> (
@@ -4425,12 +4443,7 @@ mod tests {
                 .await
                 .unwrap();
             wipe_hints(&storage);
-            out.push(
-                storage
-                    .delete_lock(&q, &id("k4"), false, a(), 16)
-                    .await
-                    .unwrap(),
-            );
+            out.push(release(&storage, &q, "k4", a(), 16).await);
             wipe_hints(&storage);
             out.push(
                 storage
@@ -4444,12 +4457,7 @@ mod tests {
                 .unwrap();
             for (key, client) in [("k5", a()), ("k5", b()), ("k2", b())] {
                 wipe_hints(&storage);
-                out.push(
-                    storage
-                        .delete_lock(&q, &id(key), false, client, 100_001)
-                        .await
-                        .unwrap(),
-                );
+                out.push(release(&storage, &q, key, client, 100_001).await);
             }
             // Handled while locked: delete-lock says so.
             storage
@@ -4457,12 +4465,7 @@ mod tests {
                 .await
                 .unwrap();
             wipe_hints(&storage);
-            out.push(
-                storage
-                    .delete_lock(&q, &id("k2"), false, b(), 100_003)
-                    .await
-                    .unwrap(),
-            );
+            out.push(release(&storage, &q, "k2", b(), 100_003).await);
             (out, check_pending(&storage, num).await)
         }
         let (hinted, entries) = scenario(false).await;
