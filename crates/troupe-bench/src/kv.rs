@@ -151,7 +151,7 @@ pub fn workloads(ctx: &Ctx) -> Vec<Workload> {
             }),
             ok_2xx(None),
         )
-        .vs("raw_commit"),
+        .vs("raw_commit_random"),
     );
     let b = base;
     let big = value(MIB, 3);

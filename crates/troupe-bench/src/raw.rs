@@ -42,6 +42,7 @@ pub struct RawEngine {
     inserted: u64,
     items: Vec<String>,
     commit_seq: u64,
+    commit_rng: crate::load::Rng,
     value_1k: Vec<u8>,
 }
 
@@ -54,6 +55,7 @@ impl RawEngine {
             inserted: 0,
             items,
             commit_seq: 0,
+            commit_rng: crate::load::Rng::new(7),
             value_1k: vec![b'x'; 1024],
         })
     }
@@ -118,12 +120,23 @@ impl RawEngine {
         Ok(r)
     }
 
-    /// One-row commits: upsert a 1 KiB value, one transaction each.
-    pub fn commit(&mut self, duration: Duration, max_ops: u64) -> anyhow::Result<RawResult> {
+    /// One-row commits: upsert a 1 KiB value, one transaction each, keys in sequence over 10,000
+    /// rows or (`random`) uniformly at random among them.
+    pub fn commit(
+        &mut self,
+        duration: Duration,
+        max_ops: u64,
+        random: bool,
+    ) -> anyhow::Result<RawResult> {
         let mut r = RawResult::new();
         let start = Instant::now();
         while start.elapsed() < duration && r.ops < max_ops {
-            let key = dataset_item_key(COMMIT_NUM, self.commit_seq % 10_000);
+            let n = if random {
+                self.commit_rng.below(10_000)
+            } else {
+                self.commit_seq % 10_000
+            };
+            let key = dataset_item_key(COMMIT_NUM, n);
             self.commit_seq += 1;
             let value = &self.value_1k;
             let t = Instant::now();

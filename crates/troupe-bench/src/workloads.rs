@@ -73,7 +73,22 @@ pub fn yardsticks() -> Vec<Workload> {
                 Box::pin(async move {
                     let raw = ctx.raw.clone();
                     let d = ctx.settings.point;
-                    let r = on_server_cpu(&ctx, move || raw.lock().commit(d, 1_000_000)).await?;
+                    let r =
+                        on_server_cpu(&ctx, move || raw.lock().commit(d, 1_000_000, false)).await?;
+                    Ok(Sample::from_raw(&r))
+                })
+            }),
+        ),
+        Workload::custom(
+            "raw_commit_random",
+            "SQLite 1-row commit (1 KiB upsert at a random one of 10,000 keys), one txn each",
+            "commits/s",
+            Arc::new(|ctx| {
+                Box::pin(async move {
+                    let raw = ctx.raw.clone();
+                    let d = ctx.settings.point;
+                    let r =
+                        on_server_cpu(&ctx, move || raw.lock().commit(d, 1_000_000, true)).await?;
                     Ok(Sample::from_raw(&r))
                 })
             }),
