@@ -12,8 +12,8 @@ mod datasets;
 mod group;
 mod hooks;
 mod kv;
+mod purge;
 mod queues;
-mod stmts;
 mod tasks;
 mod users;
 
@@ -28,6 +28,7 @@ use crate::{Error, Result};
 
 pub use datasets::item_key as dataset_item_key;
 pub use group::wake_deferred_writers;
+pub use purge::DEFAULT_PURGE_CHUNK_ROWS;
 
 /// Schema migrations, applied in order; each name is recorded once applied. Append only.
 const MIGRATIONS: &[(&str, &str)] = &[
@@ -77,6 +78,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0013_request_queue_pending_unindexed",
         include_str!("sqlite/migrations/0013_request_queue_pending_unindexed.sql"),
     ),
+    (
+        "0014_storage_purges",
+        include_str!("sqlite/migrations/0014_storage_purges.sql"),
+    ),
 ];
 
 /// How hard commits are pushed to disk.
@@ -94,6 +99,11 @@ pub enum Durability {
 #[derive(Debug, Clone, Default)]
 pub struct SqliteOptions {
     pub durability: Durability,
+    /// Rows one background write deletes at most when the content of a deleted storage is
+    /// purged (0 = [`DEFAULT_PURGE_CHUNK_ROWS`]; see `purge`).
+    pub purge_chunk_rows: usize,
+    /// Pause of the purger after each of its writes (zero: none).
+    pub purge_pause: std::time::Duration,
 }
 
 /// The SQLite implementation of [`crate::Storage`].
@@ -106,7 +116,7 @@ struct Inner {
     db_path: PathBuf,
     blobs_dir: PathBuf,
     options: SqliteOptions,
-    writer: Mutex<stmts::Writer>,
+    writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
     /// Writes waiting for the next group commit, and the writer thread's state (see `group`).
     writes: Arc<group::WriteShared>,
@@ -125,11 +135,14 @@ struct Inner {
     recent_ids: queues::RecentIds,
     /// Bumped on every token revocation, so caches in front of token lookups can tell.
     token_generation: std::sync::atomic::AtomicU64,
+    /// The purger of deleted storages' content (see `purge`).
+    purges: Arc<purge::PurgeShared>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         self.writes.close();
+        self.purges.close();
         kv::flush_on_close(self);
     }
 }
@@ -149,7 +162,7 @@ impl SqliteStorage {
                 db_path,
                 blobs_dir,
                 options,
-                writer: Mutex::new(stmts::Writer::new(writer)),
+                writer: Mutex::new(writer),
                 readers: Mutex::new(Vec::new()),
                 writes: Arc::default(),
                 scanners: Mutex::new(Vec::new()),
@@ -159,6 +172,7 @@ impl SqliteStorage {
                 lock_hints: queues::LockHints::default(),
                 recent_ids: queues::RecentIds::default(),
                 token_generation: std::sync::atomic::AtomicU64::new(0),
+                purges: Arc::default(),
             }),
         };
         storage
@@ -168,6 +182,7 @@ impl SqliteStorage {
             .context("starting the writer thread")?;
         kv::init(&storage)?;
         queues::init(&storage)?;
+        purge::init(&storage)?;
         Ok(storage)
     }
 
@@ -236,9 +251,8 @@ impl SqliteStorage {
 
     /// Blocking form of `write` (also used by troupe-bench's raw-engine yardsticks).
     pub fn write_blocking<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
-        let conn = self.inner.writer.lock();
-        // The writer connection is only ever shared (see `stmts::Writer`).
-        let tx = Transaction::new_unchecked(&conn, rusqlite::TransactionBehavior::Immediate)?;
+        let mut conn = self.inner.writer.lock();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let value = f(&tx)?;
         tx.commit()?;
         Ok(value)

@@ -103,6 +103,12 @@ pub struct ServeArgs {
     /// fsync every commit (survives power loss, slower). Default: survives crashes and kill -9.
     #[arg(long, env = "TROUPE_FSYNC", default_value_t = false)]
     pub fsync: bool,
+    /// Rows each background write removes when the content of a deleted storage is purged.
+    #[arg(long, env = "TROUPE_PURGE_CHUNK_ROWS", default_value_t = troupe_storage::sqlite::DEFAULT_PURGE_CHUNK_ROWS)]
+    pub purge_chunk_rows: usize,
+    /// Milliseconds the purger of deleted storages waits after each of its writes (0 = none).
+    #[arg(long, env = "TROUPE_PURGE_PAUSE_MS", default_value_t = 0)]
+    pub purge_pause_ms: u64,
     /// Requests per second allowed per user (0 = unlimited). Over it: 429 rate-limit-exceeded.
     #[arg(long, env = "TROUPE_RATE_LIMIT_PER_USER", default_value_t = 0)]
     pub rate_limit_per_user: u32,
@@ -220,6 +226,8 @@ pub fn main() -> anyhow::Result<()> {
                 max_source_bytes: args.max_source_bytes.max(1),
                 allow_local_sources: args.allow_local_sources,
                 max_record_bytes: args.max_record_bytes,
+                purge_chunk_rows: args.purge_chunk_rows.max(1),
+                purge_pause: std::time::Duration::from_millis(args.purge_pause_ms),
                 hooks: troupe_api::hooks::HooksConfig {
                     retry_base: args.webhook_retry_delay,
                     max_attempts: args.webhook_max_attempts.max(1),

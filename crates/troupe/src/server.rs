@@ -39,6 +39,9 @@ pub struct ServeOptions {
     pub max_source_bytes: u64,
     pub allow_local_sources: bool,
     pub max_record_bytes: u64,
+    /// Rows per background write purging a deleted storage's content, and the pause after each.
+    pub purge_chunk_rows: usize,
+    pub purge_pause: std::time::Duration,
     pub hooks: troupe_api::hooks::HooksConfig,
 }
 
@@ -150,7 +153,14 @@ pub async fn run(options: ServeOptions) -> anyhow::Result<()> {
     } else {
         Durability::Normal
     };
-    let storage = SqliteStorage::open(&options.data_dir, SqliteOptions { durability })?;
+    let storage = SqliteStorage::open(
+        &options.data_dir,
+        SqliteOptions {
+            durability,
+            purge_chunk_rows: options.purge_chunk_rows,
+            purge_pause: options.purge_pause,
+        },
+    )?;
     let storage: Arc<dyn Storage> = Arc::new(storage);
     let token = default_token(&options.data_dir, options.token.clone())?;
     storage

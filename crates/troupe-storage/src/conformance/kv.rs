@@ -412,12 +412,16 @@ pub async fn run(storage: &dyn Storage) {
 
     concurrent_counters(storage, &k).await;
 
-    // Deleting a store removes its records; unknown store → NotFound.
+    // Deleting a store removes it with its records; unknown store → NotFound.
     storage
         .delete_storage(StorageKind::KeyValueStore, &k.id)
         .await
         .unwrap();
-    assert!(storage.get_record(&k, "A", false).await.unwrap().is_none());
+    assert!(storage
+        .get_store_record(&k.id, "A", false)
+        .await
+        .unwrap()
+        .is_none());
     assert!(matches!(
         storage
             .put_record(

@@ -19,7 +19,7 @@ pub(crate) const INFO_COLUMNS: &str = "s.num, s.id, s.kind, s.name, s.user_id, c
      s.list_count, s.storage_bytes, s.item_count, s.clean_item_count, s.total_request_count, s.handled_request_count, \
      s.had_multiple_clients";
 
-fn kind_from_code(code: i64) -> StorageKind {
+pub(crate) fn kind_from_code(code: i64) -> StorageKind {
     match code {
         1 => StorageKind::Dataset,
         2 => StorageKind::KeyValueStore,
@@ -113,9 +113,12 @@ impl StorageCatalog for SqliteStorage {
             }
             let id = troupe_model::new_id();
             let now = troupe_model::now_ms();
+            // Above every number in use and every number whose content is still being purged
+            // (SQLite's own choice, the largest number + 1, would reuse a deleted storage's).
             tx.execute(
-                "INSERT INTO storages (id, kind, user_id, name, created_at, modified_at, accessed_at, act_id, act_run_id, general_access, secret)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT INTO storages (num, id, kind, user_id, name, created_at, modified_at, accessed_at, act_id, act_run_id, general_access, secret)
+                 VALUES (max(coalesce((SELECT max(num) FROM storages), 0), coalesce((SELECT max(num) FROM storage_purges), 0)) + 1,
+                         ?1, ?2, ?3, ?4, ?5, ?5, ?5, ?6, ?7, ?8, ?9)",
                 params![
                     id,
                     kind.code(),
@@ -258,23 +261,30 @@ impl StorageCatalog for SqliteStorage {
 
     async fn delete_storage(&self, kind: StorageKind, id: &str) -> Result<bool> {
         let id = id.to_string();
-        let this = self.clone();
         // Cached access data and cached key-value records go with their storage (see `super::cache`).
         let bump = self.inner.caches.catalog_write(kind);
-        self.write(move |tx| {
-            let Some(info) = load_storage(tx, kind, &id)? else {
-                return Ok((false, bump));
-            };
-            match kind {
-                StorageKind::Dataset => super::datasets::delete_items(tx, info.num)?,
-                StorageKind::KeyValueStore => super::kv::delete_records(&this, tx, info.num)?,
-                StorageKind::RequestQueue => super::queues::delete_requests(&this, tx, info.num)?,
-            }
-            tx.execute("DELETE FROM storages WHERE num = ?1", [info.num])?;
-            Ok((true, bump))
-        })
-        .await
-        .map(|(deleted, _bump)| deleted)
+        // Only the catalog row goes now, with a record of the purge; the content goes in the
+        // background in bounded writes (see `super::purge`).
+        let (deleted, _bump) = self
+            .write(move |tx| {
+                let Some(info) = load_storage(tx, kind, &id)? else {
+                    return Ok((None, bump));
+                };
+                tx.execute("DELETE FROM storages WHERE num = ?1", [info.num])?;
+                super::purge::schedule(tx, info.num, kind)?;
+                Ok((Some(info.num), bump))
+            })
+            .await?;
+        let Some(num) = deleted else {
+            return Ok(false);
+        };
+        match kind {
+            StorageKind::Dataset => {}
+            StorageKind::KeyValueStore => super::kv::forget_store(self, num),
+            StorageKind::RequestQueue => super::queues::forget_queue(self, num),
+        }
+        self.inner.purges.wake();
+        Ok(true)
     }
 
     async fn expired_unnamed_storages(

@@ -1,6 +1,6 @@
 use async_trait::async_trait;
 use bytes::Bytes;
-use rusqlite::{params, Transaction};
+use rusqlite::{params, OptionalExtension, Transaction};
 use troupe_model::storage::{NewItem, StorageKind};
 
 use super::catalog::{CatalogDeltas, Delta};
@@ -17,12 +17,24 @@ pub fn item_key(num: i64, index: u64) -> i64 {
     (num << INDEX_BITS) + index as i64
 }
 
-pub(crate) fn delete_items(tx: &Transaction<'_>, num: i64) -> Result<()> {
-    tx.execute(
-        "DELETE FROM dataset_items WHERE k >= ?1 AND k < ?2",
-        params![item_key(num, 0), item_key(num + 1, 0)],
-    )?;
-    Ok(())
+/// Deletes the first `rows` (at least 1) remaining items of the deleted dataset `num` (see
+/// `super::purge`); returns how many it deleted (fewer: none is left).
+pub(crate) fn purge_items(tx: &Transaction<'_>, num: i64, rows: usize) -> Result<usize> {
+    let (first, end) = (item_key(num, 0), item_key(num + 1, 0));
+    let last: Option<i64> = tx
+        .prepare_cached(
+            "SELECT k FROM dataset_items WHERE k >= ?1 AND k < ?2 ORDER BY k LIMIT 1 OFFSET ?3",
+        )?
+        .query_row(params![first, end, rows as i64 - 1], |row| row.get(0))
+        .optional()?;
+    Ok(match last {
+        Some(last) => tx
+            .prepare_cached("DELETE FROM dataset_items WHERE k >= ?1 AND k <= ?2")?
+            .execute(params![first, last])?,
+        None => tx
+            .prepare_cached("DELETE FROM dataset_items WHERE k >= ?1 AND k < ?2")?
+            .execute(params![first, end])?,
+    })
 }
 
 /// Row counts of the multi-row INSERTs a push is cut into, largest first. Rows of one statement

@@ -125,7 +125,7 @@ fn kv_dir(blobs_dir: &Path) -> PathBuf {
     blobs_dir.join("kv")
 }
 
-fn blob_path(blobs_dir: &Path, blob: &str) -> PathBuf {
+pub(crate) fn blob_path(blobs_dir: &Path, blob: &str) -> PathBuf {
     kv_dir(blobs_dir).join(&blob[..2]).join(blob)
 }
 
@@ -359,14 +359,12 @@ pub(super) fn flush_on_close(inner: &Inner) {
         return;
     }
     {
-        let conn = inner.writer.lock();
-        let result = Transaction::new_unchecked(&conn, rusqlite::TransactionBehavior::Deferred)
-            .map_err(Error::from)
-            .and_then(|tx| {
-                write_counters(&tx, &pending)?;
-                tx.commit()?;
-                Ok(())
-            });
+        let mut conn = inner.writer.lock();
+        let result = conn.transaction().map_err(Error::from).and_then(|tx| {
+            write_counters(&tx, &pending)?;
+            tx.commit()?;
+            Ok(())
+        });
         if let Err(err) = result {
             tracing::warn!(error = %err, "flushing key-value counters on close failed");
         }
@@ -504,28 +502,48 @@ fn upsert_row(
     Ok(old.and_then(|(_, _, blob)| blob))
 }
 
-/// Removes every record of the store `num` (called when the store is deleted, inside its
-/// transaction). Files are queued and removed once the deletion has committed.
-pub(crate) fn delete_records(
+/// Forgets the buffered counters of the store `num` (deleted).
+pub(crate) fn forget_store(storage: &SqliteStorage, num: i64) {
+    storage.inner.kv.pending.lock().remove(&num);
+}
+
+/// Deletes the first `rows` (at least 1) remaining records of the deleted store `num` (see
+/// `super::purge`); returns how many it deleted (fewer: none is left). Their files are queued
+/// and removed once no row refers to them (after the commit).
+pub(crate) fn purge_records(
     storage: &SqliteStorage,
     tx: &Transaction<'_>,
     num: i64,
-) -> Result<()> {
-    let blobs = tx
-        .prepare_cached("SELECT blob FROM kv_records WHERE store_num = ?1 AND blob IS NOT NULL")?
-        .query_map([num], |row| row.get::<_, String>(0))?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    tx.execute("DELETE FROM kv_records WHERE store_num = ?1", [num])?;
-    storage.inner.kv.pending.lock().remove(&num);
-    if !blobs.is_empty() {
-        storage
-            .inner
-            .kv
-            .doomed
-            .lock()
-            .extend(blobs.into_iter().map(|blob| (blob, 0)));
+    rows: usize,
+) -> Result<usize> {
+    let mut blobs = Vec::new();
+    let mut last = None;
+    let mut found = 0;
+    {
+        let mut stmt = tx.prepare_cached(
+            "SELECT key, blob FROM kv_records WHERE store_num = ?1 ORDER BY key LIMIT ?2 + 0",
+        )?;
+        let mut records = stmt.query(params![num, rows as i64])?;
+        while let Some(row) = records.next()? {
+            found += 1;
+            if let Some(blob) = row.get::<_, Option<String>>(1)? {
+                blobs.push((blob, 0));
+            }
+            last = Some(row.get::<_, String>(0)?);
+        }
     }
-    Ok(())
+    let deleted = match last {
+        Some(last) if found == rows => tx
+            .prepare_cached("DELETE FROM kv_records WHERE store_num = ?1 AND key <= ?2")?
+            .execute(params![num, last])?,
+        _ => tx
+            .prepare_cached("DELETE FROM kv_records WHERE store_num = ?1")?
+            .execute([num])?,
+    };
+    if !blobs.is_empty() {
+        storage.inner.kv.doomed.lock().extend(blobs);
+    }
+    Ok(deleted)
 }
 
 /// Reads one record (and opens its file) on a reader connection.
