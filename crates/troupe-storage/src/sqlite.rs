@@ -14,6 +14,7 @@ mod hooks;
 mod kv;
 mod purge;
 mod queues;
+mod stmts;
 mod tasks;
 mod users;
 
@@ -116,7 +117,7 @@ struct Inner {
     db_path: PathBuf,
     blobs_dir: PathBuf,
     options: SqliteOptions,
-    writer: Mutex<Connection>,
+    writer: Mutex<stmts::Writer>,
     readers: Mutex<Vec<Connection>>,
     /// Writes waiting for the next group commit, and the writer thread's state (see `group`).
     writes: Arc<group::WriteShared>,
@@ -162,7 +163,7 @@ impl SqliteStorage {
                 db_path,
                 blobs_dir,
                 options,
-                writer: Mutex::new(writer),
+                writer: Mutex::new(stmts::Writer::new(writer)),
                 readers: Mutex::new(Vec::new()),
                 writes: Arc::default(),
                 scanners: Mutex::new(Vec::new()),
@@ -251,8 +252,9 @@ impl SqliteStorage {
 
     /// Blocking form of `write` (also used by troupe-bench's raw-engine yardsticks).
     pub fn write_blocking<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
-        let mut conn = self.inner.writer.lock();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let conn = self.inner.writer.lock();
+        // The writer connection is only ever shared (see `stmts::Writer`).
+        let tx = Transaction::new_unchecked(&conn, rusqlite::TransactionBehavior::Immediate)?;
         let value = f(&tx)?;
         tx.commit()?;
         Ok(value)

@@ -55,6 +55,7 @@ use std::sync::{Arc, Weak};
 use parking_lot::{Condvar, Mutex};
 use rusqlite::Transaction;
 
+use super::stmts::with_stmt;
 use super::{Inner, SqliteStorage};
 use crate::{Error, Result};
 
@@ -567,8 +568,8 @@ impl SqliteStorage {
         let count = jobs.len();
         let mut completions: Vec<Completion> = Vec::with_capacity(count);
         let outcome = {
-            let mut conn = self.inner.writer.lock();
-            run_batch(&mut conn, jobs, &mut completions)
+            let writer = self.inner.writer.lock();
+            writer.with_hot(|conn| run_batch(conn, jobs, &mut completions))
         };
         let failure = outcome.err().map(|err| format!("{err:#}"));
         if let Some(message) = &failure {
@@ -579,11 +580,12 @@ impl SqliteStorage {
 }
 
 fn run_batch(
-    conn: &mut rusqlite::Connection,
+    conn: &rusqlite::Connection,
     jobs: Vec<Job>,
     completions: &mut Vec<Completion>,
 ) -> Result<()> {
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    // The writer connection is only ever shared (see `stmts::Writer`).
+    let tx = Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
     // A lone write needs no savepoint: the transaction is its unit.
     let single = jobs.len() == 1;
     let mut any_ok = false;
@@ -595,7 +597,7 @@ fn run_batch(
         }
         let savepoint = !single && !job.one_statement;
         if savepoint {
-            tx.prepare_cached("SAVEPOINT troupe_write")?.execute([])?;
+            with_stmt(&tx, "SAVEPOINT troupe_write", |s| s.execute([]))?;
         }
         let mut write = job.write;
         let ok = match std::panic::catch_unwind(AssertUnwindSafe(|| write.run(&tx, &mut context))) {
@@ -618,9 +620,9 @@ fn run_batch(
         }
         if savepoint {
             if !ok {
-                tx.prepare_cached("ROLLBACK TO troupe_write")?.execute([])?;
+                with_stmt(&tx, "ROLLBACK TO troupe_write", |s| s.execute([]))?;
             }
-            tx.prepare_cached("RELEASE troupe_write")?.execute([])?;
+            with_stmt(&tx, "RELEASE troupe_write", |s| s.execute([]))?;
         } else if !ok && tx.is_autocommit() {
             // SQLite rolled the whole transaction back (I/O error, disk full, ...).
             return Err(Error::Internal(anyhow::anyhow!(
@@ -631,7 +633,11 @@ fn run_batch(
     }
     if any_ok {
         context.flush(&tx)?;
-        tx.commit()?;
+        // `tx.commit()` would prepare the COMMIT afresh each time. Committed, `tx` finds the
+        // connection in autocommit mode and its drop does nothing; if COMMIT fails, the drop
+        // rolls back, as after a failed `commit()`.
+        with_stmt(&tx, "COMMIT", |s| s.execute([]))?;
+        debug_assert!(tx.is_autocommit());
     } else {
         tx.rollback()?;
     }

@@ -359,12 +359,14 @@ pub(super) fn flush_on_close(inner: &Inner) {
         return;
     }
     {
-        let mut conn = inner.writer.lock();
-        let result = conn.transaction().map_err(Error::from).and_then(|tx| {
-            write_counters(&tx, &pending)?;
-            tx.commit()?;
-            Ok(())
-        });
+        let conn = inner.writer.lock();
+        let result = Transaction::new_unchecked(&conn, rusqlite::TransactionBehavior::Deferred)
+            .map_err(Error::from)
+            .and_then(|tx| {
+                write_counters(&tx, &pending)?;
+                tx.commit()?;
+                Ok(())
+            });
         if let Err(err) = result {
             tracing::warn!(error = %err, "flushing key-value counters on close failed");
         }

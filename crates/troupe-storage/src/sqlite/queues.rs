@@ -15,6 +15,7 @@ use troupe_model::queue::{QueueRequest, REQUEST_ID_LEN};
 use troupe_model::storage::StorageKind;
 
 use super::group::{BatchState, Changes};
+use super::stmts::with_stmt;
 use super::{optional, SqliteStorage};
 use crate::queues::{
     DeleteTarget, Head, HeadEntries, HeadItem, ListedHead, LockOutcome, RequestFilter,
@@ -1108,28 +1109,29 @@ struct QueueRow {
 
 impl QueueRow {
     fn load(conn: &Connection, queue_id: &str) -> Result<Self> {
-        let mut stmt = conn.prepare_cached(
+        const SQL: &str =
             "SELECT num, modified_at, total_request_count, handled_request_count, had_multiple_clients,
                     last_client_key, rq_front, rq_back
-             FROM storages WHERE id = ?1 AND kind = ?2",
-        )?;
-        stmt.query_row(params![queue_id, StorageKind::RequestQueue.code()], |row| {
-            Ok(QueueRow {
-                num: row.get(0)?,
-                modified_at: row.get(1)?,
-                total: row.get(2)?,
-                handled: row.get(3)?,
-                multiple: row.get::<_, i64>(4)? != 0,
-                last_client: row.get(5)?,
-                front: row.get(6)?,
-                back: row.get(7)?,
-                modified: false,
-                writes: 0,
-                deletes: 0,
-                bytes: 0,
+             FROM storages WHERE id = ?1 AND kind = ?2";
+        with_stmt(conn, SQL, |stmt| {
+            stmt.query_row(params![queue_id, StorageKind::RequestQueue.code()], |row| {
+                Ok(QueueRow {
+                    num: row.get(0)?,
+                    modified_at: row.get(1)?,
+                    total: row.get(2)?,
+                    handled: row.get(3)?,
+                    multiple: row.get::<_, i64>(4)? != 0,
+                    last_client: row.get(5)?,
+                    front: row.get(6)?,
+                    back: row.get(7)?,
+                    modified: false,
+                    writes: 0,
+                    deletes: 0,
+                    bytes: 0,
+                })
             })
-        })
-        .optional()?
+            .optional()
+        })?
         .ok_or_else(|| Error::NotFound("Request queue was not found".into()))
     }
 
@@ -1152,27 +1154,28 @@ impl QueueRow {
 
     fn save(&self, tx: &Transaction<'_>, now: i64) -> Result<()> {
         let modified_at = if self.modified { now } else { self.modified_at };
-        tx.prepare_cached(
+        const SQL: &str =
             "UPDATE storages SET total_request_count = ?1, handled_request_count = ?2, had_multiple_clients = ?3,
                  last_client_key = ?4, rq_front = ?5, rq_back = ?6, modified_at = ?7, accessed_at = ?8,
                  write_count = write_count + ?9, delete_count = delete_count + ?10,
                  storage_bytes = max(0, storage_bytes + ?11)
-             WHERE num = ?12",
-        )?
-        .execute(params![
-            self.total,
-            self.handled,
-            self.multiple as i64,
-            self.last_client,
-            self.front,
-            self.back,
-            modified_at,
-            now,
-            self.writes,
-            self.deletes,
-            self.bytes,
-            self.num
-        ])?;
+             WHERE num = ?12";
+        with_stmt(tx, SQL, |s| {
+            s.execute(params![
+                self.total,
+                self.handled,
+                self.multiple as i64,
+                self.last_client,
+                self.front,
+                self.back,
+                modified_at,
+                now,
+                self.writes,
+                self.deletes,
+                self.bytes,
+                self.num
+            ])
+        })?;
         Ok(())
     }
 }
@@ -1195,10 +1198,9 @@ fn track(last_client: &mut Option<String>, multiple: &mut bool, client: &Option<
 
 /// The first lock expiry after `now` among pending requests.
 fn next_lock_expiry(conn: &Connection, num: i64, now: i64) -> Result<Option<i64>> {
-    Ok(conn
-        .prepare_cached(SQL_NEXT_EXPIRY)?
-        .query_row(params![num, now], |row| row.get(0))
-        .optional()?)
+    Ok(with_stmt(conn, SQL_NEXT_EXPIRY, |s| {
+        s.query_row(params![num, now], |row| row.get(0)).optional()
+    })?)
 }
 
 /// A stored request's state as the write paths need it.
@@ -1265,43 +1267,42 @@ fn lock_state(
     if e.handled {
         return Ok(());
     }
-    let mut at = tx.prepare_cached(SQL_ENTRY_AT)?;
     if let Some(hint) = hints.peek(num, id) {
         if hint.rid == e.rid && hint.ord == e.ord && hint.locked_until > 0 {
-            if let Some(client) = at
-                .query_row(params![num, hint.locked_until, e.ord, e.rid], |row| {
+            if let Some(client) = with_stmt(tx, SQL_ENTRY_AT, |at| {
+                at.query_row(params![num, hint.locked_until, e.ord, e.rid], |row| {
                     row.get::<_, Option<String>>(0)
                 })
-                .optional()?
-            {
+                .optional()
+            })? {
                 e.locked_until = hint.locked_until;
                 e.lock_client = client;
                 return Ok(());
             }
         }
     }
-    if at
-        .query_row(params![num, 0, e.ord, e.rid], |_| Ok(()))
-        .optional()?
-        .is_some()
+    if with_stmt(tx, SQL_ENTRY_AT, |at| {
+        at.query_row(params![num, 0, e.ord, e.rid], |_| Ok(()))
+            .optional()
+    })?
+    .is_some()
     {
         e.locked_until = 0;
         e.lock_client = None;
         return Ok(());
     }
-    drop(at);
-    let (until, client) = tx
-        .prepare_cached(SQL_LOCKED_ENTRY)?
-        .query_row(params![num, e.ord, e.rid], |row| {
+    let (until, client) = with_stmt(tx, SQL_LOCKED_ENTRY, |s| {
+        s.query_row(params![num, e.ord, e.rid], |row| {
             Ok((row.get::<_, i64>(0)?, row.get::<_, Option<String>>(1)?))
         })
-        .optional()?
-        .ok_or_else(|| {
-            Error::Internal(anyhow::anyhow!(
-                "request {} of queue {num} has no pending entry",
-                e.rid
-            ))
-        })?;
+        .optional()
+    })?
+    .ok_or_else(|| {
+        Error::Internal(anyhow::anyhow!(
+            "request {} of queue {num} has no pending entry",
+            e.rid
+        ))
+    })?;
     hints.insert(
         num,
         std::iter::once((
@@ -1327,12 +1328,12 @@ fn hinted_lock(tx: &Connection, hints: &LockHints, num: i64, id: &str) -> Result
     let Some(hint) = hints.peek(num, id) else {
         return Ok(None);
     };
-    let client = tx
-        .prepare_cached(SQL_ENTRY_AT)?
-        .query_row(params![num, hint.locked_until, hint.ord, hint.rid], |row| {
+    let client = with_stmt(tx, SQL_ENTRY_AT, |s| {
+        s.query_row(params![num, hint.locked_until, hint.ord, hint.rid], |row| {
             row.get::<_, Option<String>>(0)
         })
-        .optional()?;
+        .optional()
+    })?;
     Ok(client.map(|client| Existing {
         rid: hint.rid,
         handled: false,
@@ -1440,33 +1441,34 @@ fn move_pending(
 ) -> Result<()> {
     // A DELETE and an INSERT: an UPDATE of the key columns of a `WITHOUT ROWID` table costs
     // about twice as much (SQLite moves the changed keys through an ephemeral table).
-    let changed = tx
-        .prepare_cached(SQL_DELETE_PENDING)?
-        .execute(params![num, from.0, from.1, rid])?;
+    let changed = with_stmt(tx, SQL_DELETE_PENDING, |s| {
+        s.execute(params![num, from.0, from.1, rid])
+    })?;
     if changed != 1 {
         return Err(Error::Internal(anyhow::anyhow!(
             "request {rid} of queue {num} has no pending entry"
         )));
     }
-    tx.prepare_cached(SQL_INSERT_PENDING)?
-        .execute(params![num, to.0, to.1, rid, client, lapse_to])?;
+    with_stmt(tx, SQL_INSERT_PENDING, |s| {
+        s.execute(params![num, to.0, to.1, rid, client, lapse_to])
+    })?;
     Ok(())
 }
 
 /// A request's new position in its row (see [`move_pending`]).
 fn set_ord(tx: &Connection, rid: i64, ord: i64) -> Result<()> {
-    tx.prepare_cached("UPDATE rq_requests SET ord = ?1 WHERE rid = ?2")?
-        .execute(params![ord, rid])?;
+    with_stmt(tx, "UPDATE rq_requests SET ord = ?1 WHERE rid = ?2", |s| {
+        s.execute(params![ord, rid])
+    })?;
     Ok(())
 }
 
 /// Removes the pending request `rid`'s entry, at `at` (locked_until, ord) if that is where it
 /// is, else wherever it is. Returns whether there was one.
 fn remove_pending(tx: &Connection, num: i64, rid: i64, at: (i64, i64)) -> Result<bool> {
-    if tx
-        .prepare_cached(SQL_DELETE_PENDING)?
-        .execute(params![num, at.0, at.1, rid])?
-        == 1
+    if with_stmt(tx, SQL_DELETE_PENDING, |s| {
+        s.execute(params![num, at.0, at.1, rid])
+    })? == 1
     {
         return Ok(true);
     }
@@ -1515,15 +1517,16 @@ fn insert_pending(
             .position(|&n| n <= rest.len())
             .expect("size 1");
         let (chunk, tail) = rest.split_at(INSERT_SIZES[i]);
-        let mut stmt = tx.prepare_cached(&all[i])?;
-        stmt.raw_bind_parameter(1, num)?;
-        stmt.raw_bind_parameter(2, locked_until)?;
-        stmt.raw_bind_parameter(3, client)?;
-        for (row, (rid, ord)) in chunk.iter().enumerate() {
-            stmt.raw_bind_parameter(4 + 2 * row, *rid)?;
-            stmt.raw_bind_parameter(5 + 2 * row, *ord)?;
-        }
-        stmt.raw_execute()?;
+        with_stmt(tx, all[i].as_str(), |stmt| {
+            stmt.raw_bind_parameter(1, num)?;
+            stmt.raw_bind_parameter(2, locked_until)?;
+            stmt.raw_bind_parameter(3, client)?;
+            for (row, (rid, ord)) in chunk.iter().enumerate() {
+                stmt.raw_bind_parameter(4 + 2 * row, *rid)?;
+                stmt.raw_bind_parameter(5 + 2 * row, *ord)?;
+            }
+            stmt.raw_execute()
+        })?;
         rest = tail;
     }
     Ok(())
@@ -1538,15 +1541,17 @@ const SQL_HANDLED: &str =
 /// Row `rid` rewritten as the handled request `r` (its `rq_pending` entry is removed apart).
 /// Returns the rows changed (1, or 0 if there is no row `rid`).
 fn mark_handled(tx: &Connection, r: &QueueRequest, rid: i64) -> Result<usize> {
-    Ok(tx.prepare_cached(SQL_HANDLED)?.execute(params![
-        r.handled_at,
-        r.unique_key,
-        r.url,
-        r.method,
-        r.retry_count,
-        stored_data(r).as_ref(),
-        rid
-    ])?)
+    Ok(with_stmt(tx, SQL_HANDLED, |s| {
+        s.execute(params![
+            r.handled_at,
+            r.unique_key,
+            r.url,
+            r.method,
+            r.retry_count,
+            stored_data(r).as_ref(),
+            rid
+        ])
+    })?)
 }
 
 /// What `rq_requests.data` holds for `r`: its compact form where it has one, else its full
@@ -1604,7 +1609,7 @@ fn update_existing(
         StorageKind::RequestQueue.code()
     ];
     if handles {
-        if tx.prepare_cached(SQL_REQUEST_WRITTEN)?.execute(args)? == 0 {
+        if with_stmt(tx, SQL_REQUEST_WRITTEN, |s| s.execute(args))? == 0 {
             return Ok(false);
         }
         mark_handled(tx, r, existing.rid)?;
@@ -1710,12 +1715,12 @@ impl QueueDeltas {
         if self.checked.iter().any(|(n, i)| *n == num && i == id) {
             return Ok(true);
         }
-        let found = optional(
-            conn.prepare_cached("SELECT 1 FROM storages WHERE num = ?1 AND id = ?2 AND kind = ?3")?
-                .query_row(params![num, id, StorageKind::RequestQueue.code()], |_| {
-                    Ok(())
-                }),
-        )?
+        const SQL: &str = "SELECT 1 FROM storages WHERE num = ?1 AND id = ?2 AND kind = ?3";
+        let found = optional(with_stmt(conn, SQL, |s| {
+            s.query_row(params![num, id, StorageKind::RequestQueue.code()], |_| {
+                Ok(())
+            })
+        }))?
         .is_some();
         if found {
             self.checked.push((num, id.to_string()));
@@ -1745,8 +1750,7 @@ impl BatchState for QueueDeltas {
         }
         // `hadMultipleClients` / `last_client_key` as `track` leaves them after the batch's
         // calls: ?2 = the calls alone make several clients, ?3 = the first call's client.
-        let mut stmt = tx.prepare_cached(
-            "UPDATE storages SET handled_request_count = handled_request_count + ?1,
+        const SQL: &str = "UPDATE storages SET handled_request_count = handled_request_count + ?1,
                  had_multiple_clients = CASE
                      WHEN had_multiple_clients != 0 THEN had_multiple_clients
                      WHEN last_client_key IS NULL THEN ?2
@@ -1756,18 +1760,19 @@ impl BatchState for QueueDeltas {
                      ELSE last_client_key END,
                  modified_at = ?4, accessed_at = ?4, write_count = write_count + ?5,
                  storage_bytes = max(0, storage_bytes + ?6)
-             WHERE num = ?7",
-        )?;
+             WHERE num = ?7";
         for (num, d) in self.done.drain(..) {
-            let changed = stmt.execute(params![
-                d.handled,
-                d.multiple as i64,
-                d.first_client.flatten(),
-                d.now,
-                d.writes,
-                d.bytes,
-                num
-            ])?;
+            let changed = with_stmt(tx, SQL, |s| {
+                s.execute(params![
+                    d.handled,
+                    d.multiple as i64,
+                    d.first_client.flatten(),
+                    d.now,
+                    d.writes,
+                    d.bytes,
+                    num
+                ])
+            })?;
             if changed == 0 {
                 // Cannot happen: queues are deleted by plain writes only, which run after a
                 // flush.
@@ -2021,12 +2026,12 @@ fn insert_rows(
 
 /// Clears locks that expired by `now`, putting each request where its lock said.
 fn reap_expired(tx: &Transaction<'_>, q: &mut QueueRow, now: i64) -> Result<()> {
-    let expired: Vec<(i64, i64, i64, Option<i64>)> = tx
-        .prepare_cached(SQL_EXPIRED)?
-        .query_map(params![q.num, now], |row| {
+    let expired: Vec<(i64, i64, i64, Option<i64>)> = with_stmt(tx, SQL_EXPIRED, |s| {
+        s.query_map(params![q.num, now], |row| {
             Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
         })?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect()
+    })?;
     for (until, ord, rid, lapse_to) in expired {
         let to = match lapse_to {
             Some(to) => {
@@ -2042,9 +2047,9 @@ fn reap_expired(tx: &Transaction<'_>, q: &mut QueueRow, now: i64) -> Result<()> 
 }
 
 fn has_locked(conn: &Connection, num: i64, now: i64) -> Result<bool> {
-    Ok(conn
-        .prepare_cached(SQL_HAS_LOCKED)?
-        .query_row(params![num, now], |row| row.get(0))?)
+    Ok(with_stmt(conn, SQL_HAS_LOCKED, |s| {
+        s.query_row(params![num, now], |row| row.get(0))
+    })?)
 }
 
 fn head_item(row: &rusqlite::Row<'_>) -> rusqlite::Result<HeadItem> {
@@ -2176,23 +2181,22 @@ impl SqliteStorage {
                 // (checked against `rid`) is the write's first change, and removes something
                 // only if the request is still exactly the pending request of the hint (see
                 // `LockHints`); then the row is rewritten by `rid`, no check needed.
-                let hinted =
-                    match this.inner.lock_hints.take(num, &r.id) {
-                        Some(hint) => {
-                            let removed = tx
-                                .prepare_cached(SQL_DELETE_PENDING)?
-                                .execute(params![num, hint.locked_until, hint.ord, hint.rid])?;
-                            (removed == 1).then_some(Existing {
-                                rid: hint.rid,
-                                handled: false,
-                                locked_until: hint.locked_until,
-                                lock_client: None,
-                                size: hint.size,
-                                ord: hint.ord,
-                            })
-                        }
-                        None => None,
-                    };
+                let hinted = match this.inner.lock_hints.take(num, &r.id) {
+                    Some(hint) => {
+                        let removed = with_stmt(tx, SQL_DELETE_PENDING, |s| {
+                            s.execute(params![num, hint.locked_until, hint.ord, hint.rid])
+                        })?;
+                        (removed == 1).then_some(Existing {
+                            rid: hint.rid,
+                            handled: false,
+                            locked_until: hint.locked_until,
+                            lock_client: None,
+                            size: hint.size,
+                            ord: hint.ord,
+                        })
+                    }
+                    None => None,
+                };
                 // The second change (this write has no savepoint): if it fails, SQLite rolled
                 // the whole transaction back (only I/O errors, a full disk, ... can fail a
                 // single-row UPDATE or DELETE), which fails the batch; anything else would
@@ -2968,9 +2972,8 @@ impl QueueStore for SqliteStorage {
             q.track(&client_key);
             reap_expired(tx, &mut q, now)?;
             let expires = now + lock_ms;
-            let mut items: Vec<(LockHint, HeadItem)> = tx
-                .prepare_cached(SQL_LOCKABLE)?
-                .query_map(params![q.num, limit.min(i64::MAX as u64) as i64], |row| {
+            let mut items: Vec<(LockHint, HeadItem)> = with_stmt(tx, SQL_LOCKABLE, |s| {
+                s.query_map(params![q.num, limit.min(i64::MAX as u64) as i64], |row| {
                     let item = head_item(row)?;
                     let data = row.get_ref(6)?.as_bytes()?;
                     let hint = LockHint {
@@ -2981,15 +2984,14 @@ impl QueueStore for SqliteStorage {
                     };
                     Ok((hint, item))
                 })?
-                .collect::<rusqlite::Result<_>>()?;
+                .collect()
+            })?;
             if let Some((last, _)) = items.last() {
                 // The requests taken are the queue's first available ones: one key range of
                 // `rq_pending`, re-added under the lock's expiry.
-                let taken = tx
-                    .prepare_cached(
-                        "DELETE FROM rq_pending WHERE queue = ?1 AND locked_until = 0 AND ord <= ?2",
-                    )?
-                    .execute(params![q.num, last.ord])?;
+                const SQL_TAKE: &str =
+                    "DELETE FROM rq_pending WHERE queue = ?1 AND locked_until = 0 AND ord <= ?2";
+                let taken = with_stmt(tx, SQL_TAKE, |s| s.execute(params![q.num, last.ord]))?;
                 if taken != items.len() {
                     return Err(Error::Internal(anyhow::anyhow!(
                         "queue {} head changed while locking it",
@@ -4297,6 +4299,46 @@ mod tests {
         );
         assert_eq!(after.modified_at, 6);
     }
+
+    /// The consumer loop's statements run as the writer's kept statements (`stmts`), prepared
+    /// once, not through rusqlite's cache; and what they do is exact.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queue_writes_use_the_writers_kept_statements() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = SqliteStorage::open(dir.path(), SqliteOptions::default()).unwrap();
+        let (q, num) = seeded_queue(&storage, 6).await;
+        let mut kept = 0;
+        for round in 0..3 {
+            let head = storage
+                .lock_head(&q, 2, 60_000, Some("a".into()), 10 + round)
+                .await
+                .unwrap();
+            assert_eq!(head.items.len(), 2);
+            for item in &head.items {
+                let r = handled_req(&item.unique_key);
+                assert!(storage
+                    .mark_handled(&q, num, r, Some("a".into()), 10 + round)
+                    .await
+                    .unwrap()
+                    .is_ok());
+            }
+            let now = storage.inner.writer.lock().hot_len();
+            assert!(now > 0);
+            if round > 0 {
+                // The same statements again: none added.
+                assert_eq!(now, kept);
+            }
+            kept = now;
+        }
+        let info = storage
+            .get_storage(StorageKind::RequestQueue, &q)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(info.handled_request_count, 6);
+        assert!(check_pending(&storage, num).await.is_empty());
+    }
+
     /// Lock hints: a handled PUT of a request `head/lock` handed out takes its hint (its
     /// entry's DELETE, then the row's UPDATE); a hint that no longer matches (handled
     /// meanwhile, put back in the queue with another size, deleted) changes nothing and the
