@@ -7,6 +7,7 @@ use troupe_model::storage::{
 use troupe_model::user::User;
 
 use super::group::BatchState;
+use super::stmts::with_stmt;
 use super::{optional, SqliteStorage};
 use std::sync::Arc;
 
@@ -353,10 +354,11 @@ impl CatalogDeltas {
         if self.checked.iter().any(|(n, i)| *n == num && i == id) {
             return Ok(true);
         }
-        let found = optional(
-            conn.prepare_cached("SELECT 1 FROM storages WHERE num = ?1 AND id = ?2")?
-                .query_row(params![num, id], |_| Ok(())),
-        )?
+        let found = optional(with_stmt(
+            conn,
+            "SELECT 1 FROM storages WHERE num = ?1 AND id = ?2",
+            |s| s.query_row(params![num, id], |_| Ok(())),
+        ))?
         .is_some();
         if found {
             self.checked.push((num, id.to_string()));
@@ -404,29 +406,37 @@ impl BatchState for CatalogDeltas {
         if self.done.is_empty() {
             return Ok(());
         }
-        let mut stmt = tx.prepare_cached(
+        let done = &mut self.done;
+        let vanished = with_stmt(
+            tx,
             "UPDATE storages SET storage_bytes = storage_bytes + ?1, write_count = write_count + ?2,
              delete_count = delete_count + ?3, item_count = item_count + ?4,
              clean_item_count = clean_item_count + ?5, modified_at = ?6, accessed_at = ?6
              WHERE num = ?7",
+            |stmt| {
+                for (num, d) in done.drain(..) {
+                    let changed = stmt.execute(params![
+                        d.bytes,
+                        d.writes,
+                        d.deletes,
+                        d.items,
+                        d.clean_items,
+                        d.now,
+                        num
+                    ])?;
+                    if changed == 0 {
+                        return Ok(Some(num));
+                    }
+                }
+                Ok(None)
+            },
         )?;
-        for (num, d) in self.done.drain(..) {
-            let changed = stmt.execute(params![
-                d.bytes,
-                d.writes,
-                d.deletes,
-                d.items,
-                d.clean_items,
-                d.now,
-                num
-            ])?;
-            if changed == 0 {
-                // Cannot happen: storages are deleted by plain writes only, which run after a
-                // flush.
-                return Err(Error::Internal(anyhow::anyhow!(
-                    "storage {num} vanished within a write batch"
-                )));
-            }
+        if let Some(num) = vanished {
+            // Cannot happen: storages are deleted by plain writes only, which run after a
+            // flush.
+            return Err(Error::Internal(anyhow::anyhow!(
+                "storage {num} vanished within a write batch"
+            )));
         }
         Ok(())
     }

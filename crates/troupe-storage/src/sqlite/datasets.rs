@@ -5,6 +5,7 @@ use troupe_model::storage::{NewItem, StorageKind};
 
 use super::catalog::{CatalogDeltas, Delta};
 use super::group::{BatchContext, Changes};
+use super::stmts::with_stmt;
 use super::{optional, SqliteStorage};
 use crate::datasets::{ItemsPage, PushedItems};
 use crate::{DatasetStore, Error, Result};
@@ -61,17 +62,19 @@ fn insert_items(tx: &Transaction<'_>, num: i64, first: u64, items: &[NewItem]) -
         if rest.len() < *size {
             continue;
         }
-        let mut stmt = tx.prepare_cached(sql)?;
-        while rest.len() >= *size {
-            let (chunk, tail) = rest.split_at(*size);
-            for (i, item) in chunk.iter().enumerate() {
-                stmt.raw_bind_parameter(2 * i + 1, item_key(num, index))?;
-                stmt.raw_bind_parameter(2 * i + 2, item.json.as_bytes())?;
-                index += 1;
+        with_stmt(tx, sql.as_str(), |stmt| {
+            while rest.len() >= *size {
+                let (chunk, tail) = rest.split_at(*size);
+                for (i, item) in chunk.iter().enumerate() {
+                    stmt.raw_bind_parameter(2 * i + 1, item_key(num, index))?;
+                    stmt.raw_bind_parameter(2 * i + 2, item.json.as_bytes())?;
+                    index += 1;
+                }
+                stmt.raw_execute()?;
+                rest = tail;
             }
-            stmt.raw_execute()?;
-            rest = tail;
-        }
+            Ok(())
+        })?;
     }
     debug_assert!(rest.is_empty());
     Ok(())
@@ -94,14 +97,15 @@ impl DatasetStore for SqliteStorage {
             let now = troupe_model::now_ms();
             // One lookup, the INSERTs, and the counters are written once per batch (see
             // `CatalogDeltas`), on top of which this push reads them.
-            let (num, item_count, clean_item_count): (i64, i64, i64) = optional(
-                tx.prepare_cached(
-                    "SELECT num, item_count, clean_item_count FROM storages WHERE id = ?1 AND kind = ?2",
-                )?
-                .query_row(params![dataset_id, StorageKind::Dataset.code()], |row| {
-                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-                }),
-            )?
+            let (num, item_count, clean_item_count): (i64, i64, i64) = optional(with_stmt(
+                tx,
+                "SELECT num, item_count, clean_item_count FROM storages WHERE id = ?1 AND kind = ?2",
+                |s| {
+                    s.query_row(params![dataset_id, StorageKind::Dataset.code()], |row| {
+                        Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                    })
+                },
+            ))?
             .ok_or_else(|| Error::NotFound("Dataset was not found".into()))?;
             let deltas = batch.state::<CatalogDeltas>();
             let pending = deltas.pending(num);

@@ -21,6 +21,7 @@ use troupe_model::storage::{StorageInfo, StorageKind};
 
 use super::catalog::{CatalogDeltas, Delta};
 use super::group::Changes;
+use super::stmts::with_stmt;
 use super::{optional, Durability, Inner, SqliteStorage};
 use crate::kv::{
     valid_record_key, KeyEntry, KeysPage, KeysQuery, NewRecord, Record, RecordContent, RecordMeta,
@@ -404,23 +405,25 @@ fn upsert_record(
     if let Some((id, old_size)) = hints.get(num, key) {
         // Verified in the WHERE clause: see `RecordHints`.
         let now = troupe_model::now_ms();
-        let changed = tx
-            .prepare_cached(
-                "UPDATE kv_records SET size = ?3, content_type = ?4, content_encoding = ?5,
-                 modified_at = ?6, data = ?7
-                 WHERE id = ?8 AND store_num = ?1 AND key = ?2 AND size = ?9 AND blob IS NULL",
-            )?
-            .execute(params![
-                num,
-                key,
-                size as i64,
-                record.content_type,
-                record.content_encoding,
-                now,
-                &bytes[..],
-                id,
-                old_size
-            ])?;
+        let changed = with_stmt(
+            tx,
+            "UPDATE kv_records SET size = ?3, content_type = ?4, content_encoding = ?5,
+             modified_at = ?6, data = ?7
+             WHERE id = ?8 AND store_num = ?1 AND key = ?2 AND size = ?9 AND blob IS NULL",
+            |s| {
+                s.execute(params![
+                    num,
+                    key,
+                    size as i64,
+                    record.content_type,
+                    record.content_encoding,
+                    now,
+                    &bytes[..],
+                    id,
+                    old_size
+                ])
+            },
+        )?;
         if changed == 1 {
             hints.put(num, key, id, size as i64);
             deltas.add(
@@ -454,14 +457,15 @@ fn upsert_row(
     // The old row, if any, then a plain UPDATE by row id or a plain INSERT: both single-row
     // statements, which SQLite runs without a statement journal (an `INSERT … ON CONFLICT DO
     // UPDATE` needs one). The writer lock makes the lookup and the write one step.
-    let old: Option<(i64, i64, Option<String>)> = optional(
-        tx.prepare_cached(
-            "SELECT id, size, blob FROM kv_records WHERE store_num = ?1 AND key = ?2",
-        )?
-        .query_row(params![num, key], |row| {
-            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-        }),
-    )?;
+    let old: Option<(i64, i64, Option<String>)> = optional(with_stmt(
+        tx,
+        "SELECT id, size, blob FROM kv_records WHERE store_num = ?1 AND key = ?2",
+        |s| {
+            s.query_row(params![num, key], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            })
+        },
+    ))?;
     let now = troupe_model::now_ms();
     let (blob, data) = match stored {
         Stored::Inline(bytes) => (None, Some(&bytes[..])),
@@ -475,17 +479,19 @@ fn upsert_row(
         "INSERT INTO kv_records (id, store_num, key, size, content_type, content_encoding, modified_at, blob, data)
          VALUES (?9, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
     };
-    tx.prepare_cached(sql)?.execute(params![
-        num,
-        key,
-        size as i64,
-        record.content_type,
-        record.content_encoding,
-        now,
-        blob,
-        data,
-        old.as_ref().map(|(id, _, _)| *id)
-    ])?;
+    with_stmt(tx, sql, |s| {
+        s.execute(params![
+            num,
+            key,
+            size as i64,
+            record.content_type,
+            record.content_encoding,
+            now,
+            blob,
+            data,
+            old.as_ref().map(|(id, _, _)| *id)
+        ])
+    })?;
     if let Some(hints) = hints {
         let id = old
             .as_ref()
