@@ -65,33 +65,15 @@ pub fn yardsticks() -> Vec<Workload> {
                 })
             }),
         ),
-        Workload::custom(
+        raw_commit(
             "raw_commit",
             "SQLite 1-row commit (1 KiB upsert), one txn each",
-            "commits/s",
-            Arc::new(|ctx| {
-                Box::pin(async move {
-                    let raw = ctx.raw.clone();
-                    let d = ctx.settings.point;
-                    let r =
-                        on_server_cpu(&ctx, move || raw.lock().commit(d, 1_000_000, false)).await?;
-                    Ok(Sample::from_raw(&r))
-                })
-            }),
+            false,
         ),
-        Workload::custom(
+        raw_commit(
             "raw_commit_random",
             "SQLite 1-row commit (1 KiB upsert at a random one of 10,000 keys), one txn each",
-            "commits/s",
-            Arc::new(|ctx| {
-                Box::pin(async move {
-                    let raw = ctx.raw.clone();
-                    let d = ctx.settings.point;
-                    let r =
-                        on_server_cpu(&ctx, move || raw.lock().commit(d, 1_000_000, true)).await?;
-                    Ok(Sample::from_raw(&r))
-                })
-            }),
+            true,
         ),
         Workload::custom(
             "serde",
@@ -610,4 +592,23 @@ pub async fn setup_datasets(ctx: &Ctx) -> anyhow::Result<()> {
         value["data"]["itemCount"]
     );
     Ok(())
+}
+
+/// The 1-row-commit yardstick, its keys in sequence or (`random`) at random (see
+/// `RawEngine::commit`).
+fn raw_commit(id: &'static str, description: &'static str, random: bool) -> Workload {
+    Workload::custom(
+        id,
+        description,
+        "commits/s",
+        Arc::new(move |ctx| {
+            Box::pin(async move {
+                let raw = ctx.raw.clone();
+                let d = ctx.settings.point;
+                let r =
+                    on_server_cpu(&ctx, move || raw.lock().commit(d, 1_000_000, random)).await?;
+                Ok(Sample::from_raw(&r))
+            })
+        }),
+    )
 }
