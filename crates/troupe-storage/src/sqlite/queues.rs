@@ -1039,9 +1039,9 @@ pub(crate) fn purge_rows(tx: &Transaction<'_>, rids: &[i64]) -> Result<()> {
 
 /// Deletes up to `rows` (at least 1) of what is left of the deleted queue `num` once its rows
 /// are gone ([`purge_rows`]): its `rq_pending` entries, then its ids run by run. Returns the
-/// entries deleted and whether nothing is left. Each run's id count in `rq_runs` goes down by the ids deleted from it, as
-/// compactions expect (runs are never dropped here: a compaction may be filling one). All by
-/// index ranges, in key order.
+/// entries deleted and whether nothing is left. Each run's id count in `rq_runs` goes down by
+/// the ids deleted from it, as compactions expect (runs are never dropped here: a compaction
+/// may be filling one). All by index ranges, in key order.
 pub(crate) fn purge_requests(tx: &Transaction<'_>, num: i64, rows: usize) -> Result<(usize, bool)> {
     let mut left = rows;
     let last: Option<(i64, i64)> = tx
