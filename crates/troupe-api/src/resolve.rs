@@ -5,6 +5,7 @@
 //! what makes the prefixes equivalent.
 
 use std::collections::HashMap;
+use std::future::Future;
 
 use axum::extract::{FromRequestParts, RawPathParams};
 use axum::http::request::Parts;
@@ -79,6 +80,36 @@ pub async fn name_ref_owner(
     Ok(state.storage.find_user(username).await?.map(|user| user.id))
 }
 
+/// Finds an object by id, `username~name`, `~name` or the caller's bare name: `by_id` looks up
+/// an id, `by_name(owner_id, name)` a name. Shared by every resource that takes such references
+/// (storages, Actors, tasks). The owner id is passed owned: a lookup future that borrowed it
+/// would have to be `Send` for every lifetime, which axum's extractors cannot prove.
+pub async fn find_by_ref<'r, T, I, N>(
+    state: &AppState,
+    caller: &Caller,
+    reference: &'r str,
+    by_id: impl FnOnce(&'r str) -> I,
+    by_name: impl Fn(String, &'r str) -> N,
+) -> ApiResult<Option<T>>
+where
+    I: Future<Output = troupe_storage::Result<Option<T>>>,
+    N: Future<Output = troupe_storage::Result<Option<T>>>,
+{
+    if let Some((username, name)) = split_name_ref(reference) {
+        let Some(owner_id) = name_ref_owner(state, caller, username).await? else {
+            return Ok(None);
+        };
+        return Ok(by_name(owner_id, name).await?);
+    }
+    if let Some(found) = by_id(reference).await? {
+        return Ok(Some(found));
+    }
+    match caller.user_id() {
+        Some(user_id) => Ok(by_name(user_id.to_string(), reference).await?),
+        None => Ok(None),
+    }
+}
+
 /// Finds a storage by id, `username~name`, `~name` or bare name of the caller.
 pub async fn find_storage(
     state: &AppState,
@@ -86,29 +117,23 @@ pub async fn find_storage(
     kind: StorageKind,
     reference: &str,
 ) -> ApiResult<Option<(StorageInfo, AddressedBy)>> {
-    if let Some((username, name)) = split_name_ref(reference) {
-        let Some(owner_id) = name_ref_owner(state, caller, username).await? else {
-            return Ok(None);
-        };
-        let found = state
-            .storage
-            .get_storage_by_name(kind, &owner_id, name)
-            .await?;
-        return Ok(found.map(|info| (info, AddressedBy::Name)));
-    }
-    if let Some(info) = state.storage.get_storage(kind, reference).await? {
-        return Ok(Some((info, AddressedBy::Id)));
-    }
-    if let Some(user_id) = caller.user_id() {
-        if let Some(info) = state
-            .storage
-            .get_storage_by_name(kind, user_id, reference)
-            .await?
-        {
-            return Ok(Some((info, AddressedBy::Name)));
-        }
-    }
-    Ok(None)
+    find_by_ref(
+        state,
+        caller,
+        reference,
+        |id| async move {
+            let found = state.storage.get_storage(kind, id).await?;
+            Ok(found.map(|info| (info, AddressedBy::Id)))
+        },
+        |owner_id, name| async move {
+            let found = state
+                .storage
+                .get_storage_by_name(kind, &owner_id, name)
+                .await?;
+            Ok(found.map(|info| (info, AddressedBy::Name)))
+        },
+    )
+    .await
 }
 
 /// Private objects (tasks, schedules, webhooks, dispatches): only the owner reaches them; 401

@@ -29,9 +29,7 @@ use crate::client::ClientIp;
 use crate::error::{ApiError, ApiResult};
 use crate::items::{items_response, ItemsQuery};
 use crate::params::Params;
-use crate::resolve::{
-    check_access, name_ref_owner, path_and_caller, split_name_ref, Access, AddressedBy,
-};
+use crate::resolve::{check_access, find_by_ref, path_and_caller, Access, AddressedBy};
 use crate::router::Routes;
 use crate::state::AppState;
 
@@ -82,26 +80,21 @@ pub fn routes() -> Routes {
         .nest("/{actorId}/runs/{runId}", run_routes())
 }
 
-/// Finds an Actor by id, `username~name`, `~name` or the caller's bare name.
+/// Finds an Actor by id, `username~name` (also `username/name`), `~name` or the caller's bare
+/// name.
 pub async fn find_actor(
     state: &AppState,
     caller: &Caller,
     reference: &str,
 ) -> ApiResult<Option<Actor>> {
-    let reference = reference.replacen('/', "~", 1);
-    if let Some((username, name)) = split_name_ref(&reference) {
-        let Some(owner_id) = name_ref_owner(state, caller, username).await? else {
-            return Ok(None);
-        };
-        return Ok(state.storage.get_actor_by_name(&owner_id, name).await?);
-    }
-    if let Some(actor) = state.storage.get_actor(&reference).await? {
-        return Ok(Some(actor));
-    }
-    if let Some(user_id) = caller.user_id() {
-        return Ok(state.storage.get_actor_by_name(user_id, &reference).await?);
-    }
-    Ok(None)
+    find_by_ref(
+        state,
+        caller,
+        &reference.replacen('/', "~", 1),
+        |id| async move { state.storage.get_actor(id).await },
+        |owner_id, name| async move { state.storage.get_actor_by_name(&owner_id, name).await },
+    )
+    .await
 }
 
 /// Like [`find_actor`], but only the id (the Actor is not loaded).
@@ -110,20 +103,20 @@ pub async fn find_actor_id(
     caller: &Caller,
     reference: &str,
 ) -> ApiResult<Option<String>> {
-    let reference = reference.replacen('/', "~", 1);
-    if let Some((username, name)) = split_name_ref(&reference) {
-        let Some(owner_id) = name_ref_owner(state, caller, username).await? else {
-            return Ok(None);
-        };
-        return Ok(state.storage.actor_id_by_name(&owner_id, name).await?);
-    }
-    if state.storage.actor_exists(&reference).await? {
-        return Ok(Some(reference));
-    }
-    if let Some(user_id) = caller.user_id() {
-        return Ok(state.storage.actor_id_by_name(user_id, &reference).await?);
-    }
-    Ok(None)
+    find_by_ref(
+        state,
+        caller,
+        &reference.replacen('/', "~", 1),
+        |id| async move {
+            Ok(state
+                .storage
+                .actor_exists(id)
+                .await?
+                .then(|| id.to_string()))
+        },
+        |owner_id, name| async move { state.storage.actor_id_by_name(&owner_id, name).await },
+    )
+    .await
 }
 
 /// The Actor a request path names, access checked: its owner may do anything; others may read

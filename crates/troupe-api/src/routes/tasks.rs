@@ -30,8 +30,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::items::ItemsQuery;
 use crate::params::Params;
 use crate::resolve::{
-    check_access, name_ref_owner, owner_only, private_path_and_caller, split_name_ref, Access,
-    AddressedBy,
+    check_access, find_by_ref, owner_only, private_path_and_caller, Access, AddressedBy,
 };
 use crate::state::AppState;
 
@@ -72,20 +71,14 @@ pub async fn find_task(
     caller: &Caller,
     reference: &str,
 ) -> ApiResult<Option<Task>> {
-    let reference = reference.replacen('/', "~", 1);
-    if let Some((username, name)) = split_name_ref(&reference) {
-        let Some(owner_id) = name_ref_owner(state, caller, username).await? else {
-            return Ok(None);
-        };
-        return Ok(state.storage.get_task_by_name(&owner_id, name).await?);
-    }
-    if let Some(task) = state.storage.get_task(&reference).await? {
-        return Ok(Some(task));
-    }
-    if let Some(user_id) = caller.user_id() {
-        return Ok(state.storage.get_task_by_name(user_id, &reference).await?);
-    }
-    Ok(None)
+    find_by_ref(
+        state,
+        caller,
+        &reference.replacen('/', "~", 1),
+        |id| async move { state.storage.get_task(id).await },
+        |owner_id, name| async move { state.storage.get_task_by_name(&owner_id, name).await },
+    )
+    .await
 }
 
 /// The last run of the task `task_ref` (for `/v2/actor-tasks/{actorTaskId}/runs/last…`): the
