@@ -37,9 +37,21 @@ pub struct ApiConfig {
 /// Default of [`ApiConfig::max_record_bytes`]: 1 GiB.
 pub const DEFAULT_MAX_RECORD_BYTES: u64 = 1 << 30;
 
-/// Everything a handler can reach.
+/// Everything a handler can reach: one shared allocation, so the clones axum makes of it for
+/// every request (routing, the `State` extractor) cost one reference count, not one per field.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppStateInner>);
+
+impl std::ops::Deref for AppState {
+    type Target = AppStateInner;
+
+    fn deref(&self) -> &AppStateInner {
+        &self.0
+    }
+}
+
+/// The fields of [`AppState`].
+pub struct AppStateInner {
     pub storage: Arc<dyn Storage>,
     pub config: Arc<ApiConfig>,
     pub rate_limits: Arc<crate::ratelimit::RateLimits>,
@@ -68,7 +80,7 @@ impl AppState {
         // A run's token stops working the moment the run ends.
         runner.on_tokens_revoked(Arc::new(move || cache.entries.lock().clear()));
         let hooks = crate::hooks::Hooks::new(config.hooks.clone());
-        Self {
+        Self(Arc::new(AppStateInner {
             storage,
             hooks,
             config: Arc::new(config),
@@ -77,7 +89,7 @@ impl AppState {
             last_runs: Arc::new(crate::cache::BodyCache::new(LAST_RUN_CACHE_BYTES)),
             dataset_stats: Arc::default(),
             tokens,
-        }
+        }))
     }
 
     /// `{public_base_url}/v2`.

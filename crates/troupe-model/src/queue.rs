@@ -126,7 +126,10 @@ pub fn parse_request_body(
     body: &[u8],
     path_id: Option<&str>,
 ) -> Option<Result<QueueRequest, RequestError>> {
-    let fields = serde_json::from_slice::<Fields<'_>>(body).ok()?;
+    // UTF-8 checked once (as `parse_request_batch` does): read from a `str`, serde_json checks
+    // neither each string nor each raw value again.
+    let text = std::str::from_utf8(body).ok()?;
+    let fields = serde_json::from_str::<Fields<'_>>(text).ok()?;
     Some(parse_fields(fields, body.len(), path_id))
 }
 

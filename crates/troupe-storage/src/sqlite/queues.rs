@@ -1554,13 +1554,36 @@ fn mark_handled(tx: &Connection, r: &QueueRequest, rid: i64) -> Result<usize> {
     })?)
 }
 
+thread_local! {
+    /// [`stored_data`]'s scratch for [`compact_json`], kept by the thread (the writer's) across
+    /// requests: one allocation less per update. Not kept past 64 KiB.
+    static STORED_DATA_SCRATCH: std::cell::RefCell<String> =
+        const { std::cell::RefCell::new(String::new()) };
+}
+
+#[cfg(test)]
+fn stored_data_scratch_capacity() -> usize {
+    STORED_DATA_SCRATCH.with(|scratch| scratch.borrow().capacity())
+}
+
 /// What `rq_requests.data` holds for `r`: its compact form where it has one, else its full
 /// JSON (see [`compact_json`]). Updates store it as batch adds do, so a rewritten row keeps
 /// about its size (the full JSON repeats id, uniqueKey and url: ~160 bytes more per row, which
 /// split the table's pages as consumers marked requests handled).
 fn stored_data(r: &QueueRequest) -> std::borrow::Cow<'_, str> {
     let mut out = String::with_capacity(r.json.len());
-    if compact_json(r, &mut String::with_capacity(r.json.len()), &mut out) {
+    let compact = STORED_DATA_SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+        Ok(mut scratch) => {
+            let compact = compact_json(r, &mut scratch, &mut out);
+            if scratch.capacity() > 64 << 10 {
+                // (A huge request's scratch is not kept.)
+                *scratch = String::new();
+            }
+            compact
+        }
+        Err(_) => compact_json(r, &mut String::with_capacity(r.json.len()), &mut out),
+    });
+    if compact {
         std::borrow::Cow::Owned(out)
     } else {
         std::borrow::Cow::Borrowed(&r.json)
@@ -2245,9 +2268,11 @@ impl SqliteStorage {
                 };
                 delta.track(&client_key);
                 deltas.job = Some((num, delta));
+                // The request's strings move into the answer (no copies).
+                let QueueRequest { id, unique_key, .. } = request;
                 let outcome = RequestOutcome {
-                    request_id: r.id.clone(),
-                    unique_key: r.unique_key.clone(),
+                    request_id: id,
+                    unique_key,
                     was_already_present: true,
                     was_already_handled: existing.handled,
                 };
@@ -3360,6 +3385,31 @@ mod tests {
                 troupe_model::queue::parse_request_raw(raw, None).unwrap()
             })
             .collect()
+    }
+
+    /// `stored_data` (the thread's kept scratch) stores what `compact_json` with a fresh scratch
+    /// gives, request after request in any order, and does not keep a huge request's scratch.
+    #[test]
+    fn stored_data_reuses_its_scratch_exactly() {
+        let requests = odd_requests();
+        for round in 0..2 {
+            for r in requests.iter().chain(requests.iter().rev()) {
+                let mut want = String::new();
+                let compact = compact_json(r, &mut String::new(), &mut want);
+                let got = stored_data(r);
+                if compact {
+                    assert_eq!(got, want.as_str(), "round {round}: {}", r.json);
+                } else {
+                    assert_eq!(got, r.json.as_str(), "round {round}");
+                }
+            }
+        }
+        // Right after the 200 kB request, the thread keeps no scratch of that size.
+        let big = requests.iter().find(|r| r.json.len() > 100_000).unwrap();
+        let _ = stored_data(big);
+        assert!(stored_data_scratch_capacity() <= 64 << 10);
+        let _ = stored_data(&requests[0]);
+        assert!(stored_data_scratch_capacity() > 0);
     }
 
     /// A request's JSON comes back byte for byte from its stored form, compact or full, and
