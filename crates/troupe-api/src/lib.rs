@@ -6,6 +6,7 @@ pub mod body;
 pub mod cache;
 pub mod client;
 pub mod error;
+pub mod file_body;
 pub mod hooks;
 pub mod items;
 pub mod params;

@@ -43,7 +43,9 @@ pub enum RecordContent {
     /// Held in memory (small records).
     Inline(Bytes),
     /// An open file positioned at the start; `size` bytes long. The file stays readable even if
-    /// the record is overwritten or deleted meanwhile.
+    /// the record is overwritten or deleted meanwhile: record files are never written, truncated
+    /// or renamed once a row refers to them (an overwritten or deleted record's file is
+    /// unlinked), so they may be memory-mapped.
     File(std::fs::File),
 }
 
@@ -71,6 +73,9 @@ pub enum RecordSource {
     /// A body of unknown length, read to its end. A read error aborts the write (nothing is
     /// changed).
     Stream(Pin<Box<dyn AsyncRead + Send>>),
+    /// A body of unknown length as a stream of chunks, written as they come (no copy). An error
+    /// aborts the write (nothing is changed).
+    Chunks(Pin<Box<dyn futures::Stream<Item = std::io::Result<Bytes>> + Send>>),
 }
 
 /// A record to write.

@@ -406,9 +406,7 @@ async fn get_record(
     };
     *response.body_mut() = match (raw, content) {
         (true, RecordContent::Inline(bytes)) => Body::from(bytes),
-        (true, RecordContent::File(file)) => Body::from_stream(
-            tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(file), CHUNK),
-        ),
+        (true, RecordContent::File(file)) => crate::file_body::file_body(file, record.meta.size),
         (false, content) => blocking_body(decoder(content_reader(content), &encodings)),
     };
     Ok(response)
@@ -504,26 +502,32 @@ async fn put_record(
     if total as u64 > max {
         return Err(ApiError::record_too_large(max));
     }
-    let head = if chunks.len() == 1 {
-        chunks.pop().expect("one chunk")
-    } else {
-        let mut all = Vec::with_capacity(total);
-        for chunk in &chunks {
-            all.extend_from_slice(chunk);
-        }
-        Bytes::from(all)
-    };
     let status = Arc::new(AtomicU8::new(BODY_OK));
     let source = if ended {
+        let head = if chunks.len() == 1 {
+            chunks.pop().expect("one chunk")
+        } else {
+            let mut all = Vec::with_capacity(total);
+            for chunk in &chunks {
+                all.extend_from_slice(chunk);
+            }
+            Bytes::from(all)
+        };
         if !encodings.is_empty() {
             check_encoded(&head, &encodings)?;
         }
         RecordSource::Bytes(head)
     } else {
+        let magic: Vec<u8> = chunks
+            .iter()
+            .flat_map(|c| c.iter())
+            .take(2)
+            .copied()
+            .collect();
         if encodings
             .last()
             .is_some_and(|e| e == "gzip" || e == "x-gzip")
-            && !head.starts_with(b"\x1f\x8b")
+            && magic != b"\x1f\x8b"
         {
             drain(&mut stream).await;
             return Err(ApiError::invalid_input(
@@ -560,8 +564,9 @@ async fn put_record(
                 }
             },
         );
-        let all = futures::stream::once(async move { Ok(head) }).chain(rest);
-        RecordSource::Stream(Box::pin(tokio_util::io::StreamReader::new(all)))
+        // The chunks read so far, then the rest as it arrives: handed on as they are, no copy.
+        let all = futures::stream::iter(chunks.into_iter().map(Ok)).chain(rest);
+        RecordSource::Chunks(Box::pin(all))
     };
     let info = &target.0;
     let result = state

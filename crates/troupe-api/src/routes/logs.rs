@@ -98,74 +98,16 @@ fn log_response(state: &AppState, job: Job, id: &str, params: &Params) -> ApiRes
     } else {
         match std::fs::File::open(&path) {
             // The log as it is now (logs only grow, so its first `len` bytes stay as they are),
-            // with a Content-Length, streamed in large chunks, never read whole.
+            // with a Content-Length, sent from the page cache chunk by chunk, never read whole.
             Ok(file) => {
                 let len = file.metadata().map(|m| m.len()).unwrap_or(0);
                 builder = builder.header(header::CONTENT_LENGTH, len);
-                file_body(file, len)
+                crate::file_body::file_body(file, len)
             }
             Err(_) => Body::empty(),
         }
     };
     builder.body(body).map_err(ApiError::internal)
-}
-
-/// Bytes per read when serving a log.
-const LOG_CHUNK: usize = 1 << 20;
-
-/// The first `len` bytes of `file` as a body: one blocking task reads chunk after chunk straight
-/// into the buffers the connection sends (one copy, no runtime hop per read) and stays at most
-/// two chunks ahead of the client. Sent buffers go back to a small pool (a fresh 1 MiB buffer
-/// costs a page fault per 4 KiB, more CPU than reading the file into it).
-fn file_body(file: std::fs::File, len: u64) -> Body {
-    if len == 0 {
-        return Body::empty();
-    }
-    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(2);
-    tokio::task::spawn_blocking(move || {
-        use std::os::unix::fs::FileExt;
-        let mut offset = 0;
-        while offset < len {
-            let want = (len - offset).min(LOG_CHUNK as u64) as usize;
-            let mut buf = BUFFERS.lock().pop().unwrap_or_default();
-            buf.resize(want, 0);
-            let chunk = match file.read_exact_at(&mut buf, offset) {
-                Ok(()) => {
-                    offset += want as u64;
-                    Ok(Bytes::from_owner(Pooled(buf)))
-                }
-                Err(err) => Err(err),
-            };
-            let failed = chunk.is_err();
-            if tx.blocking_send(chunk).is_err() || failed {
-                return;
-            }
-        }
-    });
-    Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-}
-
-/// Read buffers of sent log chunks, kept for the next reads (at most [`POOLED_BUFFERS`]).
-static BUFFERS: parking_lot::Mutex<Vec<Vec<u8>>> = parking_lot::Mutex::new(Vec::new());
-/// Enough for one reader two chunks ahead of a connection sending a third, plus one.
-const POOLED_BUFFERS: usize = 4;
-
-/// A log chunk being sent; its buffer goes back to [`BUFFERS`] when the connection is done.
-struct Pooled(Vec<u8>);
-
-impl AsRef<[u8]> for Pooled {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl Drop for Pooled {
-    fn drop(&mut self) {
-        let mut pool = BUFFERS.lock();
-        if pool.len() < POOLED_BUFFERS {
-            pool.push(std::mem::take(&mut self.0));
-        }
-    }
 }
 
 struct Follow {
