@@ -1242,7 +1242,7 @@ async fn fast_output_is_logged_in_order_up_to_the_log_limit() {
     );
 }
 
-/// A log of several read chunks (served in 1 MiB reads) comes back byte for byte, with its
+/// A log of several chunks (sent 1 MiB at a time) comes back byte for byte, with its
 /// length announced, through every log route; `download=1` is the same bytes as an attachment.
 #[tokio::test]
 async fn multi_megabyte_log_is_served_whole_with_its_length() {

@@ -1731,3 +1731,214 @@ async fn record_writes_follow_owners_and_deletions() {
         .unwrap();
     assert_eq!(&stored[..], b"fresh");
 }
+
+/// Records stored as files, of sizes around the 1 MiB chunk they are sent in, sent with a
+/// length or streamed in odd chunks: GET gives the bytes with their length and type, HEAD the
+/// headers alone, `attachment=1` the same bytes as an attachment. New record files go to the
+/// shard folders `<c>0`.
+#[tokio::test]
+async fn file_records_around_the_chunk_size_round_trip() {
+    const MIB: usize = 1 << 20;
+    let server = TestServer::start();
+    let http = client();
+    let id = create_store(&server, None).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for (i, len) in [128 * 1024 + 1, MIB - 1, MIB, MIB + 1, 2 * MIB + 123]
+        .into_iter()
+        .enumerate()
+    {
+        let data = chunk_of(100 + i as u64, len);
+        for streamed in [false, true] {
+            let key = format!("r{len}-{streamed}");
+            let request = http
+                .put(record_url(&server, &id, &key))
+                .header("content-type", "application/x-test");
+            let request = if streamed {
+                let pieces: Vec<Result<bytes::Bytes, std::io::Error>> = data
+                    .chunks(7 * 1024 + 333)
+                    .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
+                    .collect();
+                request.body(reqwest::Body::wrap_stream(futures::stream::iter(pieces)))
+            } else {
+                request.body(data.clone())
+            };
+            assert_eq!(request.send().await.unwrap().status(), 201, "{key}");
+
+            let response = http
+                .get(record_url(&server, &id, &key))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200, "{key}");
+            assert_eq!(response.headers()["content-type"], "application/x-test");
+            assert_eq!(
+                response.headers()["content-length"].to_str().unwrap(),
+                len.to_string()
+            );
+            assert!(response.headers().get("content-encoding").is_none());
+            assert!(response.bytes().await.unwrap()[..] == data[..], "{key}");
+
+            let response = http
+                .head(record_url(&server, &id, &key))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200, "{key}");
+            assert_eq!(
+                response.headers()["content-length"].to_str().unwrap(),
+                len.to_string()
+            );
+            assert!(response.bytes().await.unwrap().is_empty());
+
+            let url = format!("{}?attachment=1", record_url(&server, &id, &key));
+            let response = http.get(url).send().await.unwrap();
+            assert_eq!(
+                response.headers()["content-disposition"],
+                format!("attachment; filename=\"{key}\"").as_str()
+            );
+            assert!(response.bytes().await.unwrap()[..] == data[..], "{key}");
+        }
+    }
+    let files = record_files(&server);
+    let stored: Vec<&String> = files.iter().filter(|f| !f.starts_with("tmp/")).collect();
+    assert_eq!(stored.len(), 10, "{files:?}");
+    assert!(
+        stored.iter().all(|f| f.as_bytes()[1] == b'0'),
+        "new record files go to the shards <c>0: {files:?}"
+    );
+}
+
+/// A gzip record too large to keep inline: served as stored (bytes, `Content-Encoding`,
+/// length) to a client that accepts gzip, decoded for one that does not.
+#[tokio::test]
+async fn large_compressed_records_with_and_without_accept_encoding() {
+    let server = TestServer::start();
+    let http = client();
+    let id = create_store(&server, None).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let plain = chunk_of(5, 3 << 19); // 1.5 MiB, hardly compressible
+    let encoded = gzip(&plain);
+    assert!(encoded.len() > 1 << 20);
+    let response = http
+        .put(record_url(&server, &id, "gz"))
+        .header("content-type", "application/octet-stream")
+        .header("content-encoding", "gzip")
+        .body(encoded.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let url = record_url(&server, &id, "gz");
+
+    let response = http
+        .get(&url)
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["content-encoding"], "gzip");
+    assert_eq!(response.headers()["vary"], "Accept-Encoding");
+    assert_eq!(
+        response.headers()["content-length"].to_str().unwrap(),
+        encoded.len().to_string()
+    );
+    assert!(response.bytes().await.unwrap()[..] == encoded[..]);
+
+    let response = http
+        .head(&url)
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.headers()["content-length"].to_str().unwrap(),
+        encoded.len().to_string()
+    );
+
+    for accept in [None, Some("identity"), Some("br")] {
+        let mut request = http.get(&url);
+        if let Some(accept) = accept {
+            request = request.header("accept-encoding", accept);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert!(
+            response.headers().get("content-encoding").is_none(),
+            "{accept:?}"
+        );
+        assert_eq!(response.headers()["vary"], "Accept-Encoding");
+        assert!(
+            response.bytes().await.unwrap()[..] == plain[..],
+            "decoded for {accept:?}"
+        );
+    }
+}
+
+/// A GET already sending a large record keeps sending that record's bytes while the record is
+/// overwritten and then deleted (record files are replaced, never changed in place); the
+/// replaced files are removed from disk.
+#[tokio::test]
+async fn a_record_replaced_or_deleted_while_its_get_streams_keeps_its_bytes() {
+    let server = TestServer::start();
+    let http = client();
+    let id = create_store(&server, None).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let old = chunk_of(11, 32 << 20);
+    assert_eq!(
+        put(&server, &id, "big", None, old.clone()).await.status(),
+        201
+    );
+    let mut response = http
+        .get(record_url(&server, &id, "big"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut got = response
+        .chunk()
+        .await
+        .unwrap()
+        .expect("a first chunk")
+        .to_vec();
+    assert!(got.len() < old.len());
+
+    let new = chunk_of(12, (2 << 20) + 5);
+    assert_eq!(
+        put(&server, &id, "big", None, new.clone()).await.status(),
+        201
+    );
+    let now = http
+        .get(record_url(&server, &id, "big"))
+        .send()
+        .await
+        .unwrap();
+    assert!(now.bytes().await.unwrap()[..] == new[..]);
+    let deleted = http
+        .delete(record_url(&server, &id, "big"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    let gone = http
+        .get(record_url(&server, &id, "big"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), 404);
+
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        got.extend_from_slice(&chunk);
+    }
+    assert!(got.len() == old.len() && got == old, "{} bytes", got.len());
+    assert!(
+        record_files(&server).is_empty(),
+        "{:?}",
+        record_files(&server)
+    );
+}

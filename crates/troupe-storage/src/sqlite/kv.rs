@@ -1056,4 +1056,152 @@ mod tests {
         put("a", "back").await;
         check(&[("a", "back"), ("b", "zz")]).await;
     }
+
+    /// New record files get ids with `0` as their second character (shard folders `<c>0`); a
+    /// record whose file has an id of the kind written before (any shard) is still read, and
+    /// its file removed when the record is replaced.
+    #[tokio::test]
+    async fn record_files_in_old_and_new_shards() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = SqliteStorage::open(dir.path(), Default::default()).unwrap();
+        let store = crate::conformance::new_storage(&storage, StorageKind::KeyValueStore).await;
+        let meta = NewRecord {
+            content_type: "application/octet-stream".into(),
+            content_encoding: None,
+        };
+        let data: Vec<u8> = (0..INLINE_MAX + 4096).map(|i| (i % 251) as u8).collect();
+        let blob_of = |storage: &SqliteStorage| {
+            storage
+                .read_blocking(|conn| {
+                    Ok(conn.query_row(
+                        "SELECT blob FROM kv_records WHERE key = 'big'",
+                        [],
+                        |row| row.get::<_, String>(0),
+                    )?)
+                })
+                .unwrap()
+        };
+        for _ in 0..20 {
+            storage
+                .put_record(
+                    &store,
+                    "big",
+                    meta.clone(),
+                    RecordSource::Bytes(data.clone().into()),
+                )
+                .await
+                .unwrap();
+            let blob = blob_of(&storage);
+            assert_eq!(blob.as_bytes()[1], b'0', "{blob}");
+            assert!(blob_path(storage.blobs_dir(), &blob).exists());
+        }
+        // The file moved to an id of the old kind, as an older version would have named it.
+        let blob = blob_of(&storage);
+        let old = format!("aZ{}", &blob[2..]);
+        let old_path = blob_path(storage.blobs_dir(), &old);
+        std::fs::create_dir_all(old_path.parent().unwrap()).unwrap();
+        std::fs::rename(blob_path(storage.blobs_dir(), &blob), &old_path).unwrap();
+        storage
+            .write_blocking(|tx| {
+                tx.execute("UPDATE kv_records SET blob = ?1 WHERE key = 'big'", [&old])?;
+                Ok(())
+            })
+            .unwrap();
+        let record = storage
+            .get_record(&store, "big", false)
+            .await
+            .unwrap()
+            .unwrap();
+        let Some(RecordContent::File(mut file)) = record.content else {
+            panic!("a file record");
+        };
+        let mut read = Vec::new();
+        std::io::Read::read_to_end(&mut file, &mut read).unwrap();
+        assert!(read == data);
+        storage
+            .put_record(&store, "big", meta, RecordSource::Bytes(data.into()))
+            .await
+            .unwrap();
+        assert!(!old_path.exists(), "the replaced file is removed");
+        assert_eq!(blob_of(&storage).as_bytes()[1], b'0');
+    }
+
+    /// A body given as chunks is written whole, whatever its chunk sizes (empty ones, blocks
+    /// ending mid-chunk or exactly at the end); a chunk stream that fails changes nothing and
+    /// leaves no file behind.
+    #[tokio::test]
+    async fn chunked_bodies_are_written_whole_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = SqliteStorage::open(dir.path(), Default::default()).unwrap();
+        let store = crate::conformance::new_storage(&storage, StorageKind::KeyValueStore).await;
+        let meta = NewRecord {
+            content_type: "application/octet-stream".into(),
+            content_encoding: None,
+        };
+        let chunks = |data: &[u8], size: usize| -> RecordSource {
+            let mut pieces: Vec<std::io::Result<Bytes>> = vec![Ok(Bytes::new())];
+            pieces.extend(
+                data.chunks(size)
+                    .map(|c| Ok(Bytes::copy_from_slice(c)))
+                    .flat_map(|c| [c, Ok(Bytes::new())]),
+            );
+            RecordSource::Chunks(Box::pin(futures::stream::iter(pieces)))
+        };
+        for (len, size) in [
+            (INLINE_MAX + 1, 4096),
+            (BLOB_BLOCK, 65536),
+            (2 * BLOB_BLOCK, BLOB_BLOCK),
+            (2 * BLOB_BLOCK + 7, 100_003),
+            (3 * BLOB_BLOCK - 1, 333_333),
+        ] {
+            let data: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+            let written = storage
+                .put_record(&store, "k", meta.clone(), chunks(&data, size))
+                .await
+                .unwrap();
+            assert_eq!(written, len as u64);
+            let record = storage
+                .get_record(&store, "k", false)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(record.meta.size, len as u64);
+            let Some(RecordContent::File(mut file)) = record.content else {
+                panic!("a file record");
+            };
+            let mut read = Vec::new();
+            std::io::Read::read_to_end(&mut file, &mut read).unwrap();
+            assert!(read == data, "{len} in chunks of {size}");
+        }
+        let kept: Vec<u8> = (0..3 * BLOB_BLOCK - 1).map(|i| (i % 253) as u8).collect();
+        let failing = futures::stream::iter(
+            (0..40)
+                .map(|_| Ok(Bytes::from(vec![1u8; 65536])))
+                .chain([Err(std::io::Error::other("client went away"))]),
+        );
+        let failed = storage
+            .put_record(&store, "k", meta, RecordSource::Chunks(Box::pin(failing)))
+            .await;
+        assert!(failed.is_err());
+        let record = storage
+            .get_record(&store, "k", false)
+            .await
+            .unwrap()
+            .unwrap();
+        let Some(RecordContent::File(mut file)) = record.content else {
+            panic!("a file record");
+        };
+        let mut read = Vec::new();
+        std::io::Read::read_to_end(&mut file, &mut read).unwrap();
+        assert!(read == kept);
+        let kv = kv_dir(storage.blobs_dir());
+        assert_eq!(std::fs::read_dir(kv.join("tmp")).unwrap().count(), 0);
+        let files: usize = std::fs::read_dir(&kv)
+            .unwrap()
+            .map(|shard| shard.unwrap().path())
+            .filter(|shard| !shard.ends_with("tmp"))
+            .map(|shard| std::fs::read_dir(shard).unwrap().count())
+            .sum();
+        assert_eq!(files, 1, "only the kept record's file");
+    }
 }
