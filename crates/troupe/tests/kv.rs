@@ -1792,7 +1792,7 @@ async fn file_records_around_the_chunk_size_round_trip() {
             );
             assert!(response.bytes().await.unwrap().is_empty());
 
-            let url = format!("{}?attachment=1", record_url(&server, &id, &key));
+            let url = record_url(&server, &id, &format!("{key}?attachment=1"));
             let response = http.get(url).send().await.unwrap();
             assert_eq!(
                 response.headers()["content-disposition"],
