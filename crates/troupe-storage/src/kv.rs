@@ -8,7 +8,6 @@ use std::pin::Pin;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use tokio::io::AsyncRead;
 use troupe_model::storage::StorageInfo;
 
 use crate::Result;
@@ -70,9 +69,6 @@ pub struct Record {
 pub enum RecordSource {
     /// The whole body, already in memory.
     Bytes(Bytes),
-    /// A body of unknown length, read to its end. A read error aborts the write (nothing is
-    /// changed).
-    Stream(Pin<Box<dyn AsyncRead + Send>>),
     /// A body of unknown length as a stream of chunks, written as they come (no copy). An error
     /// aborts the write (nothing is changed).
     Chunks(Pin<Box<dyn futures::Stream<Item = std::io::Result<Bytes>> + Send>>),

@@ -117,15 +117,18 @@ pub async fn run(storage: &dyn Storage) {
         .unwrap();
     assert_eq!(read_all(storage, &store, "empty").await.unwrap(), b"");
 
-    // A large record streamed from a reader (crosses any inline threshold).
+    // A large record streamed in chunks (crosses any inline threshold).
     let large: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
-    let reader = std::io::Cursor::new(large.clone());
+    let chunks: Vec<std::io::Result<Bytes>> = large
+        .chunks(65536)
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
     let size = storage
         .put_record(
             &store,
             "large",
             meta("application/octet-stream", None),
-            RecordSource::Stream(Box::pin(reader)),
+            RecordSource::Chunks(Box::pin(futures::stream::iter(chunks))),
         )
         .await
         .unwrap();
@@ -182,28 +185,18 @@ pub async fn run(storage: &dyn Storage) {
         .is_none());
 
     // A failing stream changes nothing: the old record stays.
-    struct Failing(usize);
-    impl tokio::io::AsyncRead for Failing {
-        fn poll_read(
-            mut self: std::pin::Pin<&mut Self>,
-            _cx: &mut std::task::Context<'_>,
-            buf: &mut tokio::io::ReadBuf<'_>,
-        ) -> std::task::Poll<std::io::Result<()>> {
-            if self.0 == 0 {
-                return std::task::Poll::Ready(Err(std::io::Error::other("client went away")));
-            }
-            self.0 -= 1;
-            buf.put_slice(&[1u8; 65536]);
-            std::task::Poll::Ready(Ok(()))
-        }
-    }
+    let failing = futures::stream::iter(
+        (0..40)
+            .map(|_| Ok(Bytes::from(vec![1u8; 65536])))
+            .chain([Err(std::io::Error::other("client went away"))]),
+    );
     let before = store_info(storage, &store.id).await;
     let failed = storage
         .put_record(
             &store,
             "large",
             meta("text/plain", None),
-            RecordSource::Stream(Box::pin(Failing(40))),
+            RecordSource::Chunks(Box::pin(failing)),
         )
         .await;
     assert!(failed.is_err());

@@ -16,7 +16,6 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, Transaction};
-use tokio::io::AsyncReadExt;
 use troupe_model::storage::{StorageInfo, StorageKind};
 
 use super::catalog::{CatalogDeltas, Delta};
@@ -322,19 +321,6 @@ impl SqliteStorage {
                         }
                     }
                 }
-                RecordSource::Stream(mut reader) => loop {
-                    let mut block = Vec::with_capacity(BLOB_BLOCK);
-                    while block.len() < BLOB_BLOCK {
-                        if reader.read_buf(&mut block).await? == 0 {
-                            break;
-                        }
-                    }
-                    let last = block.len() < BLOB_BLOCK;
-                    writer = writer.write(vec![Bytes::from(block)], last).await?;
-                    if last {
-                        break;
-                    }
-                },
             }
             Ok::<_, Error>(writer.size)
         }
@@ -1057,6 +1043,25 @@ mod tests {
         check(&[("a", "back"), ("b", "zz")]).await;
     }
 
+    /// The size and bytes of the record `key`, which must be kept in a file.
+    async fn file_record(
+        storage: &SqliteStorage,
+        store: &StorageInfo,
+        key: &str,
+    ) -> (u64, Vec<u8>) {
+        let record = storage
+            .get_record(store, key, false)
+            .await
+            .unwrap()
+            .unwrap();
+        let Some(RecordContent::File(mut file)) = record.content else {
+            panic!("a file record");
+        };
+        let mut read = Vec::new();
+        std::io::Read::read_to_end(&mut file, &mut read).unwrap();
+        (record.meta.size, read)
+    }
+
     /// New record files get ids with `0` as their second character (shard folders `<c>0`); a
     /// record whose file has an id of the kind written before (any shard) is still read, and
     /// its file removed when the record is replaced.
@@ -1107,16 +1112,7 @@ mod tests {
                 Ok(())
             })
             .unwrap();
-        let record = storage
-            .get_record(&store, "big", false)
-            .await
-            .unwrap()
-            .unwrap();
-        let Some(RecordContent::File(mut file)) = record.content else {
-            panic!("a file record");
-        };
-        let mut read = Vec::new();
-        std::io::Read::read_to_end(&mut file, &mut read).unwrap();
+        let read = file_record(&storage, &store, "big").await.1;
         assert!(read == data);
         storage
             .put_record(&store, "big", meta, RecordSource::Bytes(data.into()))
@@ -1160,17 +1156,8 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(written, len as u64);
-            let record = storage
-                .get_record(&store, "k", false)
-                .await
-                .unwrap()
-                .unwrap();
-            assert_eq!(record.meta.size, len as u64);
-            let Some(RecordContent::File(mut file)) = record.content else {
-                panic!("a file record");
-            };
-            let mut read = Vec::new();
-            std::io::Read::read_to_end(&mut file, &mut read).unwrap();
+            let (stored, read) = file_record(&storage, &store, "k").await;
+            assert_eq!(stored, len as u64);
             assert!(read == data, "{len} in chunks of {size}");
         }
         let kept: Vec<u8> = (0..3 * BLOB_BLOCK - 1).map(|i| (i % 253) as u8).collect();
@@ -1183,16 +1170,7 @@ mod tests {
             .put_record(&store, "k", meta, RecordSource::Chunks(Box::pin(failing)))
             .await;
         assert!(failed.is_err());
-        let record = storage
-            .get_record(&store, "k", false)
-            .await
-            .unwrap()
-            .unwrap();
-        let Some(RecordContent::File(mut file)) = record.content else {
-            panic!("a file record");
-        };
-        let mut read = Vec::new();
-        std::io::Read::read_to_end(&mut file, &mut read).unwrap();
+        let read = file_record(&storage, &store, "k").await.1;
         assert!(read == kept);
         let kv = kv_dir(storage.blobs_dir());
         assert_eq!(std::fs::read_dir(kv.join("tmp")).unwrap().count(), 0);
