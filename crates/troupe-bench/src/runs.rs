@@ -207,7 +207,29 @@ pub async fn setup(ctx: &Ctx) -> anyhow::Result<bool> {
         true,
     )
     .await?;
-    ctx.set_id("actor_log_get", log_get_actor);
+    // The log `log_get` reads: one run of the 9.5 MB log Actor, made here so that every round
+    // reads the same stored log (its length, with the per-line timestamps, is what a GET sends).
+    let v = ctx
+        .api_json(
+            Method::POST,
+            &format!("/v2/acts/{log_get_actor}/runs"),
+            Bytes::from_static(b"{}"),
+            StatusCode::CREATED,
+        )
+        .await?;
+    let log_run = v["data"]["id"].as_str().unwrap_or_default().to_string();
+    let status = wait_run(ctx, &log_run).await?;
+    anyhow::ensure!(status == "SUCCEEDED", "log Actor run: {status}");
+    let (status, log) = ctx
+        .api(Method::GET, &format!("/v2/logs/{log_run}"), Bytes::new())
+        .await?;
+    anyhow::ensure!(
+        status == StatusCode::OK && log.len() as u64 >= GET_LOG_BYTES,
+        "log GET: {status}, {} bytes",
+        log.len()
+    );
+    ctx.set_id("log_get_run", log_run);
+    ctx.set_id("log_get_bytes", log.len().to_string());
 
     let small = create_actor(ctx, "bench-runs-small", "exit 0\n", false).await?;
     let big = create_actor(ctx, "bench-runs-big", "exit 0\n", false).await?;
@@ -311,16 +333,29 @@ pub fn workloads(ctx: &Ctx) -> Vec<Workload> {
         .vs("disk_write")
         .once(),
     );
-    list.push(
-        Workload::custom(
-            "log_get",
-            "T12 GET /v2/logs/{runId} of a 9.5 MB log, c=1",
-            "MiB/s",
-            Arc::new(|ctx| Box::pin(async move { log_get(&ctx).await })),
-        )
-        .vs("sink_1mib")
-        .once(),
-    );
+    {
+        // Every round, like the other HTTP workloads (it was one short sample after the rounds).
+        let run = ctx.id("log_get_run");
+        let len: u64 = ctx.id("log_get_bytes").parse().unwrap_or(GET_LOG_BYTES);
+        list.push(
+            Workload::http(
+                "log_get",
+                "T12 GET /v2/logs/{runId} of a 9.5 MB log (stored with line timestamps), c=1",
+                "MiB/s",
+                len as f64 / (1 << 20) as f64,
+                1,
+                Arc::new(move |_, _| Req::get(format!("/v2/logs/{run}"))),
+                Arc::new(move |resp| {
+                    if resp.status == StatusCode::OK && resp.len == len {
+                        Ok(())
+                    } else {
+                        Err(format!("log GET: {}, {} bytes", resp.status, resp.len))
+                    }
+                }),
+            )
+            .vs("sink_1mib"),
+        );
+    }
     list
 }
 
@@ -416,45 +451,4 @@ async fn log_ingest(ctx: &Ctx) -> anyhow::Result<Sample> {
         p99_us: secs * 1e6,
         ..Sample::default()
     })
-}
-
-async fn log_get(ctx: &Ctx) -> anyhow::Result<Sample> {
-    // The log to read: a run of the 9.5 MB log Actor, not measured.
-    let v = ctx
-        .api_json(
-            Method::POST,
-            &format!("/v2/acts/{}/runs", ctx.id("actor_log_get")),
-            Bytes::from_static(b"{}"),
-            StatusCode::CREATED,
-        )
-        .await?;
-    let run = v["data"]["id"].as_str().unwrap_or_default().to_string();
-    let status = wait_run(ctx, &run).await?;
-    anyhow::ensure!(status == "SUCCEEDED", "log Actor run: {status}");
-    // Read like every other HTTP workload and the sink yardstick's server: each body is counted
-    // frame by frame and dropped (collecting 10 MB per GET into one buffer cost the load
-    // generator more than the server spent sending it).
-    let result = crate::load::run(crate::load::LoadSpec {
-        addr: ctx.troupe,
-        conc: 1,
-        warmup: Duration::ZERO,
-        duration: ctx.settings.point * 2,
-        max_requests: 10,
-        make: Arc::new(move |_, _| Req::get(format!("/v2/logs/{run}"))),
-        check: Arc::new(|resp| {
-            if resp.status == StatusCode::OK && resp.len >= GET_LOG_BYTES {
-                Ok(())
-            } else {
-                Err(format!("log GET: {}, {} bytes", resp.status, resp.len))
-            }
-        }),
-        keep_body: false,
-        token: Some(ctx.token.clone()),
-        server_pid: Some(ctx.troupe_pid),
-    })
-    .await;
-    let mut sample = Sample::from_load(&result, 0.0);
-    sample.rate =
-        result.bytes_in as f64 / (1 << 20) as f64 / result.elapsed.as_secs_f64().max(1e-9);
-    Ok(sample)
 }
