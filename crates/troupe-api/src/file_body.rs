@@ -34,6 +34,12 @@ pub const CHUNK: usize = 1 << 20;
 
 /// The first `len` bytes of `file` (fewer if the file is shorter) as a response body.
 pub fn file_body(file: File, len: u64) -> Body {
+    body(file, len, true)
+}
+
+/// [`file_body`], or with `map` false the same chunks read into buffers (the fallback when
+/// mapping fails; tests take that path on purpose).
+fn body(file: File, len: u64, map: bool) -> Body {
     let len = match file.metadata() {
         Ok(meta) => len.min(meta.len()),
         Err(_) => 0,
@@ -46,6 +52,7 @@ pub fn file_body(file: File, len: u64) -> Body {
         offset: 0,
         len,
         ahead: None,
+        map,
     };
     Body::from_stream(futures::stream::try_unfold(start, |mut at| async move {
         if at.offset >= at.len {
@@ -54,14 +61,15 @@ pub fn file_body(file: File, len: u64) -> Body {
         let n = at.chunk_len(at.offset);
         let chunk = match at.ahead.take() {
             Some(ahead) => ahead.await.map_err(io::Error::other)??,
-            None => first_chunk(at.file.clone(), at.offset, n).await?,
+            None => first_chunk(at.file.clone(), at.offset, n, at.map).await?,
         };
         at.offset += n as u64;
         if at.offset < at.len {
             // The next chunk is made ready while this one is sent.
-            let (file, offset, n) = (at.file.clone(), at.offset, at.chunk_len(at.offset));
+            let (file, offset, n, map) =
+                (at.file.clone(), at.offset, at.chunk_len(at.offset), at.map);
             at.ahead = Some(tokio::task::spawn_blocking(move || {
-                blocking_chunk(&file, offset, n)
+                blocking_chunk(&file, offset, n, map)
             }));
         }
         Ok::<_, io::Error>(Some((chunk, at)))
@@ -75,6 +83,8 @@ struct Chunks {
     len: u64,
     /// The next chunk, being mapped on the blocking pool.
     ahead: Option<tokio::task::JoinHandle<io::Result<Bytes>>>,
+    /// Whether chunks are mapped (else read into buffers).
+    map: bool,
 }
 
 impl Chunks {
@@ -85,23 +95,27 @@ impl Chunks {
 
 /// The first chunk, mapped right here when its pages are cached (no hop; a record of up to
 /// [`CHUNK`] bytes is sent without leaving the runtime thread), else on the blocking pool.
-async fn first_chunk(file: Arc<File>, offset: u64, n: usize) -> io::Result<Bytes> {
-    if let Ok(map) = Mapping::new(&file, offset, n) {
-        if map.resident() && map.populate().is_ok() {
-            return Ok(Bytes::from_owner(map));
+async fn first_chunk(file: Arc<File>, offset: u64, n: usize, map: bool) -> io::Result<Bytes> {
+    if map {
+        if let Ok(map) = Mapping::new(&file, offset, n) {
+            if map.resident() && map.populate().is_ok() {
+                return Ok(Bytes::from_owner(map));
+            }
         }
     }
-    tokio::task::spawn_blocking(move || blocking_chunk(&file, offset, n))
+    tokio::task::spawn_blocking(move || blocking_chunk(&file, offset, n, map))
         .await
         .map_err(io::Error::other)?
 }
 
 /// `n` bytes of `file` at `offset` (page-aligned), mapped and read in, or else read into a
 /// buffer; may block on I/O.
-fn blocking_chunk(file: &File, offset: u64, n: usize) -> io::Result<Bytes> {
-    if let Ok(map) = Mapping::new(file, offset, n) {
-        if map.populate().is_ok() {
-            return Ok(Bytes::from_owner(map));
+fn blocking_chunk(file: &File, offset: u64, n: usize, map: bool) -> io::Result<Bytes> {
+    if map {
+        if let Ok(map) = Mapping::new(file, offset, n) {
+            if map.populate().is_ok() {
+                return Ok(Bytes::from_owner(map));
+            }
         }
     }
     let mut buf = vec![0u8; n];
@@ -221,21 +235,25 @@ mod tests {
         body.collect().await.unwrap().to_bytes().to_vec()
     }
 
-    /// Sizes around the chunk size come back byte for byte, in chunks of at most [`CHUNK`].
+    /// Sizes around the chunk size come back byte for byte, in chunks of at most [`CHUNK`],
+    /// mapped and through the read fallback alike.
     #[tokio::test]
     async fn files_of_any_size_come_back_whole() {
         let dir = tempfile::tempdir().unwrap();
-        for len in [0, 1, 4095, 4097, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 5] {
+        for (len, map) in [0, 1, 4095, 4097, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 5]
+            .into_iter()
+            .flat_map(|len| [(len, true), (len, false)])
+        {
             let data = pattern(len, 7);
             let path = file_with(dir.path(), "f", &data);
-            let mut body = file_body(File::open(&path).unwrap(), len as u64);
+            let mut body = body(File::open(&path).unwrap(), len as u64, map);
             let mut got = Vec::new();
             while let Some(frame) = body.frame().await {
                 let chunk = frame.unwrap().into_data().unwrap();
                 assert!(chunk.len() <= CHUNK && !chunk.is_empty(), "{len}");
                 got.extend_from_slice(&chunk);
             }
-            assert!(got == data, "{len} bytes");
+            assert!(got == data, "{len} bytes, mapped: {map}");
         }
     }
 
@@ -246,8 +264,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data = pattern(CHUNK + 100, 1);
         let path = file_with(dir.path(), "f", &data);
-        let got = collect(file_body(File::open(&path).unwrap(), 4 * CHUNK as u64)).await;
-        assert!(got == data);
+        for map in [true, false] {
+            let got = collect(body(File::open(&path).unwrap(), 4 * CHUNK as u64, map)).await;
+            assert!(got == data, "mapped: {map}");
+        }
         // And a shorter length sends only that much.
         let got = collect(file_body(File::open(&path).unwrap(), 10)).await;
         assert_eq!(got, &data[..10]);
@@ -259,14 +279,16 @@ mod tests {
     async fn an_unlinked_file_still_sends_its_bytes() {
         let dir = tempfile::tempdir().unwrap();
         let old = pattern(3 * CHUNK + 17, 2);
-        let path = file_with(dir.path(), "f", &old);
-        let mut body = file_body(File::open(&path).unwrap(), old.len() as u64);
-        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
-        std::fs::remove_file(&path).unwrap();
-        file_with(dir.path(), "f", &pattern(100, 3));
-        let mut got = first.to_vec();
-        got.extend(collect(body).await);
-        assert!(got == old);
+        for map in [true, false] {
+            let path = file_with(dir.path(), "f", &old);
+            let mut body = body(File::open(&path).unwrap(), old.len() as u64, map);
+            let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+            std::fs::remove_file(&path).unwrap();
+            file_with(dir.path(), "f", &pattern(100, 3));
+            let mut got = first.to_vec();
+            got.extend(collect(body).await);
+            assert!(got == old, "mapped: {map}");
+        }
     }
 
     /// Pages not in the page cache are read in (off the runtime thread) before they are sent.
