@@ -594,13 +594,7 @@ async fn reboot_run(
     caller: Caller,
     RunTarget(run): RunTarget,
 ) -> ApiResult<Response> {
-    if run.status != JobStatus::Running || !state.runner.is_live(&run.id) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "job-finished",
-            "Only a RUNNING run can be rebooted",
-        ));
-    }
+    require_live(&state, &run, "rebooted")?;
     let run = state
         .storage
         .update_run(
@@ -618,6 +612,19 @@ async fn reboot_run(
     ))
 }
 
+/// A run whose process is running (reboot and metamorph restart it), else `job-finished`.
+fn require_live(state: &AppState, run: &Run, done: &str) -> ApiResult<()> {
+    if run.status == JobStatus::Running && state.runner.is_live(&run.id) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "job-finished",
+            format!("Only a RUNNING run can be {done}"),
+        ))
+    }
+}
+
 /// POST .../metamorph?targetActorId=&build= — the body becomes `INPUT-METAMORPH-N` and the
 /// target Actor's build replaces the process, same run id and storages.
 async fn metamorph_run(
@@ -629,13 +636,7 @@ async fn metamorph_run(
     body: Body,
 ) -> ApiResult<Response> {
     let user = caller.require()?.clone();
-    if run.status != JobStatus::Running || !state.runner.is_live(&run.id) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "job-finished",
-            "Only a RUNNING run can be metamorphed",
-        ));
-    }
+    require_live(&state, &run, "metamorphed")?;
     let target_ref = params
         .str("targetActorId")
         .ok_or_else(|| ApiError::parameter_required("targetActorId"))?;
