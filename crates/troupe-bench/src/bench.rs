@@ -72,6 +72,19 @@ impl Ctx {
         path: &str,
         body: impl Into<Bytes>,
     ) -> anyhow::Result<(StatusCode, Bytes)> {
+        let response = self.api_response(method, path, body).await?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok((status, body))
+    }
+
+    /// [`Ctx::api`] whose answer's body the caller reads (frame by frame, as it comes).
+    pub async fn api_response(
+        &self,
+        method: Method,
+        path: &str,
+        body: impl Into<Bytes>,
+    ) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
         let stream = tokio::net::TcpStream::connect(self.troupe).await?;
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
@@ -85,10 +98,7 @@ impl Ctx {
             .header("authorization", format!("Bearer {}", self.token))
             .header("content-type", "application/json")
             .body(Full::new(body.into()))?;
-        let response = sender.send_request(request).await?;
-        let status = response.status();
-        let body = response.into_body().collect().await?.to_bytes();
-        Ok((status, body))
+        Ok(sender.send_request(request).await?)
     }
 
     /// `api` that must answer `expect`; returns the parsed JSON body.

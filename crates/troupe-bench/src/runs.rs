@@ -33,6 +33,8 @@ const SIGNAL_PATIENCE: Duration = Duration::from_secs(120);
 const LOG_BYTES: u64 = 40_000_000;
 /// Size of the log read by `log_get` (T12get: "GET of a 10 MB log"), written by its own run.
 const GET_LOG_BYTES: u64 = 9_500_000;
+/// Lines the `log_tail` Actor prints, one per ~20 ms (~1.5 s a run).
+const TAIL_LINES: u32 = 60;
 /// `--max-log-bytes` of the bench's troupe server: the 40 MB of 80-character lines plus the
 /// 25-byte timestamp of each line.
 pub const LOG_CAP: u64 = 64 << 20;
@@ -229,6 +231,17 @@ pub async fn setup(ctx: &Ctx) -> anyhow::Result<bool> {
         log.len()
     );
     ctx.set_id("log_get_run", log_run);
+    // Prints the time (ns since the epoch) every 20 ms: `log_tail` follows its runs' logs.
+    let tail_actor = create_actor(
+        ctx,
+        "bench-log-tail",
+        &format!(
+            "i=0; while [ $i -lt {TAIL_LINES} ]; do date +%s%N; sleep 0.02; i=$((i+1)); done\n"
+        ),
+        true,
+    )
+    .await?;
+    ctx.set_id("actor_log_tail", tail_actor);
     ctx.set_id("log_get_bytes", log.len().to_string());
 
     let small = create_actor(ctx, "bench-runs-small", "exit 0\n", false).await?;
@@ -356,6 +369,13 @@ pub fn workloads(ctx: &Ctx) -> Vec<Workload> {
             .vs("sink_1mib"),
         );
     }
+    list.push(Workload::custom(
+        "log_tail",
+        "T12 GET /v2/logs/{runId}?stream=1 of a running Actor printing a line every 20 ms: \
+             print → line received",
+        "lines/s",
+        Arc::new(|ctx| Box::pin(async move { log_tail(&ctx).await })),
+    ));
     list
 }
 
@@ -449,6 +469,77 @@ async fn log_ingest(ctx: &Ctx) -> anyhow::Result<Sample> {
         secs,
         p50_us: secs * 1e6,
         p99_us: secs * 1e6,
+        ..Sample::default()
+    })
+}
+
+/// Follows the log of a run that prints the time every 20 ms: latency = time a line was printed
+/// (its text) → time the follower received it. Lines printed before the follower's answer
+/// arrived (the backlog it gets at once) are not counted.
+async fn log_tail(ctx: &Ctx) -> anyhow::Result<Sample> {
+    use http_body_util::BodyExt;
+    fn now_ns() -> u128 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    }
+    let v = ctx
+        .api_json(
+            Method::POST,
+            &format!("/v2/acts/{}/runs", ctx.id("actor_log_tail")),
+            Bytes::from_static(b"{}"),
+            StatusCode::CREATED,
+        )
+        .await?;
+    let run = v["data"]["id"].as_str().unwrap_or_default().to_string();
+    let start = Instant::now();
+    let response = ctx
+        .api_response(
+            Method::GET,
+            &format!("/v2/logs/{run}?stream=1"),
+            Bytes::new(),
+        )
+        .await?;
+    anyhow::ensure!(
+        response.status() == StatusCode::OK,
+        "log GET stream=1: {}",
+        response.status()
+    );
+    let since = now_ns();
+    let mut body = response.into_body();
+    let mut hist = new_hist();
+    let (mut lines, mut pending) = (0u64, Vec::new());
+    while let Some(frame) = body.frame().await {
+        let frame = frame?;
+        let Some(data) = frame.data_ref() else {
+            continue;
+        };
+        let at = now_ns();
+        pending.extend_from_slice(data);
+        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            // `<ISO timestamp> <ns>`; troupe's own lines ([troupe] ...) have no number.
+            let printed = std::str::from_utf8(&line)
+                .ok()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|t| t.parse::<u128>().ok());
+            if let Some(printed) = printed.filter(|&p| p >= since) {
+                let _ = hist.record((at.saturating_sub(printed) / 1000) as u64 + 1);
+                lines += 1;
+            }
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let status = wait_run(ctx, &run).await?;
+    anyhow::ensure!(status == "SUCCEEDED", "log tail Actor run: {status}");
+    anyhow::ensure!(lines > 0, "no line of the followed log was counted");
+    Ok(Sample {
+        rate: lines as f64 / secs,
+        ops: lines,
+        secs,
+        p50_us: hist.value_at_quantile(0.5) as f64,
+        p99_us: hist.value_at_quantile(0.99) as f64,
         ..Sample::default()
     })
 }

@@ -147,6 +147,27 @@ struct Schedule {
     queue: VecDeque<(String, u64)>,
 }
 
+/// While alive, a job's log writer is registered for its followers (see
+/// [`Runner::register_log`]).
+pub(crate) struct LogRegistration {
+    inner: Arc<Inner>,
+    id: String,
+    flushes: watch::Receiver<u64>,
+}
+
+impl Drop for LogRegistration {
+    fn drop(&mut self) {
+        let mut map = self.inner.log_flushes.lock();
+        // Only this writer's entry: a job run again (resurrect) may have registered a new one.
+        if map
+            .get(&self.id)
+            .is_some_and(|rx| rx.same_channel(&self.flushes))
+        {
+            map.remove(&self.id);
+        }
+    }
+}
+
 /// Handle to the runtime; cheap to clone.
 #[derive(Clone)]
 pub struct Runner {
@@ -162,6 +183,8 @@ pub(crate) struct Inner {
     pub live: Mutex<HashMap<String, LiveRun>>,
     /// Process group of the current installer step of each running build.
     pub build_pids: Mutex<HashMap<String, i32>>,
+    /// Flushes of the open log of each job that is being written (see [`Runner::log_flushes`]).
+    pub log_flushes: Mutex<HashMap<String, watch::Receiver<u64>>>,
     pub aborted_builds: Mutex<std::collections::HashSet<String>>,
     /// Called after run tokens were revoked (the API drops its token cache).
     pub on_tokens_revoked: Mutex<Option<Arc<dyn Fn() + Send + Sync>>>,
@@ -180,6 +203,7 @@ impl Runner {
                 schedule: Mutex::new(Schedule::default()),
                 live: Mutex::new(HashMap::new()),
                 build_pids: Mutex::new(HashMap::new()),
+                log_flushes: Mutex::new(HashMap::new()),
                 aborted_builds: Mutex::new(Default::default()),
                 on_tokens_revoked: Mutex::new(None),
                 on_job_event: Mutex::new(None),
@@ -204,6 +228,26 @@ impl Runner {
     /// Reports a job event (also used by the API for CREATED and RESURRECTED).
     pub fn emit(&self, event: Option<JobEvent>) {
         self.inner.emit(event);
+    }
+
+    /// A receiver that changes whenever the log of job `id` got new lines, while the job's
+    /// process is being logged (`None` before and after; then its status changes tell).
+    pub fn log_flushes(&self, id: &str) -> Option<watch::Receiver<u64>> {
+        self.inner.log_flushes.lock().get(id).cloned()
+    }
+
+    /// Makes `log`'s flushes visible through [`Runner::log_flushes`] until the guard is dropped.
+    pub(crate) fn register_log(&self, id: &str, log: &logs::LogWriter) -> LogRegistration {
+        let flushes = log.subscribe();
+        self.inner
+            .log_flushes
+            .lock()
+            .insert(id.to_string(), flushes.clone());
+        LogRegistration {
+            inner: self.inner.clone(),
+            id: id.to_string(),
+            flushes,
+        }
     }
 
     /// Tells waiters that some job changed.

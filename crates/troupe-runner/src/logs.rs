@@ -8,6 +8,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use parking_lot::Mutex;
+use tokio::sync::watch;
 
 /// Largest log kept by default (10 M characters).
 pub const LOG_LIMIT: u64 = 10_000_000;
@@ -43,6 +44,8 @@ fn ends_with_note(path: &Path) -> bool {
 pub struct LogWriter {
     inner: Mutex<(BufWriter<File>, u64, bool)>,
     limit: u64,
+    /// Bumped after every flush: followers of the log (`stream=1`) wait on it.
+    flushed: watch::Sender<u64>,
 }
 
 impl LogWriter {
@@ -58,6 +61,7 @@ impl LogWriter {
         Ok(Self {
             inner: Mutex::new((BufWriter::with_capacity(64 * 1024, file), len, full)),
             limit,
+            flushed: watch::channel(0).0,
         })
     }
 
@@ -125,9 +129,16 @@ impl LogWriter {
         self.flush();
     }
 
-    /// Pushes buffered lines to the file (readers of the log see them from then on).
+    /// Pushes buffered lines to the file (readers of the log see them from then on) and wakes
+    /// its followers.
     pub fn flush(&self) {
         let _ = self.inner.lock().0.flush();
+        self.flushed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Changes after each flush from now on; closed when the writer is dropped.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.flushed.subscribe()
     }
 }
 

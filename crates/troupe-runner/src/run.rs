@@ -40,6 +40,7 @@ pub(crate) async fn build_task(runner: Runner, id: String) {
             return;
         }
     };
+    let _followed = runner.register_log(&id, &log);
     let build = match storage
         .update_build(
             &id,
@@ -284,6 +285,7 @@ pub(crate) async fn run_task(runner: Runner, id: String, mut rx: mpsc::Unbounded
             return;
         }
     };
+    let _followed = runner.register_log(&id, &log);
     let events = match inner.live.lock().get(&id) {
         Some(live) => live.events.clone(),
         None => return,

@@ -572,6 +572,51 @@ async fn run_statuses_exit_codes_timeout_and_abort() {
     assert_eq!(again["data"]["status"], "ABORTED");
 }
 
+/// A follower (`stream=1`) gets each line as soon as the run prints it, not at its next look at
+/// the file: ten lines, each printed only once the follower has received the one before (at one
+/// look per 200 ms that takes ~2 s; woken by the log's flushes, a few ms per line).
+#[tokio::test]
+async fn followed_log_lines_arrive_as_they_are_printed() {
+    let server = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let script = format!(
+        "for i in 1 2 3 4 5 6 7 8 9 10; do echo \"line $i\"; \
+         while [ ! -e '{}/go'$i ]; do sleep 0.005; done; done; echo last line",
+        dir.path().display()
+    );
+    let id = built_actor(&server, "ping-pong", &script).await;
+    let run = start(&server, &id, "").await;
+    let run_id = run["id"].as_str().unwrap().to_string();
+    let mut followed = client()
+        .get(server.url(&format!("/actor-runs/{run_id}/log?stream=1")))
+        .send()
+        .await
+        .unwrap();
+    let mut text = String::new();
+    let mut waits = Vec::new();
+    for i in 1..=10 {
+        let t = Instant::now();
+        while !text.contains(&format!("line {i}\n")) {
+            let chunk = followed.chunk().await.unwrap();
+            let chunk = chunk.unwrap_or_else(|| panic!("the log ended before line {i}: {text}"));
+            text.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+        waits.push(t.elapsed());
+        std::fs::write(dir.path().join(format!("go{i}")), b"").unwrap();
+    }
+    // The first wait includes the run's start.
+    let answered: Duration = waits[1..].iter().sum();
+    assert!(
+        answered < Duration::from_millis(900),
+        "nine lines took {answered:?}: {waits:?}"
+    );
+    while let Some(chunk) = followed.chunk().await.unwrap() {
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    assert!(text.contains("last line"), "{text}");
+    assert_eq!(wait_run(&server, &run_id).await["status"], "SUCCEEDED");
+}
+
 #[tokio::test]
 async fn wait_for_finish_log_follow_and_resurrect() {
     let server = TestServer::start();

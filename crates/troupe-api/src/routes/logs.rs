@@ -117,7 +117,10 @@ struct Follow {
     path: PathBuf,
     offset: u64,
     last_pass: bool,
+    /// Any job's status changed.
     changes: tokio::sync::watch::Receiver<u64>,
+    /// This job's log got new lines (while its writer is open).
+    flushes: Option<tokio::sync::watch::Receiver<u64>>,
 }
 
 /// The log from the start, then whatever is appended, until the job is finished.
@@ -128,6 +131,8 @@ fn follow(
     path: PathBuf,
 ) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> {
     let changes = state.runner.changes();
+    // Taken before the first read, so no flush after that read goes unnoticed.
+    let flushes = state.runner.log_flushes(&id);
     let start = Follow {
         state,
         job,
@@ -136,6 +141,7 @@ fn follow(
         offset: 0,
         last_pass: false,
         changes,
+        flushes,
     };
     futures::stream::unfold(start, |mut f| async move {
         loop {
@@ -147,12 +153,33 @@ fn follow(
             if f.last_pass {
                 return None;
             }
+            if f.flushes.is_none() {
+                f.flushes = f.state.runner.log_flushes(&f.id);
+                if f.flushes.is_some() {
+                    // The job's writer just opened: read what it wrote before this.
+                    continue;
+                }
+            }
+            if let Some(flushes) = &mut f.flushes {
+                // New lines are read as soon as they are flushed; the status is looked at
+                // when it changes, when the writer is closed, or after a quiet 200 ms.
+                tokio::select! {
+                    flushed = flushes.changed() => match flushed {
+                        Ok(()) => continue,
+                        Err(_) => f.flushes = None,
+                    },
+                    _ = f.changes.changed() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+            }
             if job_finished(&f.state, f.job, &f.id).await {
                 // One more read picks up the last lines written before the status changed.
                 f.last_pass = true;
                 continue;
             }
-            let _ = tokio::time::timeout(Duration::from_millis(200), f.changes.changed()).await;
+            if f.flushes.is_none() {
+                let _ = tokio::time::timeout(Duration::from_millis(200), f.changes.changed()).await;
+            }
         }
     })
 }
