@@ -1100,8 +1100,9 @@ async fn eight_concurrent_consumers_drain_10000_requests() {
 }
 
 /// The queue writes resolve their queue from the catalog's access cache: a rename, an access
-/// change and the deletion of a queue are seen by the very next request update, lock, lock
-/// release and lock prolongation, and another user is refused however often it tries.
+/// change and the deletion of a queue are seen by the very next request add (single and batch),
+/// batch delete, update, lock, lock release and lock prolongation, and another user is refused
+/// however often it tries.
 #[tokio::test]
 async fn queue_writes_follow_renames_access_changes_and_deletion() {
     use common::Api;
@@ -1160,23 +1161,57 @@ async fn queue_writes_follow_renames_access_changes_and_deletion() {
         .unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(rename("rq-cache-two").await.unwrap().status(), 200);
-    for path in [
-        format!("/requests/{}?clientKey=k", id("c")),
-        "/head/lock?lockSecs=60&clientKey=k".to_string(),
+    for (method, path, body) in [
+        (
+            Method::PUT,
+            format!("/requests/{}?clientKey=k", id("c")),
+            handled("c"),
+        ),
+        (
+            Method::POST,
+            "/head/lock?lockSecs=60&clientKey=k".to_string(),
+            json!({}),
+        ),
+        (Method::POST, "/requests".to_string(), rq("e")),
+        (
+            Method::POST,
+            "/requests/batch".to_string(),
+            json!([rq("e")]),
+        ),
+        (
+            Method::DELETE,
+            "/requests/batch".to_string(),
+            json!([{ "uniqueKey": "d" }]),
+        ),
     ] {
-        let method = if path.starts_with("/head") {
-            Method::POST
-        } else {
-            Method::PUT
-        };
         let response = q
             .http
             .request(method, by_name("rq-cache-one", &path))
-            .json(&handled("c"))
+            .json(&body)
             .send()
             .await
             .unwrap();
         assert_error(response, 404, "record-not-found").await;
+    }
+    // By the new name, an add and a batch add and delete work (and are undone by the delete).
+    for (method, path, body, status) in [
+        (Method::POST, "/requests", rq("e"), 201),
+        (Method::POST, "/requests/batch", json!([rq("f")]), 201),
+        (
+            Method::DELETE,
+            "/requests/batch",
+            json!([{ "uniqueKey": "e" }, { "uniqueKey": "f" }]),
+            200,
+        ),
+    ] {
+        let response = q
+            .http
+            .request(method, by_name("rq-cache-two", path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status, "{path}");
     }
     let response = q
         .http
@@ -1210,26 +1245,44 @@ async fn queue_writes_follow_renames_access_changes_and_deletion() {
         .unwrap();
     assert_eq!(response.status(), 200);
     for _ in 0..3 {
-        for (method, path) in [
-            (Method::PUT, format!("/requests/{}?clientKey=k", id("c"))),
+        for (method, path, body) in [
+            (
+                Method::PUT,
+                format!("/requests/{}?clientKey=k", id("c")),
+                handled("c"),
+            ),
             (
                 Method::POST,
                 "/head/lock?lockSecs=60&clientKey=k".to_string(),
+                json!({}),
             ),
             (
                 Method::DELETE,
                 format!("/requests/{}/lock?clientKey=k", id("c")),
+                json!({}),
             ),
             (
                 Method::PUT,
                 format!("/requests/{}/lock?lockSecs=60&clientKey=k", id("c")),
+                json!({}),
             ),
-            (Method::DELETE, format!("/requests/{}", id("c"))),
+            (Method::DELETE, format!("/requests/{}", id("c")), json!({})),
+            (Method::POST, "/requests".to_string(), rq("e")),
+            (
+                Method::POST,
+                "/requests/batch".to_string(),
+                json!([rq("e")]),
+            ),
+            (
+                Method::DELETE,
+                "/requests/batch".to_string(),
+                json!([{ "uniqueKey": "c" }]),
+            ),
         ] {
             let response = q
                 .http
                 .request(method, bob_url(&path))
-                .json(&handled("c"))
+                .json(&body)
                 .send()
                 .await
                 .unwrap();
@@ -1265,22 +1318,40 @@ async fn queue_writes_follow_renames_access_changes_and_deletion() {
         .await
         .unwrap();
     assert_eq!(response.status(), 201);
-    for (method, path) in [
-        (Method::PUT, format!("/requests/{}?clientKey=k", id("c"))),
+    for (method, path, body) in [
+        (
+            Method::PUT,
+            format!("/requests/{}?clientKey=k", id("c")),
+            handled("c"),
+        ),
         (
             Method::POST,
             "/head/lock?lockSecs=60&clientKey=k".to_string(),
+            json!({}),
         ),
         (
             Method::DELETE,
             format!("/requests/{}/lock?clientKey=k", id("d")),
+            json!({}),
         ),
         (
             Method::PUT,
             format!("/requests/{}/lock?lockSecs=60&clientKey=k", id("d")),
+            json!({}),
+        ),
+        (Method::POST, "/requests".to_string(), rq("e")),
+        (
+            Method::POST,
+            "/requests/batch".to_string(),
+            json!([rq("e")]),
+        ),
+        (
+            Method::DELETE,
+            "/requests/batch".to_string(),
+            json!([{ "uniqueKey": "c" }]),
         ),
     ] {
-        let response = q.send(method, &path, Some(handled("c"))).await;
+        let response = q.send(method, &path, Some(body)).await;
         assert_error(response, 404, "record-not-found").await;
     }
     let fresh: Value = q

@@ -130,7 +130,7 @@ fn raw_data<T: Serialize>(status: StatusCode, value: T) -> Response {
 /// POST …/requests — add one request (deduplicated by `uniqueKey`).
 async fn add_request(
     State(state): State<AppState>,
-    target: QueueTarget,
+    target: QueueWriteTarget,
     params: Params,
     DecodedBody(body): DecodedBody,
 ) -> ApiResult<Response> {
@@ -139,13 +139,7 @@ async fn add_request(
     let request = parse_request_raw(parse_json_raw(&body)?, None).map_err(request_error)?;
     let outcomes = state
         .storage
-        .add_requests(
-            &target.info().id,
-            vec![request],
-            forefront,
-            client,
-            now_ms(),
-        )
+        .add_requests(&target.0.id, vec![request], forefront, client, now_ms())
         .await?;
     Ok(data(StatusCode::CREATED, outcome_json(&outcomes[0])))
 }
@@ -183,7 +177,7 @@ fn batch_entries(body: &[u8]) -> ApiResult<Vec<&RawValue>> {
 /// POST …/requests/batch — add up to 25 requests in one transaction.
 async fn batch_add_requests(
     State(state): State<AppState>,
-    target: QueueTarget,
+    target: QueueWriteTarget,
     params: Params,
     DecodedBody(body): DecodedBody,
 ) -> ApiResult<Response> {
@@ -217,7 +211,7 @@ async fn batch_add_requests(
     } else {
         state
             .storage
-            .add_requests(&target.info().id, requests, forefront, client, now_ms())
+            .add_requests(&target.0.id, requests, forefront, client, now_ms())
             .await?
     };
     Ok(json_body(StatusCode::CREATED, batch_added_body(&outcomes)))
@@ -258,7 +252,7 @@ fn batch_added_body(outcomes: &[RequestOutcome]) -> axum::body::Bytes {
 /// DELETE …/requests/batch — delete up to 25 requests given by `id` or `uniqueKey`.
 async fn batch_delete_requests(
     State(state): State<AppState>,
-    target: QueueTarget,
+    target: QueueWriteTarget,
     params: Params,
     ApifyJson(body): ApifyJson<Value>,
 ) -> ApiResult<Response> {
@@ -307,7 +301,7 @@ async fn batch_delete_requests(
     if !targets.is_empty() {
         state
             .storage
-            .delete_requests(&target.info().id, targets.clone(), client, now_ms())
+            .delete_requests(&target.0.id, targets.clone(), client, now_ms())
             .await?;
     }
     let processed: Vec<Value> = targets
