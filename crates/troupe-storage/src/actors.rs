@@ -18,6 +18,10 @@ pub struct RunFilter {
     pub act_id: Option<String>,
     /// Only runs in one of these statuses (empty = any).
     pub statuses: Vec<JobStatus>,
+    /// Only runs started at or after this time (ms since the epoch).
+    pub started_after: Option<i64>,
+    /// Only runs started at or before this time (ms since the epoch).
+    pub started_before: Option<i64>,
 }
 
 #[async_trait]

@@ -5,7 +5,7 @@ use troupe_model::actor::{JobStatus, Run};
 use troupe_model::list::{ListParams, Page};
 use troupe_model::task::Task;
 
-use crate::{Mutator, Result};
+use crate::{Mutator, Result, RunFilter};
 
 #[async_trait]
 pub trait TaskStore {
@@ -19,12 +19,13 @@ pub trait TaskStore {
     async fn update_task(&self, id: &str, change: Mutator<Task>) -> Result<Task>;
     /// Deletes a task (its runs stay). False when it did not exist.
     async fn delete_task(&self, id: &str) -> Result<bool>;
-    /// The user's runs started from `task_id`, by start time, in one of `statuses` (empty = any).
+    /// The user's runs started from `task_id`, by start time, matching `filter` (its `act_id`
+    /// is not used).
     async fn list_task_runs(
         &self,
         user_id: &str,
         task_id: &str,
-        statuses: Vec<JobStatus>,
+        filter: RunFilter,
         params: ListParams,
     ) -> Result<Page<Run>>;
     /// The user's run of `task_id` with the latest `startedAt` matching the filters (index seek).

@@ -9,7 +9,7 @@ use common::actors::{
     alive, build, built_actor, create_actor, log_of, shell_actor, start_run, wait_build,
     wait_for_log, wait_for_pids, wait_gone, wait_run, Gate,
 };
-use common::{assert_error, client, eventually, get_data as get_json, TestServer};
+use common::{assert_error, client, eventually, get_data as get_json, post_data, TestServer};
 use serde_json::{json, Value};
 
 async fn post(server: &TestServer, path: &str, body: Value) -> reqwest::Response {
@@ -681,14 +681,19 @@ async fn wait_for_finish_log_follow_and_resurrect() {
         run_id.as_str()
     );
 
-    // Resurrect: same id and storages, runs again.
+    // Resurrect: same id and storages, runs again, with the options it is given.
     let r = client()
-        .post(server.url(&format!("/actor-runs/{run_id}/resurrect")))
+        .post(server.url(&format!(
+            "/actor-runs/{run_id}/resurrect?maxItems=7&memory=256&timeout=50"
+        )))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
     let again = wait_run(&server, &run_id).await;
+    assert_eq!(again["options"]["maxItems"], 7, "{again}");
+    assert_eq!(again["options"]["memoryMbytes"], 256, "{again}");
+    assert_eq!(again["options"]["timeoutSecs"], 50, "{again}");
     assert_eq!(again["status"], "SUCCEEDED");
     assert_eq!(again["defaultDatasetId"], run["defaultDatasetId"]);
     assert_eq!(again["stats"]["resurrectCount"], 1);
@@ -1403,4 +1408,68 @@ async fn input_schema_defaults_fill_missing_fields() {
         .unwrap()
         .starts_with("text/plain"));
     assert_eq!(record.text().await.unwrap(), "just text");
+}
+
+#[tokio::test]
+async fn run_lists_filter_by_start_time() {
+    // `startedAfter` / `startedBefore` (inclusive, ISO 8601 — RFC 3339 from JS, Python's
+    // `...Z` form too) on all three run listings; a bad value is a 400 that lists nothing.
+    let server = TestServer::start();
+    let actor = built_actor(&server, "timed", "echo hi").await;
+    let task = post_data(
+        &server,
+        "/actor-tasks",
+        json!({"actId": actor, "name": "timed-task"}),
+        201,
+    )
+    .await;
+    let task_id = task["id"].as_str().unwrap().to_string();
+    let mut runs = Vec::new();
+    for _ in 0..3 {
+        let run = start_run(&server, &format!("/actor-tasks/{task_id}/runs"), json!({})).await;
+        let done = wait_run(&server, run["id"].as_str().unwrap()).await;
+        runs.push(done);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let ids = |page: &Value| -> Vec<String> {
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let id = |n: usize| runs[n]["id"].as_str().unwrap().to_string();
+    let at = |n: usize| runs[n]["startedAt"].as_str().unwrap().to_string();
+    for base in [
+        "/actor-runs?".to_string(),
+        format!("/actors/{actor}/runs?"),
+        format!("/actor-tasks/{task_id}/runs?"),
+    ] {
+        let page = get_json(&server, &format!("{base}startedAfter={}", at(1))).await;
+        assert_eq!(ids(&page), vec![id(1), id(2)], "{base}");
+        assert_eq!(page["total"], 2);
+        let page = get_json(&server, &format!("{base}startedBefore={}", at(1))).await;
+        assert_eq!(ids(&page), vec![id(0), id(1)], "{base}");
+        let page = get_json(
+            &server,
+            &format!(
+                "{base}startedAfter={}&startedBefore={}&desc=1&status=SUCCEEDED",
+                at(0),
+                at(1)
+            ),
+        )
+        .await;
+        assert_eq!(ids(&page), vec![id(1), id(0)], "{base}");
+        let page = get_json(&server, &format!("{base}startedAfter={}", at(2))).await;
+        assert_eq!(ids(&page), vec![id(2)], "{base}");
+        let bad = common::send(
+            &server,
+            reqwest::Method::GET,
+            &format!("{base}startedAfter=yesterday"),
+            None,
+        )
+        .await;
+        assert_error(bad, 400, "invalid-parameter").await;
+    }
 }

@@ -1367,3 +1367,43 @@ async fn queue_writes_follow_renames_access_changes_and_deletion() {
     assert_eq!(fresh["data"]["handledRequestCount"], 0);
     assert_eq!(fresh["data"]["hadMultipleClients"], false);
 }
+
+#[tokio::test]
+async fn unnamed_queues_are_listed_with_an_empty_string_name() {
+    // The Python client's list model requires a string `name` on every queue it lists.
+    let q = Q::new().await;
+    let named: Value = q
+        .http
+        .post(q.server.url("/request-queues?name=named-queue"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let all: Value = q
+        .http
+        .get(q.server.url("/request-queues?unnamed=true"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let items = all["data"]["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    let name_of = |id: &Value| items.iter().find(|i| &i["id"] == id).unwrap()["name"].clone();
+    assert_eq!(name_of(&json!(q.id)), json!(""));
+    assert_eq!(name_of(&named["data"]["id"]), json!("named-queue"));
+    // The queue object itself keeps `name: null`.
+    let got: Value = q
+        .http
+        .get(q.url(""))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got["data"]["name"], Value::Null);
+}

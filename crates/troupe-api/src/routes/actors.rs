@@ -223,6 +223,7 @@ async fn actor_json(state: &AppState, actor: &Actor, owner: bool) -> ApiResult<V
             troupe_storage::RunFilter {
                 act_id: Some(actor.id.clone()),
                 statuses: vec![],
+                ..Default::default()
             },
             troupe_model::ListParams {
                 offset: 0,
@@ -593,6 +594,7 @@ async fn delete_actor(
                     JobStatus::Aborting,
                     JobStatus::TimingOut,
                 ],
+                ..Default::default()
             },
             Default::default(),
         )

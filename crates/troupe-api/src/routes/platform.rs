@@ -229,6 +229,7 @@ async fn get_limits(State(state): State<AppState>, Auth(user): Auth) -> ApiResul
                     troupe_model::actor::JobStatus::Aborting,
                     troupe_model::actor::JobStatus::TimingOut,
                 ],
+                ..Default::default()
             },
             one,
         )

@@ -734,6 +734,12 @@ async fn resurrect_run(
                 if let Some(m) = options.memory_mbytes {
                     r.memory_mbytes = m;
                 }
+                if let Some(max) = options.max_items {
+                    r.max_items = Some(max);
+                }
+                if let Some(restart) = options.restart_on_error {
+                    r.extras.restart_on_error = restart;
+                }
                 Ok(())
             }),
         )
@@ -767,6 +773,15 @@ pub async fn list_runs(
     params: &Params,
 ) -> ApiResult<Response> {
     let list = params.list_params()?;
+    let filter = run_filter(params, act_id)?;
+    let page = state.storage.list_runs(&user.id, filter, list).await?;
+    let page = page.map(|run| run_short_json(&run));
+    Ok(data(StatusCode::OK, page))
+}
+
+/// The filters of a run listing: `status` (comma list), `startedAfter` and `startedBefore`
+/// (ISO 8601, both inclusive).
+pub fn run_filter(params: &Params, act_id: Option<String>) -> ApiResult<RunFilter> {
     let mut statuses = Vec::new();
     for s in params.list("status") {
         statuses.push(JobStatus::parse(&s).ok_or_else(|| {
@@ -775,12 +790,24 @@ pub async fn list_runs(
             ))
         })?);
     }
-    let page = state
-        .storage
-        .list_runs(&user.id, RunFilter { act_id, statuses }, list)
-        .await?;
-    let page = page.map(|run| run_short_json(&run));
-    Ok(data(StatusCode::OK, page))
+    let time = |name: &str| -> ApiResult<Option<i64>> {
+        params
+            .str(name)
+            .map(|s| {
+                troupe_model::time::parse_ts(s).ok_or_else(|| {
+                    ApiError::invalid_parameter(format!(
+                        "Parameter \"{name}\" must be an ISO 8601 date-time, got \"{s}\""
+                    ))
+                })
+            })
+            .transpose()
+    };
+    Ok(RunFilter {
+        act_id,
+        statuses,
+        started_after: time("startedAfter")?,
+        started_before: time("startedBefore")?,
+    })
 }
 
 pub fn run_short_json(run: &Run) -> Value {

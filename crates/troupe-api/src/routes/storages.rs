@@ -142,9 +142,9 @@ async fn list_storages(
     let unnamed = filter.unnamed;
     let page = page.map(|info| {
         let mut object = storage_json(&state, &info, Some(&user.id));
-        // Dataset list items must carry a string `name` (the strict Python client rejects
-        // `null` there): unnamed datasets are listed with `""`.
-        if kind == StorageKind::Dataset && info.name.is_none() {
+        // Dataset and request queue list items must carry a string `name` (the strict Python
+        // client rejects `null` there): unnamed ones are listed with `""`.
+        if matches!(kind, StorageKind::Dataset | StorageKind::RequestQueue) && info.name.is_none() {
             object["name"] = json!("");
         }
         object

@@ -12,7 +12,7 @@ use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
-use troupe_model::actor::{Actor, JobStatus, Run};
+use troupe_model::actor::{Actor, Run};
 use troupe_model::list::Page;
 use troupe_model::task::{Task, TaskOptions};
 use troupe_model::{format_ts, now_ms};
@@ -179,7 +179,7 @@ async fn total_runs(state: &AppState, task: &Task) -> ApiResult<u64> {
     };
     Ok(state
         .storage
-        .list_task_runs(&task.user_id, &task.id, vec![], params)
+        .list_task_runs(&task.user_id, &task.id, Default::default(), params)
         .await?
         .total)
 }
@@ -505,7 +505,7 @@ fn bare(value: &Value) -> Response {
 // ---- runs ----
 
 /// GET /v2/actor-tasks/{actorTaskId}/runs — the caller's runs started from this task
-/// (`status` comma list, `offset`, `limit`, `desc`).
+/// (`status` comma list, `startedAfter`, `startedBefore`, `offset`, `limit`, `desc`).
 async fn list_task_runs(
     State(state): State<AppState>,
     TaskTarget(task, caller): TaskTarget,
@@ -513,17 +513,10 @@ async fn list_task_runs(
 ) -> ApiResult<Response> {
     let user = caller.require()?;
     let list = params.list_params()?;
-    let mut statuses = Vec::new();
-    for s in params.list("status") {
-        statuses.push(JobStatus::parse(&s).ok_or_else(|| {
-            ApiError::invalid_parameter(format!(
-                "Parameter \"status\" has an invalid value \"{s}\""
-            ))
-        })?);
-    }
+    let filter = super::runs::run_filter(&params, None)?;
     let page = state
         .storage
-        .list_task_runs(&user.id, &task.id, statuses, list)
+        .list_task_runs(&user.id, &task.id, filter, list)
         .await?;
     Ok(data(StatusCode::OK, page.map(|run| run_short_json(&run))))
 }

@@ -267,6 +267,7 @@ pub async fn run(storage: &dyn Storage) {
             RunFilter {
                 act_id: Some(a.id.clone()),
                 statuses: vec![JobStatus::Succeeded, JobStatus::Failed],
+                ..Default::default()
             },
             ListParams {
                 offset: 0,

@@ -6,7 +6,7 @@ use troupe_model::task::{Task, TaskOptions};
 
 use super::actors::run_object;
 use super::test_user;
-use crate::{Error, Storage};
+use crate::{Error, RunFilter, Storage};
 
 fn task(user_id: &str, act_id: &str, name: &str, created_at: i64) -> Task {
     Task {
@@ -193,7 +193,12 @@ pub async fn run(storage: &dyn Storage) {
     );
 
     let runs = storage
-        .list_task_runs(&user.id, &t1.id, vec![], ListParams::default())
+        .list_task_runs(
+            &user.id,
+            &t1.id,
+            RunFilter::default(),
+            ListParams::default(),
+        )
         .await
         .unwrap();
     assert_eq!(runs.total, 4);
@@ -205,7 +210,10 @@ pub async fn run(storage: &dyn Storage) {
         .list_task_runs(
             &user.id,
             &t1.id,
-            vec![JobStatus::Failed, JobStatus::Aborted],
+            RunFilter {
+                statuses: vec![JobStatus::Failed, JobStatus::Aborted],
+                ..Default::default()
+            },
             ListParams::default(),
         )
         .await

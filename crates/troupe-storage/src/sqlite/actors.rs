@@ -336,6 +336,13 @@ impl RunStore for SqliteStorage {
             }
             where_sql.push_str(&format!(" AND status IN ({})", marks.join(", ")));
         }
+        // Integers, so written into the SQL (the bound arguments are all text).
+        if let Some(after) = filter.started_after {
+            where_sql.push_str(&format!(" AND started_at >= {after}"));
+        }
+        if let Some(before) = filter.started_before {
+            where_sql.push_str(&format!(" AND started_at <= {before}"));
+        }
         self.read(move |conn| page(conn, "runs", &where_sql, &args, "started_at", params))
             .await
     }
