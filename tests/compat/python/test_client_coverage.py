@@ -284,6 +284,14 @@ def test_collection_iterators_and_run_filters(client, actor_id):
     assert len(list(client.builds().iterate(chunk_size=1))) >= 1
     task = client.tasks().create(actor_id=actor_id, name=unique("py-cov-task"))
     assert task.id in [t.id for t in client.tasks().iterate(chunk_size=1)]
+    sched = client.schedules().create(cron_expression="@yearly", is_enabled=False, is_exclusive=False, name=unique("py-cov-sched"),
+                                      actions=[{"type": "RUN_ACTOR", "actorId": actor_id}])
+    assert sched.id in [x.id for x in client.schedules().iterate(chunk_size=1)]
+    hook = client.webhooks().create(event_types=["ACTOR.RUN.ABORTED"], request_url="http://127.0.0.1:9/none",
+                                    actor_id=actor_id)
+    assert hook.id in [x.id for x in client.webhooks().iterate(chunk_size=1)]
+    assert [x.id for x in client.webhook(hook.id).dispatches().iterate()] == []
+    assert all(d.webhook_id for d in client.webhook_dispatches().iterate(chunk_size=1))
     assert client.task(task.id).publish().is_public is True
     assert client.task(task.id).unpublish().is_public is False
 
