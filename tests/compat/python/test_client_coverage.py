@@ -135,14 +135,16 @@ def test_run_lifecycle_helpers(client, actor_id):
         # reboot: the same run starts its process again; metamorph: it becomes the target.
         run = client.actor(looper.id).start()
         wait_for_log(client, run.id, "start INPUT")
-        assert status_of(client.run(run.id).reboot()) == "RUNNING"
+        # Through the last-run URLs here (acts/{id}/runs/last/...); the JS suite uses actor-runs/{id}.
+        running = client.actor(looper.id).last_run(status="RUNNING")
+        assert status_of(running.reboot()) == "RUNNING"
         wait_for_log(client, run.id, "Restarting")
         eventually_two = lambda: client.run(run.id).log().get().count("start INPUT") == 2  # noqa: E731
         deadline = time.time() + 60
         while not eventually_two():
             assert time.time() < deadline, client.run(run.id).log().get()
             time.sleep(0.1)
-        morphed = client.run(run.id).metamorph(target_actor_id=target.id, run_input={"to": "target"})
+        morphed = running.metamorph(target_actor_id=target.id, run_input={"to": "target"})
         assert morphed.id == run.id
         done = finished(client, run)
         assert status_of(done) == "SUCCEEDED"
@@ -186,7 +188,7 @@ def test_run_lifecycle_helpers(client, actor_id):
         run = client.actor(looper2.id).start()
         wait_for_log(client, run.id, "start")
         # (A shell program ignores the graceful abort's event; a plain abort then kills it.)
-        assert status_of(client.run(run.id).abort(gracefully=True)) == "ABORTING"
+        assert status_of(client.actor(looper2.id).last_run().abort(gracefully=True)) == "ABORTING"
         assert "Aborting gracefully" in wait_for_log(client, run.id, "Aborting gracefully")
         assert status_of(client.run(run.id).abort()) in ("ABORTING", "ABORTED")
         assert status_of(finished(client, run)) == "ABORTED"
