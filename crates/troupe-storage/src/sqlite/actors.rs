@@ -295,6 +295,26 @@ impl BuildStore for SqliteStorage {
     }
 }
 
+/// Appends `filter`'s status and start-time conditions to a run listing's `WHERE` (its
+/// arguments to `args`, numbered after those already there).
+pub(super) fn run_conditions(filter: &RunFilter, where_sql: &mut String, args: &mut Vec<String>) {
+    if !filter.statuses.is_empty() {
+        let mut marks = Vec::new();
+        for status in &filter.statuses {
+            args.push(status.as_str().to_string());
+            marks.push(format!("?{}", args.len()));
+        }
+        where_sql.push_str(&format!(" AND status IN ({})", marks.join(", ")));
+    }
+    // Integers, so written into the SQL (the bound arguments are all text).
+    if let Some(after) = filter.started_after {
+        where_sql.push_str(&format!(" AND started_at >= {after}"));
+    }
+    if let Some(before) = filter.started_before {
+        where_sql.push_str(&format!(" AND started_at <= {before}"));
+    }
+}
+
 #[async_trait]
 impl RunStore for SqliteStorage {
     async fn create_run(&self, run: Run) -> Result<()> {
@@ -324,25 +344,11 @@ impl RunStore for SqliteStorage {
     ) -> Result<Page<Run>> {
         let mut args = vec![user_id.to_string()];
         let mut where_sql = "user_id = ?1".to_string();
-        if let Some(act_id) = filter.act_id {
+        if let Some(act_id) = filter.act_id.clone() {
             args.push(act_id);
             where_sql.push_str(&format!(" AND act_id = ?{}", args.len()));
         }
-        if !filter.statuses.is_empty() {
-            let mut marks = Vec::new();
-            for status in &filter.statuses {
-                args.push(status.as_str().to_string());
-                marks.push(format!("?{}", args.len()));
-            }
-            where_sql.push_str(&format!(" AND status IN ({})", marks.join(", ")));
-        }
-        // Integers, so written into the SQL (the bound arguments are all text).
-        if let Some(after) = filter.started_after {
-            where_sql.push_str(&format!(" AND started_at >= {after}"));
-        }
-        if let Some(before) = filter.started_before {
-            where_sql.push_str(&format!(" AND started_at <= {before}"));
-        }
+        run_conditions(&filter, &mut where_sql, &mut args);
         self.read(move |conn| page(conn, "runs", &where_sql, &args, "started_at", params))
             .await
     }

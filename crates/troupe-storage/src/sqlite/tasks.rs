@@ -7,7 +7,7 @@ use troupe_model::actor::{JobStatus, Run};
 use troupe_model::list::{ListParams, Page};
 use troupe_model::task::Task;
 
-use super::actors::{from_json, load, page, to_json};
+use super::actors::{from_json, load, page, run_conditions, to_json};
 use super::{optional, SqliteStorage};
 use crate::{Error, Mutator, Result, RunFilter, TaskStore};
 
@@ -114,21 +114,7 @@ impl TaskStore for SqliteStorage {
     ) -> Result<Page<Run>> {
         let mut args = vec![task_id.to_string(), user_id.to_string()];
         let mut where_sql = "actor_task_id = ?1 AND user_id = ?2".to_string();
-        if !filter.statuses.is_empty() {
-            let mut marks = Vec::new();
-            for status in &filter.statuses {
-                args.push(status.as_str().to_string());
-                marks.push(format!("?{}", args.len()));
-            }
-            where_sql.push_str(&format!(" AND status IN ({})", marks.join(", ")));
-        }
-        // Integers, so written into the SQL (the bound arguments are all text).
-        if let Some(after) = filter.started_after {
-            where_sql.push_str(&format!(" AND started_at >= {after}"));
-        }
-        if let Some(before) = filter.started_before {
-            where_sql.push_str(&format!(" AND started_at <= {before}"));
-        }
+        run_conditions(&filter, &mut where_sql, &mut args);
         self.read(move |conn| page(conn, "runs", &where_sql, &args, "started_at", params))
             .await
     }
