@@ -617,6 +617,60 @@ async fn followed_log_lines_arrive_as_they_are_printed() {
     assert_eq!(wait_run(&server, &run_id).await["status"], "SUCCEEDED");
 }
 
+/// A follower ends when the run ends, even while a process that left the run's process group
+/// (so troupe's kill of the group missed it) keeps writing into the log's pipe: the log's writer
+/// stays open and its flushes keep waking the follower, but the run's status change ends it.
+#[tokio::test]
+async fn a_follow_ends_with_its_run_while_an_escaped_process_writes() {
+    struct Kill(std::path::PathBuf);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            if let Ok(pid) = std::fs::read_to_string(&self.0) {
+                if let Ok(pid) = pid.trim().parse::<i32>() {
+                    // SAFETY: a plain signal to the test's own leftover process.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        }
+    }
+    let server = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("pid");
+    let _kill = Kill(pid_file.clone());
+    let script = format!(
+        "setsid sh -c 'echo $$ > {}; while :; do echo escaped; sleep 0.02; done' & \
+         sleep 0.3; echo main done",
+        pid_file.display()
+    );
+    let id = built_actor(&server, "escaper", &script).await;
+    let run = start(&server, &id, "").await;
+    let run_id = run["id"].as_str().unwrap().to_string();
+    let mut followed = client()
+        .get(server.url(&format!("/actor-runs/{run_id}/log?stream=1")))
+        .send()
+        .await
+        .unwrap();
+    let mut text = String::new();
+    let t = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(chunk) = followed.chunk().await.unwrap() {
+            text.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the follow went on after the run ended ({:?}): {}",
+        t.elapsed(),
+        &text[text.len().saturating_sub(300)..]
+    );
+    assert!(
+        text.contains("main done") && text.contains("escaped"),
+        "{text}"
+    );
+    assert_eq!(wait_run(&server, &run_id).await["status"], "SUCCEEDED");
+}
+
 #[tokio::test]
 async fn wait_for_finish_log_follow_and_resurrect() {
     let server = TestServer::start();
