@@ -16,6 +16,15 @@ async fn post(server: &TestServer, path: &str, body: Value) -> reqwest::Response
     common::send(server, reqwest::Method::POST, path, Some(body)).await
 }
 
+/// `stream=1` GET of a run's log: the answer follows the log until the run ends.
+async fn follow_log(server: &TestServer, run_id: &str) -> reqwest::Response {
+    client()
+        .get(server.url(&format!("/actor-runs/{run_id}/log?stream=1")))
+        .send()
+        .await
+        .unwrap()
+}
+
 /// Starts a run of `actor` through the `/actors` prefix with `{"hello": "world"}` as input.
 async fn start(server: &TestServer, actor: &str, query: &str) -> Value {
     let path = format!("/actors/{actor}/runs?{query}");
@@ -587,11 +596,7 @@ async fn followed_log_lines_arrive_as_they_are_printed() {
     let id = built_actor(&server, "ping-pong", &script).await;
     let run = start(&server, &id, "").await;
     let run_id = run["id"].as_str().unwrap().to_string();
-    let mut followed = client()
-        .get(server.url(&format!("/actor-runs/{run_id}/log?stream=1")))
-        .send()
-        .await
-        .unwrap();
+    let mut followed = follow_log(&server, &run_id).await;
     let mut text = String::new();
     let mut waits = Vec::new();
     for i in 1..=10 {
@@ -645,11 +650,7 @@ async fn a_follow_ends_with_its_run_while_an_escaped_process_writes() {
     let id = built_actor(&server, "escaper", &script).await;
     let run = start(&server, &id, "").await;
     let run_id = run["id"].as_str().unwrap().to_string();
-    let mut followed = client()
-        .get(server.url(&format!("/actor-runs/{run_id}/log?stream=1")))
-        .send()
-        .await
-        .unwrap();
+    let mut followed = follow_log(&server, &run_id).await;
     let mut text = String::new();
     let t = Instant::now();
     let ended = tokio::time::timeout(Duration::from_secs(20), async {
@@ -697,11 +698,7 @@ async fn wait_for_finish_log_follow_and_resurrect() {
     // stream=1 follows the log until the run ends: what the run writes after the first chunk
     // arrived (after the gate opens) still comes through the same response.
     wait_for_log(&server, &run_id, "tick 1").await;
-    let mut followed = client()
-        .get(server.url(&format!("/actor-runs/{run_id}/log?stream=1")))
-        .send()
-        .await
-        .unwrap();
+    let mut followed = follow_log(&server, &run_id).await;
     assert_eq!(
         followed.headers()["content-type"],
         "text/plain; charset=utf-8"
